@@ -1,0 +1,262 @@
+//! What the service knows about the synced tables, read from a database's
+//! catalog: primary key, columns, `updated_at`, foreign keys.
+//!
+//! Both sides are described the same way, so the down path can intersect
+//! column sets and order tables parents-first, and `doctor` can say exactly
+//! which table lacks what. Every identifier that reaches SQL text goes
+//! through [`quote_ident`] / [`qualified`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tokio_postgres::Client;
+
+use crate::error::{Result, SyncError};
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does (always).
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            s.push('"');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+/// `"schema"."table"`.
+pub fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// Quotes a string literal (for the few statements that cannot take
+/// parameters, such as `CREATE PUBLICATION`).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// `format_type` of the column, e.g. `numeric(12,2)`.
+    pub type_name: String,
+    pub generated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKey {
+    pub columns: Vec<String>,
+    pub parent_schema: String,
+    pub parent_table: String,
+    pub parent_columns: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub schema: String,
+    pub name: String,
+    /// Primary key columns, in key order.
+    pub primary_key: Vec<String>,
+    pub columns: Vec<Column>,
+    pub foreign_keys: Vec<ForeignKey>,
+    /// `relreplident`: 'd' default, 'f' full, 'i' index, 'n' nothing.
+    pub replica_identity: char,
+}
+
+impl Table {
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+    pub fn has_updated_at(&self) -> bool {
+        self.column("updated_at").is_some_and(|c| c.type_name.starts_with("timestamp"))
+    }
+    /// The single primary-key column, if the key has exactly one.
+    pub fn pk(&self) -> Option<&Column> {
+        match self.primary_key.as_slice() {
+            [one] => self.column(one),
+            _ => None,
+        }
+    }
+    /// Why this table cannot be synced, if it cannot.
+    pub fn unsyncable_reason(&self) -> Option<String> {
+        if self.primary_key.is_empty() {
+            return Some(format!(
+                "table {} has no primary key; add one (e.g. ALTER TABLE {} ADD PRIMARY KEY (id))",
+                self.qualified(),
+                self.qualified()
+            ));
+        }
+        if self.primary_key.len() > 1 {
+            return Some(format!(
+                "table {} has a composite primary key ({}); only single-column keys are supported",
+                self.qualified(),
+                self.primary_key.join(", ")
+            ));
+        }
+        if !self.has_updated_at() {
+            return Some(format!(
+                "table {} has no updated_at timestamptz column; add one (ALTER TABLE {} ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now()) and keep it current on every update",
+                self.qualified(),
+                self.qualified()
+            ));
+        }
+        None
+    }
+}
+
+/// Reads the description of `tables` in `schema`. Missing tables are absent
+/// from the result (the caller decides whether that is an error).
+pub async fn load(client: &Client, schema: &str, tables: &[String]) -> Result<BTreeMap<String, Table>> {
+    let ctx = "reading the table catalog";
+    let rows = client
+        .query(
+            "SELECT c.relname, c.relreplident::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
+             FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')
+             ORDER BY c.relname, a.attnum",
+            &[&schema, &tables],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(ctx, &e))?;
+    let mut out: BTreeMap<String, Table> = BTreeMap::new();
+    for r in rows {
+        let name: String = r.get(0);
+        let ident: String = r.get(1);
+        let t = out.entry(name.clone()).or_insert_with(|| Table {
+            schema: schema.to_string(),
+            name,
+            primary_key: Vec::new(),
+            columns: Vec::new(),
+            foreign_keys: Vec::new(),
+            replica_identity: ident.chars().next().unwrap_or('d'),
+        });
+        t.columns.push(Column { name: r.get(2), type_name: r.get(3), generated: r.get(4) });
+    }
+    let keys = client
+        .query(
+            "SELECT c.relname, con.contype::text,
+                    ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
+                          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o)::text[],
+                    pn.nspname::text, pc.relname::text,
+                    ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
+                          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o)::text[]
+             FROM pg_constraint con
+             JOIN pg_class c ON c.oid = con.conrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             LEFT JOIN pg_class pc ON pc.oid = con.confrelid
+             LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+             WHERE n.nspname = $1 AND c.relname = ANY($2) AND con.contype IN ('p', 'f')",
+            &[&schema, &tables],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(ctx, &e))?;
+    for r in keys {
+        let name: String = r.get(0);
+        let Some(t) = out.get_mut(&name) else { continue };
+        let kind: String = r.get(1);
+        let cols: Vec<String> = r.get(2);
+        if kind == "p" {
+            t.primary_key = cols;
+        } else {
+            t.foreign_keys.push(ForeignKey {
+                columns: cols,
+                parent_schema: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                parent_table: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                parent_columns: r.get(5),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Orders `tables` parents first, following foreign keys among them (cycles
+/// and self-references are broken deterministically, by name).
+pub fn parents_first(tables: &BTreeMap<String, Table>) -> Vec<String> {
+    let mut deps: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for t in tables.values() {
+        let e = deps.entry(t.name.as_str()).or_default();
+        for fk in &t.foreign_keys {
+            if fk.parent_schema == t.schema && fk.parent_table != t.name && tables.contains_key(&fk.parent_table) {
+                e.insert(fk.parent_table.as_str());
+            }
+        }
+    }
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    let mut order = Vec::new();
+    while order.len() < tables.len() {
+        let ready: Vec<&str> = tables
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !done.contains(n) && deps[n].iter().all(|p| done.contains(p)))
+            .collect();
+        let pick: Vec<&str> = if ready.is_empty() {
+            // A cycle: take the first remaining table by name.
+            tables.keys().map(String::as_str).filter(|n| !done.contains(n)).take(1).collect()
+        } else {
+            ready
+        };
+        for n in pick {
+            done.insert(n);
+            order.push(n.to_string());
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str, parents: &[&str]) -> Table {
+        Table {
+            schema: "public".into(),
+            name: name.into(),
+            primary_key: vec!["id".into()],
+            columns: vec![],
+            foreign_keys: parents
+                .iter()
+                .map(|p| ForeignKey {
+                    columns: vec![format!("{p}_id")],
+                    parent_schema: "public".into(),
+                    parent_table: p.to_string(),
+                    parent_columns: vec!["id".into()],
+                })
+                .collect(),
+            replica_identity: 'd',
+        }
+    }
+
+    #[test]
+    fn identifiers_are_always_quoted_and_embedded_quotes_doubled() {
+        assert_eq!(quote_ident("patients"), "\"patients\"");
+        assert_eq!(quote_ident("Weird \"T\""), "\"Weird \"\"T\"\"\"");
+        assert_eq!(qualified("public", "select"), "\"public\".\"select\"");
+    }
+
+    #[test]
+    fn tables_are_ordered_parents_first_from_foreign_keys() {
+        let mut m = BTreeMap::new();
+        for t in [
+            table("invoice_items", &["invoices"]),
+            table("invoices", &["patients", "branches"]),
+            table("patients", &["branches"]),
+            table("branches", &[]),
+            table("selfref", &["selfref"]),
+        ] {
+            m.insert(t.name.clone(), t);
+        }
+        let order = parents_first(&m);
+        let pos = |n: &str| order.iter().position(|x| x == n).unwrap();
+        assert!(pos("branches") < pos("patients"));
+        assert!(pos("patients") < pos("invoices"));
+        assert!(pos("invoices") < pos("invoice_items"));
+        assert_eq!(order.len(), 5);
+    }
+}

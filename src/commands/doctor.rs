@@ -1,0 +1,240 @@
+//! `doctor`: checks everything the service needs and prints the exact fix
+//! for each problem. Exit 1 when anything is wrong.
+
+use crate::catalog::{self, quote_ident, quote_literal};
+use crate::config::Config;
+use crate::replication::connect_local;
+use crate::upstream::{self, CONTRACT_VERSION, Upstream};
+
+struct Report {
+    problems: usize,
+}
+
+impl Report {
+    fn ok(&self, what: &str) {
+        println!("  ok    {what}");
+    }
+    fn fail(&mut self, what: &str, fix: &str) {
+        self.problems += 1;
+        println!("  FAIL  {what}");
+        for line in fix.lines() {
+            println!("        fix: {line}");
+        }
+    }
+}
+
+pub async fn doctor(cfg: &Config) -> i32 {
+    let mut r = Report { problems: 0 };
+    let l = &cfg.local_postgres;
+    println!("local database {}:{}/{} as {}", l.host, l.port, l.database, l.user);
+    let local = match connect_local(cfg).await {
+        Ok(c) => {
+            r.ok("connection");
+            Some(c)
+        }
+        Err(e) => {
+            r.fail(&format!("cannot connect: {e}"), "check [local_postgres] host, port, database, user and password, and that PostgreSQL is running");
+            None
+        }
+    };
+    if let Some(local) = &local {
+        check_local(cfg, local, &mut r).await;
+    }
+    println!("upstream ({:?} mode)", cfg.supabase.mode);
+    match upstream::Client::from_config(cfg) {
+        Err(e) => r.fail(&e.to_string(), e.hint.as_deref().unwrap_or("check [supabase]")),
+        Ok(up) => match up.health().await {
+            Err(e) => r.fail(&format!("unreachable: {e}"), "check [supabase] url/db_url, the key, and the internet connection"),
+            Ok(()) => {
+                r.ok("reachable");
+                match up.contract_version().await {
+                    Ok(Some(v)) if v == CONTRACT_VERSION => r.ok(&format!("sync functions installed (version {v})")),
+                    Ok(Some(v)) => r.fail(
+                        &format!("sync functions are version {v}, this build needs {CONTRACT_VERSION}"),
+                        "centrovision-sync init --upstream   (postgres mode)\ncentrovision-sync init --print-upstream-sql   (paste into the Supabase SQL editor)",
+                    ),
+                    Ok(None) => r.fail(
+                        "sync functions (public.centrovision_sync_apply) are not installed upstream",
+                        "centrovision-sync init --upstream   (postgres mode)\ncentrovision-sync init --print-upstream-sql   (paste into the Supabase SQL editor)",
+                    ),
+                    Err(e) => r.fail(&format!("cannot check the sync functions: {e}"), "see the message"),
+                }
+            }
+        },
+    }
+    if r.problems == 0 {
+        println!("no problems found");
+        0
+    } else {
+        println!("{} problem(s) found", r.problems);
+        1
+    }
+}
+
+async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Report) {
+    let q = |sql: &'static str| async move { local.query_one(sql, &[]).await };
+    if let Ok(row) = q("SELECT current_setting('wal_level'), current_setting('server_encoding'),
+                   current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int")
+    .await
+    {
+        let level: String = row.get(0);
+        if level == "logical" {
+            r.ok("wal_level = logical");
+        } else {
+            r.fail(
+                &format!("wal_level = {level}"),
+                "ALTER SYSTEM SET wal_level = logical;   -- as a superuser, then restart PostgreSQL",
+            );
+        }
+        let enc: String = row.get(1);
+        if enc == "UTF8" {
+            r.ok("server_encoding = UTF8");
+        } else {
+            r.fail(&format!("server_encoding = {enc}"), "the database must use UTF8 (create it with ENCODING 'UTF8')");
+        }
+        let slots: i32 = row.get(2);
+        let senders: i32 = row.get(3);
+        if slots < 1 || senders < 1 {
+            r.fail(
+                "max_replication_slots / max_wal_senders too low",
+                "ALTER SYSTEM SET max_replication_slots = 10; ALTER SYSTEM SET max_wal_senders = 10;   -- then restart",
+            );
+        }
+    }
+    let user = &cfg.local_postgres.user;
+    if let Ok(row) = local
+        .query_one("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+    {
+        let (sup, repl): (bool, bool) = (row.get(0), row.get(1));
+        if sup || repl {
+            r.ok("role can stream replication");
+        } else {
+            r.fail("role lacks REPLICATION", &format!("ALTER ROLE {} REPLICATION;", quote_ident(user)));
+        }
+        if !sup {
+            let grants = [
+                (
+                    "SELECT has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE')",
+                    format!("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO {};", quote_ident(user)),
+                ),
+                (
+                    "SELECT has_function_privilege('pg_replication_origin_session_reset()', 'EXECUTE')",
+                    format!("GRANT EXECUTE ON FUNCTION pg_replication_origin_session_reset() TO {};", quote_ident(user)),
+                ),
+                (
+                    "SELECT has_parameter_privilege('session_replication_role', 'SET')",
+                    format!("GRANT SET ON PARAMETER session_replication_role TO {};", quote_ident(user)),
+                ),
+                (
+                    "SELECT has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')",
+                    format!("GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text) TO {};   -- only for init", quote_ident(user)),
+                ),
+            ];
+            for (sql, fix) in grants {
+                match local.query_one(sql, &[]).await {
+                    Ok(row) if row.get::<_, bool>(0) => {}
+                    _ => r.fail("missing privilege for echo suppression / trigger-free apply", &format!("{fix}   -- as a superuser")),
+                }
+            }
+        }
+    }
+    // Control tables, publication, slot, origin.
+    if let Ok(row) = local
+        .query_one(
+            "SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_metadata') IS NOT NULL
+                    AND to_regclass('_sync_log') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL",
+            &[],
+        )
+        .await
+    {
+        if row.get::<_, bool>(0) {
+            r.ok("control tables present");
+        } else {
+            r.fail("control tables missing", "centrovision-sync init");
+        }
+    }
+    match local
+        .query_opt(
+            "SELECT plugin, wal_status, active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.sync.slot_name],
+        )
+        .await
+    {
+        Ok(Some(row)) => {
+            let plugin: Option<String> = row.get(0);
+            let status: Option<String> = row.get(1);
+            if plugin.as_deref() != Some("pgoutput") {
+                r.fail(&format!("slot {} uses plugin {plugin:?}", cfg.sync.slot_name), "choose another [sync] slot_name");
+            } else if status.as_deref() == Some("lost") {
+                r.fail(
+                    &format!("slot {} is invalidated (wal_status = lost)", cfg.sync.slot_name),
+                    "centrovision-sync resync   -- recreates the slot and reconciles both sides",
+                );
+            } else {
+                r.ok(&format!("slot {} ({})", cfg.sync.slot_name, status.unwrap_or_default()));
+            }
+        }
+        Ok(None) => r.fail(&format!("slot {} does not exist", cfg.sync.slot_name), "centrovision-sync init"),
+        Err(_) => {}
+    }
+    match local
+        .query_one(
+            "SELECT coalesce(array_agg(tablename::text), '{}') FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2",
+            &[&cfg.sync.publication_name, &cfg.local_postgres.schema],
+        )
+        .await
+    {
+        Ok(row) => {
+            let published: Vec<String> = row.get(0);
+            let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !published.contains(t)).collect();
+            if missing.is_empty() {
+                r.ok(&format!("publication {} covers the {} tables", cfg.sync.publication_name, cfg.sync.tables.len()));
+            } else {
+                r.fail(
+                    &format!(
+                        "publication {} lacks: {}",
+                        cfg.sync.publication_name,
+                        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                    "centrovision-sync init",
+                );
+            }
+        }
+        Err(_) => {}
+    }
+    if let Ok(row) = local
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", &[&cfg.sync.origin_name])
+        .await
+    {
+        if row.get::<_, bool>(0) {
+            r.ok(&format!("replication origin {}", quote_literal(&cfg.sync.origin_name)));
+        } else {
+            r.fail(&format!("replication origin {} missing", quote_literal(&cfg.sync.origin_name)), "centrovision-sync init");
+        }
+    }
+    // Tables.
+    match catalog::load(local, &cfg.local_postgres.schema, &cfg.sync.tables).await {
+        Ok(tables) => {
+            let mut bad = 0;
+            for t in &cfg.sync.tables {
+                match tables.get(t) {
+                    None => {
+                        bad += 1;
+                        r.fail(&format!("table {t} does not exist locally"), "create it, or remove it from [sync] tables");
+                    }
+                    Some(tab) => {
+                        if let Some(why) = tab.unsyncable_reason() {
+                            bad += 1;
+                            r.fail(&why, "see above");
+                        }
+                    }
+                }
+            }
+            if bad == 0 {
+                r.ok(&format!("{} tables have a primary key and updated_at", cfg.sync.tables.len()));
+            }
+        }
+        Err(e) => r.fail(&format!("cannot read the catalog: {e}"), "see the message"),
+    }
+}

@@ -1,0 +1,168 @@
+//! `init`: prepares the local database (control tables, publication, slot,
+//! replication origin) and, with `--upstream`, the upstream functions.
+//! Idempotent: every step checks before it creates.
+
+use crate::catalog::{self, quote_ident, quote_literal};
+use crate::config::{Config, UpstreamMode};
+use crate::error::{Result, SyncError};
+use crate::replication::connect_local;
+use crate::upstream::{self, Upstream};
+
+/// The local control schema, in order.
+pub(crate) const LOCAL_SQL: &[(&str, &str)] = &[
+    ("001_control_tables.sql", include_str!("../../sql/001_control_tables.sql")),
+    ("002_capture_state.sql", include_str!("../../sql/002_capture_state.sql")),
+];
+
+const LOCAL: &str = "local database";
+
+pub async fn init(cfg: &Config, with_upstream: bool) -> Result<()> {
+    let local = connect_local(cfg).await?;
+    check_wal_level(&local).await?;
+
+    // Tables first: refuse before changing anything.
+    let tables = catalog::load(&local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
+    let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !tables.contains_key(*t)).collect();
+    if !missing.is_empty() {
+        return Err(SyncError::operator(format!(
+            "these [sync] tables do not exist in the local database (schema {}): {}",
+            cfg.local_postgres.schema,
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+        .with_hint("create them, or remove them from [sync] tables in config.toml"));
+    }
+    let problems: Vec<String> = tables.values().filter_map(|t| t.unsyncable_reason()).collect();
+    if !problems.is_empty() {
+        return Err(SyncError::operator(problems.join("; ")));
+    }
+
+    for (name, sql) in LOCAL_SQL {
+        let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
+        local.batch_execute(&wrapped).await.map_err(|e| {
+            let _ = &e;
+            SyncError::from_pg(&format!("{LOCAL} (applying sql/{name})"), &e)
+        })?;
+    }
+    tracing::info!("control tables ready");
+
+    // Publication: exactly the configured tables.
+    let list = cfg
+        .sync
+        .tables
+        .iter()
+        .map(|t| catalog::qualified(&cfg.local_postgres.schema, t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pub_exists: bool = local
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&cfg.sync.publication_name])
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+        .get(0);
+    let sql = if pub_exists {
+        format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(&cfg.sync.publication_name))
+    } else {
+        format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(&cfg.sync.publication_name))
+    };
+    local.batch_execute(&sql).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    tracing::info!(publication = %cfg.sync.publication_name, tables = cfg.sync.tables.len(), "publication ready");
+
+    // Slot.
+    let slot = local
+        .query_opt(
+            "SELECT plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.sync.slot_name],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    match slot {
+        None => {
+            local
+                .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&cfg.sync.slot_name])
+                .await
+                .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+            tracing::info!(slot = %cfg.sync.slot_name, "replication slot created");
+        }
+        Some(r) => {
+            let plugin: Option<String> = r.get(0);
+            let db: Option<String> = r.get(1);
+            if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(cfg.local_postgres.database.as_str()) {
+                return Err(SyncError::operator(format!(
+                    "replication slot {} exists but belongs to another plugin or database ({:?} on {:?})",
+                    cfg.sync.slot_name, plugin, db
+                ))
+                .with_hint("choose another [sync] slot_name, or drop that slot if it is unused"));
+            }
+            let status: Option<String> = r.get(2);
+            if status.as_deref() == Some("lost") {
+                return Err(SyncError::operator(format!("replication slot {} is invalidated (wal_status = lost)", cfg.sync.slot_name))
+                    .with_hint("run `centrovision-sync resync` to recreate it and reconcile both sides"));
+            }
+        }
+    }
+
+    // Replication origin for the down path's writes.
+    local
+        .execute(
+            "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+            &[&cfg.sync.origin_name],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+
+    local
+        .execute(
+            "INSERT INTO _sync_metadata (table_name) SELECT unnest($1::text[]) ON CONFLICT (table_name) DO NOTHING",
+            &[&cfg.sync.tables],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    local
+        .execute(
+            "INSERT INTO _sync_capture (slot_name) VALUES ($1) ON CONFLICT (slot_name) DO NOTHING",
+            &[&cfg.sync.slot_name],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+
+    if with_upstream {
+        install_upstream(cfg).await?;
+    }
+    println!(
+        "initialized: control tables, publication {}, slot {}, origin {} for {} tables",
+        quote_literal(&cfg.sync.publication_name),
+        quote_literal(&cfg.sync.slot_name),
+        quote_literal(&cfg.sync.origin_name),
+        cfg.sync.tables.len()
+    );
+    Ok(())
+}
+
+async fn install_upstream(cfg: &Config) -> Result<()> {
+    if cfg.supabase.mode != UpstreamMode::Postgres {
+        return Err(SyncError::operator("init --upstream needs [supabase] mode = \"postgres\" and db_url")
+            .with_hint("in REST-only setups run `centrovision-sync init --print-upstream-sql` and paste the output into the Supabase SQL editor"));
+    }
+    let up = upstream::postgres::PgUpstream::new(cfg)?;
+    for (name, sql) in upstream::UPSTREAM_SQL {
+        // Each file runs in its own transaction (BEGIN/COMMIT inside it).
+        up.run_batch(sql)
+            .await
+            .map_err(|e| SyncError { message: format!("installing sql/upstream/{name}: {}", e.message), ..e })?;
+    }
+    let v = up.contract_version().await?;
+    tracing::info!(version = ?v, "upstream functions installed");
+    Ok(())
+}
+
+pub(crate) async fn check_wal_level(local: &tokio_postgres::Client) -> Result<()> {
+    let level: String = local
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+        .get(0);
+    if level != "logical" {
+        return Err(SyncError::operator(format!("the local PostgreSQL runs with wal_level = {level}; logical replication needs wal_level = logical"))
+            .with_hint("run ALTER SYSTEM SET wal_level = logical; as a superuser, then restart PostgreSQL (see deploy/postgresql.conf.snippet)"));
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The CLI's commands. Each returns an exit code; `main.rs` only parses
+//! arguments and sets up logging.
+//!
+//! Exit codes: 0 success, 1 a runtime failure or (for `doctor`) a problem
+//! found, 2 bad configuration or arguments.
+
+mod doctor;
+mod init;
+mod service;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+pub use service::shutdown_signal;
+
+#[derive(Parser, Debug)]
+#[command(name = "centrovision-sync", version, about = "Two-way sync between a clinic's PostgreSQL and Supabase")]
+pub struct Cli {
+    /// Config file (default: $CENTROVISION_SYNC_CONFIG, else ./config.toml)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stream local changes upstream and poll upstream changes until SIGINT/SIGTERM
+    Run,
+    /// Create the control tables, publication, slot and origin (safe to run twice)
+    Init {
+        /// Also install the upstream SQL functions (postgres mode)
+        #[arg(long)]
+        upstream: bool,
+        /// Print the upstream SQL to paste into the Supabase SQL editor, and exit
+        #[arg(long)]
+        print_upstream_sql: bool,
+    },
+    /// Check the setup and print the exact fix for each problem (exit 1 if any)
+    Doctor,
+    /// Show whether data is in sync
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Capture everything committed before it started, push it, then exit
+    Once,
+}
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILURE: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs a parsed command line and returns the process exit code.
+pub async fn dispatch(cli: Cli) -> i32 {
+    if let Command::Init { print_upstream_sql: true, .. } = cli.command {
+        for (name, sql) in crate::upstream::UPSTREAM_SQL {
+            println!("-- sql/upstream/{name}\n{sql}");
+        }
+        return EXIT_OK;
+    }
+    let path = config::resolve_path(cli.config.as_deref());
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run => service::run(&cfg).await,
+        Command::Once => service::once(&cfg).await,
+        Command::Init { upstream, .. } => init::init(&cfg, upstream).await,
+        Command::Doctor => return doctor::doctor(&cfg).await,
+        Command::Status { json } => status::status(&cfg, json).await,
+    };
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!(class = ?e.class, "{e}");
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}

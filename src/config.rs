@@ -1,0 +1,575 @@
+//! `config.toml`: the spec's sections and keys, plus what WAL capture needs.
+//!
+//! Loading is strict so that a clinic's IT person learns about a typo the
+//! first time the service starts, not when data goes missing: unknown keys,
+//! missing required keys and bad values are all errors that name the key
+//! (the CLI exits with code 2 on them). Secrets may come from environment
+//! variables instead of the file and are wrapped in [`Secret`], whose
+//! `Debug`/`Display` never print the value.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "CENTROVISION_SYNC_CONFIG";
+/// Environment overrides for the secrets (they win over the file).
+pub const SERVICE_KEY_ENV: &str = "CENTROVISION_SYNC_SERVICE_KEY";
+pub const DB_URL_ENV: &str = "CENTROVISION_SYNC_DB_URL";
+pub const LOCAL_PASSWORD_ENV: &str = "CENTROVISION_SYNC_LOCAL_PASSWORD";
+
+/// The CentroVision tables synced when `[sync] tables` is absent.
+pub const DEFAULT_TABLES: [&str; 23] = [
+    "branches",
+    "rooms",
+    "profiles",
+    "patients",
+    "appointments",
+    "services",
+    "service_categories",
+    "invoices",
+    "invoice_items",
+    "payments",
+    "cash_closures",
+    "encounters",
+    "prescriptions",
+    "prescription_items",
+    "referrals",
+    "inventory_items",
+    "inventory_categories",
+    "inventory_movements",
+    "studies",
+    "study_files",
+    "crm_leads",
+    "crm_pipelines",
+    "crm_pipeline_stages",
+];
+
+/// A value that must never reach a log line, an error message or `status`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is handed to a connection.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// Supabase's HTTP API (PostgREST) with the service-role key.
+    Rest,
+    /// A direct PostgreSQL connection to the Supabase database (`db_url`).
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub supabase: Supabase,
+    pub local_postgres: LocalPostgres,
+    pub sync: Sync,
+    pub logging: Logging,
+    /// Where the config was read from (for messages), if from a file.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Supabase {
+    pub url: Option<String>,
+    pub service_key: Secret,
+    pub mode: UpstreamMode,
+    pub db_url: Secret,
+    /// Schema of the synced tables upstream.
+    pub schema: String,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalPostgres {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    pub password: Secret,
+    /// Schema of the synced tables locally.
+    pub schema: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sync {
+    pub interval_seconds: u64,
+    pub batch_size: usize,
+    pub retry_max_attempts: u32,
+    pub retry_delay_seconds: u64,
+    pub tables: Vec<String>,
+    pub slot_name: String,
+    pub publication_name: String,
+    /// Replication origin that tags the down path's local writes.
+    pub origin_name: String,
+    /// How far behind the watermark the poller re-reads, to catch rows that
+    /// committed late with an older `updated_at`.
+    pub overlap_seconds: u64,
+    pub journal_retention_hours: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    pub level: String,
+    pub file: Option<PathBuf>,
+    pub max_size_mb: u64,
+    pub max_files: usize,
+}
+
+/// Why the configuration could not be used. Always names the key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Cannot read config file {path}: {source}. Pass --config PATH or set {CONFIG_ENV}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("Config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("Config key {key} {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid { key, problem: problem.into() }
+    }
+}
+
+// ---- raw file shape -------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    supabase: Option<RawSupabase>,
+    local_postgres: Option<RawLocal>,
+    sync: Option<RawSync>,
+    logging: Option<RawLogging>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSupabase {
+    url: Option<String>,
+    service_key: Option<Secret>,
+    mode: Option<UpstreamMode>,
+    db_url: Option<Secret>,
+    schema: Option<String>,
+    request_timeout_seconds: Option<u64>,
+    connect_timeout_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    host: Option<String>,
+    port: Option<u16>,
+    database: Option<String>,
+    user: Option<String>,
+    password: Option<Secret>,
+    schema: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    interval_seconds: Option<u64>,
+    batch_size: Option<usize>,
+    retry_max_attempts: Option<u32>,
+    retry_delay_seconds: Option<u64>,
+    tables: Option<Vec<String>>,
+    slot_name: Option<String>,
+    publication_name: Option<String>,
+    origin_name: Option<String>,
+    overlap_seconds: Option<u64>,
+    journal_retention_hours: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    level: Option<String>,
+    file: Option<PathBuf>,
+    max_size_mb: Option<u64>,
+    max_files: Option<usize>,
+}
+
+/// Where to read the config: `--config`, else `$CENTROVISION_SYNC_CONFIG`,
+/// else `./config.toml`.
+pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("config.toml"),
+    }
+}
+
+impl Config {
+    /// Reads and validates the file, applying secret overrides from the
+    /// process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut cfg = Config::from_toml(&text, &path.display().to_string(), env)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `env` looks up secret overrides.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            // toml's message names the key and line; it never includes
+            // secret values because they are not echoed for type errors of
+            // strings, but trim it to the first paragraph to be safe.
+            message: redact_toml_message(&e),
+        })?;
+
+        let rs = raw.supabase.unwrap_or_default();
+        let mode = rs.mode.unwrap_or(UpstreamMode::Rest);
+        let service_key = env(SERVICE_KEY_ENV).map(Secret::new).or(rs.service_key).unwrap_or_default();
+        let db_url = env(DB_URL_ENV).map(Secret::new).or(rs.db_url).unwrap_or_default();
+        let url = rs.url.filter(|u| !u.trim().is_empty());
+        match mode {
+            UpstreamMode::Rest => {
+                let Some(u) = &url else {
+                    return Err(ConfigError::invalid(
+                        "[supabase] url",
+                        "is required when mode = \"rest\" (e.g. https://<project>.supabase.co)",
+                    ));
+                };
+                validate_rest_url(u)?;
+                if service_key.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "[supabase] service_key",
+                        format!("is required when mode = \"rest\" (or set {SERVICE_KEY_ENV}); use the service_role key, not the anon key"),
+                    ));
+                }
+            }
+            UpstreamMode::Postgres => {
+                if db_url.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "[supabase] db_url",
+                        format!("is required when mode = \"postgres\" (or set {DB_URL_ENV})"),
+                    ));
+                }
+                if let Err(e) = db_url.expose().parse::<tokio_postgres::Config>() {
+                    return Err(ConfigError::invalid(
+                        "[supabase] db_url",
+                        format!("is not a valid PostgreSQL connection string ({})", scrub(&e.to_string(), db_url.expose())),
+                    ));
+                }
+                if let Some(u) = &url {
+                    validate_rest_url(u)?;
+                }
+            }
+        }
+        let supabase = Supabase {
+            url,
+            service_key,
+            mode,
+            db_url,
+            schema: ident("[supabase] schema", rs.schema.unwrap_or_else(|| "public".into()))?,
+            request_timeout: Duration::from_secs(positive("[supabase] request_timeout_seconds", rs.request_timeout_seconds.unwrap_or(30))?),
+            connect_timeout: Duration::from_secs(positive("[supabase] connect_timeout_seconds", rs.connect_timeout_seconds.unwrap_or(10))?),
+        };
+
+        let Some(rl) = raw.local_postgres else {
+            return Err(ConfigError::invalid("[local_postgres]", "section is missing (host, port, database, user, password)"));
+        };
+        let database = rl.database.filter(|d| !d.is_empty()).ok_or_else(|| {
+            ConfigError::invalid("[local_postgres] database", "is required (the clinic's local database name)")
+        })?;
+        let user = rl.user.filter(|d| !d.is_empty()).ok_or_else(|| {
+            ConfigError::invalid("[local_postgres] user", "is required (a role with REPLICATION, see deploy/)")
+        })?;
+        let port = rl.port.unwrap_or(5432);
+        if port == 0 {
+            return Err(ConfigError::invalid("[local_postgres] port", "must be between 1 and 65535"));
+        }
+        let local_postgres = LocalPostgres {
+            host: rl.host.filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into()),
+            port,
+            database,
+            user,
+            password: env(LOCAL_PASSWORD_ENV).map(Secret::new).or(rl.password).unwrap_or_default(),
+            schema: ident("[local_postgres] schema", rl.schema.unwrap_or_else(|| "public".into()))?,
+        };
+
+        let sy = raw.sync.unwrap_or_default();
+        let tables = match sy.tables {
+            Some(t) if t.is_empty() => {
+                return Err(ConfigError::invalid("[sync] tables", "must list at least one table"));
+            }
+            Some(t) => t,
+            None => DEFAULT_TABLES.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for t in &tables {
+            if t.is_empty() || t.len() > 63 {
+                return Err(ConfigError::invalid("[sync] tables", format!("contains {t:?}: table names must be 1 to 63 bytes")));
+            }
+            if t.starts_with("_sync_") {
+                return Err(ConfigError::invalid("[sync] tables", format!("contains {t:?}: the service's own control tables cannot be synced")));
+            }
+            if !seen.insert(t.as_str()) {
+                return Err(ConfigError::invalid("[sync] tables", format!("lists {t:?} twice")));
+            }
+        }
+        let batch_size = sy.batch_size.unwrap_or(100);
+        if !(1..=1000).contains(&batch_size) {
+            return Err(ConfigError::invalid(
+                "[sync] batch_size",
+                format!("is {batch_size}; it must be between 1 and 1000 (Supabase returns at most 1,000 rows per request)"),
+            ));
+        }
+        let sync = Sync {
+            interval_seconds: positive("[sync] interval_seconds", sy.interval_seconds.unwrap_or(30))?,
+            batch_size,
+            retry_max_attempts: positive("[sync] retry_max_attempts", u64::from(sy.retry_max_attempts.unwrap_or(3)))? as u32,
+            retry_delay_seconds: positive("[sync] retry_delay_seconds", sy.retry_delay_seconds.unwrap_or(5))?,
+            tables,
+            slot_name: slot_ident("[sync] slot_name", sy.slot_name.unwrap_or_else(|| "centrovision_sync".into()))?,
+            publication_name: ident("[sync] publication_name", sy.publication_name.unwrap_or_else(|| "centrovision_sync".into()))?,
+            origin_name: ident("[sync] origin_name", sy.origin_name.unwrap_or_else(|| "centrovision_sync".into()))?,
+            overlap_seconds: sy.overlap_seconds.unwrap_or(300),
+            journal_retention_hours: positive("[sync] journal_retention_hours", sy.journal_retention_hours.unwrap_or(168))?,
+        };
+
+        let lg = raw.logging.unwrap_or_default();
+        let level = lg.level.unwrap_or_else(|| "info".into()).to_lowercase();
+        if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+            return Err(ConfigError::invalid("[logging] level", format!("is {level:?}; use one of debug, info, warn, error")));
+        }
+        let logging = Logging {
+            level,
+            file: lg.file.filter(|f| !f.as_os_str().is_empty()),
+            max_size_mb: positive("[logging] max_size_mb", lg.max_size_mb.unwrap_or(10))?,
+            max_files: positive("[logging] max_files", lg.max_files.unwrap_or(5) as u64)? as usize,
+        };
+
+        Ok(Config { supabase, local_postgres, sync, logging, source: None })
+    }
+
+    /// Connection settings for the local database.
+    pub fn local_pg_config(&self) -> tokio_postgres::Config {
+        let l = &self.local_postgres;
+        let mut c = tokio_postgres::Config::new();
+        c.host(&l.host)
+            .port(l.port)
+            .dbname(&l.database)
+            .user(&l.user)
+            .application_name("centrovision-sync")
+            .connect_timeout(Duration::from_secs(10))
+            .options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres");
+        if !l.password.is_empty() {
+            c.password(l.password.expose());
+        }
+        c
+    }
+
+    /// Connection settings for the upstream database (postgres mode).
+    pub fn upstream_pg_config(&self) -> Option<tokio_postgres::Config> {
+        let mut c: tokio_postgres::Config = self.supabase.db_url.expose().parse().ok()?;
+        c.application_name("centrovision-sync");
+        if c.get_connect_timeout().is_none() {
+            c.connect_timeout(self.supabase.connect_timeout);
+        }
+        c.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres");
+        Some(c)
+    }
+}
+
+fn positive(key: &'static str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(v)
+}
+
+fn ident(key: &'static str, v: String) -> Result<String, ConfigError> {
+    if v.is_empty() || v.len() > 63 || v.contains('\0') {
+        return Err(ConfigError::invalid(key, format!("is {v:?}; it must be 1 to 63 bytes")));
+    }
+    Ok(v)
+}
+
+/// Slot names are restricted by PostgreSQL to lower-case letters, digits and
+/// underscores.
+fn slot_ident(key: &'static str, v: String) -> Result<String, ConfigError> {
+    let v = ident(key, v)?;
+    if !v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(ConfigError::invalid(key, format!("is {v:?}; use only lower-case letters, digits and underscores")));
+    }
+    Ok(v)
+}
+
+fn validate_rest_url(u: &str) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(u).map_err(|e| {
+        ConfigError::invalid("[supabase] url", format!("is not a valid URL ({e}); expected e.g. https://<project>.supabase.co"))
+    })?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(ConfigError::invalid(
+            "[supabase] url",
+            "must use https:// (plain http:// is only allowed for a loopback address); the service key would travel unencrypted",
+        )),
+        other => Err(ConfigError::invalid("[supabase] url", format!("has scheme {other:?}; use https://"))),
+    }
+}
+
+/// Removes any occurrence of the secret from a message.
+fn scrub(msg: &str, secret: &str) -> String {
+    if secret.len() >= 4 { msg.replace(secret, "<redacted>") } else { msg.to_string() }
+}
+
+fn redact_toml_message(e: &toml::de::Error) -> String {
+    // The message quotes the offending line of the file. For lines that hold
+    // secrets, drop the quoted source to keep the value out of logs.
+    let msg = e.to_string();
+    let secret_keys = ["service_key", "password", "db_url", "webhook_url"];
+    let quotes_secret = msg.lines().any(|l| {
+        let t = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ' || c == '|');
+        secret_keys.iter().any(|k| t.trim_start().starts_with(k))
+    });
+    if quotes_secret {
+        let head: Vec<&str> = msg.lines().filter(|l| !l.contains('|') && !l.trim().is_empty()).collect();
+        format!("{} (the line holds a secret and is not shown)", head.join("; "))
+    } else {
+        msg.trim_end().replace('\n', "\n  ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN_REST: &str = r#"
+[supabase]
+url = "https://example.supabase.co"
+service_key = "sk-very-secret-value"
+
+[local_postgres]
+database = "centrovision"
+user = "centrovision_app"
+password = "pw-very-secret"
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_rest_config_gets_the_spec_defaults() {
+        let c = Config::from_toml(MIN_REST, "t", no_env).unwrap();
+        assert_eq!(c.sync.interval_seconds, 30);
+        assert_eq!(c.sync.batch_size, 100);
+        assert_eq!(c.sync.retry_max_attempts, 3);
+        assert_eq!(c.sync.retry_delay_seconds, 5);
+        assert_eq!(c.sync.tables.len(), 23);
+        assert_eq!(c.sync.slot_name, "centrovision_sync");
+        assert_eq!(c.sync.publication_name, "centrovision_sync");
+        assert_eq!(c.local_postgres.port, 5432);
+        assert_eq!(c.logging.level, "info");
+        assert_eq!(c.supabase.mode, UpstreamMode::Rest);
+    }
+
+    #[test]
+    fn unknown_key_is_named_in_the_error() {
+        let text = format!("{MIN_REST}\n[sync]\nbatch_sise = 10\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("batch_sise"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_in_the_error() {
+        let text = format!("{MIN_REST}\n[sync]\nbatch_size = \"lots\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let text = MIN_REST.replace("database = \"centrovision\"\n", "");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[local_postgres] database"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_batch_size_is_rejected() {
+        let text = format!("{MIN_REST}\n[sync]\nbatch_size = 5000\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[sync] batch_size"), "{e}");
+    }
+
+    #[test]
+    fn postgres_mode_requires_db_url() {
+        let text = MIN_REST.replace("[supabase]\n", "[supabase]\nmode = \"postgres\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[supabase] db_url"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_loopback() {
+        let text = MIN_REST.replace("https://example.supabase.co", "http://example.supabase.co");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        let text = MIN_REST.replace("https://example.supabase.co", "http://127.0.0.1:8080");
+        Config::from_toml(&text, "t", no_env).unwrap();
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_and_never_print() {
+        let env = |k: &str| (k == SERVICE_KEY_ENV).then(|| "from-env-secret".to_string());
+        let c = Config::from_toml(MIN_REST, "t", env).unwrap();
+        assert_eq!(c.supabase.service_key.expose(), "from-env-secret");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("from-env-secret") && !dbg.contains("pw-very-secret"), "{dbg}");
+    }
+
+    #[test]
+    fn a_type_error_on_a_secret_line_does_not_echo_it() {
+        let text = MIN_REST.replace("password = \"pw-very-secret\"", "password = pw-very-secret");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(!e.contains("pw-very-secret"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! centrovision-sync: two-way sync between a clinic's PostgreSQL and the
+//! clinic group's Supabase project. See README.md for the design.
+//!
+//! Up path: [`replication`] streams the pgoutput slot, decoded by the pure
+//! [`pgoutput`] module, into the [`journal`]; [`push`] delivers journal rows
+//! through an [`upstream`] transport.
+
+pub mod catalog;
+pub mod commands;
+pub mod config;
+pub mod crash;
+pub mod down;
+pub mod error;
+pub mod journal;
+pub mod lsn;
+pub mod pgoutput;
+pub mod push;
+pub mod replication;
+pub mod upstream;

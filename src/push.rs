@@ -1,0 +1,374 @@
+//! The pusher: delivers journaled changes upstream in commit order.
+//!
+//! Each batch reads up to `batch_size` queued journal rows, coalesces repeated
+//! changes to the same row (the last image wins; a TRUNCATE is a barrier),
+//! applies them upstream in one atomic call, and only then marks the rows
+//! synced. A crash between the upstream commit and the local mark re-sends
+//! the batch, which the last-write-wins apply absorbs (same image, tie, kept).
+//! A row upstream rejects for a data reason is parked with its error and the
+//! rest of the batch still lands; whole-batch failures are retried with
+//! exponential backoff and jitter, recording `retry_count` and `error`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use tokio_postgres::Client;
+
+use crate::error::{Class, Result, SyncError, class_of_sqlstate};
+use crate::journal::{self, Operation, Queued};
+use crate::upstream::{Outcome, Upstream};
+
+const LOCAL: &str = "local database (pusher)";
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchReport {
+    /// Journal rows read (0 means the queue was empty).
+    pub rows: usize,
+    pub applied: usize,
+    pub kept: usize,
+    pub rejected: usize,
+    /// Some rejection was not a data error: back off before the next batch.
+    pub should_back_off: bool,
+}
+
+/// A batch that failed as a whole, with the journal rows it covered.
+#[derive(Debug)]
+pub struct BatchFailure {
+    pub error: SyncError,
+    pub ids: Vec<i64>,
+}
+
+/// The upstream request built from a batch, and which journal rows each
+/// element stands for.
+struct Built {
+    json: String,
+    covers: Vec<Vec<i64>>,
+    tables: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Element<'a> {
+    i: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s: Option<&'a str>,
+    t: &'a str,
+    op: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    row: Option<&'a RawValue>,
+}
+
+/// Coalesces `rows` into upstream elements (pure; see module docs).
+fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
+    struct Slot {
+        row: usize,
+        merged: Option<Box<RawValue>>,
+        ids: Vec<i64>,
+    }
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut by_key: HashMap<(&str, &str), usize> = HashMap::new();
+    for (n, q) in rows.iter().enumerate() {
+        if q.op == Operation::Truncate {
+            by_key.retain(|(t, _), _| *t != q.table.as_str());
+            slots.push(Slot { row: n, merged: None, ids: vec![q.id] });
+            continue;
+        }
+        let Some(rid) = q.record_id.as_deref() else {
+            return Err(SyncError::operator(format!("journal row {} has no record_id", q.id)));
+        };
+        match by_key.get(&(q.table.as_str(), rid)) {
+            Some(&s) => {
+                let prev = &rows[slots[s].row];
+                let merged = merge_partial(prev, slots[s].merged.as_deref(), q)?;
+                let slot = &mut slots[s];
+                slot.row = n;
+                slot.merged = merged;
+                slot.ids.push(q.id);
+            }
+            None => {
+                by_key.insert((q.table.as_str(), rid), slots.len());
+                slots.push(Slot { row: n, merged: None, ids: vec![q.id] });
+            }
+        }
+    }
+    let mut json = String::with_capacity(rows.iter().map(|r| r.data.as_ref().map_or(64, |d| d.len() + 64)).sum());
+    json.push('[');
+    let mut covers = Vec::with_capacity(slots.len());
+    let mut tables = Vec::with_capacity(slots.len());
+    let mut parsed: Vec<Box<RawValue>> = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let q = &rows[slot.row];
+        let row: Option<&RawValue> = match (&slot.merged, q.op) {
+            (Some(m), _) => Some(m),
+            (None, Operation::Insert | Operation::Update) => {
+                let data = q.data.as_deref().ok_or_else(|| SyncError::operator(format!("journal row {} has no data", q.id)))?;
+                parsed.push(RawValue::from_string(data.to_string()).map_err(|e| {
+                    SyncError::operator(format!("journal row {} holds invalid JSON: {e}", q.id))
+                })?);
+                parsed.last().map(|b| &**b)
+            }
+            _ => None,
+        };
+        let el = Element {
+            i,
+            s: schema,
+            t: &q.table,
+            op: match q.op {
+                Operation::Insert | Operation::Update => "upsert",
+                Operation::Delete => "delete",
+                Operation::Truncate => "truncate",
+            },
+            k: if q.op == Operation::Delete { q.record_id.as_deref() } else { None },
+            ts: matches!(q.op, Operation::Delete | Operation::Truncate).then_some(q.commit_ts.as_str()),
+            row,
+        };
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&serde_json::to_string(&el).expect("serializable"));
+        covers.push(slot.ids.clone());
+        tables.push(q.table.clone());
+    }
+    json.push(']');
+    Ok(Built { json, covers, tables })
+}
+
+/// When a later image of a row lacks columns (unfilled TOAST values) that an
+/// earlier image in the same batch had, carry them over.
+fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -> Result<Option<Box<RawValue>>> {
+    if next.op != Operation::Update {
+        return Ok(None);
+    }
+    let prev_text = match (prev_merged, prev.op) {
+        (Some(m), _) => m.get(),
+        (None, Operation::Insert | Operation::Update) => prev.data.as_deref().unwrap_or("{}"),
+        _ => return Ok(None),
+    };
+    let Some(next_text) = next.data.as_deref() else { return Ok(None) };
+    let parse = |s: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s).ok();
+    let (Some(p), Some(mut n)) = (parse(prev_text), parse(next_text)) else { return Ok(None) };
+    if p.keys().all(|k| n.contains_key(k)) {
+        return Ok(None);
+    }
+    for (k, v) in p {
+        n.entry(k).or_insert(v);
+    }
+    let text = serde_json::Value::Object(n).to_string();
+    Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::operator(format!("merging images: {e}")))?))
+}
+
+/// Delivers one batch. `Ok` with `rows == 0` means the queue is empty.
+pub async fn push_batch<U: Upstream>(
+    local: &Client,
+    upstream: &U,
+    batch_size: usize,
+    schema: Option<&str>,
+    max_attempts: u32,
+) -> std::result::Result<BatchReport, BatchFailure> {
+    let rows = journal::next_batch(local, batch_size as i64)
+        .await
+        .map_err(|error| BatchFailure { error, ids: vec![] })?;
+    if rows.is_empty() {
+        return Ok(BatchReport::default());
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let fail = |error| BatchFailure { error, ids: ids.clone() };
+    let built = build(&rows, schema).map_err(fail)?;
+    let outcome: Outcome = upstream.apply(&built.json).await.map_err(fail)?;
+    crate::crash::point("push.after_upstream_apply");
+
+    let mut synced: Vec<i64> = Vec::with_capacity(rows.len());
+    let mut per_table: HashMap<&str, i64> = HashMap::new();
+    for &i in outcome.applied.iter().chain(outcome.kept.iter()) {
+        let Some(c) = built.covers.get(i as usize) else { continue };
+        synced.extend_from_slice(c);
+        *per_table.entry(built.tables[i as usize].as_str()).or_default() += c.len() as i64;
+    }
+    let retry_count: HashMap<i64, i32> = rows.iter().map(|r| (r.id, r.retry_count)).collect();
+    let mut report = BatchReport {
+        rows: rows.len(),
+        applied: outcome.applied.len(),
+        kept: outcome.kept.len(),
+        rejected: outcome.rejected.len(),
+        should_back_off: false,
+    };
+    let write = async {
+        local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        journal::mark_synced(local, &synced).await?;
+        for r in &outcome.rejected {
+            let Some(c) = built.covers.get(r.i as usize) else { continue };
+            let class = r.code.as_deref().map(class_of_sqlstate).unwrap_or(Class::Data);
+            let attempts = c.iter().map(|id| retry_count.get(id).copied().unwrap_or(0)).max().unwrap_or(0) + 1;
+            let park = class != Class::Transient || attempts as u32 >= max_attempts;
+            if !park {
+                report.should_back_off = true;
+            }
+            let text = r.describe();
+            tracing::warn!(table = %built.tables[r.i as usize], rows = c.len(), parked = park, error = %text, "change rejected upstream");
+            journal::record_failure(local, c, &text, park).await?;
+            record_table_error(local, &built.tables[r.i as usize], &text).await?;
+        }
+        for (table, n) in &per_table {
+            local
+                .execute(
+                    "INSERT INTO _sync_metadata (table_name, last_sync_to_supabase, records_synced_up)
+                     VALUES ($1, now(), $2)
+                     ON CONFLICT (table_name) DO UPDATE
+                     SET last_sync_to_supabase = now(),
+                         records_synced_up = coalesce(_sync_metadata.records_synced_up, 0) + EXCLUDED.records_synced_up,
+                         updated_at = now()",
+                    &[table, n],
+                )
+                .await
+                .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        }
+        local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        Ok::<_, SyncError>(())
+    };
+    if let Err(e) = write.await {
+        let _ = local.batch_execute("ROLLBACK").await;
+        return Err(BatchFailure { error: e, ids: vec![] });
+    }
+    Ok(report)
+}
+
+/// Records a table-level error in `_sync_metadata.last_error`.
+pub async fn record_table_error(local: &Client, table: &str, error: &str) -> Result<()> {
+    local
+        .execute(
+            "INSERT INTO _sync_metadata (table_name, last_error, last_error_at) VALUES ($1, $2, now())
+             ON CONFLICT (table_name) DO UPDATE SET last_error = EXCLUDED.last_error, last_error_at = now(), updated_at = now()",
+            &[&table, &error],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    Ok(())
+}
+
+/// Exponential backoff with full jitter: base·2^attempt, capped, times a
+/// random factor in [0.5, 1].
+pub fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let d = exp.min(cap);
+    let f: f64 = 0.5 + rand::random::<f64>() * 0.5;
+    d.mul_f64(f)
+}
+
+/// Totals of a drain.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DrainReport {
+    pub rows: usize,
+    pub applied: usize,
+    pub kept: usize,
+    pub rejected: usize,
+    pub batches: usize,
+    pub elapsed: Duration,
+}
+
+/// Pushes until the queue is empty. Transient failures are retried with
+/// backoff up to `max_attempts` consecutive failures, then returned.
+pub async fn drain<U: Upstream>(
+    local: &Client,
+    upstream: &U,
+    batch_size: usize,
+    schema: Option<&str>,
+    max_attempts: u32,
+    retry_base: Duration,
+) -> Result<DrainReport> {
+    let started = Instant::now();
+    let mut total = DrainReport::default();
+    let mut failures = 0u32;
+    loop {
+        match push_batch(local, upstream, batch_size, schema, max_attempts).await {
+            Ok(r) if r.rows == 0 => break,
+            Ok(r) => {
+                failures = 0;
+                total.rows += r.rows;
+                total.applied += r.applied;
+                total.kept += r.kept;
+                total.rejected += r.rejected;
+                total.batches += 1;
+                if r.should_back_off {
+                    tokio::time::sleep(backoff(retry_base, 0, Duration::from_secs(60))).await;
+                }
+            }
+            Err(f) => {
+                failures += 1;
+                tracing::warn!(error = %f.error, attempt = failures, "push failed");
+                if !f.ids.is_empty() {
+                    let _ = journal::record_failure(local, &f.ids, &f.error.to_string(), false).await;
+                }
+                if failures >= max_attempts || !f.error.is_transient() {
+                    return Err(f.error);
+                }
+                tokio::time::sleep(backoff(retry_base, failures - 1, Duration::from_secs(60))).await;
+            }
+        }
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(id: i64, table: &str, rid: Option<&str>, op: Operation, data: Option<&str>) -> Queued {
+        Queued {
+            id,
+            table: table.into(),
+            record_id: rid.map(Into::into),
+            op,
+            data: data.map(Into::into),
+            commit_ts: "2026-01-01 00:00:00+00".into(),
+            retry_count: 0,
+            commit_lsn: None,
+        }
+    }
+
+    #[test]
+    fn repeated_changes_to_a_row_coalesce_to_the_last_image() {
+        let rows = vec![
+            q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1","v":"x"}"#)),
+            q(2, "a", Some("2"), Operation::Insert, Some(r#"{"id":"2"}"#)),
+            q(3, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","v":"y"}"#)),
+        ];
+        let b = build(&rows, None).unwrap();
+        assert_eq!(b.covers, vec![vec![1, 3], vec![2]]);
+        assert!(b.json.contains(r#""v":"y""#) && !b.json.contains(r#""v":"x""#), "{}", b.json);
+    }
+
+    #[test]
+    fn truncate_is_a_barrier_for_coalescing() {
+        let rows = vec![
+            q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1"}"#)),
+            q(2, "a", None, Operation::Truncate, None),
+            q(3, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1"}"#)),
+        ];
+        let b = build(&rows, None).unwrap();
+        assert_eq!(b.covers, vec![vec![1], vec![2], vec![3]]);
+    }
+
+    #[test]
+    fn a_partial_image_keeps_columns_from_the_earlier_image_in_the_batch() {
+        let rows = vec![
+            q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1","big":"B","v":"x"}"#)),
+            q(2, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","v":"y"}"#)),
+        ];
+        let b = build(&rows, None).unwrap();
+        assert!(b.json.contains(r#""big":"B""#) && b.json.contains(r#""v":"y""#), "{}", b.json);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(1);
+        assert!(backoff(base, 0, Duration::from_secs(60)) <= Duration::from_secs(1));
+        assert!(backoff(base, 3, Duration::from_secs(60)) >= Duration::from_secs(4));
+        assert!(backoff(base, 30, Duration::from_secs(60)) <= Duration::from_secs(60));
+    }
+}

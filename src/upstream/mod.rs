@@ -1,0 +1,162 @@
+//! The upstream (Supabase): where the up path delivers changes and where the
+//! down path reads them.
+//!
+//! [`Upstream`] is the sink/source contract both transports implement:
+//! - `apply` delivers a batch of changes at least once; duplicates are
+//!   tolerated because the upstream apply is last-write-wins and idempotent.
+//!   There is exactly one LWW implementation, the SQL function in
+//!   `sql/upstream/001_apply.sql`, called directly in postgres mode and via
+//!   PostgREST RPC in REST mode. A batch applies atomically; the outcome says
+//!   per change whether it was applied, kept upstream (upstream was newer or
+//!   equal) or rejected (with the SQLSTATE and message).
+//! - `pull` reads one keyset page on `(updated_at, pk)`, returned as the JSON
+//!   array text PostgREST would return, so the local apply is identical in
+//!   both modes and values are never re-encoded in Rust.
+
+pub mod postgres;
+
+use serde::Deserialize;
+
+use crate::config::{Config, UpstreamMode};
+use crate::error::{Result, SyncError};
+
+/// Version of the upstream SQL contract this build expects
+/// (`public.centrovision_sync_version()`).
+pub const CONTRACT_VERSION: i32 = 1;
+
+/// The upstream SQL, in install order (also printed by
+/// `init --print-upstream-sql`).
+pub const UPSTREAM_SQL: &[(&str, &str)] = &[("001_apply.sql", include_str!("../../sql/upstream/001_apply.sql"))];
+
+/// Per-change result of a batch, by the caller's index `i`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Outcome {
+    #[serde(default)]
+    pub applied: Vec<i64>,
+    #[serde(default)]
+    pub kept: Vec<i64>,
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Rejected {
+    pub i: i64,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+    #[serde(default)]
+    pub hint: Option<String>,
+}
+
+impl Rejected {
+    /// The text stored in `_sync_pending.error`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("rejected upstream: {}", self.message);
+        if let Some(c) = &self.code {
+            s.push_str(&format!(" (SQLSTATE {c})"));
+        }
+        if let Some(d) = &self.detail {
+            s.push_str(&format!("; detail: {d}"));
+        }
+        if let Some(h) = &self.hint {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        s
+    }
+}
+
+/// Where a keyset page starts: rows strictly after `(updated_at, id)`, or
+/// at/after `updated_at` when `id` is None; everything when both are None.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// timestamptz text at full microsecond precision.
+    pub updated_at: Option<String>,
+    pub id: Option<String>,
+}
+
+/// A table as the upstream reads it.
+#[derive(Debug, Clone)]
+pub struct TableRef<'a> {
+    pub name: &'a str,
+    pub pk: &'a str,
+    /// SQL type of the key, for casts in postgres mode.
+    pub pk_type: &'a str,
+}
+
+/// The contract both transports implement (see the module docs).
+pub trait Upstream: Sync {
+    /// Applies a batch: `changes` is a JSON array in the contract of
+    /// `sql/upstream/001_apply.sql`.
+    fn apply(&self, changes: &str) -> impl Future<Output = Result<Outcome>> + Send;
+    /// One keyset page ordered by `(updated_at, pk)`, as a JSON array text.
+    fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> impl Future<Output = Result<String>> + Send;
+    /// Rows of `table` with these keys, as a JSON array text.
+    fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> impl Future<Output = Result<String>> + Send;
+    /// A cheap authenticated round trip.
+    fn health(&self) -> impl Future<Output = Result<()>> + Send;
+    /// The installed contract version, None when the functions are missing.
+    fn contract_version(&self) -> impl Future<Output = Result<Option<i32>>> + Send;
+}
+
+/// The configured transport.
+pub enum Client {
+    Postgres(postgres::PgUpstream),
+}
+
+impl Client {
+    pub fn from_config(cfg: &Config) -> Result<Client> {
+        match cfg.supabase.mode {
+            UpstreamMode::Postgres => Ok(Client::Postgres(postgres::PgUpstream::new(cfg)?)),
+            UpstreamMode::Rest => Err(SyncError::operator("REST mode is not available in this build").with_hint(
+                "set [supabase] mode = \"postgres\" and db_url",
+            )),
+        }
+    }
+}
+
+impl Upstream for Client {
+    async fn apply(&self, changes: &str) -> Result<Outcome> {
+        match self {
+            Client::Postgres(p) => p.apply(changes).await,
+        }
+    }
+    async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
+        match self {
+            Client::Postgres(p) => p.pull(table, after, limit).await,
+        }
+    }
+    async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
+        match self {
+            Client::Postgres(p) => p.fetch(table, ids).await,
+        }
+    }
+    async fn health(&self) -> Result<()> {
+        match self {
+            Client::Postgres(p) => p.health().await,
+        }
+    }
+    async fn contract_version(&self) -> Result<Option<i32>> {
+        match self {
+            Client::Postgres(p) => p.contract_version().await,
+        }
+    }
+}
+
+/// Parses the apply function's result and checks every index is accounted for.
+pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
+    let o: Outcome = serde_json::from_str(text)
+        .map_err(|e| SyncError::operator(format!("upstream apply returned an unexpected result ({e})")).with_hint(
+            "the upstream SQL functions may be outdated; run `centrovision-sync init --upstream` or paste `init --print-upstream-sql` into the Supabase SQL editor",
+        ))?;
+    let n = o.applied.len() + o.kept.len() + o.rejected.len();
+    if n != expected {
+        return Err(SyncError::operator(format!(
+            "upstream apply reported {n} outcomes for {expected} changes"
+        )));
+    }
+    Ok(o)
+}

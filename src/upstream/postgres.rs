@@ -1,0 +1,144 @@
+//! Direct PostgreSQL connection to the Supabase database (`mode = "postgres"`).
+//!
+//! Calls the same SQL functions the REST mode calls through PostgREST, so
+//! both modes share one last-write-wins implementation. The connection is
+//! opened lazily and dropped after any connection-level failure, so the next
+//! call reconnects.
+
+use tokio::sync::Mutex;
+use tokio_postgres::NoTls;
+
+use super::{Cursor, Outcome, TableRef, Upstream, parse_outcome};
+use crate::catalog::{quote_ident, qualified};
+use crate::config::Config;
+use crate::error::{Result, SyncError};
+
+const CTX: &str = "upstream database";
+
+pub struct PgUpstream {
+    config: tokio_postgres::Config,
+    schema: String,
+    conn: Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl PgUpstream {
+    pub fn new(cfg: &Config) -> Result<Self> {
+        let config = cfg
+            .upstream_pg_config()
+            .ok_or_else(|| SyncError::operator("[supabase] db_url is not a valid connection string"))?;
+        Ok(PgUpstream { config, schema: cfg.supabase.schema.clone(), conn: Mutex::new(None) })
+    }
+
+    /// Runs `f` on a connected client; drops the connection when the error
+    /// says it is broken.
+    async fn with_client<T>(
+        &self,
+        f: impl AsyncFnOnce(&tokio_postgres::Client) -> std::result::Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| SyncError::from_pg(CTX, &e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            *guard = Some(client);
+        }
+        let client = guard.as_ref().expect("connected above");
+        match f(client).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let err = SyncError::from_pg(CTX, &e);
+                if e.as_db_error().is_none() || err.is_transient() {
+                    *guard = None;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The upstream's connection, for commands that run DDL (`init --upstream`).
+    pub async fn run_batch(&self, sql: &str) -> Result<()> {
+        self.with_client(async |c| c.batch_execute(sql).await).await
+    }
+
+    /// Describes upstream tables (postgres mode only).
+    pub async fn catalog(&self, tables: &[String]) -> Result<std::collections::BTreeMap<String, crate::catalog::Table>> {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| SyncError::from_pg(CTX, &e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            *guard = Some(client);
+        }
+        crate::catalog::load(guard.as_ref().expect("connected above"), &self.schema, tables).await
+    }
+}
+
+impl Upstream for PgUpstream {
+    async fn apply(&self, changes: &str) -> Result<Outcome> {
+        let expected = count_elements(changes);
+        let text: String = self
+            .with_client(async |c| {
+                c.query_one("SELECT public.centrovision_sync_apply($1::text::jsonb)::text", &[&changes])
+                    .await
+                    .map(|r| r.get(0))
+            })
+            .await?;
+        parse_outcome(&text, expected)
+    }
+
+    async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
+        let t = qualified(&self.schema, table.name);
+        let pk = quote_ident(table.pk);
+        let sql = format!(
+            "SELECT coalesce(json_agg(x), '[]')::text FROM (
+               SELECT * FROM {t}
+               WHERE $1::text IS NULL
+                  OR updated_at > $1::text::timestamptz
+                  OR (updated_at = $1::text::timestamptz AND ($2::text IS NULL OR {pk} > $2::text::{ty}))
+               ORDER BY updated_at, {pk} LIMIT $3) x",
+            ty = table.pk_type
+        );
+        let limit = limit as i64;
+        self.with_client(async |c| c.query_one(&sql, &[&after.updated_at, &after.id, &limit]).await.map(|r| r.get(0)))
+            .await
+    }
+
+    async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
+        let sql = format!(
+            "SELECT coalesce(json_agg(x), '[]')::text FROM (SELECT * FROM {} WHERE {} = ANY($1::text[]::{}[])) x",
+            qualified(&self.schema, table.name),
+            quote_ident(table.pk),
+            table.pk_type
+        );
+        self.with_client(async |c| c.query_one(&sql, &[&ids]).await.map(|r| r.get(0))).await
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.with_client(async |c| c.simple_query("SELECT 1").await.map(|_| ())).await
+    }
+
+    async fn contract_version(&self) -> Result<Option<i32>> {
+        self.with_client(async |c| {
+            let exists = c
+                .query_one(
+                    "SELECT to_regprocedure('public.centrovision_sync_version()') IS NOT NULL
+                        AND to_regprocedure('public.centrovision_sync_apply(jsonb)') IS NOT NULL",
+                    &[],
+                )
+                .await?
+                .get::<_, bool>(0);
+            if !exists {
+                return Ok(None);
+            }
+            c.query_one("SELECT public.centrovision_sync_version()", &[]).await.map(|r| Some(r.get(0)))
+        })
+        .await
+    }
+}
+
+/// Number of elements of a JSON array text built by the pusher.
+fn count_elements(changes: &str) -> usize {
+    serde_json::from_str::<Vec<&serde_json::value::RawValue>>(changes).map(|v| v.len()).unwrap_or(0)
+}

@@ -1,0 +1,219 @@
+//! Down path against real clusters: upstream rows come down without echo,
+//! both sides converge, and crashes lose nothing.
+
+mod support;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::sync::{Mode, Pair};
+use tokio_postgres::Client;
+
+async fn count(db: &support::TestDb, sql: &str) -> i64 {
+    db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Writes on `up` as another clinic would: triggers on, now() timestamps.
+async fn upstream_writes(up: &Client, n: usize, tag: &str) {
+    up.batch_execute(&format!(
+        "INSERT INTO branches (name) SELECT '{tag} branch ' || g FROM generate_series(1, 3) g;
+         INSERT INTO patients (branch_id, full_name, tags, metadata, birth_date, photo, notes)
+         SELECT (SELECT id FROM branches ORDER BY random() LIMIT 1), '{tag} ' || g || ' ñandú 🦜',
+                ARRAY['x', 'y z'], jsonb_build_object('g', g, 'nested', jsonb_build_array(1, 2.50, 'tres')),
+                '2000-02-29', '\\x00ff10'::bytea, E'line1\\nline2\\t\"quoted\"'
+         FROM generate_series(1, {n}) g;"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_rows_arrive_identically_and_are_not_echoed() {
+    let pair = Pair::new("down_basic", Mode::Postgres).await;
+    pair.init().await;
+    let up = pair.upstream.connect().await;
+    upstream_writes(&up, 250, "cloud").await;
+    up.batch_execute("INSERT INTO services (name, price) VALUES ('consulta', 1234.50), ('examen', 0.01)").await.unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+    // Several cycles with upstream updates: still no journal entries.
+    for round in 0..3 {
+        up.batch_execute(&format!("UPDATE patients SET phone = 'r{round}' WHERE full_name LIKE 'cloud 1%'")).await.unwrap();
+        pair.once().await;
+        pair.assert_converged().await;
+    }
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 0, "down-path writes were journaled (echo)");
+    // updated_at is identical, not re-stamped by the local trigger.
+    let l: String = pair.local.connect().await.query_one("SELECT max(updated_at)::text FROM patients", &[]).await.unwrap().get(0);
+    let u: String = up.query_one("SELECT max(updated_at)::text FROM patients", &[]).await.unwrap().get(0);
+    assert_eq!(l, u);
+}
+
+/// One effective write: when, and the row image it left (None: deleted).
+struct Write {
+    at: String,
+    image: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_converge_under_a_random_two_way_workload() {
+    let pair = Pair::new("two_way", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    let mut rng = StdRng::seed_from_u64(42);
+    let ids: Vec<String> = (0..40).map(|i| format!("00000000-0000-0000-0000-{i:012}")).collect();
+    let mut latest: std::collections::HashMap<String, Write> = Default::default();
+    for _round in 0..5 {
+        for _ in 0..60 {
+            let on_local = rng.random_bool(0.5);
+            let side = if on_local { &local } else { &up };
+            let id = ids[rng.random_range(0..ids.len())].clone();
+            // Realistic writes: timestamps from now() via the tables' triggers;
+            // hard deletes happen locally, upstream deletes are soft (deleted_at).
+            let (sql, deletes) = match rng.random_range(0..10) {
+                0..=3 => (
+                    format!(
+                        "INSERT INTO services (id, name, price) VALUES ('{id}', 'v{}', {})
+                         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, deleted_at = NULL
+                         RETURNING clock_timestamp()::text",
+                        rng.random::<u16>(),
+                        rng.random_range(0..1000)
+                    ),
+                    false,
+                ),
+                4..=6 => (
+                    format!("UPDATE services SET price = price + 1 WHERE id = '{id}' RETURNING clock_timestamp()::text"),
+                    false,
+                ),
+                7 => (format!("UPDATE services SET deleted_at = now() WHERE id = '{id}' RETURNING clock_timestamp()::text"), false),
+                _ if on_local => (format!("DELETE FROM services WHERE id = '{id}' RETURNING clock_timestamp()::text"), true),
+                _ => (format!("UPDATE services SET deleted_at = now() WHERE id = '{id}' RETURNING clock_timestamp()::text"), false),
+            };
+            let Some(row) = side.query_opt(sql.as_str(), &[]).await.unwrap() else { continue };
+            let at: String = row.get(0);
+            let image: Option<String> = if deletes {
+                None
+            } else {
+                side.query_opt("SELECT to_jsonb(s)::text FROM services s WHERE id = $1::text::uuid", &[&id])
+                    .await
+                    .unwrap()
+                    .map(|r| r.get(0))
+            };
+            latest.insert(id, Write { at, image });
+        }
+        pair.once().await;
+    }
+    pair.once().await;
+    pair.assert_converged().await;
+    // Every row is its latest write (row-level last-write-wins).
+    for (id, w) in &latest {
+        let now: Option<String> = local
+            .query_opt("SELECT to_jsonb(s)::text FROM services s WHERE id = $1::text::uuid", &[id])
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        let parse = |s: &Option<String>| s.as_ref().map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap());
+        assert_eq!(parse(&now), parse(&w.image), "row {id}: latest write at {} not kept", w.at);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicted_row_ends_as_its_latest_write_on_both_sides() {
+    let pair = Pair::new("conflict_both", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    local.batch_execute("INSERT INTO services (id, name, updated_at) VALUES
+        ('00000000-0000-0000-0000-00000000000a', 'local old', '2026-01-01'),
+        ('00000000-0000-0000-0000-00000000000b', 'local new', '2026-01-03')").await.unwrap();
+    up.batch_execute("SET session_replication_role = replica;
+        INSERT INTO services (id, name, updated_at) VALUES
+        ('00000000-0000-0000-0000-00000000000a', 'up new', '2026-01-02'),
+        ('00000000-0000-0000-0000-00000000000b', 'up old', '2026-01-02')").await.unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+    let names: Vec<String> = local.query("SELECT name FROM services ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, ["up new", "local new"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_upstream_transaction_with_an_older_updated_at_is_still_applied() {
+    let pair = Pair::new("long_txn", Mode::Postgres).await;
+    pair.init().await;
+    let up = pair.upstream.connect().await;
+    let late = pair.upstream.connect().await;
+    // The long transaction takes its now() first...
+    late.batch_execute("BEGIN; INSERT INTO services (name) VALUES ('late')").await.unwrap();
+    // ...a later one commits and is polled, moving the watermark past it...
+    up.batch_execute("INSERT INTO services (name) VALUES ('early')").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'early'").await, 1);
+    // ...then the long one commits with its older updated_at.
+    late.batch_execute("COMMIT").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'late'").await, 1);
+    pair.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_whose_parents_are_missing_locally_are_applied_with_their_parents() {
+    let mut pair = Pair::new("parents", Mode::Postgres).await;
+    // Only children are polled; parents come on demand.
+    pair.tables = vec!["branches".into(), "patients".into(), "appointments".into()];
+    pair.write_config();
+    pair.init().await;
+    let up = pair.upstream.connect().await;
+    up.batch_execute(
+        "INSERT INTO branches (id, name, updated_at) VALUES ('00000000-0000-0000-0000-0000000000b1', 'old branch', '2020-01-01');
+         INSERT INTO patients (id, branch_id, full_name) VALUES ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-0000000000b1', 'child');",
+    )
+    .await
+    .unwrap();
+    // Move the branches watermark past the old branch without applying it,
+    // as if the branch had been missed.
+    pair.local.connect().await.batch_execute(
+        "UPDATE _sync_metadata SET last_sync_from_supabase = '2025-01-01' WHERE table_name = 'branches'",
+    ).await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM branches WHERE name = 'old branch'").await, 1);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM patients WHERE full_name = 'child'").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_deleted_locally_is_not_resurrected_by_an_older_upstream_version() {
+    let pair = Pair::new("no_resurrect", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    up.batch_execute("INSERT INTO services (id, name) VALUES ('00000000-0000-0000-0000-0000000000d1', 'doomed')").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 1);
+    local.batch_execute("DELETE FROM services").await.unwrap();
+    // Upstream still has the older version; the watermark is rewound so the
+    // poller sees it again before the delete is pushed.
+    local.batch_execute("UPDATE _sync_metadata SET last_sync_from_supabase = NULL, last_sync_from_supabase_id = NULL").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 0);
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_download_loses_nothing_and_applies_nothing_twice() {
+    let mut pair = Pair::new("down_crash", Mode::Postgres).await;
+    pair.sync_extra = String::new();
+    pair.write_config();
+    pair.init().await;
+    let up = pair.upstream.connect().await;
+    up.batch_execute("INSERT INTO services (name, price) SELECT 'svc ' || g, g FROM generate_series(1, 2600) g").await.unwrap();
+    // batch_size 500: crash after the second page commits.
+    let out = pair.exec(&["once"], &[("CENTROVISION_SYNC_CRASH_AT", "down.after_page_commit:2")]).await;
+    assert!(!out.status.success());
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 1000);
+    pair.once().await;
+    pair.assert_converged().await;
+    // Exactly the rows, each once, and the counter agrees.
+    assert_eq!(
+        count(&pair.local, "SELECT records_synced_down FROM _sync_metadata WHERE table_name = 'services'").await,
+        2600
+    );
+}

@@ -1,0 +1,315 @@
+//! A local + upstream database pair with the sample CentroVision schema,
+//! and the real `centrovision-sync` binary driven against it.
+//!
+//! Each test gets two fresh databases on the shared cluster (or on clusters
+//! it starts itself), its own slot, publication and origin names, and a
+//! config file in a temp dir. Commands run the compiled binary as a child
+//! process, so crash tests can kill it for real.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::cluster::{Cluster, TestDb};
+use super::wait::wait_for;
+
+pub const SCHEMA: &str = include_str!("centrovision_schema.sql");
+/// The synced sample tables, parents first.
+pub const TABLES: [&str; 6] = [
+    "branches",
+    "patients",
+    "services",
+    "appointments",
+    "invoices",
+    "invoice_items",
+];
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_centrovision-sync"))
+}
+
+/// How the service reaches upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Postgres,
+}
+
+pub struct Pair {
+    pub local: TestDb,
+    pub upstream: TestDb,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub mode: Mode,
+    pub tables: Vec<String>,
+    /// Extra `[sync]` lines for the config.
+    pub sync_extra: String,
+    pub slot: String,
+}
+
+impl Pair {
+    /// Two fresh databases on the shared cluster, schema loaded on both,
+    /// config written (not yet `init`).
+    pub async fn new(hint: &str, mode: Mode) -> Pair {
+        let cluster = Cluster::shared();
+        let local = cluster.create_database(&format!("{hint}_l")).await;
+        let upstream = cluster.create_database(&format!("{hint}_u")).await;
+        Pair::on(local, upstream, mode).await
+    }
+
+    /// A pair on given databases (e.g. an upstream on a dedicated cluster).
+    pub async fn on(local: TestDb, upstream: TestDb, mode: Mode) -> Pair {
+        for db in [&local, &upstream] {
+            db.connect()
+                .await
+                .batch_execute(SCHEMA)
+                .await
+                .expect("load sample schema");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let slot = format!("s_{}", local.name);
+        let mut p = Pair {
+            config_path: dir.path().join("config.toml"),
+            local,
+            upstream,
+            dir,
+            mode,
+            tables: TABLES.iter().map(|s| s.to_string()).collect(),
+            sync_extra: String::new(),
+            slot,
+        };
+        p.write_config();
+        p
+    }
+
+    pub fn write_config(&mut self) {
+        let tables = self
+            .tables
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let up = &self.upstream;
+        let db_url = format!(
+            "host={} port={} user={} password={} dbname={}",
+            up.host(),
+            up.port(),
+            up.user(),
+            up.password(),
+            up.name
+        );
+        let text = format!(
+            r#"[supabase]
+mode = "postgres"
+db_url = "{db_url}"
+
+[local_postgres]
+host = "{lh}"
+port = {lp}
+database = "{ld}"
+user = "{lu}"
+password = "{lpw}"
+
+[sync]
+interval_seconds = 1
+batch_size = 500
+retry_max_attempts = 3
+retry_delay_seconds = 1
+tables = [{tables}]
+slot_name = "{slot}"
+publication_name = "p_{ld}"
+origin_name = "o_{ld}"
+{extra}
+
+[logging]
+level = "debug"
+"#,
+            lh = self.local.host(),
+            lp = self.local.port(),
+            ld = self.local.name,
+            lu = self.local.user(),
+            lpw = self.local.password(),
+            slot = self.slot,
+            extra = self.sync_extra,
+        );
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// A command for the binary with this pair's config.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("--config").arg(&self.config_path).args(args);
+        c.env("RUST_LOG", "debug")
+            .env_remove("CENTROVISION_SYNC_CRASH_AT");
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a command to completion (async-friendly: off the runtime thread).
+    pub async fn exec(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.command(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        tokio::task::spawn_blocking(move || c.output().expect("run centrovision-sync"))
+            .await
+            .expect("join")
+    }
+
+    /// Runs a command and asserts it exits 0.
+    pub async fn ok(&self, args: &[&str]) -> Output {
+        let out = self.exec(args, &[]).await;
+        assert!(
+            out.status.success(),
+            "centrovision-sync {args:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            tail(&String::from_utf8_lossy(&out.stderr), 60)
+        );
+        out
+    }
+
+    /// `init --upstream`.
+    pub async fn init(&self) {
+        self.ok(&["init", "--upstream"]).await;
+    }
+
+    /// `once`.
+    pub async fn once(&self) -> Output {
+        self.ok(&["once"]).await
+    }
+
+    /// Starts `run` in the background, logging to a file in the temp dir.
+    pub fn spawn_run(&self, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("run.log"))
+            .expect("log file");
+        let mut c = self.command(&["run"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.stdout(log.try_clone().unwrap()).stderr(log);
+        c.spawn().expect("spawn run")
+    }
+
+    pub fn run_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("run.log")).unwrap_or_default()
+    }
+
+    /// Every row of `table` on `db`, as JSON, ordered by id.
+    pub async fn rows(db: &TestDb, table: &str) -> String {
+        let c = db.connect().await;
+        let sql = format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {table} t"
+        );
+        c.query_one(sql.as_str(), &[])
+            .await
+            .expect("read rows")
+            .get(0)
+    }
+
+    /// Asserts every synced table is identical on both sides.
+    pub async fn assert_converged(&self) {
+        for t in &self.tables {
+            let l = Pair::rows(&self.local, t).await;
+            let u = Pair::rows(&self.upstream, t).await;
+            if l != u {
+                panic!("table {t} differs:\n{}", diff_rows(&l, &u));
+            }
+        }
+    }
+
+    /// Waits until every synced table is identical on both sides.
+    pub async fn wait_converged(&self, timeout: Duration) {
+        let tables = self.tables.clone();
+        wait_for("both sides identical", timeout, || {
+            let tables = tables.clone();
+            async move {
+                for t in &tables {
+                    if Pair::rows(&self.local, t).await != Pair::rows(&self.upstream, t).await {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+}
+
+/// Rows only on one side, and rows that differ, by id (first few of each).
+pub fn diff_rows(local: &str, upstream: &str) -> String {
+    use std::collections::BTreeMap;
+    let index = |s: &str| -> BTreeMap<String, serde_json::Value> {
+        let v: Vec<serde_json::Value> = serde_json::from_str(s).expect("rows are JSON");
+        v.into_iter().map(|r| (r["id"].to_string(), r)).collect()
+    };
+    let (l, u) = (index(local), index(upstream));
+    let mut out = String::new();
+    let mut n = 0;
+    for (id, row) in &l {
+        match u.get(id) {
+            None if n < 5 => {
+                n += 1;
+                out.push_str(&format!("  only local:    {row}\n"));
+            }
+            Some(other) if other != row && n < 5 => {
+                n += 1;
+                out.push_str(&format!(
+                    "  differs: local    {row}\n           upstream {other}\n"
+                ));
+            }
+            _ => {}
+        }
+    }
+    for (id, row) in &u {
+        if !l.contains_key(id) && n < 10 {
+            n += 1;
+            out.push_str(&format!("  only upstream: {row}\n"));
+        }
+    }
+    let only_l = l.keys().filter(|k| !u.contains_key(*k)).count();
+    let only_u = u.keys().filter(|k| !l.contains_key(*k)).count();
+    let differ = l
+        .iter()
+        .filter(|(k, v)| u.get(*k).is_some_and(|o| o != *v))
+        .count();
+    out.push_str(&format!("  ({} local rows, {} upstream rows; {only_l} only local, {only_u} only upstream, {differ} differ)", l.len(), u.len()));
+    out
+}
+
+fn head(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+pub fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sends SIGKILL and reaps the child.
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id() as i32;
+    // SAFETY-free: use the kill(1) utility rather than libc.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    child.wait().expect("wait for run to exit")
+}

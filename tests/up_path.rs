@@ -1,0 +1,335 @@
+//! Up path against real clusters: WAL capture → journal → upstream.
+
+mod support;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::sync::{Mode, Pair, kill9};
+use support::{Cluster, wait_for};
+use tokio_postgres::Client;
+
+/// Applies `n` random row changes over several tables in transactions of
+/// 1..=20 statements; returns how many row changes were made.
+async fn mixed_workload(c: &Client, seed: u64, n: usize) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut made = 0;
+    c.batch_execute("INSERT INTO branches (name) SELECT 'branch ' || g FROM generate_series(1, 5) g").await.unwrap();
+    made += 5;
+    while made < n {
+        let stmts = rng.random_range(1..=20);
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..stmts {
+            match rng.random_range(0..10) {
+                0..=4 => sql.push_str(&format!(
+                    "INSERT INTO patients (branch_id, full_name, tags, metadata, birth_date)
+                     SELECT id, 'patient {}', ARRAY['a','b{}'], '{{\"k\": {}}}', '1990-01-01'::date + {} FROM branches ORDER BY random() LIMIT 1;",
+                    rng.random::<u32>(),
+                    rng.random::<u8>(),
+                    rng.random::<u16>(),
+                    rng.random_range(0..9000)
+                )),
+                5..=7 => sql.push_str(&format!(
+                    "UPDATE patients SET phone = '{}', notes = coalesce(notes, '') || 'x' WHERE id = (SELECT id FROM patients ORDER BY random() LIMIT 1);",
+                    rng.random::<u32>()
+                )),
+                8 => sql.push_str(
+                    "DELETE FROM patients WHERE id = (SELECT id FROM patients ORDER BY random() LIMIT 1);",
+                ),
+                _ => sql.push_str(&format!(
+                    "INSERT INTO services (name, price) VALUES ('svc {}', {}.{:02});",
+                    rng.random::<u32>(),
+                    rng.random_range(0..100000),
+                    rng.random_range(0..100)
+                )),
+            }
+        }
+        sql.push_str("COMMIT;");
+        c.batch_execute(&sql).await.unwrap();
+        // Each statement above changes at most one row; count by the journal later.
+        made += stmts;
+    }
+    made
+}
+
+/// On divergence, prints what the journal says about rows missing upstream.
+async fn diagnose_missing(pair: &Pair, table: &str) {
+    let l = pair.local.connect().await;
+    let u = pair.upstream.connect().await;
+    let lids: Vec<String> = l.query(&format!("SELECT id::text FROM {table}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let uids: std::collections::HashSet<String> =
+        u.query(&format!("SELECT id::text FROM {table}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let missing: Vec<&String> = lids.iter().filter(|i| !uids.contains(*i)).take(3).collect();
+    for id in missing {
+        let rows = l
+            .query(
+                "SELECT id, operation, synced, commit_lsn::text, ordinal, parked_at IS NOT NULL, error, xid FROM _sync_pending WHERE record_id = $1 ORDER BY id",
+                &[id],
+            )
+            .await
+            .unwrap();
+        eprintln!("missing upstream {id}: {} journal rows", rows.len());
+        for r in rows {
+            eprintln!(
+                "   j{} {} synced={} lsn={} ord={} parked={} err={:?} xid={}",
+                r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, bool>(2), r.get::<_, String>(3),
+                r.get::<_, i32>(4), r.get::<_, bool>(5), r.get::<_, Option<String>>(6), r.get::<_, i64>(7)
+            );
+        }
+        let xmin: String = l.query_one(&format!("SELECT xmin::text FROM {table} WHERE id = $1::text::uuid"), &[id]).await.unwrap().get(0);
+        eprintln!("   local row xmin {xmin}");
+    }
+    let cap = l.query_one("SELECT journaled_lsn::text, confirmed_end_lsn::text FROM _sync_capture", &[]).await.unwrap();
+    eprintln!("capture state: journaled {} confirmed_end {}", cap.get::<_, String>(0), cap.get::<_, String>(1));
+}
+
+async fn count(db: &support::TestDb, sql: &str) -> i64 {
+    db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_mixed_changes_reach_upstream_identically() {
+    let pair = Pair::new("ten_thousand", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    mixed_workload(&local, 7, 10_000).await;
+    pair.once().await;
+    pair.assert_converged().await;
+    let patients = count(&pair.local, "SELECT count(*) FROM patients").await;
+    assert!(patients > 1000, "workload too small: {patients} patients");
+    // Everything journaled is synced, and nothing was journaled twice.
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
+    assert_eq!(
+        count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_row_change_is_journaled_exactly_once_across_crashes() {
+    let pair = Pair::new("crash_points", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    // Count row changes exactly with a per-statement workload we control.
+    local
+        .batch_execute("INSERT INTO branches (name) SELECT 'b' || g FROM generate_series(1, 3) g")
+        .await
+        .unwrap();
+    let mut expected = 3i64;
+    for (round, point) in [
+        "capture.mid_transaction",
+        "capture.after_journal_commit",
+        "push.after_upstream_apply",
+        "push.after_upstream_apply:2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for txn in 0..20 {
+            local
+                .batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO patients (full_name, notes) SELECT 'p{round}-{txn}-' || g, repeat('n', 10) FROM generate_series(1, 50) g;
+                     UPDATE patients SET phone = '{round}' WHERE full_name LIKE 'p{round}-{txn}-1%';
+                     COMMIT;"
+                ))
+                .await
+                .unwrap();
+        }
+        expected += 20 * (50 + 11); // 50 inserts, 11 updates (-1, -10..-19) per txn
+        let out = pair.exec(&["once"], &[("CENTROVISION_SYNC_CRASH_AT", point)]).await;
+        assert!(!out.status.success(), "crash point {point} was not reached: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A clean run after the crashes finishes the job.
+    pair.once().await;
+    pair.assert_converged().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, expected);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_running_service_loses_nothing() {
+    let pair = Pair::new("sigkill_run", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let mut made = 0;
+    for round in 0..3u64 {
+        let mut child = pair.spawn_run(&[]);
+        made += mixed_workload(&local, 100 + round, 1_500).await;
+        // Kill once part of the round is upstream: mid-stream, mid-push.
+        wait_for("some rows upstream", Duration::from_secs(60), || async {
+            (count(&pair.upstream, "SELECT count(*) FROM patients").await > 0).then_some(())
+        })
+        .await;
+        kill9(&mut child);
+    }
+    assert!(made > 0);
+    pair.once().await;
+    diagnose_missing(&pair, "patients").await;
+    pair.assert_converged().await;
+    assert_eq!(
+        count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upstream() {
+    let pair = Pair::new("toast", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    // > 8 kB and incompressible: stored out of line, sent as 'unchanged'.
+    local
+        .batch_execute(
+            "INSERT INTO patients (full_name, notes)
+             SELECT 'toasted', string_agg(md5(random()::text), '') FROM generate_series(1, 600)",
+        )
+        .await
+        .unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+    local.batch_execute("UPDATE patients SET phone = '555' WHERE full_name = 'toasted'").await.unwrap();
+    // The journal holds the filled image, not a NULL.
+    pair.once().await;
+    pair.assert_converged().await;
+    let up = pair.upstream.connect().await;
+    let len: i32 = up
+        .query_one("SELECT length(notes) FROM patients WHERE full_name = 'toasted' AND phone = '555'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(len, 600 * 32);
+
+    // Upstream restored without the row: the update alone must recreate it whole.
+    up.batch_execute("DELETE FROM patients").await.unwrap();
+    local.batch_execute("UPDATE patients SET phone = '556' WHERE full_name = 'toasted'").await.unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_mid_stream_is_carried_or_parked_by_name() {
+    let pair = Pair::new("add_column", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    let mut child = pair.spawn_run(&[]);
+    local.batch_execute("INSERT INTO branches (name) VALUES ('before')").await.unwrap();
+    // Upstream has the new column too: carried.
+    up.batch_execute("ALTER TABLE branches ADD COLUMN region text").await.unwrap();
+    local.batch_execute("ALTER TABLE branches ADD COLUMN region text").await.unwrap();
+    local.batch_execute("INSERT INTO branches (name, region) VALUES ('after', 'norte')").await.unwrap();
+    wait_for("the new column upstream", Duration::from_secs(60), || async {
+        let n = count(&pair.upstream, "SELECT count(*) FROM branches WHERE region = 'norte'").await;
+        (n == 1).then_some(())
+    })
+    .await;
+    // Upstream lacks it: the row is parked with an error naming the column.
+    local.batch_execute("ALTER TABLE branches ADD COLUMN manager text").await.unwrap();
+    local.batch_execute("INSERT INTO branches (name, manager) VALUES ('lacking', 'ana')").await.unwrap();
+    let error: String = wait_for("the row parked", Duration::from_secs(60), || async {
+        let c = pair.local.connect().await;
+        c.query_opt("SELECT error FROM _sync_pending WHERE parked_at IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    })
+    .await;
+    kill9(&mut child);
+    assert!(error.contains("manager"), "{error}");
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM branches WHERE name = 'lacking'").await, 0);
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM branches WHERE name = 'before'").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_unsynced_tables_do_not_hold_the_slot_back() {
+    let pair = Pair::new("idle_slot", Mode::Postgres).await;
+    pair.init().await;
+    let mut child = pair.spawn_run(&[]);
+    let local = pair.local.connect().await;
+    for i in 0..50 {
+        local.execute("INSERT INTO audit_trail (what) VALUES ($1)", &[&format!("unrelated {i}")]).await.unwrap();
+    }
+    let target: String = local.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let slot = pair.slot.clone();
+    wait_for("confirmed_flush_lsn past the unrelated writes", Duration::from_secs(60), || {
+        let (local, target, slot) = (&local, target.clone(), slot.clone());
+        async move {
+            let ok: bool = local
+                .query_one(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                    &[&target, &slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            ok.then_some(())
+        }
+    })
+    .await;
+    kill9(&mut child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_upstream_row_is_kept_and_an_older_one_replaced() {
+    let pair = Pair::new("lww_up", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    local
+        .batch_execute(
+            "INSERT INTO branches (id, name, updated_at) VALUES
+               ('00000000-0000-0000-0000-000000000001', 'local newer', '2026-01-02'),
+               ('00000000-0000-0000-0000-000000000002', 'local older', '2026-01-01')",
+        )
+        .await
+        .unwrap();
+    up.batch_execute(
+        "SET session_replication_role = replica;
+         INSERT INTO branches (id, name, updated_at) VALUES
+           ('00000000-0000-0000-0000-000000000001', 'upstream older', '2026-01-01'),
+           ('00000000-0000-0000-0000-000000000002', 'upstream newer', '2026-01-02')",
+    )
+    .await
+    .unwrap();
+    pair.once().await;
+    let names: Vec<String> = up
+        .query("SELECT name FROM branches ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, vec!["local newer".to_string(), "upstream newer".to_string()]);
+    // updated_at is preserved exactly despite the upstream trigger.
+    let ts: String = up
+        .query_one("SELECT updated_at::text FROM branches WHERE name = 'local newer'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ts.starts_with("2026-01-02"), "{ts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outage_grows_the_journal_and_drains_when_it_is_back() {
+    let upstream_cluster = Cluster::start(Default::default());
+    let local = Cluster::shared().create_database("outage_l").await;
+    let upstream = upstream_cluster.create_database("outage_u").await;
+    let pair = Pair::on(local, upstream, Mode::Postgres).await;
+    pair.init().await;
+    let mut child = pair.spawn_run(&[]);
+    let local = pair.local.connect().await;
+    upstream_cluster.stop(support::StopMode::Fast);
+    for i in 0..200 {
+        local.execute("INSERT INTO services (name, price) VALUES ($1, 1)", &[&format!("offline {i}")]).await.unwrap();
+    }
+    wait_for("the journal holding the offline writes", Duration::from_secs(60), || async {
+        (count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await >= 200).then_some(())
+    })
+    .await;
+    upstream_cluster.start_again();
+    pair.wait_converged(Duration::from_secs(120)).await;
+    kill9(&mut child);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
+}
