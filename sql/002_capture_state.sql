@@ -15,3 +15,5 @@ CREATE TABLE IF NOT EXISTS _sync_capture (
     confirmed_end_lsn PG_LSN NOT NULL DEFAULT '0/0',
     updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
 );
+-- When `init --upload-existing` journaled the rows that predate the slot.
+ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS uploaded_existing_at TIMESTAMPTZ;

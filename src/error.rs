@@ -30,6 +30,8 @@ pub struct SyncError {
     pub hint: Option<String>,
     /// SQLSTATE or PostgREST code, when the error came with one.
     pub code: Option<String>,
+    /// How long the server asked us to wait (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl fmt::Display for SyncError {
@@ -48,7 +50,7 @@ pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
 impl SyncError {
     pub fn new(class: Class, message: impl Into<String>) -> Self {
-        SyncError { class, message: message.into(), hint: None, code: None }
+        SyncError { class, message: message.into(), hint: None, code: None, retry_after: None }
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(Class::Transient, message)
@@ -84,7 +86,7 @@ impl SyncError {
             message.push_str(&format!("; detail: {d}"));
         }
         let hint = db.hint().map(str::to_string).or_else(|| hint_for_sqlstate(&code, context));
-        SyncError { class, message, hint, code: Some(code) }
+        SyncError { class, message, hint, code: Some(code), retry_after: None }
     }
 }
 

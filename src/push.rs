@@ -253,10 +253,16 @@ pub async fn record_table_error(local: &Client, table: &str, error: &str) -> Res
 /// Exponential backoff with full jitter: base·2^attempt, capped, times a
 /// random factor in [0.5, 1].
 pub fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    backoff_after(base, attempt, cap, None)
+}
+
+/// [`backoff`], but never shorter than what the server asked for.
+pub fn backoff_after(base: Duration, attempt: u32, cap: Duration, retry_after: Option<Duration>) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(16));
     let d = exp.min(cap);
     let f: f64 = 0.5 + rand::random::<f64>() * 0.5;
-    d.mul_f64(f)
+    let d = d.mul_f64(f);
+    retry_after.map_or(d, |r| d.max(r.min(Duration::from_secs(600))))
 }
 
 /// Totals of a drain.

@@ -333,3 +333,23 @@ async fn an_upstream_outage_grows_the_journal_and_drains_when_it_is_back() {
     kill9(&mut child);
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_predate_the_slot_are_uploaded_once_on_request() {
+    let pair = Pair::new("upload_existing", Mode::Postgres).await;
+    let local = pair.local.connect().await;
+    local
+        .batch_execute(
+            "INSERT INTO branches (name) VALUES ('pre-existing');
+             INSERT INTO patients (branch_id, full_name, tags, metadata, notes)
+             SELECT (SELECT id FROM branches), 'old ' || g, ARRAY['x'], '{\"a\": [1, 2.50]}', repeat('z', 3000) FROM generate_series(1, 300) g;",
+        )
+        .await
+        .unwrap();
+    pair.ok(&["init", "--upstream", "--upload-existing"]).await;
+    pair.once().await;
+    pair.assert_converged().await;
+    let again = pair.ok(&["init", "--upload-existing"]).await;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already uploaded"));
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 301);
+}

@@ -31,14 +31,23 @@
 --              ones after it.  (Truncate needs no primary key; upsert/delete need exactly one
 --              PK column.)
 -- Elements are grouped per (table, truncate-segment, op, set of row keys) and applied with one
--- set-based statement per group inside a subtransaction.  If that statement fails, the group is
--- split (bisection, then row by row for small pieces, always in array order), so exactly the
--- failing elements are rejected with their SQLSTATE/message/detail/hint and all others apply.
--- Transient errors (classes 08, 40, 53, 57, 58, XX, and 55P03/55006) are NOT turned into
--- rejections: they abort the whole call so the caller retries the batch.
+-- set-based statement per group inside a subtransaction: full rows with INSERT ... ON CONFLICT
+-- (pk) DO UPDATE ... WHERE d.updated_at < EXCLUDED.updated_at; rows with absent columns (or a
+-- DEFERRABLE pk) with UPDATE ... FROM + INSERT ... WHERE NOT EXISTS, because ON CONFLICT checks
+-- NOT NULL/CHECK on the default-filled insert tuple before it sees the conflict; deletes with
+-- DELETE ... USING.  RETURNING tells applied from kept.  If a group's statement fails, the group
+-- is split (bisection, then row by row for pieces of <= 8, always in array order), so exactly
+-- the failing elements are rejected with their SQLSTATE/message/detail/hint (detail and hint
+-- truncated to 1000 chars) and all others apply.  Statement-level errors (classes 0A, 3D, 3F, 42
+-- except 42501, and 55000) reject the whole group at once without bisecting.  Transient or
+-- transaction-level errors (classes 08, 25, 40, 53, 57, 58, XX, and 55P03/55006) are NOT turned
+-- into rejections: they abort the whole call so the caller retries the batch.  Unknown table
+-- (42P01), not a table (42809), no single-column PK (0A000), no usable updated_at column
+-- (42703/42804), unknown row key (42703, message names column and table), row without the PK
+-- (22023): the whole group is rejected up front.
 --
--- The caller guarantees at most one upsert/delete per (table, pk) per truncate-segment; the
--- function still behaves sequentially (array order) if that is violated.
+-- The caller guarantees at most one upsert/delete per (table, pk) per truncate-segment; if that
+-- is violated the duplicates are detected and applied one by one in array order.
 --
 -- Writes run with `SET LOCAL session_replication_role = replica` (plain statement: on Supabase
 -- supautils only allows it that way, not via set_config() or a function SET clause), so ordinary
@@ -133,7 +142,7 @@ BEGIN
   FOR g IN
     WITH el AS MATERIALIZED (
       -- one pass over the elements, validating their shape; keeps only small per-element values
-      -- plus the row object (the row data itself is re-read from `changes` by index later)
+      -- (the row data stays in `changes` and is picked out by array index per group later)
       SELECT a.o::int AS o, f.i AS ij, coalesce(f.s, 'public') AS s, f.t, f.op, f.k, f.ts,
              -- key set of an upsert's row; jsonb keeps object keys in a canonical order, so equal
              -- key sets give equal arrays
@@ -192,14 +201,15 @@ BEGIN
     ), meta AS (
       -- catalog lookup, once per table and call
       SELECT tb.s, tb.t, c.oid AS relid, c.relkind::text AS relkind,
-             coalesce(pk.npk, 0) AS npk, pk.pk, pk.pktype,
+             coalesce(pk.npk, 0) AS npk, pk.pk, pk.pktype, pk.pk_immediate,
              col.cols, col.ncols, col.ua_typid, col.ua_gen
       FROM tabs tb
       LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = tb.s
       LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = tb.t
       LEFT JOIN LATERAL (
         SELECT count(*)::int AS npk, min(a.attname::text) AS pk,
-               min(pg_catalog.format_type(a.atttypid, a.atttypmod)) AS pktype
+               min(pg_catalog.format_type(a.atttypid, a.atttypmod)) AS pktype,
+               bool_and(x.indimmediate) AS pk_immediate
         FROM pg_catalog.pg_index x
         JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
         WHERE x.indrelid = c.oid AND x.indisprimary
@@ -219,14 +229,16 @@ BEGIN
     SELECT 0 AS kind, NULL::text AS s, NULL::text AS t, NULL::text AS op, 0 AS sk, 0 AS first_o,
            NULL::text[] AS keys, NULL::int[] AS os, NULL::int[] AS ids, NULL::text[] AS ks,
            NULL::text[] AS tss, NULL::oid AS relid, NULL::text AS relkind, 0 AS npk,
-           NULL::text AS pk, NULL::text AS pktype, NULL::jsonb AS cols, 0 AS ncols,
+           NULL::text AS pk, NULL::text AS pktype, NULL::boolean AS pk_immediate,
+           NULL::jsonb AS cols, 0 AS ncols,
            NULL::oid AS ua_typid, NULL::boolean AS ua_gen,
            (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                      'i', el.ij, 'code', '22023', 'message', el.err) ORDER BY el.o)
             FROM el WHERE el.err IS NOT NULL) AS bad
     UNION ALL
     SELECT 1, gr.s, gr.t, gr.op, gr.sk, gr.first_o, gr.keys, gr.os, gr.ids, gr.ks, gr.tss,
-           m.relid, m.relkind, m.npk, m.pk, m.pktype, m.cols, m.ncols, m.ua_typid, m.ua_gen, NULL
+           m.relid, m.relkind, m.npk, m.pk, m.pktype, m.pk_immediate, m.cols, m.ncols, m.ua_typid,
+           m.ua_gen, NULL
     FROM grp gr
     JOIN meta m ON m.s = gr.s AND m.t = gr.t
     ORDER BY 1, 2, 3, 5, 6
@@ -334,7 +346,7 @@ BEGIN
         'FROM c',
         g.pk, g.pktype);
     END IF;
-    IF g.op = 'upsert' AND v_npresent = g.ncols THEN
+    IF g.op = 'upsert' AND v_npresent = g.ncols AND g.pk_immediate THEN
       -- full row: single INSERT ... ON CONFLICT DO UPDATE (duplicate keys raise 21000 -> bisect)
       v_sql := pg_catalog.format(
         'WITH w AS ('
@@ -343,14 +355,14 @@ BEGIN
         ' ON CONFLICT (%6$I) DO UPDATE SET %7$s'
         ' WHERE d.updated_at IS NULL OR d.updated_at < EXCLUDED.updated_at'
         ' RETURNING d.%6$I AS k), '
-        'c AS (SELECT count(*) AS n FROM w), '
-        || v_classify,
+        'c AS (SELECT count(*) AS n FROM w), ',
         v_tab, v_collist, v_override, v_sel_r, v_coldefs, g.pk,
-        coalesce(v_set_ex, pg_catalog.format('%1$I = d.%1$I', g.pk)), g.pktype);
+        coalesce(v_set_ex, pg_catalog.format('%1$I = d.%1$I', g.pk))) || v_classify;
     ELSIF g.op = 'upsert' THEN
       -- partial row (absent columns): INSERT ... ON CONFLICT would check NOT NULL/CHECK on the
       -- default-filled insert tuple before detecting the conflict, so update existing rows and
-      -- insert missing ones separately.  UPDATE ... FROM would silently apply only one of two
+      -- insert missing ones separately.  (Also used for a DEFERRABLE primary key, which ON
+      -- CONFLICT cannot use as arbiter.)  UPDATE ... FROM would silently apply only one of two
       -- changes to the same key, so duplicate keys are turned into an error (-> bisect).
       v_sql := pg_catalog.format(
         'WITH src AS MATERIALIZED ('
@@ -368,10 +380,9 @@ BEGIN
         'c AS (SELECT count(*) AS n FROM w'
         '      WHERE (SELECT CASE WHEN count(src.%6$I) = count(DISTINCT src.%6$I) THEN 0'
         '                 ELSE (''duplicate primary key within one call: '' || count(*))::int END'
-        '             FROM src) = 0), '
-        || v_classify,
+        '             FROM src) = 0), ',
         v_tab, v_collist, v_override, v_sel_src, v_coldefs, g.pk,
-        coalesce(v_set_src, pg_catalog.format('%1$I = d.%1$I', g.pk)), g.pktype);
+        coalesce(v_set_src, pg_catalog.format('%1$I = d.%1$I', g.pk))) || v_classify;
     ELSIF g.op = 'delete' THEN
       v_sql := pg_catalog.format(
         'WITH x AS MATERIALIZED ('
@@ -434,15 +445,20 @@ BEGIN
           v_emsg    = MESSAGE_TEXT,
           v_edetail = PG_EXCEPTION_DETAIL,
           v_ehint   = PG_EXCEPTION_HINT;
-        IF left(v_state, 2) IN ('08', '40', '53', '57', '58', 'XX')
+        IF left(v_state, 2) IN ('08', '25', '40', '53', '57', '58', 'XX')
            OR v_state IN ('55P03', '55006') THEN
-          RAISE;  -- transient: fail the whole call, the caller retries the batch
+          -- transient / transaction-level: fail the whole call, the caller retries the batch
+          RAISE;
         END IF;
-        IF v_lo = v_hi THEN
-          v_rej := v_rej || pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-                     'i', g.ids[v_lo], 'code', v_state, 'message', v_emsg,
+        IF v_lo = v_hi OR v_state = '55000'
+           OR (left(v_state, 2) IN ('0A', '3D', '3F', '42') AND v_state <> '42501') THEN
+          -- a single row, or a statement-level error (same for every row: no point bisecting)
+          v_rej := v_rej || ARRAY(
+            SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                     'i', x, 'code', v_state, 'message', v_emsg,
                      'detail', left(nullif(v_edetail, ''), 1000),
-                     'hint', left(nullif(v_ehint, ''), 1000)));
+                     'hint', left(nullif(v_ehint, ''), 1000)))
+            FROM unnest(g.ids[v_lo:v_hi]) AS x);
         ELSIF v_hi - v_lo < 8 THEN
           v_stack_lo := v_stack_lo || ARRAY(SELECT x FROM generate_series(v_hi, v_lo, -1) x);
           v_stack_hi := v_stack_hi || ARRAY(SELECT x FROM generate_series(v_hi, v_lo, -1) x);

@@ -141,6 +141,9 @@ CREATE TABLE public.noupd (id int PRIMARY KEY, v text);
 CREATE TABLE public.ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text, updated_at timestamptz);
 CREATE TABLE public.required (id int PRIMARY KEY, big text NOT NULL, small text, updated_at timestamptz NOT NULL);
 CREATE VIEW public.v_patients AS SELECT * FROM public.patients;
+CREATE TABLE public."pct%s $1 tab" ("id%1$s" text PRIMARY KEY, "v%I" text NOT NULL, "Row" int, updated_at timestamptz);
+CREATE TABLE public.deferred (id int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v text, updated_at timestamptz);
+
 
 -- ----------------------------------------------------------------------------- basics
 SELECT tst.ok('version() = 1', public.centrovision_sync_version() = 1);
@@ -213,6 +216,17 @@ SELECT tst.ok('update: absent columns untouched',
   (SELECT name = 'alice3' AND notes = 'keep me' AND tags = '{a,"b c"}' AND email = 'a@x'
       AND updated_at = '2024-01-03 00:00:00+00'
    FROM public.patients WHERE id = '00000000-0000-0000-0000-000000000001'));
+
+SELECT tst.expect('update: partial rows, mixed newer/older/new in one group', $j$[
+ {"i": 1, "t": "patients", "op": "upsert", "row": {"id": "00000000-0000-0000-0000-000000000001", "notes": "newer", "updated_at": "2024-01-04 00:00:00+00"}},
+ {"i": 2, "t": "patients", "op": "upsert", "row": {"id": "00000000-0000-0000-0000-000000000002", "notes": "older", "updated_at": "2020-01-01 00:00:00+00"}},
+ {"i": 3, "t": "patients", "op": "upsert", "row": {"id": "00000000-0000-0000-0000-000000000009", "notes": "new, lacks name", "updated_at": "2024-01-04 00:00:00+00"}},
+ {"i": 4, "t": "patients", "op": "upsert", "row": {"id": "00000000-0000-0000-0000-000000000003", "notes": "tie", "updated_at": "2024-01-01 10:00:00+00"}}
+]$j$, '{1}', '{2,4}', '{3:23502}');
+SELECT tst.ok('update: partial mixed values',
+  (SELECT string_agg(coalesce(notes, '-'), ',' ORDER BY id) FROM public.patients
+   WHERE id IN ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002', '00000000-0000-0000-0000-000000000003'))
+  = 'newer,-,-');
 
 INSERT INTO public.required VALUES (1, repeat('x', 100000), 's', '2024-01-01 00:00:00+00');
 SELECT tst.expect('partial update where absent column is NOT NULL w/o default; partial insert lacking it rejected', $j$[
@@ -363,6 +377,19 @@ SELECT tst.expect('bisection: 200-row batch with 3 bad rows',
    FROM generate_series(0, 199) n),
   ARRAY(SELECT n FROM generate_series(0, 199) n WHERE n NOT IN (37, 38, 199)), '{}', '{37:22007,38:22007,199:22007}');
 SELECT tst.ok('bisection: good rows written', (SELECT count(*) = 197 FROM public.visits WHERE id BETWEEN 1000 AND 1199));
+SELECT tst.expect('bisection: interleaved tables (non-contiguous groups) with bad rows',
+  (SELECT jsonb_agg(CASE WHEN n % 2 = 0
+     THEN jsonb_build_object('i', n, 't', 'visits', 'op', 'upsert', 'row', jsonb_build_object(
+            'id', 3000 + n, 'note', 'v' || n,
+            'updated_at', CASE WHEN n IN (10, 64) THEN 'bad' ELSE '2024-01-01 00:00:00+00' END))
+     ELSE jsonb_build_object('i', n, 't', 'Weird "Table"', 'op', 'upsert', 'row', jsonb_build_object(
+            'Id', 3000 + n, 'select', 'w' || n,
+            'updated_at', CASE WHEN n IN (33) THEN 'bad' ELSE '2024-01-01 00:00:00+00' END)) END ORDER BY n)
+   FROM generate_series(0, 99) n),
+  ARRAY(SELECT n FROM generate_series(0, 99) n WHERE n NOT IN (10, 33, 64)), '{}', '{10:22007,33:22007,64:22007}');
+SELECT tst.ok('interleaved: rows landed in the right tables',
+  (SELECT count(*) = 48 AND bool_and(note = 'v' || (id - 3000)) FROM public.visits WHERE id BETWEEN 3000 AND 3099)
+  AND (SELECT count(*) = 49 AND bool_and("select" = 'w' || ("Id" - 3000)) FROM public."Weird ""Table""" WHERE "Id" BETWEEN 3000 AND 3099));
 SELECT tst.expect('bisection: every row bad',
   (SELECT jsonb_agg(jsonb_build_object('i', n, 't', 'visits', 'op', 'upsert', 'row', jsonb_build_object(
      'id', 2000 + n, 'patient_id', 'nope', 'note', 'n' || n, 'updated_at', '2024-01-01 00:00:00+00')) ORDER BY n)
@@ -393,6 +420,18 @@ SELECT tst.ok('quoted identifiers: updated values',
    FROM public."Weird ""Table""" WHERE "Id" IN (1, 2)) = '1/s1b/4/8,2/s2b/5/10'
   AND NOT EXISTS (SELECT 1 FROM "Other Schema"."order"));
 
+SELECT tst.expect('format()/jsonpath special characters in names: insert, update, kept, delete', $j$[
+ {"i": 1, "t": "pct%s $1 tab", "op": "upsert", "row": {"id%1$s": "a'b\"c", "v%I": "x", "Row": 1, "updated_at": "2024-01-01 00:00:00+00"}},
+ {"i": 2, "t": "pct%s $1 tab", "op": "upsert", "row": {"id%1$s": "k2", "v%I": "y", "Row": 2, "updated_at": "2024-01-01 00:00:00+00"}}
+]$j$, '{1,2}', '{}');
+SELECT tst.expect('format()/jsonpath special characters in names: mixed', $j$[
+ {"i": 1, "t": "pct%s $1 tab", "op": "upsert", "row": {"id%1$s": "a'b\"c", "v%I": "x2", "updated_at": "2024-01-02 00:00:00+00"}},
+ {"i": 2, "t": "pct%s $1 tab", "op": "upsert", "row": {"id%1$s": "k2", "v%I": "y2", "updated_at": "2023-01-02 00:00:00+00"}},
+ {"i": 3, "t": "pct%s $1 tab", "op": "delete", "k": "nope", "ts": "2023-01-02 00:00:00+00"}
+]$j$, '{1,3}', '{2}');
+SELECT tst.ok('special characters: values', (SELECT string_agg("v%I" || '/' || "Row", ',' ORDER BY "id%1$s") FROM public."pct%s $1 tab") = 'x2/1,y/2',
+  (SELECT string_agg("v%I" || '/' || "Row", ',' ORDER BY "id%1$s") FROM public."pct%s $1 tab"));
+
 -- ----------------------------------------------------------------------------- misc
 SELECT tst.expect('identity ALWAYS primary key', $j$[
  {"i": 1, "t": "ident", "op": "upsert", "row": {"id": 42, "v": "a", "updated_at": "2024-01-01 00:00:00+00"}}]$j$, '{1}', '{}');
@@ -413,6 +452,28 @@ SELECT tst.expect('JSON number keys, numeric i order irrelevant', $j$[
  {"i": 7, "t": "visits", "op": "upsert", "row": {"id": 400, "note": "n", "updated_at": "2024-01-01 00:00:00+00"}},
  {"i": 3, "t": "visits", "op": "delete", "k": 401, "ts": "2024-01-01 00:00:00+00"}
 ]$j$, '{3,7}', '{}');
+
+SELECT tst.expect('DEFERRABLE primary key (no ON CONFLICT arbiter): insert', $j$[
+ {"i": 1, "t": "deferred", "op": "upsert", "row": {"id": 1, "v": "a", "updated_at": "2024-01-01 00:00:00+00"}},
+ {"i": 2, "t": "deferred", "op": "upsert", "row": {"id": 2, "v": "b", "updated_at": "2024-01-01 00:00:00+00"}}]$j$, '{1,2}', '{}');
+SELECT tst.expect('DEFERRABLE primary key: update newer, keep older', $j$[
+ {"i": 1, "t": "deferred", "op": "upsert", "row": {"id": 1, "v": "a2", "updated_at": "2024-01-02 00:00:00+00"}},
+ {"i": 2, "t": "deferred", "op": "upsert", "row": {"id": 2, "v": "b2", "updated_at": "2023-01-02 00:00:00+00"}}]$j$, '{1}', '{2}');
+SELECT tst.ok('DEFERRABLE primary key: values', (SELECT string_agg(v, ',' ORDER BY id) FROM public.deferred) = 'a2,b');
+
+-- a statement-level error (same for every row) rejects the group without bisecting it
+CREATE TABLE public.uniq_expr (id int PRIMARY KEY, v text, updated_at timestamptz);
+CREATE SEQUENCE public.block_calls;
+CREATE FUNCTION public.block_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM nextval('public.block_calls'); RAISE EXCEPTION 'writes blocked' USING ERRCODE = '42939'; END $$;
+CREATE TRIGGER block BEFORE INSERT ON public.uniq_expr FOR EACH STATEMENT EXECUTE FUNCTION public.block_writes();
+ALTER TABLE public.uniq_expr ENABLE ALWAYS TRIGGER block;
+SELECT tst.expect('statement-level error rejects the whole group',
+  (SELECT jsonb_agg(jsonb_build_object('i', n, 't', 'uniq_expr', 'op', 'upsert', 'row',
+     jsonb_build_object('id', n, 'v', 'x', 'updated_at', '2024-01-01 00:00:00+00')) ORDER BY n) FROM generate_series(1, 40) n),
+  '{}', '{}', ARRAY(SELECT n || ':42939' FROM generate_series(1, 40) n));
+SELECT tst.ok('statement-level error: tried once, not bisected', (SELECT last_value = 1 FROM public.block_calls),
+  (SELECT last_value::text FROM public.block_calls));
 
 -- session_replication_role restored; trigger works again in the same transaction
 DO $$
@@ -438,7 +499,7 @@ SELECT tst.ok('SECURITY DEFINER with search_path = ''''',
    WHERE oid = 'public.centrovision_sync_apply(jsonb)'::regprocedure),
   (SELECT proconfig::text FROM pg_proc WHERE oid = 'public.centrovision_sync_apply(jsonb)'::regprocedure));
 SET ROLE service_role;
-SELECT (public.centrovision_sync_apply('[{"i":1,"t":"visits","op":"delete","k":"1","ts":"2000-01-01 00:00:00+00"}]')->'applied') = '[1]' AS svc_ok \gset
+SELECT (public.centrovision_sync_apply(changes => '[{"i":1,"t":"visits","op":"delete","k":"1","ts":"2000-01-01 00:00:00+00"}]')->'applied') = '[1]' AS svc_ok \gset
 RESET ROLE;
 SELECT tst.ok('callable as service_role', :'svc_ok'::boolean);
 \o

@@ -16,7 +16,7 @@ pub(crate) const LOCAL_SQL: &[(&str, &str)] = &[
 
 const LOCAL: &str = "local database";
 
-pub async fn init(cfg: &Config, with_upstream: bool) -> Result<()> {
+pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<bool>) -> Result<()> {
     let local = connect_local(cfg).await?;
     check_wal_level(&local).await?;
 
@@ -127,6 +127,9 @@ pub async fn init(cfg: &Config, with_upstream: bool) -> Result<()> {
     if with_upstream {
         install_upstream(cfg).await?;
     }
+    if let Some(force) = upload_existing {
+        upload_existing_rows(cfg, &local, &tables, force).await?;
+    }
     println!(
         "initialized: control tables, publication {}, slot {}, origin {} for {} tables",
         quote_literal(&cfg.sync.publication_name),
@@ -134,6 +137,55 @@ pub async fn init(cfg: &Config, with_upstream: bool) -> Result<()> {
         quote_literal(&cfg.sync.origin_name),
         cfg.sync.tables.len()
     );
+    Ok(())
+}
+
+/// Journals the current local rows of every synced table as INSERTs, so the
+/// pusher delivers rows that predate the slot. Safe to combine with capture:
+/// the upstream apply is last-write-wins, so a snapshot row never overwrites
+/// a newer upstream row, and a later captured change supersedes it.
+async fn upload_existing_rows(
+    cfg: &Config,
+    local: &tokio_postgres::Client,
+    tables: &std::collections::BTreeMap<String, catalog::Table>,
+    force: bool,
+) -> Result<()> {
+    let done: Option<String> = local
+        .query_one(
+            "SELECT uploaded_existing_at::text FROM _sync_capture WHERE slot_name = $1",
+            &[&cfg.sync.slot_name],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+        .get(0);
+    if let (Some(at), false) = (&done, force) {
+        println!("existing rows were already uploaded at {at}; nothing to do (use --force to upload them again)");
+        return Ok(());
+    }
+    local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    let mut total = 0u64;
+    for name in catalog::parents_first(tables) {
+        let t = &tables[&name];
+        let pk = t.pk().expect("checked above");
+        let sql = format!(
+            "INSERT INTO _sync_pending (table_name, record_id, operation, data, commit_ts)
+             SELECT $1, x.{pk}::text, 'INSERT', to_jsonb(x), now() FROM {tab} x ORDER BY x.updated_at",
+            pk = quote_ident(&pk.name),
+            tab = t.qualified()
+        );
+        let n = local.execute(&sql, &[&name]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        tracing::info!(table = %name, rows = n, "existing rows journaled for upload");
+        total += n;
+    }
+    local
+        .execute(
+            "UPDATE _sync_capture SET uploaded_existing_at = now() WHERE slot_name = $1",
+            &[&cfg.sync.slot_name],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    println!("journaled {total} existing rows for upload; `run` or `once` pushes them");
     Ok(())
 }
 

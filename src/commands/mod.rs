@@ -39,6 +39,13 @@ pub enum Command {
         /// Print the upstream SQL to paste into the Supabase SQL editor, and exit
         #[arg(long)]
         print_upstream_sql: bool,
+        /// Journal every row that exists locally now, so rows from before the
+        /// slot existed are pushed too (once; again only with --force)
+        #[arg(long)]
+        upload_existing: bool,
+        /// With --upload-existing: upload again even if it was done before
+        #[arg(long, requires = "upload_existing")]
+        force: bool,
     },
     /// Check the setup and print the exact fix for each problem (exit 1 if any)
     Doctor,
@@ -74,7 +81,9 @@ pub async fn dispatch(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run => service::run(&cfg).await,
         Command::Once => service::once(&cfg).await,
-        Command::Init { upstream, .. } => init::init(&cfg, upstream).await,
+        Command::Init { upstream, upload_existing, force, .. } => {
+            init::init(&cfg, upstream, upload_existing.then_some(force)).await
+        }
         Command::Doctor => return doctor::doctor(&cfg).await,
         Command::Status { json } => status::status(&cfg, json).await,
     };

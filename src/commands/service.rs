@@ -151,7 +151,7 @@ async fn push_while(
                 }
                 let cap = if f.error.class == Class::Transient { Duration::from_secs(60) } else { Duration::from_secs(300) };
                 tokio::select! {
-                    _ = tokio::time::sleep(push::backoff(base, failures - 1, cap)) => {}
+                    _ = tokio::time::sleep(push::backoff_after(base, failures - 1, cap, f.error.retry_after)) => {}
                     _ = done.changed(), if !give_up => {}
                 }
                 if !give_up && *done.borrow() {

@@ -14,6 +14,7 @@
 //!   both modes and values are never re-encoded in Rust.
 
 pub mod postgres;
+pub mod rest;
 
 use serde::Deserialize;
 
@@ -105,15 +106,14 @@ pub trait Upstream: Sync {
 /// The configured transport.
 pub enum Client {
     Postgres(postgres::PgUpstream),
+    Rest(rest::RestUpstream),
 }
 
 impl Client {
     pub fn from_config(cfg: &Config) -> Result<Client> {
         match cfg.supabase.mode {
             UpstreamMode::Postgres => Ok(Client::Postgres(postgres::PgUpstream::new(cfg)?)),
-            UpstreamMode::Rest => Err(SyncError::operator("REST mode is not available in this build").with_hint(
-                "set [supabase] mode = \"postgres\" and db_url",
-            )),
+            UpstreamMode::Rest => Ok(Client::Rest(rest::RestUpstream::new(cfg)?)),
         }
     }
 }
@@ -122,28 +122,38 @@ impl Upstream for Client {
     async fn apply(&self, changes: &str) -> Result<Outcome> {
         match self {
             Client::Postgres(p) => p.apply(changes).await,
+            Client::Rest(r) => r.apply(changes).await,
         }
     }
     async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
         match self {
             Client::Postgres(p) => p.pull(table, after, limit).await,
+            Client::Rest(r) => r.pull(table, after, limit).await,
         }
     }
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
         match self {
             Client::Postgres(p) => p.fetch(table, ids).await,
+            Client::Rest(r) => r.fetch(table, ids).await,
         }
     }
     async fn health(&self) -> Result<()> {
         match self {
             Client::Postgres(p) => p.health().await,
+            Client::Rest(r) => r.health().await,
         }
     }
     async fn contract_version(&self) -> Result<Option<i32>> {
         match self {
             Client::Postgres(p) => p.contract_version().await,
+            Client::Rest(r) => r.contract_version().await,
         }
     }
+}
+
+/// Number of elements of a JSON array text built by the pusher.
+pub(crate) fn count_elements(changes: &str) -> usize {
+    serde_json::from_str::<Vec<&serde_json::value::RawValue>>(changes).map(|v| v.len()).unwrap_or(0)
 }
 
 /// Parses the apply function's result and checks every index is accounted for.

@@ -77,7 +77,7 @@ impl PgUpstream {
 
 impl Upstream for PgUpstream {
     async fn apply(&self, changes: &str) -> Result<Outcome> {
-        let expected = count_elements(changes);
+        let expected = super::count_elements(changes);
         let text: String = self
             .with_client(async |c| {
                 c.query_one("SELECT public.centrovision_sync_apply($1::text::jsonb)::text", &[&changes])
@@ -136,9 +136,4 @@ impl Upstream for PgUpstream {
         })
         .await
     }
-}
-
-/// Number of elements of a JSON array text built by the pusher.
-fn count_elements(changes: &str) -> usize {
-    serde_json::from_str::<Vec<&serde_json::value::RawValue>>(changes).map(|v| v.len()).unwrap_or(0)
 }

@@ -1,0 +1,358 @@
+//! Supabase's HTTP API (PostgREST) as the upstream (`mode = "rest"`).
+//!
+//! The clinic server only has the project URL and the service-role key.
+//! Pull is a plain `GET /rest/v1/<table>` with PostgREST filters for the
+//! keyset page; push calls the same SQL function the postgres mode calls, via
+//! `POST /rest/v1/rpc/centrovision_sync_apply`, so both modes share one
+//! last-write-wins implementation. Certificate verification stays on (rustls);
+//! plain `http://` is accepted only for loopback addresses (checked when the
+//! config is loaded).
+//!
+//! Every non-success answer goes through [`classify`], the one place that
+//! decides retry (408, 429, 5xx, timeouts, resets — honouring
+//! `Retry-After`), operator (401/403 keys, 404 missing table or function,
+//! 413) or data (400/409 with a PostgreSQL code). PostgREST's JSON error body
+//! (`code`, `message`, `details`, `hint`) is carried into the message.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+
+use super::{Cursor, Outcome, TableRef, Upstream, parse_outcome};
+use crate::config::{Config, Secret};
+use crate::error::{Class, Result, SyncError, class_of_sqlstate};
+
+pub struct RestUpstream {
+    http: reqwest::Client,
+    base: Url,
+    schema: String,
+}
+
+/// PostgREST's error body.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+    details: Option<serde_json::Value>,
+    hint: Option<serde_json::Value>,
+}
+
+impl RestUpstream {
+    pub fn new(cfg: &Config) -> Result<Self> {
+        let url = cfg
+            .supabase
+            .url
+            .as_deref()
+            .ok_or_else(|| SyncError::operator("[supabase] url is required in REST mode"))?;
+        let mut base = Url::parse(url).map_err(|e| SyncError::operator(format!("[supabase] url is not a valid URL: {e}")))?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let base = base.join("rest/v1/").map_err(|e| SyncError::operator(format!("[supabase] url: {e}")))?;
+        let http = reqwest::Client::builder()
+            .default_headers(auth_headers(&cfg.supabase.service_key)?)
+            .connect_timeout(cfg.supabase.connect_timeout)
+            .timeout(cfg.supabase.request_timeout)
+            .gzip(true)
+            .user_agent(concat!("centrovision-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SyncError::operator(format!("cannot build the HTTP client: {e}")))?;
+        Ok(RestUpstream { http, base, schema: cfg.supabase.schema.clone() })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut u = self.base.clone();
+        u.path_segments_mut().expect("http(s) URL").pop_if_empty().push(path);
+        u
+    }
+
+    fn rpc_url(&self, function: &str) -> Url {
+        let mut u = self.base.clone();
+        u.path_segments_mut().expect("http(s) URL").pop_if_empty().push("rpc").push(function);
+        u
+    }
+
+    async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<String> {
+        let req = if self.schema != "public" {
+            req.header("Accept-Profile", &self.schema).header("Content-Profile", &self.schema)
+        } else {
+            req
+        };
+        let resp = req.send().await.map_err(|e| transport_error(what, &e))?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.map_err(|e| transport_error(what, &e))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let mut err = classify(what, status, &body);
+        err.retry_after = retry_after;
+        Err(err)
+    }
+
+    async fn get_rows(&self, what: &str, table: &str, query: &[(String, String)]) -> Result<String> {
+        let mut url = self.url(table);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("select", "*");
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        let body = self.send(what, self.http.get(url).header("Accept", "application/json")).await?;
+        check_json_array(what, body)
+    }
+
+    async fn rpc(&self, function: &str, body: String) -> Result<String> {
+        let req = self
+            .http
+            .post(self.rpc_url(function))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(body);
+        self.send(&format!("calling {function} upstream"), req).await
+    }
+}
+
+/// Headers that authenticate every request. Legacy service-role JWTs go in
+/// `apikey` and `Authorization: Bearer`; the newer `sb_secret_…` keys in
+/// `apikey` only.
+fn auth_headers(key: &Secret) -> Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    let mut v = HeaderValue::from_str(key.expose())
+        .map_err(|_| SyncError::operator("[supabase] service_key contains characters that cannot be sent in a header"))?;
+    v.set_sensitive(true);
+    h.insert("apikey", v);
+    if !key.expose().starts_with("sb_secret_") && !key.expose().starts_with("sb_publishable_") {
+        let mut b = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .map_err(|_| SyncError::operator("[supabase] service_key contains invalid characters"))?;
+        b.set_sensitive(true);
+        h.insert(reqwest::header::AUTHORIZATION, b);
+    }
+    Ok(h)
+}
+
+/// Quotes a value for a PostgREST filter when it holds reserved characters.
+fn filter_value(v: &str) -> String {
+    if v.chars().any(|c| matches!(c, ',' | '.' | ':' | '(' | ')' | '"' | '\\' | ' ')) {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        v.to_string()
+    }
+}
+
+/// Quotes a column name for PostgREST when it is not a plain identifier.
+fn column(name: &str) -> String {
+    if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\\\""))
+    }
+}
+
+/// The query of a keyset page after `after`, ordered by `(updated_at, pk)`.
+fn keyset_query(pk: &str, after: &Cursor, limit: usize) -> Vec<(String, String)> {
+    let mut q = Vec::new();
+    match (&after.updated_at, &after.id) {
+        (Some(ts), Some(id)) => {
+            let ts = filter_value(ts);
+            q.push((
+                "or".into(),
+                format!("(updated_at.gt.{ts},and(updated_at.eq.{ts},{}.gt.{}))", column(pk), filter_value(id)),
+            ));
+        }
+        (Some(ts), None) => q.push(("updated_at".into(), format!("gte.{}", filter_value(ts)))),
+        _ => {}
+    }
+    q.push(("order".into(), format!("updated_at.asc,{}.asc", column(pk))));
+    q.push(("limit".into(), limit.to_string()));
+    q
+}
+
+fn check_json_array(what: &str, body: String) -> Result<String> {
+    if body.trim_start().starts_with('[') && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_ok() {
+        Ok(body)
+    } else {
+        Err(SyncError::transient(format!(
+            "{what}: upstream answered with something that is not a JSON array ({} bytes, starting {:?})",
+            body.len(),
+            body.chars().take(60).collect::<String>()
+        ))
+        .with_hint("a proxy or captive portal may be in the way; the request will be retried"))
+    }
+}
+
+fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
+    // reqwest's Display includes the URL; it never includes headers, so the
+    // key does not leak.
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "connection failed"
+    };
+    let mut src = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = src {
+        detail = s.to_string();
+        src = s.source();
+    }
+    SyncError::transient(format!("{what}: {kind} ({detail})"))
+        .with_hint("check the internet connection and [supabase] url; capture continues locally meanwhile")
+}
+
+/// The one classifier of upstream HTTP answers.
+pub fn classify(what: &str, status: StatusCode, body: &str) -> SyncError {
+    let parsed: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+    let text = |v: &Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    let message = parsed.message.clone().unwrap_or_else(|| body.chars().take(200).collect());
+    let mut full = format!("{what}: HTTP {}", status.as_u16());
+    if let Some(c) = &parsed.code {
+        full.push_str(&format!(" {c}"));
+    }
+    full.push_str(&format!(": {message}"));
+    if let Some(d) = text(&parsed.details) {
+        full.push_str(&format!("; details: {d}"));
+    }
+    let server_hint = text(&parsed.hint);
+    let (class, hint): (Class, Option<String>) = match status.as_u16() {
+        401 => (
+            Class::Operator,
+            Some("the service key was rejected: use the service_role key (Supabase dashboard → Settings → API), not the anon key".into()),
+        ),
+        403 => (Class::Operator, Some("the key lacks permission; use the service_role key".into())),
+        404 => match parsed.code.as_deref() {
+            Some("PGRST202") | Some("42883") => (
+                Class::Operator,
+                Some("the sync functions are not installed upstream: paste `centrovision-sync init --print-upstream-sql` into the Supabase SQL editor".into()),
+            ),
+            Some("PGRST205") | Some("42P01") => (
+                Class::Operator,
+                Some("the table does not exist upstream; create it, or remove it from [sync] tables".into()),
+            ),
+            _ => (Class::Operator, Some("check [supabase] url (it should be https://<project>.supabase.co)".into())),
+        },
+        408 | 429 | 500 | 502 | 503 | 504 => (Class::Transient, None),
+        413 => (Class::Operator, Some("the request was too large; lower [sync] batch_size".into())),
+        400 | 409 => match parsed.code.as_deref() {
+            Some(c) if c.len() == 5 && !c.starts_with("PGRST") => (class_of_sqlstate(c), None),
+            _ => (Class::Operator, None),
+        },
+        s if s >= 500 => (Class::Transient, None),
+        _ => (Class::Operator, None),
+    };
+    let mut err = SyncError::new(class, full);
+    err.hint = server_hint.or(hint);
+    if let Some(c) = parsed.code {
+        err = err.with_code(c);
+    }
+    err
+}
+
+impl Upstream for RestUpstream {
+    async fn apply(&self, changes: &str) -> Result<Outcome> {
+        let expected = super::count_elements(changes);
+        let mut body = String::with_capacity(changes.len() + 16);
+        body.push_str("{\"changes\":");
+        body.push_str(changes);
+        body.push('}');
+        let text = self.rpc("centrovision_sync_apply", body).await?;
+        parse_outcome(&text, expected)
+    }
+
+    async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
+        let q = keyset_query(table.pk, after, limit);
+        self.get_rows(&format!("reading {} upstream", table.name), table.name, &q).await
+    }
+
+    async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
+        let list = ids.iter().map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\""))).collect::<Vec<_>>();
+        let q = vec![(column(table.pk), format!("in.({})", list.join(",")))];
+        self.get_rows(&format!("reading {} upstream", table.name), table.name, &q).await
+    }
+
+    async fn health(&self) -> Result<()> {
+        match self.rpc("centrovision_sync_version", "{}".into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code.as_deref() == Some("PGRST202") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn contract_version(&self) -> Result<Option<i32>> {
+        match self.rpc("centrovision_sync_version", "{}".into()).await {
+            Ok(text) => text
+                .trim()
+                .parse::<i32>()
+                .map(Some)
+                .map_err(|_| SyncError::operator(format!("centrovision_sync_version returned {text:?}"))),
+            Err(e) if e.code.as_deref() == Some("PGRST202") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_by_status_and_code() {
+        let c = |s: u16, b: &str| classify("x", StatusCode::from_u16(s).unwrap(), b);
+        assert_eq!(c(401, r#"{"message":"Invalid API key","hint":"Double check"}"#).class, Class::Operator);
+        assert_eq!(c(401, r#"{"code":"PGRST301","message":"JWT could not be decoded"}"#).class, Class::Operator);
+        assert_eq!(c(403, "{}").class, Class::Operator);
+        let missing_fn = c(404, r#"{"code":"PGRST202","message":"Could not find the function public.centrovision_sync_apply(changes)"}"#);
+        assert_eq!(missing_fn.class, Class::Operator);
+        assert!(missing_fn.to_string().contains("centrovision_sync_apply"), "{missing_fn}");
+        let missing_table = c(404, r#"{"code":"PGRST205","message":"Could not find the table 'public.patients' in the schema cache"}"#);
+        assert!(missing_table.to_string().contains("public.patients"), "{missing_table}");
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(c(s, "").class, Class::Transient, "{s}");
+        }
+        assert_eq!(c(409, r#"{"code":"23505","message":"duplicate key"}"#).class, Class::Data);
+        assert_eq!(c(400, r#"{"code":"22P02","message":"invalid input syntax"}"#).class, Class::Data);
+        assert_eq!(c(413, "").class, Class::Operator);
+    }
+
+    #[test]
+    fn postgrest_error_body_is_carried_into_the_message() {
+        let e = classify(
+            "calling f",
+            StatusCode::BAD_REQUEST,
+            r#"{"code":"22007","message":"invalid input syntax for type timestamp","details":"d1","hint":"h1"}"#,
+        );
+        let s = e.to_string();
+        assert!(s.contains("22007") && s.contains("invalid input syntax") && s.contains("d1") && s.contains("h1"), "{s}");
+    }
+
+    #[test]
+    fn keyset_filters_quote_timestamps_and_ids() {
+        let q = keyset_query(
+            "id",
+            &Cursor { updated_at: Some("2026-01-01T10:00:00.123456+00:00".into()), id: Some("8c1e".into()) },
+            100,
+        );
+        assert_eq!(
+            q[0].1,
+            r#"(updated_at.gt."2026-01-01T10:00:00.123456+00:00",and(updated_at.eq."2026-01-01T10:00:00.123456+00:00",id.gt.8c1e))"#
+        );
+        assert_eq!(q[1].1, "updated_at.asc,id.asc");
+        // Form encoding turns '+' into %2B, never a space.
+        let mut u = Url::parse("https://x.supabase.co/rest/v1/t").unwrap();
+        u.query_pairs_mut().append_pair(&q[0].0, &q[0].1);
+        assert!(u.as_str().contains("%2B00%3A00"), "{u}");
+    }
+}
