@@ -19,6 +19,7 @@ pub const CONFIG_ENV: &str = "CENTROVISION_SYNC_CONFIG";
 pub const SERVICE_KEY_ENV: &str = "CENTROVISION_SYNC_SERVICE_KEY";
 pub const DB_URL_ENV: &str = "CENTROVISION_SYNC_DB_URL";
 pub const LOCAL_PASSWORD_ENV: &str = "CENTROVISION_SYNC_LOCAL_PASSWORD";
+pub const WEBHOOK_URL_ENV: &str = "CENTROVISION_SYNC_WEBHOOK_URL";
 
 /// The CentroVision tables synced when `[sync] tables` is absent.
 pub const DEFAULT_TABLES: [&str; 23] = [
@@ -92,6 +93,8 @@ pub struct Config {
     pub local_postgres: LocalPostgres,
     pub sync: Sync,
     pub logging: Logging,
+    pub alerts: Alerts,
+    pub http: Http,
     /// Where the config was read from (for messages), if from a file.
     pub source: Option<PathBuf>,
 }
@@ -134,13 +137,38 @@ pub struct Sync {
     /// committed late with an older `updated_at`.
     pub overlap_seconds: u64,
     pub journal_retention_hours: u64,
+    /// How often upstream reachability is checked.
+    pub health_check_seconds: u64,
+    /// How long `_sync_log` rows are kept.
+    pub log_retention_days: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Alerts {
+    /// Alert after this many consecutive failures of one task.
+    pub consecutive_errors: u32,
+    /// Optional webhook receiving a JSON body per alert.
+    pub webhook_url: Secret,
+    /// Alert when more journal rows than this wait to be pushed.
+    pub max_backlog_rows: i64,
+    /// Alert when the oldest unsynced change is older than this.
+    pub max_pending_age_minutes: u64,
+    /// Alert when the slot retains more WAL than this.
+    pub max_slot_lag_mb: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// Address for /health, /status, /metrics and POST /sync (off when None).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Logging {
     pub level: String,
     pub file: Option<PathBuf>,
-    pub max_size_mb: u64,
+    /// May be fractional (e.g. 0.5).
+    pub max_size_mb: f64,
     pub max_files: usize,
 }
 
@@ -170,6 +198,24 @@ struct RawFile {
     local_postgres: Option<RawLocal>,
     sync: Option<RawSync>,
     logging: Option<RawLogging>,
+    alerts: Option<RawAlerts>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    consecutive_errors: Option<u32>,
+    webhook_url: Option<Secret>,
+    max_backlog_rows: Option<i64>,
+    max_pending_age_minutes: Option<u64>,
+    max_slot_lag_mb: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -208,6 +254,8 @@ struct RawSync {
     origin_name: Option<String>,
     overlap_seconds: Option<u64>,
     journal_retention_hours: Option<u64>,
+    health_check_seconds: Option<u64>,
+    log_retention_days: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -215,7 +263,7 @@ struct RawSync {
 struct RawLogging {
     level: Option<String>,
     file: Option<PathBuf>,
-    max_size_mb: Option<u64>,
+    max_size_mb: Option<f64>,
     max_files: Option<usize>,
 }
 
@@ -366,7 +414,33 @@ impl Config {
             origin_name: ident("[sync] origin_name", sy.origin_name.unwrap_or_else(|| "centrovision_sync".into()))?,
             overlap_seconds: sy.overlap_seconds.unwrap_or(300),
             journal_retention_hours: positive("[sync] journal_retention_hours", sy.journal_retention_hours.unwrap_or(168))?,
+            health_check_seconds: positive("[sync] health_check_seconds", sy.health_check_seconds.unwrap_or(30))?,
+            log_retention_days: positive("[sync] log_retention_days", sy.log_retention_days.unwrap_or(30))?,
         };
+
+        let ra = raw.alerts.unwrap_or_default();
+        let webhook_url = env(WEBHOOK_URL_ENV).map(Secret::new).or(ra.webhook_url).unwrap_or_default();
+        if !webhook_url.is_empty() {
+            match reqwest::Url::parse(webhook_url.expose()) {
+                Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {}
+                _ => return Err(ConfigError::invalid("[alerts] webhook_url", "is not an http(s) URL")),
+            }
+        }
+        let alerts = Alerts {
+            consecutive_errors: positive("[alerts] consecutive_errors", u64::from(ra.consecutive_errors.unwrap_or(5)))? as u32,
+            webhook_url,
+            max_backlog_rows: positive("[alerts] max_backlog_rows", ra.max_backlog_rows.unwrap_or(10_000).max(0) as u64)? as i64,
+            max_pending_age_minutes: positive("[alerts] max_pending_age_minutes", ra.max_pending_age_minutes.unwrap_or(60))?,
+            max_slot_lag_mb: positive("[alerts] max_slot_lag_mb", ra.max_slot_lag_mb.unwrap_or(1024))?,
+        };
+        let rh = raw.http.unwrap_or_default();
+        let listen = match rh.listen.filter(|l| !l.is_empty()) {
+            None => None,
+            Some(l) => Some(l.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::invalid("[http] listen", format!("is {l:?}; expected an address like \"127.0.0.1:9187\""))
+            })?),
+        };
+        let http = Http { listen };
 
         let lg = raw.logging.unwrap_or_default();
         let level = lg.level.unwrap_or_else(|| "info".into()).to_lowercase();
@@ -376,11 +450,14 @@ impl Config {
         let logging = Logging {
             level,
             file: lg.file.filter(|f| !f.as_os_str().is_empty()),
-            max_size_mb: positive("[logging] max_size_mb", lg.max_size_mb.unwrap_or(10))?,
+            max_size_mb: match lg.max_size_mb.unwrap_or(10.0) {
+                v if v.is_finite() && v > 0.0 && v <= 100_000.0 => v,
+                v => return Err(ConfigError::invalid("[logging] max_size_mb", format!("is {v}; it must be greater than 0"))),
+            },
             max_files: positive("[logging] max_files", lg.max_files.unwrap_or(5) as u64)? as usize,
         };
 
-        Ok(Config { supabase, local_postgres, sync, logging, source: None })
+        Ok(Config { supabase, local_postgres, sync, logging, alerts, http, source: None })
     }
 
     /// Connection settings for the local database.

@@ -5,15 +5,19 @@
 //! [`pgoutput`] module, into the [`journal`]; [`push`] delivers journal rows
 //! through an [`upstream`] transport.
 
+pub mod alerts;
 pub mod catalog;
 pub mod commands;
 pub mod config;
+pub mod connectivity;
 pub mod crash;
 pub mod down;
 pub mod error;
 pub mod journal;
+pub mod logging;
 pub mod lsn;
 pub mod pgoutput;
 pub mod push;
 pub mod replication;
+pub mod status;
 pub mod upstream;

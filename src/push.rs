@@ -10,7 +10,7 @@
 //! exponential backoff and jitter, recording `retry_count` and `error`.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
@@ -22,7 +22,7 @@ use crate::upstream::{Outcome, Upstream};
 const LOCAL: &str = "local database (pusher)";
 
 /// What one batch did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct BatchReport {
     /// Journal rows read (0 means the queue was empty).
     pub rows: usize,
@@ -31,6 +31,8 @@ pub struct BatchReport {
     pub rejected: usize,
     /// Some rejection was not a data error: back off before the next batch.
     pub should_back_off: bool,
+    /// Journal rows delivered, per table.
+    pub per_table: Vec<(String, i64)>,
 }
 
 /// A batch that failed as a whole, with the journal rows it covered.
@@ -196,6 +198,7 @@ pub async fn push_batch<U: Upstream>(
         kept: outcome.kept.len(),
         rejected: outcome.rejected.len(),
         should_back_off: false,
+        per_table: per_table.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
     };
     let write = async {
         local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
@@ -209,7 +212,11 @@ pub async fn push_batch<U: Upstream>(
                 report.should_back_off = true;
             }
             let text = r.describe();
-            tracing::warn!(table = %built.tables[r.i as usize], rows = c.len(), parked = park, error = %text, "change rejected upstream");
+            // The detail may quote row values (patient data): journal only.
+            tracing::warn!(
+                table = %built.tables[r.i as usize], rows = c.len(), parked = park,
+                code = r.code.as_deref().unwrap_or(""), error = %r.message, "change rejected upstream"
+            );
             journal::record_failure(local, c, &text, park).await?;
             record_table_error(local, &built.tables[r.i as usize], &text).await?;
         }
@@ -274,50 +281,6 @@ pub struct DrainReport {
     pub rejected: usize,
     pub batches: usize,
     pub elapsed: Duration,
-}
-
-/// Pushes until the queue is empty. Transient failures are retried with
-/// backoff up to `max_attempts` consecutive failures, then returned.
-pub async fn drain<U: Upstream>(
-    local: &Client,
-    upstream: &U,
-    batch_size: usize,
-    schema: Option<&str>,
-    max_attempts: u32,
-    retry_base: Duration,
-) -> Result<DrainReport> {
-    let started = Instant::now();
-    let mut total = DrainReport::default();
-    let mut failures = 0u32;
-    loop {
-        match push_batch(local, upstream, batch_size, schema, max_attempts).await {
-            Ok(r) if r.rows == 0 => break,
-            Ok(r) => {
-                failures = 0;
-                total.rows += r.rows;
-                total.applied += r.applied;
-                total.kept += r.kept;
-                total.rejected += r.rejected;
-                total.batches += 1;
-                if r.should_back_off {
-                    tokio::time::sleep(backoff(retry_base, 0, Duration::from_secs(60))).await;
-                }
-            }
-            Err(f) => {
-                failures += 1;
-                tracing::warn!(error = %f.error, attempt = failures, "push failed");
-                if !f.ids.is_empty() {
-                    let _ = journal::record_failure(local, &f.ids, &f.error.to_string(), false).await;
-                }
-                if failures >= max_attempts || !f.error.is_transient() {
-                    return Err(f.error);
-                }
-                tokio::time::sleep(backoff(retry_base, failures - 1, Duration::from_secs(60))).await;
-            }
-        }
-    }
-    total.elapsed = started.elapsed();
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ trap cleanup EXIT
 
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres -N -A trust >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w \
-  -o "-p $PORT -k $WORK -c listen_addresses=127.0.0.1" start >/dev/null
+  -o "-p $PORT -k $WORK -c listen_addresses=127.0.0.1 -c track_functions=pl" start >/dev/null
 
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d postgres)
 
@@ -47,7 +47,7 @@ SQL
 shopt -s nullglob
 FILES=("$HERE"/[0-9][0-9][0-9]_*.sql)
 [ ${#FILES[@]} -gt 0 ] || { echo "no SQL files in $HERE"; exit 1; }
-for pass in 1 2; do
+for _ in 1 2; do
   for f in "${FILES[@]}"; do
     "${PSQL[@]}" -f "$f"
   done
@@ -561,14 +561,21 @@ gen() {  # $1 base timestamptz, $2 tag, $3 output file, [$4 SQL template with %L
   local tmpl=${4:-"SELECT (r->''kept'') = ''[]'' AND (r->''rejected'') = ''[]'' AND jsonb_array_length(r->''applied'') = $BENCH_BATCH FROM (SELECT public.centrovision_sync_apply(%L::jsonb) AS r) s;"}
   "${PSQL[@]}" -At -c "SELECT format('$tmpl', tst.bench_batch(b, $BENCH_BATCH, '$1', '$2')) FROM generate_series(0, $NB - 1) b" > "$3"
 }
+fn_ms() {  # total server-side time spent in centrovision_sync_apply so far (track_functions)
+  "${PSQL[@]}" -At -c "SELECT coalesce(sum(total_time), 0) FROM pg_stat_user_functions WHERE funcname = 'centrovision_sync_apply'"
+}
 run() {  # $1 label, $2 file
-  local t0 t1 out ok
+  local t0 t1 out ok f0 f1
+  f0=$(fn_ms)
   t0=$(date +%s.%N)
   out=$("${PSQL[@]}" -At -f "$2")
   t1=$(date +%s.%N)
+  sleep 0.5; f1=$(fn_ms)
   ok=$(grep -c '^t$' <<<"$out" || true)
-  awk -v l="$1" -v a="$t0" -v b="$t1" -v n="$BENCH_ROWS" -v ok="$ok" -v nb="$NB" \
-    'BEGIN { printf "BENCH %-52s %7d rows in %6.2f s = %8.0f rows/s  (%d/%d calls as expected)\n", l, n, b - a, n / (b - a), ok, nb }'
+  awk -v l="$1" -v a="$t0" -v b="$t1" -v n="$BENCH_ROWS" -v ok="$ok" -v nb="$NB" -v f0="$f0" -v f1="$f1" \
+    'BEGIN { printf "BENCH %-42s %7d rows in %5.2f s = %6.0f rows/s end-to-end", l, n, b - a, n / (b - a);
+             if (f1 > f0) printf "; in function %5.2f s = %6.0f rows/s", (f1 - f0) / 1000, n / ((f1 - f0) / 1000);
+             printf "  (%d/%d calls as expected)\n", ok, nb }'
   [ "$ok" = "$NB" ] || { echo "FAIL: benchmark $1: unexpected outcome"; exit 1; }
 }
 

@@ -12,6 +12,7 @@ use crate::upstream::{self, Upstream};
 pub(crate) const LOCAL_SQL: &[(&str, &str)] = &[
     ("001_control_tables.sql", include_str!("../../sql/001_control_tables.sql")),
     ("002_capture_state.sql", include_str!("../../sql/002_capture_state.sql")),
+    ("003_service_state.sql", include_str!("../../sql/003_service_state.sql")),
 ];
 
 const LOCAL: &str = "local database";

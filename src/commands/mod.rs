@@ -5,6 +5,8 @@
 //! found, 2 bad configuration or arguments.
 
 mod doctor;
+mod health;
+mod http;
 mod init;
 mod service;
 mod status;
@@ -62,6 +64,23 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
+/// The config holds secrets: say so when others can read it.
+fn warn_if_config_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the config file is readable by other users and holds secrets; run: chmod 600 {}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub async fn dispatch(cli: Cli) -> i32 {
     if let Command::Init { print_upstream_sql: true, .. } = cli.command {
@@ -78,6 +97,16 @@ pub async fn dispatch(cli: Cli) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let log_to_file = matches!(cli.command, Command::Run | Command::Once);
+    if log_to_file {
+        if let Err(e) = crate::logging::init(&cfg.logging) {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    } else {
+        crate::logging::init_console(&cfg.logging.level);
+    }
+    warn_if_config_readable_by_others(&path);
     let result = match cli.command {
         Command::Run => service::run(&cfg).await,
         Command::Once => service::once(&cfg).await,

@@ -7,15 +7,18 @@
 //! meaning; it then drains the journal. `run` keeps capture and the pusher
 //! going as independent tasks, restarting a failed task with backoff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
+use crate::alerts::Alerter;
 use crate::catalog::{self, Table};
-use crate::down;
 use crate::config::Config;
+use crate::connectivity::Link;
+use crate::down;
 use crate::error::{Class, Result, SyncError};
 use crate::push;
 use crate::lsn::Lsn;
@@ -104,47 +107,128 @@ fn upstream_schema(cfg: &Config) -> Option<&str> {
     (cfg.supabase.schema != "public").then_some(cfg.supabase.schema.as_str())
 }
 
-/// Pushes while capture runs; after `done` turns true, drains to empty.
+/// What the tasks of one process share.
+pub(crate) struct Runtime {
+    pub cfg: Config,
+    pub upstream_link: Link,
+    pub local_link: Link,
+    pub alerter: Alerter,
+    pub journaled: Notify,
+    /// POST /sync: poll now instead of waiting for the interval.
+    pub sync_now: Notify,
+    /// False while the slot is missing or invalidated: pushing pauses.
+    pub slot_ok: watch::Sender<bool>,
+    pub pushed_total: AtomicU64,
+    pub pulled_total: AtomicU64,
+}
+
+impl Runtime {
+    fn new(cfg: &Config) -> Self {
+        Runtime {
+            cfg: cfg.clone(),
+            upstream_link: Link::new("upstream"),
+            local_link: Link::new("local database"),
+            alerter: Alerter::new(cfg),
+            journaled: Notify::new(),
+            sync_now: Notify::new(),
+            slot_ok: watch::channel(true).0,
+            pushed_total: AtomicU64::new(0),
+            pulled_total: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A failure that means "cannot reach it", as opposed to "it said no".
+pub(crate) fn is_connectivity(e: &SyncError) -> bool {
+    e.is_transient()
+        && match e.code.as_deref() {
+            None => true,
+            Some(c) => c.starts_with("08") || c.starts_with("57P") || matches!(c, "PGRST000" | "PGRST001" | "PGRST002" | "PGRST003"),
+        }
+}
+
+/// Pushes journal rows. With `give_up` (for `once`): drains to empty after
+/// `done` turns true and returns the error after `retry_max_attempts`
+/// consecutive failures. Without it (for `run`): waits while upstream is
+/// offline or the slot is unhealthy, retries forever with backoff.
 async fn push_while(
-    cfg: &Config,
+    rt: &Runtime,
     up: &upstream::Client,
-    journaled: &Notify,
     mut done: watch::Receiver<bool>,
     give_up: bool,
 ) -> Result<push::DrainReport> {
+    let cfg = &rt.cfg;
     let local = connect_local(cfg).await?;
+    let streak = rt.alerter.streak("push");
     let mut total = push::DrainReport::default();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut failures = 0u32;
     let base = Duration::from_secs(cfg.sync.retry_delay_seconds);
+    let mut cycle: HashMap<String, i64> = HashMap::new();
+    let mut cycle_started = Instant::now();
     loop {
+        if !give_up {
+            rt.upstream_link.wait_online(&mut done).await;
+            let mut slot = rt.slot_ok.subscribe();
+            while !*slot.borrow_and_update() && !*done.borrow() {
+                tokio::select! {
+                    _ = slot.changed() => {}
+                    _ = done.changed() => {}
+                }
+            }
+            if *done.borrow() {
+                break;
+            }
+        }
         match push::push_batch(&local, up, cfg.sync.batch_size, upstream_schema(cfg), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => {
+                if !cycle.is_empty() {
+                    log_cycle(&local, "UP", &cycle, cycle_started.elapsed()).await;
+                    cycle.clear();
+                }
                 if *done.borrow() {
                     break;
                 }
                 tokio::select! {
-                    _ = journaled.notified() => {}
+                    _ = rt.journaled.notified() => {}
+                    _ = rt.sync_now.notified() => {}
                     _ = done.changed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
             Ok(r) => {
+                if failures > 0 || cycle.is_empty() {
+                    cycle_started = Instant::now();
+                }
                 failures = 0;
+                streak.succeeded().await;
+                rt.upstream_link.report_ok();
                 total.rows += r.rows;
                 total.applied += r.applied;
                 total.kept += r.kept;
                 total.rejected += r.rejected;
                 total.batches += 1;
+                rt.pushed_total.fetch_add(r.rows as u64, Ordering::Relaxed);
+                for (t, n) in r.per_table {
+                    *cycle.entry(t).or_default() += n;
+                }
                 if r.should_back_off {
                     tokio::time::sleep(push::backoff(base, 0, Duration::from_secs(60))).await;
                 }
             }
             Err(f) => {
                 failures += 1;
-                tracing::warn!(error = %f.error, attempt = failures, "push failed");
+                if is_connectivity(&f.error) {
+                    rt.upstream_link.report_down(&f.error);
+                } else {
+                    tracing::warn!(error = %f.error, attempt = failures, "push failed");
+                }
+                streak.failed(&f.error).await;
                 if !f.ids.is_empty() {
                     let _ = crate::journal::record_failure(&local, &f.ids, &f.error.to_string(), false).await;
+                }
+                if failures == 1 {
+                    log_error(&local, "UP", &f.error).await;
                 }
                 if give_up && (failures >= cfg.sync.retry_max_attempts || !f.error.is_transient()) {
                     return Err(f.error);
@@ -164,29 +248,63 @@ async fn push_while(
     Ok(total)
 }
 
+/// One `_sync_log` row per table for a finished cycle.
+async fn log_cycle(local: &tokio_postgres::Client, direction: &str, per_table: &HashMap<String, i64>, took: Duration) {
+    for (table, n) in per_table {
+        tracing::info!(table = %table, direction, rows = n, duration_ms = took.as_millis() as u64, "sync");
+        let _ = local
+            .execute(
+                "INSERT INTO _sync_log (direction, table_name, records_affected, status, duration_ms) VALUES ($1, $2, $3, 'SUCCESS', $4)",
+                &[&direction, table, &(*n as i32), &(took.as_millis() as i32)],
+            )
+            .await;
+    }
+}
+
+async fn log_error(local: &tokio_postgres::Client, direction: &str, e: &SyncError) {
+    let _ = local
+        .execute(
+            "INSERT INTO _sync_log (direction, records_affected, status, error_message, duration_ms) VALUES ($1, 0, 'ERROR', $2, 0)",
+            &[&direction, &e.to_string()],
+        )
+        .await;
+}
+
 pub async fn once(cfg: &Config) -> Result<()> {
     let _lock = acquire_instance_lock(cfg).await?;
     let tables = local_tables(cfg).await?;
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
+    let rt = Runtime::new(cfg);
     let local = connect_local(cfg).await?;
     // Everything committed before this marker is what `once` delivers.
     let marker = replication::emit_marker(&local).await?;
-    let journaled = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (progress_tx, progress_rx) = watch::channel(Lsn::ZERO);
     let (caught_up_tx, caught_up_rx) = watch::channel(false);
 
     // Capture keeps running through the down cycle: the down path relies on
     // its progress to see local deletes as tombstones.
-    let capture = replication::capture(cfg, &tables, stop_rx, journaled.clone(), &progress_tx);
+    let journaled = Arc::new(Notify::new());
+    let capture = async {
+        let forward = async {
+            loop {
+                journaled.notified().await;
+                rt.journaled.notify_one();
+            }
+        };
+        tokio::select! {
+            r = replication::capture(cfg, &tables, stop_rx, journaled.clone(), &progress_tx) => r,
+            _ = forward => unreachable!("the forwarder never ends"),
+        }
+    };
     let work = async {
         let mut p = progress_rx.clone();
         let caught = async {
             let _ = p.wait_for(|l| *l >= marker).await;
             let _ = caught_up_tx.send(true);
         };
-        let ((), pushed) = tokio::join!(caught, push_while(cfg, &up, &journaled, caught_up_rx, true));
+        let ((), pushed) = tokio::join!(caught, push_while(&rt, &up, caught_up_rx, true));
         let pushed = pushed?;
         let parked: i64 = local
             .query_one("SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL AND synced = FALSE", &[])
@@ -243,36 +361,63 @@ pub async fn run(cfg: &Config) -> Result<()> {
         }
         tracing::warn!(error = %e, "upstream unreachable at start; capturing locally until it is back");
     }
+    let rt = Arc::new(Runtime::new(cfg));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutdown requested");
+        tracing::info!("shutdown requested: finishing the current step");
         let _ = stop_tx.send(true);
     });
-    let journaled = Arc::new(Notify::new());
     let base = Duration::from_secs(cfg.sync.retry_delay_seconds);
     let (progress_tx, progress_rx) = watch::channel(Lsn::ZERO);
+    tracing::info!(
+        tables = cfg.sync.tables.len(),
+        mode = ?cfg.supabase.mode,
+        slot = %cfg.sync.slot_name,
+        "centrovision-sync running"
+    );
 
     let capture_task = async {
-        let mut attempt = 0u32;
-        loop {
-            if *stop_rx.borrow() {
-                break;
+        let journaled = Arc::new(Notify::new());
+        let streak = rt.alerter.streak("capture");
+        let forward = async {
+            loop {
+                journaled.notified().await;
+                rt.journaled.notify_one();
             }
-            match replication::capture(cfg, &tables, stop_rx.clone(), journaled.clone(), &progress_tx).await {
-                Ok(_) => break,
-                Err(e) => {
-                    let cap = if e.class == Class::Transient { Duration::from_secs(60) } else { Duration::from_secs(300) };
-                    let wait = push::backoff(base, attempt, cap);
-                    attempt = attempt.saturating_add(1);
-                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "capture failed");
-                    let mut s = stop_rx.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = s.changed() => {}
+        };
+        let work = async {
+            let mut attempt = 0u32;
+            loop {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                match replication::capture(cfg, &tables, stop_rx.clone(), journaled.clone(), &progress_tx).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        if slot_unusable(&e) {
+                            rt.slot_ok.send_replace(false);
+                        }
+                        if is_connectivity(&e) {
+                            rt.local_link.report_down(&e);
+                        }
+                        streak.failed(&e).await;
+                        let cap = if e.class == Class::Transient { Duration::from_secs(60) } else { Duration::from_secs(300) };
+                        let wait = push::backoff(base, attempt, cap);
+                        attempt = attempt.saturating_add(1);
+                        tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "capture failed");
+                        let mut s = stop_rx.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = s.changed() => {}
+                        }
                     }
                 }
             }
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = forward => {}
         }
     };
     let push_task = async {
@@ -281,9 +426,12 @@ pub async fn run(cfg: &Config) -> Result<()> {
             if *stop_rx.borrow() {
                 break;
             }
-            match push_while(cfg, &up, &journaled, stop_rx.clone(), false).await {
+            match push_while(&rt, &up, stop_rx.clone(), false).await {
                 Ok(_) => break,
                 Err(e) => {
+                    if is_connectivity(&e) {
+                        rt.local_link.report_down(&e);
+                    }
                     let wait = push::backoff(base, attempt, Duration::from_secs(60));
                     attempt = attempt.saturating_add(1);
                     tracing::error!(error = %e, "pusher failed");
@@ -298,29 +446,48 @@ pub async fn run(cfg: &Config) -> Result<()> {
     };
     let down_task = async {
         let interval = Duration::from_secs(cfg.sync.interval_seconds);
+        let streak = rt.alerter.streak("down");
         let mut session: Option<down::Session> = None;
         let mut attempt = 0u32;
         let mut stop = stop_rx.clone();
         loop {
+            rt.upstream_link.wait_online(&mut stop).await;
             if *stop.borrow() {
                 break;
             }
             if session.is_none() {
                 match down::Session::open(cfg).await {
                     Ok(s) => session = Some(s),
-                    Err(e) => tracing::error!(error = %e, "down path cannot open its local session"),
+                    Err(e) => {
+                        if is_connectivity(&e) {
+                            rt.local_link.report_down(&e);
+                        }
+                        streak.failed(&e).await;
+                        tracing::error!(error = %e, "down path cannot open its local session");
+                    }
                 }
             }
             let mut wait = interval;
             if let Some(s) = &session {
                 match down::cycle(cfg, s, &up, &tables, &progress_rx).await {
-                    Ok(_) => attempt = 0,
+                    Ok(reports) => {
+                        attempt = 0;
+                        streak.succeeded().await;
+                        rt.upstream_link.report_ok();
+                        let n: u64 = reports.iter().map(|r| r.applied).sum();
+                        rt.pulled_total.fetch_add(n, Ordering::Relaxed);
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "down cycle failed");
+                        if is_connectivity(&e) {
+                            rt.upstream_link.report_down(&e);
+                        } else {
+                            tracing::warn!(error = %e, "down cycle failed");
+                        }
+                        streak.failed(&e).await;
                         if e.class == Class::Transient {
                             session = None;
                         }
-                        wait = push::backoff(base, attempt, Duration::from_secs(60)).max(interval);
+                        wait = push::backoff_after(base, attempt, Duration::from_secs(60), e.retry_after).max(interval.min(Duration::from_secs(5)));
                         attempt = attempt.saturating_add(1);
                     }
                 }
@@ -330,11 +497,25 @@ pub async fn run(cfg: &Config) -> Result<()> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = rt.sync_now.notified() => {}
                 _ = stop.changed() => {}
             }
         }
     };
-    tokio::join!(capture_task, push_task, down_task);
-    tracing::info!("stopped");
+    let health_task = super::health::watch(&rt, &up, stop_rx.clone());
+    let http_task = async {
+        if let Some(addr) = cfg.http.listen {
+            if let Err(e) = super::http::serve(addr, rt.clone(), stop_rx.clone()).await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        }
+    };
+    tokio::join!(capture_task, push_task, down_task, health_task, http_task);
+    tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The slot is gone or invalidated: only `resync` helps.
+fn slot_unusable(e: &SyncError) -> bool {
+    e.code.as_deref() == Some("42704") || e.message.contains("can no longer get changes") || e.message.contains("invalidated")
 }

@@ -45,6 +45,9 @@ pub struct Pair {
     pub tables: Vec<String>,
     /// Extra `[sync]` lines for the config.
     pub sync_extra: String,
+    /// Extra sections appended to the config (replaces the default
+    /// `[logging]` section when it has one).
+    pub sections: String,
     pub slot: String,
 }
 
@@ -77,6 +80,7 @@ impl Pair {
             mode,
             tables: TABLES.iter().map(|s| s.to_string()).collect(),
             sync_extra: String::new(),
+            sections: String::new(),
             slot,
         };
         p.write_config();
@@ -121,9 +125,9 @@ slot_name = "{slot}"
 publication_name = "p_{ld}"
 origin_name = "o_{ld}"
 {extra}
-
-[logging]
-level = "debug"
+health_check_seconds = 1
+{logging}
+{sections}
 "#,
             lh = self.local.host(),
             lp = self.local.port(),
@@ -132,6 +136,8 @@ level = "debug"
             lpw = self.local.password(),
             slot = self.slot,
             extra = self.sync_extra,
+            logging = if self.sections.contains("[logging]") { "" } else { "\n[logging]\nlevel = \"debug\"" },
+            sections = self.sections,
         );
         std::fs::write(&self.config_path, text).expect("write config");
     }

@@ -1,0 +1,11 @@
+-- 003: what the running service knows that `status` (a separate process)
+-- should show: connectivity of upstream and of the local database, and the
+-- alerts currently raised. One row per key; the service upserts on every
+-- transition, so a row describes the current state, not a history (the
+-- history is in the logs and _sync_log).
+CREATE TABLE IF NOT EXISTS _sync_state (
+    key TEXT PRIMARY KEY,
+    value TEXT,
+    since TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);

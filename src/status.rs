@@ -1,0 +1,215 @@
+//! "Is it in sync?": one snapshot of the sync state, read from the local
+//! database, shared by `status`, the HTTP `/status` and `/metrics`.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::error::{Result, SyncError};
+
+const LOCAL: &str = "local database";
+
+#[derive(Debug, Serialize)]
+pub struct TableStatus {
+    pub table: String,
+    pub last_sync_down: Option<String>,
+    pub last_sync_up: Option<String>,
+    pub records_synced_down: i64,
+    pub records_synced_up: i64,
+    pub pending: i64,
+    pub parked: i64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub active: bool,
+    pub confirmed_flush_lsn: Option<String>,
+    /// WAL the slot holds back, in bytes (from its restart LSN).
+    pub retained_bytes: Option<i64>,
+    /// How far its confirmed position is behind the current WAL, in bytes.
+    pub lag_bytes: Option<i64>,
+    pub wal_status: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkStatus {
+    pub online: bool,
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub tables: Vec<TableStatus>,
+    pub backlog: i64,
+    pub parked: i64,
+    pub oldest_pending_seconds: Option<f64>,
+    pub slot: Option<SlotStatus>,
+    /// Commit LSN of the last journaled transaction: note it before an
+    /// upstream restore (`replay --from-lsn`).
+    pub journaled_lsn: Option<String>,
+    /// Oldest LSN the journal can still replay from.
+    pub oldest_replayable_lsn: Option<String>,
+    /// As last recorded by the running service (None if it never ran).
+    pub upstream: Option<LinkStatus>,
+    pub alerts: Vec<String>,
+}
+
+pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let rows = local
+        .query(
+            "SELECT t.name,
+                    m.last_sync_from_supabase::text, m.last_sync_to_supabase::text,
+                    coalesce(m.records_synced_down, 0)::int8, coalesce(m.records_synced_up, 0)::int8, m.last_error,
+                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NULL),
+                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NOT NULL)
+             FROM unnest($1::text[]) WITH ORDINALITY t(name, n)
+             LEFT JOIN _sync_metadata m ON m.table_name = t.name
+             ORDER BY t.n",
+            &[&cfg.sync.tables],
+        )
+        .await
+        .map_err(q)?;
+    let tables = rows
+        .iter()
+        .map(|r| TableStatus {
+            table: r.get(0),
+            last_sync_down: r.get(1),
+            last_sync_up: r.get(2),
+            records_synced_down: r.get(3),
+            records_synced_up: r.get(4),
+            last_error: r.get(5),
+            pending: r.get(6),
+            parked: r.get(7),
+        })
+        .collect();
+    let agg = local
+        .query_one(
+            "SELECT count(*) FILTER (WHERE parked_at IS NULL),
+                    count(*) FILTER (WHERE parked_at IS NOT NULL),
+                    extract(epoch FROM now() - min(coalesce(commit_ts, created_at)) FILTER (WHERE parked_at IS NULL))::float8
+             FROM _sync_pending WHERE NOT synced",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let slot = local
+        .query_opt(
+            "SELECT slot_name::text, active, confirmed_flush_lsn::text,
+                    (pg_current_wal_lsn() - restart_lsn)::int8,
+                    (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, wal_status
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&cfg.sync.slot_name],
+        )
+        .await
+        .map_err(q)?
+        .map(|r| SlotStatus {
+            name: r.get(0),
+            active: r.get(1),
+            confirmed_flush_lsn: r.get(2),
+            retained_bytes: r.get(3),
+            lag_bytes: r.get(4),
+            wal_status: r.get(5),
+        });
+    let lsns = local
+        .query_one(
+            "SELECT (SELECT journaled_lsn::text FROM _sync_capture WHERE slot_name = $1),
+                    (SELECT min(commit_lsn)::text FROM _sync_pending)",
+            &[&cfg.sync.slot_name],
+        )
+        .await
+        .map_err(q)?;
+    let state = local
+        .query("SELECT key, value, since::text FROM _sync_state", &[])
+        .await
+        .map_err(q)?;
+    let mut upstream = None;
+    let mut alerts = Vec::new();
+    for r in state {
+        let key: String = r.get(0);
+        let value: Option<String> = r.get(1);
+        let since: Option<String> = r.get(2);
+        if key == "upstream" {
+            upstream = Some(LinkStatus { online: value.as_deref() == Some("online"), since });
+        } else if let Some(a) = key.strip_prefix("alert:") {
+            alerts.push(format!("{a} (since {})", since.unwrap_or_default()));
+        }
+    }
+    Ok(Status {
+        tables,
+        backlog: agg.get(0),
+        parked: agg.get(1),
+        oldest_pending_seconds: agg.get(2),
+        slot,
+        journaled_lsn: lsns.get(0),
+        oldest_replayable_lsn: lsns.get(1),
+        upstream,
+        alerts,
+    })
+}
+
+/// The one-screen text form.
+pub fn render(cfg: &Config, st: &Status) -> String {
+    let mut o = String::new();
+    let w = |o: &mut String, s: String| {
+        o.push_str(&s);
+        o.push('\n');
+    };
+    w(&mut o, format!("{:<22} {:<27} {:<27} {:>8} {:>6}  last error", "table", "last sync down", "last sync up", "pending", "parked"));
+    for t in &st.tables {
+        let short = |s: &Option<String>| s.as_deref().map(|v| v.chars().take(26).collect::<String>()).unwrap_or_else(|| "never".into());
+        w(
+            &mut o,
+            format!(
+                "{:<22} {:<27} {:<27} {:>8} {:>6}  {}",
+                t.table,
+                short(&t.last_sync_down),
+                short(&t.last_sync_up),
+                t.pending,
+                t.parked,
+                t.last_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+            ),
+        );
+    }
+    o.push('\n');
+    w(
+        &mut o,
+        format!(
+            "journal: {} pending, {} parked, oldest pending {}",
+            st.backlog,
+            st.parked,
+            st.oldest_pending_seconds.map_or("-".to_string(), |s| crate::connectivity::human(std::time::Duration::from_secs_f64(s.max(0.0))) + " ago")
+        ),
+    );
+    match &st.slot {
+        Some(s) => w(
+            &mut o,
+            format!(
+                "slot {}: {}, confirmed {}, lag {} bytes, retains {} bytes, wal_status {}",
+                s.name,
+                if s.active { "streaming" } else { "not streaming" },
+                s.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+                s.lag_bytes.map_or("-".into(), |b| b.to_string()),
+                s.retained_bytes.map_or("-".into(), |b| b.to_string()),
+                s.wal_status.as_deref().unwrap_or("-")
+            ),
+        ),
+        None => w(&mut o, format!("slot {}: MISSING — run `centrovision-sync resync`", cfg.sync.slot_name)),
+    }
+    match &st.upstream {
+        Some(l) if l.online => w(&mut o, format!("upstream: online (since {})", l.since.as_deref().unwrap_or("-"))),
+        Some(l) => w(&mut o, format!("upstream: OFFLINE since {}", l.since.as_deref().unwrap_or("-"))),
+        None => w(&mut o, "upstream: unknown (the service has not run yet)".into()),
+    }
+    if let Some(l) = &st.journaled_lsn {
+        w(&mut o, format!("journaled through LSN {l}; replayable from {} (note these before restoring upstream)", st.oldest_replayable_lsn.as_deref().unwrap_or("-")));
+    }
+    if !st.alerts.is_empty() {
+        w(&mut o, format!("ALERTS: {}", st.alerts.join("; ")));
+    }
+    let in_sync = st.backlog == 0 && st.parked == 0 && st.alerts.is_empty() && st.slot.as_ref().is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
+    w(&mut o, if in_sync { "in sync: yes".into() } else { "in sync: NO (see above)".to_string() });
+    o
+}
