@@ -47,13 +47,14 @@ info() {
 
 usage() {
     cat <<EOF
-Usage:
-  sudo $0 [BINARY]               install or upgrade (BINARY defaults to
-                                 ./target/release/centrovision-sync)
-  sudo $0 --uninstall            stop and remove the service and the binary;
-                                 keeps $CONFIG_DIR and $LOG_DIR
-  sudo $0 --uninstall --purge    also remove the config, the logs and the
-                                 '$SERVICE_USER' user
+Usage: sudo $0 [BINARY | --uninstall [--purge]]
+
+  [BINARY]               install or upgrade; BINARY defaults to
+                         ./target/release/centrovision-sync
+  --uninstall            stop and remove the service and the binary;
+                         keeps $CONFIG_DIR, $LOG_DIR and the user
+  --uninstall --purge    also remove the config, the logs and the
+                         '$SERVICE_USER' user
 EOF
 }
 
@@ -267,7 +268,7 @@ a superuser in the clinic database (names are the [sync] defaults):
   SELECT pg_drop_replication_slot('centrovision_sync');
   DROP PUBLICATION IF EXISTS centrovision_sync;
   SELECT pg_replication_origin_drop('centrovision_sync');
-  -- optional: DROP TABLE _sync_metadata, _sync_pending, _sync_log, _sync_capture;
+  -- optional: DROP TABLE _sync_metadata, _sync_pending, _sync_log, _sync_capture, _sync_state;
   -- optional: DROP OWNED BY centrovision_sync; DROP ROLE centrovision_sync;
 EOF
 }

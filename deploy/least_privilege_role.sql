@@ -49,15 +49,15 @@
 --   (re-run this script)                         -- sets NOSUPERUSER again
 --
 -- Running `init` as the role itself (rather than with a superuser's own
--- credentials) makes the role the owner of the control tables, publication
--- and nothing else. Do not skip the last step; `\du centrovision_sync` must
--- not show Superuser.
+-- credentials) makes the role the owner of what init creates (the control
+-- tables and the publication) and of nothing else. Do not skip the last step:
+-- `\du centrovision_sync` must not show Superuser.
 --
 -- Note on REPLICATION: it is needed to stream the logical replication slot,
--- and PostgreSQL has nothing finer-grained. A REPLICATION role can read the WAL
--- of the whole cluster (all databases, also through a BASE_BACKUP on its
--- walsender connection, whatever pg_hba.conf says about `replication`).
--- Guard this role's password like a superuser's.
+-- and PostgreSQL has nothing finer-grained. A REPLICATION role can also copy
+-- the whole cluster (every database) with BASE_BACKUP over the same kind of
+-- connection the service uses, whatever pg_hba.conf says about `replication`
+-- (checked on PostgreSQL 15). Guard this role's password like a superuser's.
 
 \set ON_ERROR_STOP on
 

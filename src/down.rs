@@ -305,8 +305,9 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
         .filter(|c| **c != pk.name)
         .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
         .collect();
-    let distinct_l = cols.iter().map(|c| format!("d.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
-    let distinct_r = cols.iter().map(|c| format!("EXCLUDED.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    // Text forms: some types (json, point, xml) have no equality operator.
+    let distinct_l = cols.iter().map(|c| format!("d.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let distinct_r = cols.iter().map(|c| format!("EXCLUDED.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
     let conflict = if updates.is_empty() {
         "DO NOTHING".to_string()
     } else {

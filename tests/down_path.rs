@@ -26,9 +26,8 @@ async fn upstream_writes(up: &Client, n: usize, tag: &str) {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_rows_arrive_identically_and_are_not_echoed() {
-    let pair = Pair::new("down_basic", Mode::Postgres).await;
+async fn upstream_rows_arrive_identically_and_are_not_echoed(mode: Mode) {
+    let pair = Pair::new("down_basic", mode).await;
     pair.init().await;
     let up = pair.upstream.connect().await;
     upstream_writes(&up, 250, "cloud").await;
@@ -54,9 +53,8 @@ struct Write {
     image: Option<String>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_sides_converge_under_a_random_two_way_workload() {
-    let pair = Pair::new("two_way", Mode::Postgres).await;
+async fn both_sides_converge_under_a_random_two_way_workload(mode: Mode) {
+    let pair = Pair::new("two_way", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     let up = pair.upstream.connect().await;
@@ -117,9 +115,8 @@ async fn both_sides_converge_under_a_random_two_way_workload() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_conflicted_row_ends_as_its_latest_write_on_both_sides() {
-    let pair = Pair::new("conflict_both", Mode::Postgres).await;
+async fn a_conflicted_row_ends_as_its_latest_write_on_both_sides(mode: Mode) {
+    let pair = Pair::new("conflict_both", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     let up = pair.upstream.connect().await;
@@ -136,9 +133,8 @@ async fn a_conflicted_row_ends_as_its_latest_write_on_both_sides() {
     assert_eq!(names, ["up new", "local new"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_upstream_transaction_with_an_older_updated_at_is_still_applied() {
-    let pair = Pair::new("long_txn", Mode::Postgres).await;
+async fn a_long_upstream_transaction_with_an_older_updated_at_is_still_applied(mode: Mode) {
+    let pair = Pair::new("long_txn", mode).await;
     pair.init().await;
     let up = pair.upstream.connect().await;
     let late = pair.upstream.connect().await;
@@ -155,9 +151,8 @@ async fn a_long_upstream_transaction_with_an_older_updated_at_is_still_applied()
     pair.assert_converged().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn children_whose_parents_are_missing_locally_are_applied_with_their_parents() {
-    let mut pair = Pair::new("parents", Mode::Postgres).await;
+async fn children_whose_parents_are_missing_locally_are_applied_with_their_parents(mode: Mode) {
+    let mut pair = Pair::new("parents", mode).await;
     // Only children are polled; parents come on demand.
     pair.tables = vec!["branches".into(), "patients".into(), "appointments".into()];
     pair.write_config();
@@ -179,9 +174,8 @@ async fn children_whose_parents_are_missing_locally_are_applied_with_their_paren
     assert_eq!(count(&pair.local, "SELECT count(*) FROM patients WHERE full_name = 'child'").await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_deleted_locally_is_not_resurrected_by_an_older_upstream_version() {
-    let pair = Pair::new("no_resurrect", Mode::Postgres).await;
+async fn a_row_deleted_locally_is_not_resurrected_by_an_older_upstream_version(mode: Mode) {
+    let pair = Pair::new("no_resurrect", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     let up = pair.upstream.connect().await;
@@ -197,9 +191,8 @@ async fn a_row_deleted_locally_is_not_resurrected_by_an_older_upstream_version()
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_mid_download_loses_nothing_and_applies_nothing_twice() {
-    let mut pair = Pair::new("down_crash", Mode::Postgres).await;
+async fn a_crash_mid_download_loses_nothing_and_applies_nothing_twice(mode: Mode) {
+    let mut pair = Pair::new("down_crash", mode).await;
     pair.sync_extra = String::new();
     pair.write_config();
     pair.init().await;
@@ -217,3 +210,13 @@ async fn a_crash_mid_download_loses_nothing_and_applies_nothing_twice() {
         2600
     );
 }
+
+both_modes!(
+    upstream_rows_arrive_identically_and_are_not_echoed,
+    both_sides_converge_under_a_random_two_way_workload,
+    a_conflicted_row_ends_as_its_latest_write_on_both_sides,
+    a_long_upstream_transaction_with_an_older_updated_at_is_still_applied,
+    children_whose_parents_are_missing_locally_are_applied_with_their_parents,
+    a_row_deleted_locally_is_not_resurrected_by_an_older_upstream_version,
+    a_crash_mid_download_loses_nothing_and_applies_nothing_twice,
+);

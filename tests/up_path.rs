@@ -88,9 +88,8 @@ async fn count(db: &support::TestDb, sql: &str) -> i64 {
     db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_mixed_changes_reach_upstream_identically() {
-    let pair = Pair::new("ten_thousand", Mode::Postgres).await;
+async fn ten_thousand_mixed_changes_reach_upstream_identically(mode: Mode) {
+    let pair = Pair::new("ten_thousand", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     mixed_workload(&local, 7, 10_000).await;
@@ -106,9 +105,8 @@ async fn ten_thousand_mixed_changes_reach_upstream_identically() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_row_change_is_journaled_exactly_once_across_crashes() {
-    let pair = Pair::new("crash_points", Mode::Postgres).await;
+async fn each_row_change_is_journaled_exactly_once_across_crashes(mode: Mode) {
+    let pair = Pair::new("crash_points", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     // Count row changes exactly with a per-statement workload we control.
@@ -148,9 +146,8 @@ async fn each_row_change_is_journaled_exactly_once_across_crashes() {
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_a_running_service_loses_nothing() {
-    let pair = Pair::new("sigkill_run", Mode::Postgres).await;
+async fn sigkill_of_a_running_service_loses_nothing(mode: Mode) {
+    let pair = Pair::new("sigkill_run", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     let mut made = 0;
@@ -174,9 +171,8 @@ async fn sigkill_of_a_running_service_loses_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upstream() {
-    let pair = Pair::new("toast", Mode::Postgres).await;
+async fn an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upstream(mode: Mode) {
+    let pair = Pair::new("toast", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     // > 8 kB and incompressible: stored out of line, sent as 'unchanged'.
@@ -208,9 +204,8 @@ async fn an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upst
     pair.assert_converged().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_column_added_mid_stream_is_carried_or_parked_by_name() {
-    let pair = Pair::new("add_column", Mode::Postgres).await;
+async fn a_column_added_mid_stream_is_carried_or_parked_by_name(mode: Mode) {
+    let pair = Pair::new("add_column", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     let up = pair.upstream.connect().await;
@@ -271,9 +266,8 @@ async fn writes_to_unsynced_tables_do_not_hold_the_slot_back() {
     kill9(&mut child);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_newer_upstream_row_is_kept_and_an_older_one_replaced() {
-    let pair = Pair::new("lww_up", Mode::Postgres).await;
+async fn a_newer_upstream_row_is_kept_and_an_older_one_replaced(mode: Mode) {
+    let pair = Pair::new("lww_up", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
     let up = pair.upstream.connect().await;
@@ -311,12 +305,11 @@ async fn a_newer_upstream_row_is_kept_and_an_older_one_replaced() {
     assert!(ts.starts_with("2026-01-02"), "{ts}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_outage_grows_the_journal_and_drains_when_it_is_back() {
+async fn an_upstream_outage_grows_the_journal_and_drains_when_it_is_back(mode: Mode) {
     let upstream_cluster = Cluster::start(Default::default());
     let local = Cluster::shared().create_database("outage_l").await;
     let upstream = upstream_cluster.create_database("outage_u").await;
-    let pair = Pair::on(local, upstream, Mode::Postgres).await;
+    let pair = Pair::on(local, upstream, mode).await;
     pair.init().await;
     let mut child = pair.spawn_run(&[]);
     let local = pair.local.connect().await;
@@ -334,9 +327,8 @@ async fn an_upstream_outage_grows_the_journal_and_drains_when_it_is_back() {
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_that_predate_the_slot_are_uploaded_once_on_request() {
-    let pair = Pair::new("upload_existing", Mode::Postgres).await;
+async fn rows_that_predate_the_slot_are_uploaded_once_on_request(mode: Mode) {
+    let pair = Pair::new("upload_existing", mode).await;
     let local = pair.local.connect().await;
     local
         .batch_execute(
@@ -346,10 +338,21 @@ async fn rows_that_predate_the_slot_are_uploaded_once_on_request() {
         )
         .await
         .unwrap();
-    pair.ok(&["init", "--upstream", "--upload-existing"]).await;
+    pair.init_with(&["--upload-existing"]).await;
     pair.once().await;
     pair.assert_converged().await;
     let again = pair.ok(&["init", "--upload-existing"]).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("already uploaded"));
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 301);
 }
+
+both_modes!(
+    ten_thousand_mixed_changes_reach_upstream_identically,
+    each_row_change_is_journaled_exactly_once_across_crashes,
+    sigkill_of_a_running_service_loses_nothing,
+    an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upstream,
+    a_column_added_mid_stream_is_carried_or_parked_by_name,
+    a_newer_upstream_row_is_kept_and_an_older_one_replaced,
+    an_upstream_outage_grows_the_journal_and_drains_when_it_is_back,
+    rows_that_predate_the_slot_are_uploaded_once_on_request,
+);

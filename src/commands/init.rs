@@ -46,7 +46,21 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     }
     tracing::info!("control tables ready");
 
-    // Publication: exactly the configured tables.
+    // Publication: exactly the configured tables. Changing it needs table
+    // ownership (or superuser), so it is only touched when it differs: a
+    // least-privilege role can re-run `init` once a superuser created it.
+    let published: Option<Vec<String>> = local
+        .query_opt(
+            "SELECT coalesce((SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_publication_tables
+                              WHERE pubname = $1 AND schemaname = $2), '{}')
+             FROM pg_publication WHERE pubname = $1",
+            &[&cfg.sync.publication_name, &cfg.local_postgres.schema],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+        .map(|r| r.get(0));
+    let mut wanted: Vec<String> = cfg.sync.tables.clone();
+    wanted.sort();
     let list = cfg
         .sync
         .tables
@@ -54,17 +68,21 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         .map(|t| catalog::qualified(&cfg.local_postgres.schema, t))
         .collect::<Vec<_>>()
         .join(", ");
-    let pub_exists: bool = local
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&cfg.sync.publication_name])
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-        .get(0);
-    let sql = if pub_exists {
-        format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(&cfg.sync.publication_name))
-    } else {
-        format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(&cfg.sync.publication_name))
+    let sql = match &published {
+        Some(p) if *p == wanted => None,
+        Some(_) => Some(format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(&cfg.sync.publication_name))),
+        None => Some(format!("CREATE PUBLICATION {} FOR TABLE {list}", quote_ident(&cfg.sync.publication_name))),
     };
-    local.batch_execute(&sql).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    if let Some(sql) = sql {
+        local.batch_execute(&sql).await.map_err(|e| {
+            let err = SyncError::from_pg(LOCAL, &e);
+            if err.code.as_deref() == Some("42501") {
+                err.with_hint("creating or changing the publication needs the tables' owner or a superuser: run `init` once as a superuser (see deploy/OPERATIONS.md)")
+            } else {
+                err
+            }
+        })?;
+    }
     tracing::info!(publication = %cfg.sync.publication_name, tables = cfg.sync.tables.len(), "publication ready");
 
     // Slot.

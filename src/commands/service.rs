@@ -46,7 +46,7 @@ pub async fn shutdown_signal() {
 
 /// Holds the per-slot advisory lock for as long as it lives.
 pub(crate) struct InstanceLock {
-    _client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
 }
 
 pub(crate) async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> {
@@ -64,7 +64,7 @@ pub(crate) async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> 
         ))
         .with_hint("stop the other instance first (systemctl status centrovision-sync), or give this one its own [sync] slot_name"));
     }
-    Ok(InstanceLock { _client: client })
+    Ok(InstanceLock { client })
 }
 
 /// The local catalog of the synced tables, checked for syncability.
@@ -352,23 +352,51 @@ pub async fn once(cfg: &Config) -> Result<()> {
 }
 
 pub async fn run(cfg: &Config) -> Result<()> {
-    let _lock = acquire_instance_lock(cfg).await?;
-    let tables = local_tables(cfg).await?;
-    let up = upstream::Client::from_config(cfg)?;
-    if let Err(e) = check_contract(&up).await {
-        if !e.is_transient() {
-            return Err(e);
-        }
-        tracing::warn!(error = %e, "upstream unreachable at start; capturing locally until it is back");
-    }
-    let rt = Arc::new(Runtime::new(cfg));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested: finishing the current step");
-        let _ = stop_tx.send(true);
+        let _ = on_signal.send(true);
     });
     let base = Duration::from_secs(cfg.sync.retry_delay_seconds);
+    // Start-up waits out a local database that is restarting; definite
+    // problems (no init, missing table, second instance) end the process.
+    let mut attempt = 0u32;
+    let (lock, tables) = loop {
+        let started = async { Ok::<_, SyncError>((acquire_instance_lock(cfg).await?, local_tables(cfg).await?)) }.await;
+        match started {
+            Ok(v) => break v,
+            Err(e) if e.is_transient() && !*stop_rx.borrow() => {
+                let wait = push::backoff(base, attempt, Duration::from_secs(60));
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot start yet");
+                let mut s = stop_rx.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = s.changed() => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let up = upstream::Client::from_config(cfg)?;
+    let rt = Arc::new(Runtime::new(cfg));
+    // Whatever upstream says, capture must keep consuming the slot: an
+    // unreachable or misconfigured upstream only delays pushing.
+    if let Err(e) = check_contract(&up).await {
+        // Nothing is pushed or polled until a health check succeeds.
+        rt.upstream_link.report_down(&e);
+        if e.is_transient() {
+            tracing::warn!(error = %e, "upstream unreachable at start; capturing locally until it is back");
+        } else {
+            rt.alerter
+                .raise("upstream_rejected", &format!("upstream is not ready: {e}"), serde_json::json!({ "error": e.to_string() }))
+                .await;
+        }
+    }
+    let lock_task = keep_instance_lock(cfg, lock, stop_rx.clone(), stop_tx.clone());
     let (progress_tx, progress_rx) = watch::channel(Lsn::ZERO);
     tracing::info!(
         tables = cfg.sync.tables.len(),
@@ -510,9 +538,50 @@ pub async fn run(cfg: &Config) -> Result<()> {
             }
         }
     };
-    tokio::join!(capture_task, push_task, down_task, health_task, http_task);
+    let (lost_lock, ..) = tokio::join!(lock_task, capture_task, push_task, down_task, health_task, http_task);
+    lost_lock?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Holds the instance lock for the life of the process. Its connection dies
+/// with a local database restart, which releases the lock: take it again,
+/// and stop the service if another instance took it meanwhile.
+async fn keep_instance_lock(
+    cfg: &Config,
+    mut lock: InstanceLock,
+    mut stop: watch::Receiver<bool>,
+    stop_tx: Arc<watch::Sender<bool>>,
+) -> Result<()> {
+    let base = Duration::from_secs(cfg.sync.retry_delay_seconds);
+    let mut attempt = 0u32;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+        if !lock.client.is_closed() {
+            continue;
+        }
+        match acquire_instance_lock(cfg).await {
+            Ok(l) => {
+                lock = l;
+                attempt = 0;
+            }
+            Err(e) if e.is_transient() => {
+                tokio::time::sleep(push::backoff(base, attempt, Duration::from_secs(30))).await;
+                attempt = attempt.saturating_add(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lost the instance lock to another process; stopping");
+                let _ = stop_tx.send(true);
+                return Err(e);
+            }
+        }
+    }
 }
 
 /// The slot is gone or invalidated: only `resync` helps.

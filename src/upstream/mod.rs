@@ -158,6 +158,14 @@ pub(crate) fn count_elements(changes: &str) -> usize {
 
 /// Parses the apply function's result and checks every index is accounted for.
 pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        return Err(SyncError::transient(format!(
+            "upstream answered the apply call with something that is not JSON ({} bytes, starting {:?})",
+            text.len(),
+            text.chars().take(40).collect::<String>()
+        ))
+        .with_hint("a proxy or captive portal may be in the way; the batch will be retried"));
+    }
     let o: Outcome = serde_json::from_str(text)
         .map_err(|e| SyncError::operator(format!("upstream apply returned an unexpected result ({e})")).with_hint(
             "the upstream SQL functions may be outdated; run `centrovision-sync init --upstream` or paste `init --print-upstream-sql` into the Supabase SQL editor",

@@ -121,22 +121,29 @@ impl RestUpstream {
     }
 }
 
-/// Headers that authenticate every request. Legacy service-role JWTs go in
-/// `apikey` and `Authorization: Bearer`; the newer `sb_secret_…` keys in
-/// `apikey` only.
+/// Headers that authenticate every request. Legacy service-role keys are
+/// JWTs and go in `apikey` and `Authorization: Bearer`; the newer
+/// `sb_secret_…` keys (anything not shaped like a JWT) in `apikey` only —
+/// the gateway rejects them as a Bearer token.
 fn auth_headers(key: &Secret) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
     let mut v = HeaderValue::from_str(key.expose())
         .map_err(|_| SyncError::operator("[supabase] service_key contains characters that cannot be sent in a header"))?;
     v.set_sensitive(true);
     h.insert("apikey", v);
-    if !key.expose().starts_with("sb_secret_") && !key.expose().starts_with("sb_publishable_") {
+    if looks_like_jwt(key.expose()) {
         let mut b = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| SyncError::operator("[supabase] service_key contains invalid characters"))?;
         b.set_sensitive(true);
         h.insert(reqwest::header::AUTHORIZATION, b);
     }
     Ok(h)
+}
+
+fn looks_like_jwt(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// Quotes a value for a PostgREST filter when it holds reserved characters.
@@ -254,7 +261,10 @@ pub fn classify(what: &str, status: StatusCode, body: &str) -> SyncError {
         _ => (Class::Operator, None),
     };
     let mut err = SyncError::new(class, full);
-    err.hint = server_hint.or(hint);
+    err.hint = match (hint, server_hint) {
+        (Some(ours), Some(theirs)) => Some(format!("{ours} (upstream says: {theirs})")),
+        (ours, theirs) => ours.or(theirs),
+    };
     if let Some(c) = parsed.code {
         err = err.with_code(c);
     }
@@ -325,6 +335,15 @@ mod tests {
         assert_eq!(c(409, r#"{"code":"23505","message":"duplicate key"}"#).class, Class::Data);
         assert_eq!(c(400, r#"{"code":"22P02","message":"invalid input syntax"}"#).class, Class::Data);
         assert_eq!(c(413, "").class, Class::Operator);
+    }
+
+    #[test]
+    fn only_jwt_shaped_keys_are_sent_as_bearer_tokens() {
+        let h = auth_headers(&Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJl")).unwrap();
+        assert!(h.contains_key("apikey") && h.contains_key(reqwest::header::AUTHORIZATION));
+        let h = auth_headers(&Secret::new("sb_secret_abc123")).unwrap();
+        assert!(h.contains_key("apikey") && !h.contains_key(reqwest::header::AUTHORIZATION));
+        assert!(h["apikey"].is_sensitive());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 #![allow(unused_imports)]
 
 pub mod cluster;
+pub mod postgrest;
 pub mod sync;
 pub mod wait;
 

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::cluster::{Cluster, TestDb};
+use super::postgrest::PostgrestStandIn;
 use super::wait::wait_for;
 
 pub const SCHEMA: &str = include_str!("centrovision_schema.sql");
@@ -34,6 +35,30 @@ pub fn binary() -> PathBuf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Postgres,
+    /// Through the PostgREST stand-in for Supabase's HTTP layer.
+    Rest,
+}
+
+/// The upstream SQL, as `init --print-upstream-sql` prints it.
+pub const UPSTREAM_SQL: &str = include_str!("../../sql/upstream/001_apply.sql");
+
+/// Generates `name::postgres` and `name::rest` tests from `async fn name(mode: Mode)`.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(crate::support::sync::Mode::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn rest() {
+                    super::$name(crate::support::sync::Mode::Rest).await
+                }
+            }
+        )*
+    };
 }
 
 pub struct Pair {
@@ -49,6 +74,10 @@ pub struct Pair {
     /// `[logging]` section when it has one).
     pub sections: String,
     pub slot: String,
+    /// The REST stand-in, in `Mode::Rest`.
+    pub rest: Option<PostgrestStandIn>,
+    /// The service key written to the config in REST mode.
+    pub service_key: String,
 }
 
 impl Pair {
@@ -72,6 +101,11 @@ impl Pair {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let slot = format!("s_{}", local.name);
+        let service_key = format!("test-service-key-{}", local.name);
+        let rest = match mode {
+            Mode::Rest => Some(PostgrestStandIn::start(&upstream, &service_key).await),
+            Mode::Postgres => None,
+        };
         let mut p = Pair {
             config_path: dir.path().join("config.toml"),
             local,
@@ -82,6 +116,8 @@ impl Pair {
             sync_extra: String::new(),
             sections: String::new(),
             slot,
+            rest,
+            service_key,
         };
         p.write_config();
         p
@@ -103,10 +139,13 @@ impl Pair {
             up.password(),
             up.name
         );
+        let supabase = match &self.rest {
+            Some(r) => format!("mode = \"rest\"\nurl = \"{}\"\nservice_key = \"{}\"", r.url(), self.service_key),
+            None => format!("mode = \"postgres\"\ndb_url = \"{db_url}\""),
+        };
         let text = format!(
             r#"[supabase]
-mode = "postgres"
-db_url = "{db_url}"
+{supabase}
 
 [local_postgres]
 host = "{lh}"
@@ -140,6 +179,8 @@ health_check_seconds = 1
             sections = self.sections,
         );
         std::fs::write(&self.config_path, text).expect("write config");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.config_path, std::fs::Permissions::from_mode(0o600)).expect("chmod config");
     }
 
     /// A command for the binary with this pair's config.
@@ -176,9 +217,29 @@ health_check_seconds = 1
         out
     }
 
-    /// `init --upstream`.
+    /// `init`, and the upstream functions: `--upstream` in postgres mode,
+    /// run directly on the upstream database in REST mode (as a clinic
+    /// pastes `init --print-upstream-sql` into the Supabase SQL editor).
     pub async fn init(&self) {
-        self.ok(&["init", "--upstream"]).await;
+        self.init_with(&[]).await;
+    }
+
+    /// [`init`](Self::init) with extra arguments (e.g. `--upload-existing`).
+    pub async fn init_with(&self, extra: &[&str]) {
+        let mut args = vec!["init"];
+        match self.mode {
+            Mode::Postgres => args.push("--upstream"),
+            Mode::Rest => {
+                self.upstream.connect().await.batch_execute(UPSTREAM_SQL).await.expect("install upstream SQL");
+            }
+        }
+        args.extend_from_slice(extra);
+        self.ok(&args).await;
+    }
+
+    /// The stand-in (REST mode only).
+    pub fn standin(&self) -> &PostgrestStandIn {
+        self.rest.as_ref().expect("REST mode")
     }
 
     /// `once`.
@@ -187,7 +248,8 @@ health_check_seconds = 1
     }
 
     /// Starts `run` in the background, logging to a file in the temp dir.
-    pub fn spawn_run(&self, env: &[(&str, &str)]) -> Child {
+    /// The process is killed when the guard drops (also when a test fails).
+    pub fn spawn_run(&self, env: &[(&str, &str)]) -> Running {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -198,7 +260,7 @@ health_check_seconds = 1
             c.env(k, v);
         }
         c.stdout(log.try_clone().unwrap()).stderr(log);
-        c.spawn().expect("spawn run")
+        Running(c.spawn().expect("spawn run"))
     }
 
     pub fn run_log(&self) -> String {
@@ -303,6 +365,31 @@ pub fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A running `centrovision-sync run`; SIGKILLed on drop.
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Sends SIGKILL and reaps the child.
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
@@ -318,4 +405,16 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
         .arg(pid.to_string())
         .status();
     child.wait().expect("wait for run to exit")
+}
+
+impl Drop for Pair {
+    /// A failing test shows what the service logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.run_log();
+            if !log.is_empty() {
+                eprintln!("--- last lines of the service log (run.log) ---\n{}", tail(&log, 60));
+            }
+        }
+    }
 }
