@@ -17,3 +17,6 @@ CREATE TABLE IF NOT EXISTS _sync_capture (
 );
 -- When `init --upload-existing` journaled the rows that predate the slot.
 ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS uploaded_existing_at TIMESTAMPTZ;
+-- The highest commit LSN pruned from the journal by retention: `replay`
+-- refuses to start at or below it (those changes are gone).
+ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS pruned_through_lsn PG_LSN;

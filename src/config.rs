@@ -95,6 +95,7 @@ pub struct Config {
     pub logging: Logging,
     pub alerts: Alerts,
     pub http: Http,
+    pub audit: Audit,
     /// Where the config was read from (for messages), if from a file.
     pub source: Option<PathBuf>,
 }
@@ -158,6 +159,12 @@ pub struct Alerts {
 }
 
 #[derive(Debug, Clone)]
+pub struct Audit {
+    /// Local time (hour, minute) of the daily verify inside `run`.
+    pub daily_at: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Http {
     /// Address for /health, /status, /metrics and POST /sync (off when None).
     pub listen: Option<std::net::SocketAddr>,
@@ -200,6 +207,13 @@ struct RawFile {
     logging: Option<RawLogging>,
     alerts: Option<RawAlerts>,
     http: Option<RawHttp>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    daily_at: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -441,6 +455,19 @@ impl Config {
             })?),
         };
         let http = Http { listen };
+        let daily_at = match raw.audit.unwrap_or_default().daily_at.filter(|d| !d.is_empty()) {
+            None => None,
+            Some(d) => {
+                let bad = || ConfigError::invalid("[audit] daily_at", format!("is {d:?}; expected local time as \"HH:MM\", e.g. \"01:00\""));
+                let (h, m) = d.split_once(':').ok_or_else(bad)?;
+                let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+                if h > 23 || m > 59 {
+                    return Err(bad());
+                }
+                Some((h, m))
+            }
+        };
+        let audit = Audit { daily_at };
 
         let lg = raw.logging.unwrap_or_default();
         let level = lg.level.unwrap_or_else(|| "info".into()).to_lowercase();
@@ -457,7 +484,7 @@ impl Config {
             max_files: positive("[logging] max_files", lg.max_files.unwrap_or(5) as u64)? as usize,
         };
 
-        Ok(Config { supabase, local_postgres, sync, logging, alerts, http, source: None })
+        Ok(Config { supabase, local_postgres, sync, logging, alerts, http, audit, source: None })
     }
 
     /// Connection settings for the local database.

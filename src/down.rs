@@ -166,7 +166,7 @@ async fn poll_table<U: Upstream>(
     let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
     loop {
         let page = upstream.pull(&tref, &cursor, cfg.sync.batch_size).await?;
-        let applied = apply_page(cfg, session, upstream, tables, table, &page, progress, report).await?;
+        let applied = apply_page(cfg, session, upstream, tables, table, &page, progress, true, report).await?;
         report.read += applied.read;
         report.applied += applied.applied;
         match applied.last {
@@ -194,6 +194,7 @@ async fn apply_page<U: Upstream>(
     table: &Table,
     page: &str,
     progress: &watch::Receiver<Lsn>,
+    advance: bool,
     report: &mut TableReport,
 ) -> Result<PageResult> {
     let c = &session.client;
@@ -229,7 +230,7 @@ async fn apply_page<U: Upstream>(
         let applied = upsert_rows(c, table, &cols, page, &mut inserted).await?;
         repair_parents(cfg, c, upstream, tables, table, page, 0, &mut inserted, report).await?;
         undo_resurrections(c, tables, &inserted, progress).await?;
-        {
+        if advance {
             let ty = &pk.type_name;
             c.execute(
                 &format!(
@@ -270,6 +271,24 @@ async fn apply_page<U: Upstream>(
             Err(e)
         }
     }
+}
+
+/// Applies upstream rows (a JSON array, e.g. from `fetch`) to `table` with
+/// the same rules as a poll, without moving the watermark. `verify
+/// --repair` uses it; its decisions already consulted the tombstones, so it
+/// does not wait for capture.
+pub async fn apply_rows<U: Upstream>(
+    cfg: &Config,
+    session: &Session,
+    upstream: &U,
+    tables: &BTreeMap<String, Table>,
+    table: &Table,
+    rows_json: &str,
+) -> Result<u64> {
+    let (_tx, no_wait) = watch::channel(Lsn::from_u64(u64::MAX));
+    let mut report = TableReport::default();
+    let r = apply_page(cfg, session, upstream, tables, table, rows_json, &no_wait, false, &mut report).await?;
+    Ok(r.applied)
 }
 
 /// Columns both sides have (writable locally), reporting the rest once.

@@ -336,8 +336,18 @@ pub struct Queued {
 /// split (only a single transaction larger than that is ever split).
 pub const MAX_TXN_BATCH_FACTOR: i64 = 20;
 
-/// The next batch of unsynced, unparked rows in journal order: about `limit`
-/// rows, cut at a transaction boundary.
+/// Which journal rows a batch reads.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Unsynced, unparked rows: the pusher's queue.
+    Queue,
+    /// Every row with a commit LSN in `[from, to]` (optionally some tables),
+    /// synced or not: `replay`.
+    Range { from: Lsn, to: Option<Lsn>, tables: Vec<String> },
+}
+
+/// The next batch of `source` rows after journal id `after_id`, in journal
+/// order: about `limit` rows, cut at a transaction boundary.
 ///
 /// A transaction is never split across batches when avoidable: changes of
 /// one transaction share `now()`, so an INSERT and a later UPDATE of the same
@@ -346,8 +356,8 @@ pub const MAX_TXN_BATCH_FACTOR: i64 = 20;
 /// upstream wins). A batch that would end inside a transaction ends before
 /// it instead; a batch that is one transaction larger than `limit` takes up
 /// to `limit * MAX_TXN_BATCH_FACTOR` rows of it.
-pub async fn next_batch(client: &Client, limit: i64) -> Result<Vec<Queued>> {
-    let mut rows = fetch_queue(client, limit + 1, 0, None).await?;
+pub async fn next_batch(client: &Client, source: &Source, limit: i64, after_id: i64) -> Result<Vec<Queued>> {
+    let mut rows = fetch(client, source, limit + 1, after_id, None).await?;
     if rows.len() as i64 <= limit {
         return Ok(rows);
     }
@@ -362,26 +372,45 @@ pub async fn next_batch(client: &Client, limit: i64) -> Result<Vec<Queued>> {
         return Ok(rows);
     }
     // One transaction larger than `limit`: take more of it.
-    let after = rows.last().map_or(0, |r| r.id);
-    let more = fetch_queue(client, limit * (MAX_TXN_BATCH_FACTOR - 1), after, last_lsn).await?;
+    let after = rows.last().map_or(after_id, |r| r.id);
+    let more = fetch(client, source, limit * (MAX_TXN_BATCH_FACTOR - 1), after, last_lsn).await?;
     rows.extend(more);
     Ok(rows)
 }
 
-async fn fetch_queue(client: &Client, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
+async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
+    const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
+                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn FROM _sync_pending";
     let only = only_lsn.map(postgres_types::PgLsn::from);
-    let rows = client
-        .query(
-            "SELECT id, table_name, record_id, operation, data::text,
-                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn
-             FROM _sync_pending
-             WHERE synced = FALSE AND parked_at IS NULL AND id > $2
-               AND ($3::pg_lsn IS NULL OR commit_lsn = $3)
-             ORDER BY id LIMIT $1",
-            &[&limit, &after_id, &only],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    let rows = match source {
+        // Separate statement text so the partial queue index serves it.
+        Source::Queue => {
+            client
+                .query(
+                    &format!(
+                        "{COLUMNS} WHERE synced = FALSE AND parked_at IS NULL AND id > $2
+                           AND ($3::pg_lsn IS NULL OR commit_lsn = $3) ORDER BY id LIMIT $1"
+                    ),
+                    &[&limit, &after_id, &only],
+                )
+                .await
+        }
+        Source::Range { from, to, tables } => {
+            let (from, to) = (postgres_types::PgLsn::from(*from), to.map(postgres_types::PgLsn::from));
+            client
+                .query(
+                    &format!(
+                        "{COLUMNS} WHERE id > $2 AND ($3::pg_lsn IS NULL OR commit_lsn = $3)
+                           AND commit_lsn >= $4 AND ($5::pg_lsn IS NULL OR commit_lsn <= $5)
+                           AND (cardinality($6::text[]) = 0 OR table_name = ANY($6))
+                         ORDER BY id LIMIT $1"
+                    ),
+                    &[&limit, &after_id, &only, &from, &to, tables],
+                )
+                .await
+        }
+    }
+    .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
     rows.into_iter()
         .map(|r| {
             let op: String = r.get(3);

@@ -21,3 +21,4 @@ pub mod push;
 pub mod replication;
 pub mod status;
 pub mod upstream;
+pub mod verify;

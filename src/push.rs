@@ -44,10 +44,10 @@ pub struct BatchFailure {
 
 /// The upstream request built from a batch, and which journal rows each
 /// element stands for.
-struct Built {
-    json: String,
-    covers: Vec<Vec<i64>>,
-    tables: Vec<String>,
+pub(crate) struct Built {
+    pub json: String,
+    pub covers: Vec<Vec<i64>>,
+    pub tables: Vec<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -66,7 +66,7 @@ struct Element<'a> {
 }
 
 /// Coalesces `rows` into upstream elements (pure; see module docs).
-fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
+pub(crate) fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
     struct Slot {
         row: usize,
         merged: Option<Box<RawValue>>,
@@ -172,7 +172,7 @@ pub async fn push_batch<U: Upstream>(
     schema: Option<&str>,
     max_attempts: u32,
 ) -> std::result::Result<BatchReport, BatchFailure> {
-    let rows = journal::next_batch(local, batch_size as i64)
+    let rows = journal::next_batch(local, &journal::Source::Queue, batch_size as i64, 0)
         .await
         .map_err(|error| BatchFailure { error, ids: vec![] })?;
     if rows.is_empty() {

@@ -176,17 +176,23 @@ async fn prune(rt: &Runtime, c: &Client) {
         }
     }
     for _ in 0..20 {
-        match c
-            .execute(
-                "DELETE FROM _sync_pending WHERE id IN (
-                    SELECT id FROM _sync_pending WHERE synced AND synced_at < now() - make_interval(hours => $1) LIMIT $2)",
-                &[&hours, &batch],
+        let r = c
+            .query_one(
+                "WITH d AS (
+                    DELETE FROM _sync_pending WHERE id IN (
+                        SELECT id FROM _sync_pending WHERE synced AND synced_at < now() - make_interval(hours => $1) LIMIT $2)
+                    RETURNING commit_lsn),
+                 u AS (
+                    UPDATE _sync_capture SET pruned_through_lsn = GREATEST(pruned_through_lsn, (SELECT max(commit_lsn) FROM d))
+                    WHERE slot_name = $3 AND EXISTS (SELECT 1 FROM d) RETURNING 1)
+                 SELECT count(*) FROM d",
+                &[&hours, &batch, &rt.cfg.sync.slot_name],
             )
-            .await
-        {
+            .await;
+        match r.map(|r| r.get::<_, i64>(0)) {
             Ok(n) if n > 0 => {
                 tracing::debug!(rows = n, "pruned synced journal rows past retention");
-                if n < PRUNE_BATCH {
+                if n < batch {
                     break;
                 }
             }

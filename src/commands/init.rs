@@ -44,6 +44,11 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
             SyncError::from_pg(&format!("{LOCAL} (applying sql/{name})"), &e)
         })?;
     }
+    // The verify hash functions, so both sides hash alike (own BEGIN/COMMIT).
+    local
+        .batch_execute(crate::upstream::VERIFY_SQL)
+        .await
+        .map_err(|e| SyncError::from_pg(&format!("{LOCAL} (applying sql/upstream/002_verify.sql)"), &e))?;
     tracing::info!("control tables ready");
 
     // Publication: exactly the configured tables. Changing it needs table

@@ -8,6 +8,7 @@ mod doctor;
 mod health;
 mod http;
 mod init;
+mod recovery;
 mod service;
 mod status;
 
@@ -58,11 +59,50 @@ pub enum Command {
     },
     /// Capture everything committed before it started, push it, then exit
     Once,
+    /// Re-send journaled changes from a saved LSN (after an upstream restore)
+    Replay {
+        /// First commit LSN to replay, e.g. 0/16B3748 (see `status`)
+        #[arg(long, value_parser = recovery::parse_lsn)]
+        from_lsn: crate::lsn::Lsn,
+        /// Last commit LSN to replay
+        #[arg(long, value_parser = recovery::parse_lsn)]
+        to_lsn: Option<crate::lsn::Lsn>,
+        /// Only these tables (repeatable)
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Print what would be sent, send nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Compare both sides (exit 0 equal, 1 drift); --repair reconciles
+    Verify {
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Recreate a lost or missing replication slot and reconcile both sides
+    Resync,
 }
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
+
+/// Exit code of a check: 0 equal, 1 drift or failure.
+fn finish(r: crate::error::Result<bool>) -> i32 {
+    match r {
+        Ok(true) => EXIT_OK,
+        Ok(false) => EXIT_FAILURE,
+        Err(e) => {
+            tracing::error!(class = ?e.class, "{e}");
+            eprintln!("error: {e}");
+            EXIT_FAILURE
+        }
+    }
+}
 
 /// The config holds secrets: say so when others can read it.
 fn warn_if_config_readable_by_others(path: &std::path::Path) {
@@ -115,6 +155,21 @@ pub async fn dispatch(cli: Cli) -> i32 {
         }
         Command::Doctor => return doctor::doctor(&cfg).await,
         Command::Status { json } => status::status(&cfg, json).await,
+        Command::Replay { from_lsn, to_lsn, tables, dry_run } => {
+            if let Err(e) = recovery::check_tables(&cfg, &tables) {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+            recovery::replay(&cfg, from_lsn, to_lsn, tables, dry_run).await
+        }
+        Command::Verify { tables, json, repair } => {
+            if let Err(e) = recovery::check_tables(&cfg, &tables) {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+            return finish(recovery::verify(&cfg, tables, json, repair).await);
+        }
+        Command::Resync => return finish(recovery::resync(&cfg).await),
     };
     match result {
         Ok(()) => EXIT_OK,

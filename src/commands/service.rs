@@ -271,6 +271,11 @@ async fn log_error(local: &tokio_postgres::Client, direction: &str, e: &SyncErro
 }
 
 pub async fn once(cfg: &Config) -> Result<()> {
+    once_with(cfg, true).await
+}
+
+/// `once`; without `down`, only the up path (capture to now and push).
+pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
     let _lock = acquire_instance_lock(cfg).await?;
     let tables = local_tables(cfg).await?;
     let up = upstream::Client::from_config(cfg)?;
@@ -322,6 +327,9 @@ pub async fn once(cfg: &Config) -> Result<()> {
         );
         if parked > 0 {
             tracing::warn!(parked, "some changes are parked with errors; see `centrovision-sync status`");
+        }
+        if !down {
+            return Ok(());
         }
         let session = down::Session::open(cfg).await?;
         let reports = down::cycle(cfg, &session, &up, &tables, &progress_rx).await?;
@@ -531,6 +539,38 @@ pub async fn run(cfg: &Config) -> Result<()> {
         }
     };
     let health_task = super::health::watch(&rt, &up, stop_rx.clone());
+    let audit_task = async {
+        let Some((h, m)) = cfg.audit.daily_at else { return };
+        let mut stop = stop_rx.clone();
+        loop {
+            let wait = until_next_local(h, m);
+            tracing::info!(in_minutes = wait.as_secs() / 60, "next scheduled audit");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            match super::recovery::audit(cfg, &up).await {
+                Ok(drift) if drift.is_empty() => {
+                    tracing::info!("scheduled audit: both sides are equal");
+                    rt.alerter.resolve("drift").await;
+                }
+                Ok(drift) => {
+                    let total: usize = drift.iter().map(|(_, n)| n).sum();
+                    rt.alerter
+                        .raise(
+                            "drift",
+                            &format!("scheduled audit found {total} rows that differ; run `centrovision-sync verify` (and --repair)"),
+                            serde_json::json!({ "tables": drift.iter().map(|(t, n)| serde_json::json!({"table": t, "rows": n})).collect::<Vec<_>>() }),
+                        )
+                        .await;
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduled audit failed"),
+            }
+        }
+    };
     let http_task = async {
         if let Some(addr) = cfg.http.listen {
             if let Err(e) = super::http::serve(addr, rt.clone(), stop_rx.clone()).await {
@@ -538,7 +578,7 @@ pub async fn run(cfg: &Config) -> Result<()> {
             }
         }
     };
-    let (lost_lock, ..) = tokio::join!(lock_task, capture_task, push_task, down_task, health_task, http_task);
+    let (lost_lock, ..) = tokio::join!(lock_task, capture_task, push_task, down_task, health_task, http_task, audit_task);
     lost_lock?;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -582,6 +622,19 @@ async fn keep_instance_lock(
             }
         }
     }
+}
+
+/// Time until the next local `hh:mm`.
+fn until_next_local(h: u32, m: u32) -> Duration {
+    use chrono::{Local, TimeZone};
+    let now = Local::now();
+    let today = now.date_naive().and_hms_opt(h, m, 0).expect("validated time");
+    let mut next = Local.from_local_datetime(&today).earliest().unwrap_or(now);
+    if next <= now {
+        let tomorrow = today + chrono::Duration::days(1);
+        next = Local.from_local_datetime(&tomorrow).earliest().unwrap_or(now + chrono::Duration::days(1));
+    }
+    (next - now).to_std().unwrap_or(Duration::from_secs(60))
 }
 
 /// The slot is gone or invalidated: only `resync` helps.

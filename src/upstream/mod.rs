@@ -23,11 +23,17 @@ use crate::error::{Result, SyncError};
 
 /// Version of the upstream SQL contract this build expects
 /// (`public.centrovision_sync_version()`).
-pub const CONTRACT_VERSION: i32 = 1;
+pub const CONTRACT_VERSION: i32 = 2;
 
 /// The upstream SQL, in install order (also printed by
 /// `init --print-upstream-sql`).
-pub const UPSTREAM_SQL: &[(&str, &str)] = &[("001_apply.sql", include_str!("../../sql/upstream/001_apply.sql"))];
+pub const UPSTREAM_SQL: &[(&str, &str)] = &[
+    ("001_apply.sql", include_str!("../../sql/upstream/001_apply.sql")),
+    ("002_verify.sql", include_str!("../../sql/upstream/002_verify.sql")),
+];
+
+/// The hash functions, also installed locally so both sides hash alike.
+pub const VERIFY_SQL: &str = include_str!("../../sql/upstream/002_verify.sql");
 
 /// Per-change result of a batch, by the caller's index `i`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -101,6 +107,20 @@ pub trait Upstream: Sync {
     fn health(&self) -> impl Future<Output = Result<()>> + Send;
     /// The installed contract version, None when the functions are missing.
     fn contract_version(&self) -> impl Future<Output = Result<Option<i32>>> + Send;
+    /// `centrovision_sync_bucket_hashes` (sql/upstream/002_verify.sql).
+    fn bucket_hashes(&self, h: &HashRequest<'_>) -> impl Future<Output = Result<String>> + Send;
+    /// `centrovision_sync_row_hashes` for the `wanted` buckets.
+    fn row_hashes(&self, h: &HashRequest<'_>, wanted: &[i32]) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// Arguments of the hash functions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HashRequest<'a> {
+    pub s: &'a str,
+    pub t: &'a str,
+    pub pk: &'a str,
+    pub cols: &'a [String],
+    pub buckets: i32,
 }
 
 /// The configured transport.
@@ -147,6 +167,18 @@ impl Upstream for Client {
         match self {
             Client::Postgres(p) => p.contract_version().await,
             Client::Rest(r) => r.contract_version().await,
+        }
+    }
+    async fn bucket_hashes(&self, h: &HashRequest<'_>) -> Result<String> {
+        match self {
+            Client::Postgres(p) => p.bucket_hashes(h).await,
+            Client::Rest(r) => r.bucket_hashes(h).await,
+        }
+    }
+    async fn row_hashes(&self, h: &HashRequest<'_>, wanted: &[i32]) -> Result<String> {
+        match self {
+            Client::Postgres(p) => p.row_hashes(h, wanted).await,
+            Client::Rest(r) => r.row_hashes(h, wanted).await,
         }
     }
 }

@@ -8,7 +8,7 @@
 use tokio::sync::Mutex;
 use tokio_postgres::NoTls;
 
-use super::{Cursor, Outcome, TableRef, Upstream, parse_outcome};
+use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::catalog::{quote_ident, qualified};
 use crate::config::Config;
 use crate::error::{Result, SyncError};
@@ -133,6 +133,30 @@ impl Upstream for PgUpstream {
                 return Ok(None);
             }
             c.query_one("SELECT public.centrovision_sync_version()", &[]).await.map(|r| Some(r.get(0)))
+        })
+        .await
+    }
+
+    async fn bucket_hashes(&self, h: &HashRequest<'_>) -> Result<String> {
+        self.with_client(async |c| {
+            c.query_one(
+                "SELECT public.centrovision_sync_bucket_hashes($1, $2, $3, $4, $5)::text",
+                &[&h.s, &h.t, &h.pk, &h.cols, &h.buckets],
+            )
+            .await
+            .map(|r| r.get(0))
+        })
+        .await
+    }
+
+    async fn row_hashes(&self, h: &HashRequest<'_>, wanted: &[i32]) -> Result<String> {
+        self.with_client(async |c| {
+            c.query_one(
+                "SELECT public.centrovision_sync_row_hashes($1, $2, $3, $4, $5, $6)::text",
+                &[&h.s, &h.t, &h.pk, &h.cols, &h.buckets, &wanted],
+            )
+            .await
+            .map(|r| r.get(0))
         })
         .await
     }

@@ -20,7 +20,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::{Cursor, Outcome, TableRef, Upstream, parse_outcome};
+use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::config::{Config, Secret};
 use crate::error::{Class, Result, SyncError, class_of_sqlstate};
 
@@ -311,6 +311,17 @@ impl Upstream for RestUpstream {
             Err(e) if e.code.as_deref() == Some("PGRST202") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn bucket_hashes(&self, h: &HashRequest<'_>) -> Result<String> {
+        let body = serde_json::to_string(h).expect("serializable");
+        self.rpc("centrovision_sync_bucket_hashes", body).await
+    }
+
+    async fn row_hashes(&self, h: &HashRequest<'_>, wanted: &[i32]) -> Result<String> {
+        let mut v = serde_json::to_value(h).expect("serializable");
+        v["wanted"] = serde_json::json!(wanted);
+        self.rpc("centrovision_sync_row_hashes", v.to_string()).await
     }
 }
 

@@ -40,7 +40,11 @@ pub enum Mode {
 }
 
 /// The upstream SQL, as `init --print-upstream-sql` prints it.
-pub const UPSTREAM_SQL: &str = include_str!("../../sql/upstream/001_apply.sql");
+pub const UPSTREAM_SQL: &str = concat!(
+    include_str!("../../sql/upstream/001_apply.sql"),
+    "\n",
+    include_str!("../../sql/upstream/002_verify.sql")
+);
 
 /// Generates `name::postgres` and `name::rest` tests from `async fn name(mode: Mode)`.
 #[macro_export]
