@@ -28,7 +28,8 @@ pub const TABLES: [&str; 6] = [
 ];
 
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_centrovision-sync"))
+    // Set for integration tests and benches (not for the demo example).
+    PathBuf::from(option_env!("CARGO_BIN_EXE_centrovision-sync").expect("the centrovision-sync binary path"))
 }
 
 /// How the service reaches upstream.
