@@ -110,6 +110,9 @@ pub struct Supabase {
     pub schema: String,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// CA certificate(s) (PEM) for the direct connection, e.g. Supabase's
+    /// `prod-ca-2021.crt`; Mozilla's roots when absent.
+    pub db_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +245,7 @@ struct RawSupabase {
     schema: Option<String>,
     request_timeout_seconds: Option<u64>,
     connect_timeout_seconds: Option<u64>,
+    db_ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -347,7 +351,7 @@ impl Config {
                         format!("is required when mode = \"postgres\" (or set {DB_URL_ENV})"),
                     ));
                 }
-                if let Err(e) = db_url.expose().parse::<tokio_postgres::Config>() {
+                if let Err(e) = normalize_db_url(db_url.expose()).parse::<tokio_postgres::Config>() {
                     return Err(ConfigError::invalid(
                         "[supabase] db_url",
                         format!("is not a valid PostgreSQL connection string ({})", scrub(&e.to_string(), db_url.expose())),
@@ -366,6 +370,12 @@ impl Config {
             schema: ident("[supabase] schema", rs.schema.unwrap_or_else(|| "public".into()))?,
             request_timeout: Duration::from_secs(positive("[supabase] request_timeout_seconds", rs.request_timeout_seconds.unwrap_or(30))?),
             connect_timeout: Duration::from_secs(positive("[supabase] connect_timeout_seconds", rs.connect_timeout_seconds.unwrap_or(10))?),
+            db_ca_file: match rs.db_ca_file.filter(|p| !p.as_os_str().is_empty()) {
+                Some(p) if !p.is_file() => {
+                    return Err(ConfigError::invalid("[supabase] db_ca_file", format!("{} does not exist or is not a file", p.display())));
+                }
+                p => p,
+            },
         };
 
         let Some(rl) = raw.local_postgres else {
@@ -506,7 +516,7 @@ impl Config {
 
     /// Connection settings for the upstream database (postgres mode).
     pub fn upstream_pg_config(&self) -> Option<tokio_postgres::Config> {
-        let mut c: tokio_postgres::Config = self.supabase.db_url.expose().parse().ok()?;
+        let mut c: tokio_postgres::Config = normalize_db_url(self.supabase.db_url.expose()).parse().ok()?;
         c.application_name("centrovision-sync");
         if c.get_connect_timeout().is_none() {
             c.connect_timeout(self.supabase.connect_timeout);
@@ -514,6 +524,13 @@ impl Config {
         c.options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres");
         Some(c)
     }
+}
+
+/// libpq's `sslmode=verify-full` / `verify-ca` (what Supabase documents)
+/// are not understood by tokio-postgres: they become `require`, and the TLS
+/// connector always verifies the certificate chain and host name anyway.
+pub fn normalize_db_url(url: &str) -> String {
+    url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require")
 }
 
 fn positive(key: &'static str, v: u64) -> Result<u64, ConfigError> {
@@ -668,6 +685,23 @@ password = "pw-very-secret"
         assert_eq!(c.supabase.service_key.expose(), "from-env-secret");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("from-env-secret") && !dbg.contains("pw-very-secret"), "{dbg}");
+    }
+
+    #[test]
+    fn libpq_verify_modes_are_accepted_in_db_url() {
+        let text = MIN_REST.replace(
+            "[supabase]\n",
+            "[supabase]\nmode = \"postgres\"\ndb_url = \"postgresql://u:p@db.example.supabase.co:5432/postgres?sslmode=verify-full\"\n",
+        );
+        let c = Config::from_toml(&text, "t", no_env).unwrap();
+        assert_eq!(c.upstream_pg_config().unwrap().get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named() {
+        let text = MIN_REST.replace("[supabase]\n", "[supabase]\ndb_ca_file = \"/nonexistent/ca.crt\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[supabase] db_ca_file") && e.contains("/nonexistent/ca.crt"), "{e}");
     }
 
     #[test]

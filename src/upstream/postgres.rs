@@ -5,8 +5,10 @@
 //! opened lazily and dropped after any connection-level failure, so the next
 //! call reconnects.
 
+use std::sync::Arc;
+
 use tokio::sync::Mutex;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::catalog::{quote_ident, qualified};
@@ -17,8 +19,37 @@ const CTX: &str = "upstream database";
 
 pub struct PgUpstream {
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     schema: String,
     conn: Mutex<Option<tokio_postgres::Client>>,
+}
+
+/// TLS with full chain and host-name verification (rustls, ring provider).
+/// With `sslmode=prefer` (the default) a server without TLS is reached in
+/// plain text, as libpq does; `sslmode=require` refuses that.
+fn tls(cfg: &Config) -> Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.supabase.db_ca_file {
+        Some(path) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| SyncError::operator(format!("[supabase] db_ca_file {}: {e}", path.display())))?;
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| SyncError::operator(format!("[supabase] db_ca_file {}: {e}", path.display())))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SyncError::operator(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 impl PgUpstream {
@@ -26,7 +57,7 @@ impl PgUpstream {
         let config = cfg
             .upstream_pg_config()
             .ok_or_else(|| SyncError::operator("[supabase] db_url is not a valid connection string"))?;
-        Ok(PgUpstream { config, schema: cfg.supabase.schema.clone(), conn: Mutex::new(None) })
+        Ok(PgUpstream { config, tls: tls(cfg)?, schema: cfg.supabase.schema.clone(), conn: Mutex::new(None) })
     }
 
     /// Runs `f` on a connected client; drops the connection when the error
@@ -37,7 +68,7 @@ impl PgUpstream {
     ) -> Result<T> {
         let mut guard = self.conn.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| SyncError::from_pg(CTX, &e))?;
+            let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(|e| SyncError::from_pg(CTX, &e))?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -65,7 +96,7 @@ impl PgUpstream {
     pub async fn catalog(&self, tables: &[String]) -> Result<std::collections::BTreeMap<String, crate::catalog::Table>> {
         let mut guard = self.conn.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| SyncError::from_pg(CTX, &e))?;
+            let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(|e| SyncError::from_pg(CTX, &e))?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
