@@ -112,6 +112,28 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         } else {
             r.fail("role lacks REPLICATION", &format!("ALTER ROLE {} REPLICATION;", quote_ident(user)));
         }
+        if sup {
+            println!("  note  the service runs as a superuser; a least-privilege role is safer (deploy/least_privilege_role.sql)");
+        } else {
+            // Row-level security hides rows from a role without BYPASSRLS.
+            if let Ok(rows) = local
+                .query(
+                    "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relrowsecurity
+                       AND NOT (SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user)",
+                    &[&cfg.local_postgres.schema, &cfg.sync.tables],
+                )
+                .await
+            {
+                if !rows.is_empty() {
+                    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                    r.fail(
+                        &format!("row-level security is on for {} and the role cannot bypass it (rows would be invisible)", names.join(", ")),
+                        &format!("ALTER ROLE {} BYPASSRLS;   -- as a superuser", quote_ident(user)),
+                    );
+                }
+            }
+        }
         if !sup {
             let grants = [
                 (
@@ -233,6 +255,25 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
             }
             if bad == 0 {
                 r.ok(&format!("{} tables have a primary key and updated_at", cfg.sync.tables.len()));
+            }
+            let mut no_write = Vec::new();
+            for t in tables.values() {
+                let ok = local
+                    .query_one("SELECT has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE')", &[&t.qualified()])
+                    .await
+                    .map(|row| row.get::<_, bool>(0))
+                    .unwrap_or(false);
+                if !ok {
+                    no_write.push(t.qualified());
+                }
+            }
+            if no_write.is_empty() {
+                r.ok("role can read and write the synced tables");
+            } else {
+                r.fail(
+                    &format!("role cannot read and write {}", no_write.join(", ")),
+                    &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {};", no_write.join(", "), quote_ident(user)),
+                );
             }
         }
         Err(e) => r.fail(&format!("cannot read the catalog: {e}"), "see the message"),
