@@ -107,7 +107,7 @@ pub async fn compare<U: Upstream>(cfg: &Config, local: &Client, up: &U, table: &
         .await
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?
         .get(0);
-    let buckets = ((count / 64).clamp(16, 16_384) as u64).next_power_of_two().min(16_384) as i32;
+    let buckets = ((count / 256).clamp(16, 16_384) as u64).next_power_of_two().min(16_384) as i32;
     let mut cols: Vec<String> = table.columns.iter().filter(|c| !c.generated).map(|c| c.name.clone()).collect();
     cols.sort();
     // Upstream first: it reports the columns it has, the intersection.

@@ -641,3 +641,25 @@ fn until_next_local(h: u32, m: u32) -> Duration {
 fn slot_unusable(e: &SyncError) -> bool {
     e.code.as_deref() == Some("42704") || e.message.contains("can no longer get changes") || e.message.contains("invalidated")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_audit_is_within_a_day() {
+        for (h, m) in [(0, 0), (1, 0), (12, 30), (23, 59)] {
+            let d = until_next_local(h, m);
+            assert!(d > Duration::ZERO && d <= Duration::from_secs(24 * 3600 + 3600), "{h}:{m} -> {d:?}");
+        }
+    }
+
+    #[test]
+    fn only_connection_level_failures_mark_a_link_offline() {
+        assert!(is_connectivity(&SyncError::transient("connection refused")));
+        assert!(is_connectivity(&SyncError::transient("x").with_code("08006")));
+        assert!(is_connectivity(&SyncError::transient("x").with_code("PGRST000")));
+        assert!(!is_connectivity(&SyncError::transient("rate limited").with_code("429")));
+        assert!(!is_connectivity(&SyncError::operator("bad key")));
+    }
+}
