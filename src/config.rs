@@ -497,6 +497,12 @@ impl Config {
         Ok(Config { supabase, local_postgres, sync, logging, alerts, http, audit, source: None })
     }
 
+    /// The upstream schema to name in apply calls (None for `public`, the
+    /// function's default).
+    pub fn upstream_schema(&self) -> Option<&str> {
+        (self.supabase.schema != "public").then_some(self.supabase.schema.as_str())
+    }
+
     /// Connection settings for the local database.
     pub fn local_pg_config(&self) -> tokio_postgres::Config {
         let l = &self.local_postgres;

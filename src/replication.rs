@@ -482,6 +482,30 @@ fn image(t: &mut Txn, rel: &Relation, op: Operation, tuple: &Tuple<'_>, old_full
     })
 }
 
+/// Benchmark hook for `benches/decode.rs`, not an API: builds the journal
+/// image of each tuple with the capture path's own encoder ([`image`]),
+/// for a relation as pgoutput announced it, and returns the total JSON
+/// length.
+#[doc(hidden)]
+pub fn encode_image_for_bench(relation: &pgoutput::Relation, tuples: &[Tuple<'_>]) -> Result<usize> {
+    let rel = Relation {
+        name: relation.name.clone(),
+        synced: true,
+        columns: relation
+            .columns
+            .iter()
+            .map(|c| RelColumn { name: c.name.clone(), json: c.type_oid == JSON_OID || c.type_oid == JSONB_OID })
+            .collect(),
+        key: relation.columns.iter().position(|c| c.is_key),
+    };
+    let mut t = Txn { final_lsn: Lsn::ZERO, commit_time_micros: 0, xid: 0, skip: false, echo: false, ordinal: 0 };
+    let mut total = 0;
+    for tuple in tuples {
+        total += image(&mut t, &rel, Operation::Insert, tuple, None)?.data.map_or(0, |d| d.len());
+    }
+    Ok(total)
+}
+
 fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {

@@ -5,12 +5,9 @@ mod support;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::sync::{Mode, Pair};
+use support::sync::{count, Mode, Pair};
 use tokio_postgres::Client;
 
-async fn count(db: &support::TestDb, sql: &str) -> i64 {
-    db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 /// Writes on `up` as another clinic would: triggers on, now() timestamps.
 async fn upstream_writes(up: &Client, n: usize, tag: &str) {

@@ -5,12 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::sync::{Mode, Pair, terminate};
+use support::sync::{count, Mode, Pair, terminate};
 use support::{Cluster, ClusterOptions, wait_for};
 
-async fn count(db: &support::TestDb, sql: &str) -> i64 {
-    db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 async fn status_json(pair: &Pair) -> serde_json::Value {
     let o = pair.ok(&["status", "--json"]).await;

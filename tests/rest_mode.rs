@@ -6,12 +6,9 @@ mod support;
 use std::time::Duration;
 
 use support::postgrest::Fault;
-use support::sync::{Mode, Pair, kill9};
+use support::sync::{count, Mode, Pair, kill9};
 use support::wait_for;
 
-async fn count(db: &support::TestDb, sql: &str) -> i64 {
-    db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 const APPLY: &str = "/rest/v1/rpc/centrovision_sync_apply";
 

@@ -6,12 +6,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::sync::{Mode, Pair, kill9, terminate};
+use support::sync::{count, Mode, Pair, kill9, terminate};
 use support::{Cluster, StopMode, wait_for};
 
-async fn count(db: &support::TestDb, sql: &str) -> i64 {
-    db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 /// A webhook receiver on 127.0.0.1 that records every JSON body.
 async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {

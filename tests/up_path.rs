@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::sync::{Mode, Pair, kill9};
+use support::sync::{count, Mode, Pair, kill9};
 use support::{Cluster, wait_for};
 use tokio_postgres::Client;
 
@@ -84,9 +84,6 @@ async fn diagnose_missing(pair: &Pair, table: &str) {
     eprintln!("capture state: journaled {} confirmed_end {}", cap.get::<_, String>(0), cap.get::<_, String>(1));
 }
 
-async fn count(db: &support::TestDb, sql: &str) -> i64 {
-    db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 async fn ten_thousand_mixed_changes_reach_upstream_identically(mode: Mode) {
     let pair = Pair::new("ten_thousand", mode).await;

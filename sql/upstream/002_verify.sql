@@ -21,13 +21,19 @@ CREATE OR REPLACE FUNCTION public.centrovision_sync_version()
 RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = ''
 AS $fn$ SELECT 2 $fn$;
 
+-- Pins the output settings that shape a row's text (for the rest of the
+-- calling transaction), then returns the columns hashed and the expression.
 CREATE OR REPLACE FUNCTION public.centrovision_sync_hash_expr(s text, t text, cols text[], OUT used text[], OUT expr text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = '' AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     chunk text[];
     parts text[] := '{}';
     i integer;
 BEGIN
+    PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
+    PERFORM pg_catalog.set_config('extra_float_digits', '1', true);
+    PERFORM pg_catalog.set_config('IntervalStyle', 'postgres', true);
+    PERFORM pg_catalog.set_config('DateStyle', 'ISO, MDY', true);
     SELECT coalesce(array_agg(a.attname::text ORDER BY a.attname::text), '{}') INTO used
     FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = pg_catalog.format('%I.%I', s, t)::regclass
@@ -48,10 +54,6 @@ DECLARE
     h record;
     result jsonb;
 BEGIN
-    PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
-    PERFORM pg_catalog.set_config('extra_float_digits', '1', true);
-    PERFORM pg_catalog.set_config('IntervalStyle', 'postgres', true);
-    PERFORM pg_catalog.set_config('DateStyle', 'ISO, MDY', true);
     h := public.centrovision_sync_hash_expr(s, t, cols);
     EXECUTE pg_catalog.format(
         'SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(b, n, hx) ORDER BY b), ''[]'') FROM (
@@ -69,10 +71,6 @@ DECLARE
     h record;
     result jsonb;
 BEGIN
-    PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
-    PERFORM pg_catalog.set_config('extra_float_digits', '1', true);
-    PERFORM pg_catalog.set_config('IntervalStyle', 'postgres', true);
-    PERFORM pg_catalog.set_config('DateStyle', 'ISO, MDY', true);
     h := public.centrovision_sync_hash_expr(s, t, cols);
     EXECUTE pg_catalog.format(
         'SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(x.%1$I::text,

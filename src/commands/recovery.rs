@@ -34,10 +34,6 @@ pub(crate) fn check_tables(cfg: &Config, tables: &[String]) -> std::result::Resu
     Ok(())
 }
 
-fn upstream_schema(cfg: &Config) -> Option<&str> {
-    (cfg.supabase.schema != "public").then_some(cfg.supabase.schema.as_str())
-}
-
 pub async fn replay(cfg: &Config, from: Lsn, to: Option<Lsn>, tables: Vec<String>, dry_run: bool) -> Result<()> {
     let local = connect_local(cfg).await?;
     let q = |e| SyncError::from_pg(LOCAL, &e);
@@ -92,7 +88,7 @@ pub async fn replay(cfg: &Config, from: Lsn, to: Option<Lsn>, tables: Vec<String
         let rows = journal::next_batch(&local, &source, cfg.sync.batch_size as i64, after).await?;
         let Some(last) = rows.last() else { break };
         after = last.id;
-        let built = push::build(&rows, upstream_schema(cfg))?;
+        let built = push::build(&rows, cfg.upstream_schema())?;
         let o = up.apply(&built.json).await?;
         applied += o.applied.len();
         kept += o.kept.len();
@@ -261,7 +257,7 @@ pub async fn resync(cfg: &Config) -> Result<bool> {
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
     loop {
-        match push::push_batch(&local, &up, cfg.sync.batch_size, upstream_schema(cfg), cfg.sync.retry_max_attempts).await {
+        match push::push_batch(&local, &up, cfg.sync.batch_size, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => break,
             Ok(_) => {}
             Err(f) => return Err(f.error),

@@ -103,8 +103,12 @@ pub(crate) async fn check_contract(up: &upstream::Client) -> Result<()> {
     }
 }
 
-fn upstream_schema(cfg: &Config) -> Option<&str> {
-    (cfg.supabase.schema != "public").then_some(cfg.supabase.schema.as_str())
+/// Wakes the pusher (`to`) whenever capture journals something (`from`).
+async fn forward(from: &Notify, to: &Notify) {
+    loop {
+        from.notified().await;
+        to.notify_one();
+    }
 }
 
 /// What the tasks of one process share.
@@ -180,7 +184,7 @@ async fn push_while(
                 break;
             }
         }
-        match push::push_batch(&local, up, cfg.sync.batch_size, upstream_schema(cfg), cfg.sync.retry_max_attempts).await {
+        match push::push_batch(&local, up, cfg.sync.batch_size, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => {
                 if !cycle.is_empty() {
                     log_cycle(&local, "UP", &cycle, cycle_started.elapsed()).await;
@@ -292,15 +296,9 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
     // its progress to see local deletes as tombstones.
     let journaled = Arc::new(Notify::new());
     let capture = async {
-        let forward = async {
-            loop {
-                journaled.notified().await;
-                rt.journaled.notify_one();
-            }
-        };
         tokio::select! {
             r = replication::capture(cfg, &tables, stop_rx, journaled.clone(), &progress_tx) => r,
-            _ = forward => unreachable!("the forwarder never ends"),
+            _ = forward(&journaled, &rt.journaled) => unreachable!("the forwarder never ends"),
         }
     };
     let work = async {
@@ -416,12 +414,6 @@ pub async fn run(cfg: &Config) -> Result<()> {
     let capture_task = async {
         let journaled = Arc::new(Notify::new());
         let streak = rt.alerter.streak("capture");
-        let forward = async {
-            loop {
-                journaled.notified().await;
-                rt.journaled.notify_one();
-            }
-        };
         let work = async {
             let mut attempt = 0u32;
             loop {
@@ -453,7 +445,7 @@ pub async fn run(cfg: &Config) -> Result<()> {
         };
         tokio::select! {
             _ = work => {}
-            _ = forward => {}
+            _ = forward(&journaled, &rt.journaled) => {}
         }
     };
     let push_task = async {

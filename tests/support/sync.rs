@@ -317,6 +317,11 @@ health_check_seconds = 1
     }
 }
 
+/// The single bigint a query returns (counts, mostly).
+pub async fn count(db: &TestDb, sql: &str) -> i64 {
+    db.connect().await.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
 /// Rows only on one side, and rows that differ, by id (first few of each).
 pub fn diff_rows(local: &str, upstream: &str) -> String {
     use std::collections::BTreeMap;
