@@ -68,9 +68,11 @@ ALTER TABLE _sync_pending ADD COLUMN IF NOT EXISTS xid BIGINT;
 ALTER TABLE _sync_pending ADD COLUMN IF NOT EXISTS unchanged_columns TEXT[];
 ALTER TABLE _sync_pending ADD COLUMN IF NOT EXISTS parked_at TIMESTAMPTZ;
 
--- The spec's indexes (the first one superseded by the partial index below).
-CREATE INDEX IF NOT EXISTS idx_sync_pending_table ON _sync_pending(table_name);
+-- The spec's two indexes are superseded: idx_sync_pending_unsynced by the
+-- partial queue index, idx_sync_pending_table by idx_sync_pending_record
+-- (same leading column). Every journal index costs capture throughput.
 DROP INDEX IF EXISTS idx_sync_pending_unsynced;
+DROP INDEX IF EXISTS idx_sync_pending_table;
 -- The pusher's queue: unsynced, unparked rows in journal (= commit) order.
 CREATE INDEX IF NOT EXISTS idx_sync_pending_queue ON _sync_pending(id)
     WHERE synced = FALSE AND parked_at IS NULL;

@@ -17,8 +17,9 @@
 //!   the journal's DELETE entries act as tombstones. A delete that committed
 //!   moments before the page may not be journaled yet, so a page that
 //!   inserted rows waits, inside its transaction, until capture's progress
-//!   passes the WAL position taken after its insert, then re-checks the
-//!   tombstones of exactly those rows and removes any it brought back.
+//!   passes the WAL position read by the inserting statement before it wrote,
+//!   then re-checks the tombstones of exactly those rows and removes any it
+//!   brought back.
 //! - Writes run under the replication origin (the WAL consumer drops them:
 //!   no echo) with `session_replication_role = replica` (local triggers that
 //!   stamp `updated_at` do not fire; FK order inside a page cannot fail).
@@ -49,9 +50,10 @@ const MAX_PARENT_DEPTH: usize = 4;
 /// How long a page waits for capture to journal concurrent local deletes.
 const CAPTURE_WAIT: Duration = Duration::from_secs(30);
 
-/// Rows a page inserted (not updated), by table: candidates for the
-/// resurrection check.
-type Inserted = Vec<(String, Vec<String>)>;
+/// Rows a page inserted (not updated), by table, with the WAL position read
+/// before the inserting statement wrote: candidates for the resurrection
+/// check.
+type Inserted = Vec<(String, Vec<String>, Lsn)>;
 
 /// A local session whose writes carry the replication origin.
 pub struct Session {
@@ -165,7 +167,9 @@ async fn poll_table<U: Upstream>(
     let mut cursor = row.map(|r| Cursor { updated_at: r.get(0), id: r.get(1) }).unwrap_or_default();
     let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
     loop {
+        let pulled = Instant::now();
         let page = upstream.pull(&tref, &cursor, cfg.sync.batch_size).await?;
+        tracing::debug!(table = %table.name, pull_ms = pulled.elapsed().as_millis() as u64, bytes = page.len(), "page pulled");
         let applied = apply_page(cfg, session, upstream, tables, table, &page, progress, true, report).await?;
         report.read += applied.read;
         report.applied += applied.applied;
@@ -227,9 +231,19 @@ async fn apply_page<U: Upstream>(
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
     let result = async {
         let mut inserted: Inserted = Vec::new();
+        let t0 = Instant::now();
         let applied = upsert_rows(c, table, &cols, page, &mut inserted).await?;
+        let t1 = Instant::now();
         repair_parents(cfg, c, upstream, tables, table, page, 0, &mut inserted, report).await?;
+        let t2 = Instant::now();
         undo_resurrections(c, tables, &inserted, progress).await?;
+        tracing::debug!(
+            table = %table.name,
+            upsert_ms = (t1 - t0).as_millis() as u64,
+            parents_ms = (t2 - t1).as_millis() as u64,
+            capture_wait_ms = t2.elapsed().as_millis() as u64,
+            "page applied"
+        );
         if advance {
             let ty = &pk.type_name;
             c.execute(
@@ -336,10 +350,15 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
             updates.join(", ")
         )
     };
+    // `here` is read after the statement's snapshot and before its first
+    // write (the insert's rows come through the join): every delete this
+    // statement could have missed committed before it, and it is a record
+    // boundary the walsender can reach without this transaction's WAL.
     let sql = format!(
-        "WITH w AS (
+        "WITH here AS MATERIALIZED (SELECT pg_current_wal_insert_lsn() AS lsn),
+         w AS (
            INSERT INTO {t} AS d ({list})
-           SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb) s
+           SELECT {list_s} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb) s CROSS JOIN here
            WHERE NOT EXISTS (
                SELECT 1 FROM _sync_pending p
                WHERE p.table_name = {tn} AND p.record_id = s.{qpk}::text
@@ -347,13 +366,15 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
                  AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.{qpk} = s.{qpk}))
            ON CONFLICT ({qpk}) {conflict}
            RETURNING d.xmax = 0 AS inserted, d.{qpk}::text AS id)
-         SELECT count(*), coalesce(array_agg(id) FILTER (WHERE inserted), '{{}}') FROM w",
+         SELECT count(*), coalesce(array_agg(id) FILTER (WHERE inserted), '{{}}'), (SELECT lsn FROM here) FROM w",
         tn = quote_literal(&table.name),
+        list_s = cols.iter().map(|c| format!("s.{}", quote_ident(c))).collect::<Vec<_>>().join(", "),
     );
     let row = c.query_one(&sql, &[&rows_json]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
     let ids: Vec<String> = row.get(1);
     if !ids.is_empty() {
-        inserted.push((table.name.clone(), ids));
+        let here: postgres_types::PgLsn = row.get(2);
+        inserted.push((table.name.clone(), ids, Lsn::from(here)));
     }
     Ok(row.get::<_, i64>(0) as u64)
 }
@@ -368,16 +389,12 @@ async fn undo_resurrections(
     inserted: &Inserted,
     progress: &watch::Receiver<Lsn>,
 ) -> Result<()> {
-    if inserted.is_empty() {
+    let Some(target) = inserted.iter().map(|(_, _, l)| *l).max() else {
         return Ok(());
-    }
-    let here: postgres_types::PgLsn = c
-        .query_one("SELECT pg_current_wal_lsn()", &[])
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-        .get(0);
-    wait_progress(&mut progress.clone(), Lsn::from(here), CAPTURE_WAIT).await?;
-    for (name, ids) in inserted {
+    };
+    tracing::trace!(target_lsn = %target, now = %*progress.borrow(), "waiting for capture");
+    wait_progress(&mut progress.clone(), target, CAPTURE_WAIT).await?;
+    for (name, ids, _) in inserted {
         let table = &tables[name];
         let pk = table.pk().expect("syncable");
         let sql = format!(

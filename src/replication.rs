@@ -85,6 +85,7 @@ pub type Progress = watch::Sender<Lsn>;
 fn advance(progress: &Progress, to: Lsn) {
     progress.send_if_modified(|p| {
         if to > *p {
+            tracing::trace!(from = %*p, to = %to, "capture progress");
             *p = to;
             true
         } else {
@@ -118,7 +119,9 @@ pub async fn capture(
     .with_tls(TlsConfig::disabled())
     .with_start_lsn(pgwire_replication::Lsn::ZERO)
     .with_status_interval(Duration::from_millis(500))
-    .with_wakeup_interval(Duration::from_secs(5))
+    // An idle client wakes the walsender this often; each wake lets it send
+    // a keepalive, which is how progress advances past our own writes.
+    .with_wakeup_interval(Duration::from_millis(250))
     .with_application_name("centrovision-sync capture")
     .with_options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres");
     let mut client = ReplicationClient::connect(rcfg).await.map_err(wire_error)?;
@@ -189,7 +192,8 @@ pub async fn capture(
                         advance(progress, report.confirmed);
                     }
                 }
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                ReplicationEvent::KeepAlive { wal_end, reply_requested, .. } => {
+                    tracing::trace!(wal_end = %Lsn::from(wal_end), reply_requested, in_txn = txn.is_some(), "keepalive");
                     if txn.is_none() {
                         flush(&mut writer, &client, &mut pending, &mut pending_since, &mut report, &journaled).await?;
                         let w = Lsn::from(wal_end);

@@ -227,6 +227,15 @@ async fn install_upstream(cfg: &Config) -> Result<()> {
     }
     let v = up.contract_version().await?;
     tracing::info!(version = ?v, "upstream functions installed");
+    // Keyset indexes for the poller (one statement each: CONCURRENTLY cannot
+    // run inside a transaction).
+    let upstream_tables = up.catalog(&cfg.sync.tables).await?;
+    for t in upstream_tables.values() {
+        if let Some(pk) = t.pk().filter(|_| t.has_updated_at()) {
+            up.run_batch(&upstream::keyset_index_sql(&cfg.supabase.schema, &t.name, &pk.name)).await?;
+        }
+    }
+    tracing::info!(tables = upstream_tables.len(), "upstream keyset indexes ready");
     Ok(())
 }
 

@@ -127,6 +127,13 @@ pub async fn dispatch(cli: Cli) -> i32 {
         for (name, sql) in crate::upstream::UPSTREAM_SQL {
             println!("-- sql/upstream/{name}\n{sql}");
         }
+        // With a config, also the poller's keyset indexes for its tables.
+        if let Ok(cfg) = Config::load(&config::resolve_path(cli.config.as_deref())) {
+            println!("-- keyset indexes for the poller (run each statement on its own, outside a transaction)");
+            for t in &cfg.sync.tables {
+                println!("{}", crate::upstream::keyset_index_sql(&cfg.supabase.schema, t, "id"));
+            }
+        }
         return EXIT_OK;
     }
     let path = config::resolve_path(cli.config.as_deref());

@@ -35,6 +35,19 @@ pub const UPSTREAM_SQL: &[(&str, &str)] = &[
 /// The hash functions, also installed locally so both sides hash alike.
 pub const VERIFY_SQL: &str = include_str!("../../sql/upstream/002_verify.sql");
 
+/// The keyset index the poller needs on each upstream table, so a page is an
+/// index range scan, not a scan and sort of every row sharing a timestamp
+/// (bulk imports do). `CONCURRENTLY`: no long lock on the group's tables.
+pub fn keyset_index_sql(schema: &str, table: &str, pk: &str) -> String {
+    let name = format!("{}_cvsync_keyset_idx", table.chars().take(40).collect::<String>());
+    format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} (updated_at, {});",
+        crate::catalog::quote_ident(&name),
+        crate::catalog::qualified(schema, table),
+        crate::catalog::quote_ident(pk)
+    )
+}
+
 /// Per-change result of a batch, by the caller's index `i`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Outcome {

@@ -125,9 +125,9 @@ impl Upstream for PgUpstream {
         let sql = format!(
             "SELECT coalesce(json_agg(x), '[]')::text FROM (
                SELECT * FROM {t}
-               WHERE $1::text IS NULL
-                  OR updated_at > $1::text::timestamptz
-                  OR (updated_at = $1::text::timestamptz AND ($2::text IS NULL OR {pk} > $2::text::{ty}))
+               WHERE CASE WHEN $1::text IS NULL THEN true
+                          WHEN $2::text IS NULL THEN updated_at >= $1::text::timestamptz
+                          ELSE (updated_at, {pk}) > ($1::text::timestamptz, $2::text::{ty}) END
                ORDER BY updated_at, {pk} LIMIT $3) x",
             ty = table.pk_type
         );
