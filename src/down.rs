@@ -112,7 +112,7 @@ pub async fn cycle<U: Upstream>(
         let err_text = r.as_ref().err().map(|e| e.to_string());
         if let Some(e) = &err_text {
             report.error = Some(e.clone());
-            let _ = crate::push::record_table_error(&session.client, &name, e).await;
+            let _ = crate::push::record_table_error(&session.client, &name, &format!("down: {e}")).await;
         }
         if report.read > 0 || r.is_err() {
             tracing::info!(
@@ -254,7 +254,9 @@ async fn apply_page<U: Upstream>(
                        last_sync_from_supabase = CASE WHEN adv THEN EXCLUDED.last_sync_from_supabase ELSE m.last_sync_from_supabase END,
                        last_sync_from_supabase_id = CASE WHEN adv THEN EXCLUDED.last_sync_from_supabase_id ELSE m.last_sync_from_supabase_id END,
                        records_synced_down = coalesce(m.records_synced_down, 0) + EXCLUDED.records_synced_down,
-                       last_error = NULL,
+                       -- Clear only the down path's own error: an up-path
+                       -- rejection stays visible until that row is dealt with.
+                       last_error = CASE WHEN m.last_error LIKE 'down: %' THEN NULL ELSE m.last_error END,
                        updated_at = now()"
                 )
                 .replace(

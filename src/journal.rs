@@ -211,10 +211,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Fills TOAST values the WAL did not carry for `change`, from the latest
-    /// journaled image of the same record, else from the local row. What
-    /// cannot be filled stays listed in `change.unchanged` (the upstream
-    /// apply then leaves those columns untouched).
+    /// Fills TOAST values the WAL did not carry for `change`: from the local
+    /// row first (it also reflects down-path writes, which the journal never
+    /// sees), else — the row was deleted since — from the latest journaled
+    /// image of the record. The local row is correct unless a later
+    /// transaction changed the value, and then that later change is
+    /// journaled too, so upstream converges. What cannot be filled stays in
+    /// `change.unchanged` (the upstream apply leaves those columns alone).
     pub async fn fill_unchanged(&mut self, change: &mut Change, table: &crate::catalog::Table) -> Result<()> {
         if change.unchanged.is_empty() {
             return Ok(());
@@ -223,32 +226,13 @@ impl Writer {
         self.flush_chunk().await?;
         self.begin().await?;
         let Some(id) = change.record_id.clone() else { return Ok(()) };
-        let row = self
-            .client
-            .query_opt(
-                "SELECT jsonb_object_agg(k, v)::text FROM (
-                   SELECT DISTINCT ON (k) k, p.data -> k AS v
-                   FROM unnest($3::text[]) k
-                   JOIN _sync_pending p ON p.table_name = $1 AND p.record_id = $2 AND p.data ? k
-                   ORDER BY k, p.id DESC) s",
-                &[&change.table, &id, &change.unchanged],
-            )
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-        let mut filled: serde_json::Map<String, serde_json::Value> = row
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default();
-        let missing: Vec<String> = change.unchanged.iter().filter(|c| !filled.contains_key(*c)).cloned().collect();
-        if !missing.is_empty() {
-            // The local row's current value: correct unless a later
-            // transaction changed it, and then that later change is
-            // journaled too, so upstream converges to the same value.
-            let cols: Vec<String> = missing
+        let mut filled: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        if let Some(pk) = table.pk() {
+            let cols: Vec<String> = change
+                .unchanged
                 .iter()
                 .map(|c| format!("{}, to_jsonb(t.{})", crate::catalog::quote_literal(c), crate::catalog::quote_ident(c)))
                 .collect();
-            let Some(pk) = table.pk() else { return Ok(()) };
             let sql = format!(
                 "SELECT jsonb_build_object({})::text FROM {} t WHERE t.{} = $1::text::{}",
                 cols.join(", "),
@@ -261,6 +245,27 @@ impl Writer {
                 if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&s) {
                     filled.extend(m);
                 }
+            }
+        }
+        let missing: Vec<String> = change.unchanged.iter().filter(|c| !filled.contains_key(*c)).cloned().collect();
+        if !missing.is_empty() {
+            let row = self
+                .client
+                .query_opt(
+                    "SELECT jsonb_object_agg(k, v)::text FROM (
+                       SELECT DISTINCT ON (k) k, p.data -> k AS v
+                       FROM unnest($3::text[]) k
+                       JOIN _sync_pending p ON p.table_name = $1 AND p.record_id = $2 AND p.data ? k
+                       ORDER BY k, p.id DESC) s",
+                    &[&change.table, &id, &missing],
+                )
+                .await
+                .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+            if let Some(m) = row
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .and_then(|s| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s).ok())
+            {
+                filled.extend(m);
             }
         }
         if filled.is_empty() {

@@ -184,13 +184,21 @@ async fn push_while(
                 break;
             }
         }
+        // A restarted local database leaves this connection dead: let the
+        // caller open a new one (it is not an upstream outage).
+        if local.is_closed() {
+            return Err(SyncError::transient("local database (pusher): connection closed"));
+        }
+        // Read before the fetch: an empty queue only means "done" if capture
+        // had already passed its target when the queue was read.
+        let finishing = *done.borrow();
         match push::push_batch(&local, up, cfg.sync.batch_size, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => {
                 if !cycle.is_empty() {
                     log_cycle(&local, "UP", &cycle, cycle_started.elapsed()).await;
                     cycle.clear();
                 }
-                if *done.borrow() {
+                if finishing {
                     break;
                 }
                 tokio::select! {
@@ -221,8 +229,11 @@ async fn push_while(
                 }
             }
             Err(f) => {
+                if local.is_closed() {
+                    return Err(f.error);
+                }
                 failures += 1;
-                if is_connectivity(&f.error) {
+                if is_connectivity(&f.error) && !f.error.message.starts_with("local database") {
                     rt.upstream_link.report_down(&f.error);
                 } else {
                     tracing::warn!(error = %f.error, attempt = failures, "push failed");

@@ -19,6 +19,9 @@ const CTX: &str = "upstream database";
 
 pub struct PgUpstream {
     config: tokio_postgres::Config,
+    /// Bound on every call ([supabase] request_timeout_seconds): a half-open
+    /// connection must not stall sync until TCP gives up.
+    timeout: std::time::Duration,
     tls: MakeRustlsConnect,
     schema: String,
     conn: Mutex<Option<tokio_postgres::Client>>,
@@ -57,7 +60,13 @@ impl PgUpstream {
         let config = cfg
             .upstream_pg_config()
             .ok_or_else(|| SyncError::operator("[supabase] db_url is not a valid connection string"))?;
-        Ok(PgUpstream { config, tls: tls(cfg)?, schema: cfg.supabase.schema.clone(), conn: Mutex::new(None) })
+        Ok(PgUpstream {
+            config,
+            timeout: cfg.supabase.request_timeout,
+            tls: tls(cfg)?,
+            schema: cfg.supabase.schema.clone(),
+            conn: Mutex::new(None),
+        })
     }
 
     /// Runs `f` on a connected client; drops the connection when the error
@@ -75,7 +84,17 @@ impl PgUpstream {
             *guard = Some(client);
         }
         let client = guard.as_ref().expect("connected above");
-        match f(client).await {
+        let answer = match tokio::time::timeout(self.timeout, f(client)).await {
+            Ok(a) => a,
+            Err(_) => {
+                *guard = None;
+                return Err(SyncError::transient(format!(
+                    "{CTX}: no answer within {} s (request_timeout_seconds); reconnecting",
+                    self.timeout.as_secs()
+                )));
+            }
+        };
+        match answer {
             Ok(v) => Ok(v),
             Err(e) => {
                 let err = SyncError::from_pg(CTX, &e);

@@ -1,0 +1,1785 @@
+//! The end-to-end benchmark harness, shared by `benches/e2e.rs` (full and
+//! `--quick` profiles) and `tests/bench_quick.rs` (the quick profile under
+//! `cargo test`, so the harness cannot rot). See benches/README.md.
+//!
+//! It starts two dedicated PostgreSQL clusters on this machine (a "local"
+//! clinic cluster and an "upstream" one standing in for Supabase's
+//! database; REST mode goes through the PostgREST stand-in in
+//! tests/support), creates a pair of databases per section, runs the real
+//! `centrovision-sync` binary against them, and measures each figure next
+//! to a baseline measured in the same run on the same workload.
+//!
+//! The including crate must declare `mod support;` (tests/support) at its
+//! root; this module refers to it as `crate::support`.
+
+#![allow(dead_code)]
+
+#[path = "proc.rs"]
+pub mod proc;
+#[path = "report.rs"]
+pub mod report;
+#[path = "workload.rs"]
+pub mod workload;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::support::postgrest::PostgrestStandIn;
+use crate::support::sync::{Mode, SCHEMA, binary};
+use crate::support::{Cluster, ClusterOptions, TestDb, free_port};
+use proc::{Usage, Watched};
+use report::{Baseline, Figure, Report};
+use workload::SAMPLE_TABLES;
+
+pub type R<T> = Result<T, String>;
+
+/// `[sync] batch_size` in every config the benchmark writes (the maximum
+/// the service accepts).
+pub const BATCH_SIZE: usize = 1000;
+/// Batch of the trigger-design poller (the same, for a like-for-like drain).
+pub const TRIGGER_BATCH: i64 = 1000;
+/// The pgbench variants, in the order each round runs them; the first is
+/// the baseline.
+pub const PGBENCH_VARIANTS: [&str; 5] = [
+    "no capture",
+    "WAL capture only (run, upstream unreachable)",
+    "WAL capture + push (run, upstream on this host)",
+    "spec triggers only (queue not drained)",
+    "spec triggers + poller (upstream on this host)",
+];
+/// The trigger poller's sleep when its queue is empty (the service's own
+/// group-commit latency is 50 ms).
+pub const TRIGGER_IDLE_SLEEP: Duration = Duration::from_millis(50);
+
+// ---------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// 1 + 4a + 5: backlog drain in postgres mode, pg_recvlogical, capture alone.
+    Drain,
+    /// 4b: the specification's trigger design, end to end.
+    Trigger,
+    /// 1 (REST mode).
+    Rest,
+    /// 2: steady-state latency (and the trigger design's, as baseline).
+    Latency,
+    /// 3: initial download.
+    Down,
+    /// 3: idle down cycle over 23 tables, both modes.
+    Idle,
+    /// 4c: pgbench write-path overhead.
+    Pgbench,
+}
+
+impl Section {
+    pub const ALL: [Section; 7] =
+        [Section::Drain, Section::Trigger, Section::Rest, Section::Latency, Section::Down, Section::Idle, Section::Pgbench];
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Drain => "drain",
+            Section::Trigger => "trigger",
+            Section::Rest => "rest",
+            Section::Latency => "latency",
+            Section::Down => "down",
+            Section::Idle => "idle",
+            Section::Pgbench => "pgbench",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    /// Changes in the backlog (postgres mode, capture, trigger design).
+    pub n: usize,
+    /// Changes in the REST-mode backlog.
+    pub n_rest: usize,
+    /// Upstream rows for the initial download.
+    pub n_down: usize,
+    pub latency_seconds: u64,
+    pub latency_rate: u64,
+    pub pgbench_seconds: u64,
+    /// Rounds of the interleaved pgbench variants.
+    pub pgbench_rounds: usize,
+    pub idle_cycles: usize,
+    /// Rows per table for the idle-cycle tables.
+    pub idle_rows: usize,
+    pub out_dir: PathBuf,
+    pub sections: Vec<Section>,
+    /// Re-render report.md/report.svg from this report.json instead of running.
+    pub render: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn quick(out_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            quick: true,
+            n: 5_000,
+            n_rest: 5_000,
+            n_down: 5_000,
+            latency_seconds: 3,
+            latency_rate: 1_000,
+            pgbench_seconds: 1,
+            pgbench_rounds: 1,
+            idle_cycles: 1,
+            idle_rows: 100,
+            out_dir: out_dir.into(),
+            sections: Section::ALL.to_vec(),
+            render: None,
+        }
+    }
+
+    pub fn full(out_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            quick: false,
+            n: 1_000_000,
+            n_rest: 100_000,
+            n_down: 100_000,
+            latency_seconds: 30,
+            latency_rate: 1_000,
+            pgbench_seconds: 10,
+            pgbench_rounds: 3,
+            idle_cycles: 10,
+            idle_rows: 1_000,
+            out_dir: out_dir.into(),
+            sections: Section::ALL.to_vec(),
+            render: None,
+        }
+    }
+
+    /// Command line of `benches/e2e.rs`. `cargo bench` passes `--bench`;
+    /// without it (e.g. `cargo test --benches`, or running the binary by
+    /// hand) the quick profile runs unless `--full` is given.
+    pub fn from_args(args: &[String], default_out: &Path) -> R<Options> {
+        let has = |f: &str| args.iter().any(|a| a == f);
+        let quick = has("--quick") || (!has("--bench") && !has("--full"));
+        let mut o = if quick { Options::quick(default_out) } else { Options::full(default_out) };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut val = |name: &str| -> R<String> { it.next().cloned().ok_or_else(|| format!("{name} needs a value")) };
+            let num = |s: String, name: &str| -> R<usize> {
+                s.replace('_', "").parse::<usize>().map_err(|_| format!("{name}: not a number: {s}"))
+            };
+            match a.as_str() {
+                "--quick" | "--full" | "--bench" => {}
+                "--n" => o.n = num(val("--n")?, "--n")?,
+                "--n-rest" => o.n_rest = num(val("--n-rest")?, "--n-rest")?,
+                "--n-down" => o.n_down = num(val("--n-down")?, "--n-down")?,
+                "--latency-seconds" => o.latency_seconds = num(val("--latency-seconds")?, "--latency-seconds")? as u64,
+                "--rate" => o.latency_rate = num(val("--rate")?, "--rate")? as u64,
+                "--pgbench-seconds" => o.pgbench_seconds = num(val("--pgbench-seconds")?, "--pgbench-seconds")? as u64,
+                "--idle-cycles" => o.idle_cycles = num(val("--idle-cycles")?, "--idle-cycles")?,
+                "--pgbench-rounds" => o.pgbench_rounds = num(val("--pgbench-rounds")?, "--pgbench-rounds")?.max(1),
+                "--out" => o.out_dir = PathBuf::from(val("--out")?),
+                "--render" => o.render = Some(PathBuf::from(val("--render")?)),
+                "--only" => {
+                    let list = val("--only")?;
+                    o.sections = list
+                        .split(',')
+                        .map(|s| {
+                            Section::ALL
+                                .into_iter()
+                                .find(|x| x.name() == s.trim())
+                                .ok_or_else(|| format!("--only: unknown section {s:?} (sections: drain, trigger, rest, latency, down, idle, pgbench)"))
+                        })
+                        .collect::<R<Vec<_>>>()?;
+                }
+                "-h" | "--help" => {
+                    return Err("usage: cargo bench --bench e2e [-- --quick] [--n N] [--n-rest N] [--n-down N] \
+                                [--latency-seconds S] [--rate R] [--pgbench-seconds S] [--pgbench-rounds K] [--idle-cycles K] \
+                                [--only drain,trigger,rest,latency,down,idle,pgbench] [--out DIR] [--render DIR/report.json]"
+                        .into());
+                }
+                other => eprintln!("e2e: ignoring argument {other:?}"),
+            }
+        }
+        if o.n < 100 || o.n_rest < 100 || o.n_down < 100 {
+            return Err("N must be at least 100".into());
+        }
+        Ok(o)
+    }
+
+    fn has(&self, s: Section) -> bool {
+        self.sections.contains(&s)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+/// tokio-postgres' Display for server errors is just "db error".
+pub fn pg(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}{}", db.severity(), db.code().code(), db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()),
+        None => e.to_string(),
+    }
+}
+
+trait Ctx<T> {
+    fn ctx(self, what: &str) -> R<T>;
+}
+
+impl<T> Ctx<T> for Result<T, tokio_postgres::Error> {
+    fn ctx(self, what: &str) -> R<T> {
+        self.map_err(|e| format!("{what}: {}", pg(e)))
+    }
+}
+
+async fn one_i64(c: &Client, sql: &str) -> R<i64> {
+    Ok(c.query_one(sql, &[]).await.ctx(sql)?.get(0))
+}
+
+async fn one_f64(c: &Client, sql: &str) -> R<f64> {
+    Ok(c.query_one(sql, &[]).await.ctx(sql)?.get(0))
+}
+
+async fn one_text(c: &Client, sql: &str) -> R<String> {
+    Ok(c.query_one(sql, &[]).await.ctx(sql)?.get(0))
+}
+
+/// Polls `f` every `every` until it returns Some, or fails after `limit`.
+async fn poll<T, F, Fut>(what: &str, limit: Duration, every: Duration, mut f: F) -> R<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = R<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {limit:?} waiting for {what}"));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Runs a command to completion off the runtime; Err with its output
+/// unless it succeeded.
+async fn run_cmd(mut cmd: Command, what: &str) -> R<std::process::Output> {
+    let what = what.to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = cmd.output().map_err(|e| format!("{what}: cannot run: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{what} failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                tail(&String::from_utf8_lossy(&out.stderr), 30)
+            ));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| format!("join: {e}"))?
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn rate(rows: u64, d: Duration) -> f64 {
+    rows as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+// ---------------------------------------------------------------------------
+// A pair of databases and the service's config for it
+// ---------------------------------------------------------------------------
+
+/// A local database (on the local cluster) and an upstream one (on the
+/// upstream cluster), with the REST stand-in in front of the upstream in
+/// REST mode.
+pub struct Site {
+    pub local: TestDb,
+    pub upstream: TestDb,
+    pub rest: Option<PostgrestStandIn>,
+    pub key: String,
+    pub dir: tempfile::TempDir,
+    pub mode: Mode,
+    pub tables: Vec<String>,
+}
+
+/// What varies between the configs the benchmark writes.
+#[derive(Debug, Clone)]
+pub struct Cfg {
+    /// Slot to consume (default: the site's main slot).
+    pub slot: Option<String>,
+    /// Point the service at a closed port: capture runs, nothing is pushed.
+    pub unreachable: bool,
+    pub interval_seconds: u64,
+}
+
+impl Default for Cfg {
+    fn default() -> Self {
+        Cfg { slot: None, unreachable: false, interval_seconds: 3600 }
+    }
+}
+
+impl Site {
+    async fn new(b: &Bench, hint: &str, mode: Mode, schema: &str, tables: &[&str]) -> R<Site> {
+        let local = b.local.create_database(&format!("{hint}_l")).await;
+        let upstream = b.upstream.create_database(&format!("{hint}_u")).await;
+        for db in [&local, &upstream] {
+            db.connect().await.batch_execute(schema).await.ctx("load schema")?;
+        }
+        let key = format!("bench-service-key-{}", local.name);
+        let rest = match mode {
+            Mode::Rest => Some(PostgrestStandIn::start(&upstream, &key).await),
+            Mode::Postgres => None,
+        };
+        Ok(Site {
+            local,
+            upstream,
+            rest,
+            key,
+            dir: tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?,
+            mode,
+            tables: tables.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    pub fn slot(&self) -> String {
+        format!("s_{}", self.local.name)
+    }
+    pub fn publication(&self) -> String {
+        format!("p_{}", self.local.name)
+    }
+
+    /// Writes a config file named `name`.toml in the site's temp dir.
+    pub fn config(&self, name: &str, c: &Cfg) -> R<PathBuf> {
+        let tables = self.tables.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
+        let up = &self.upstream;
+        let port = if c.unreachable { free_port() } else { up.port() };
+        let supabase = match (&self.rest, c.unreachable) {
+            (Some(_), true) => format!("mode = \"rest\"\nurl = \"http://127.0.0.1:{port}\"\nservice_key = \"{}\"", self.key),
+            (Some(r), false) => format!("mode = \"rest\"\nurl = \"{}\"\nservice_key = \"{}\"", r.url(), self.key),
+            (None, _) => format!(
+                "mode = \"postgres\"\ndb_url = \"host={} port={port} user={} password={} dbname={}\"",
+                up.host(),
+                up.user(),
+                up.password(),
+                up.name
+            ),
+        };
+        let text = format!(
+            r#"[supabase]
+{supabase}
+connect_timeout_seconds = 2
+
+[local_postgres]
+host = "{lh}"
+port = {lp}
+database = "{ld}"
+user = "{lu}"
+password = "{lpw}"
+
+[sync]
+interval_seconds = {interval}
+batch_size = {BATCH_SIZE}
+retry_max_attempts = 3
+retry_delay_seconds = 1
+tables = [{tables}]
+slot_name = "{slot}"
+publication_name = "{publication}"
+origin_name = "o_{ld}"
+
+[logging]
+level = "info"
+"#,
+            lh = self.local.host(),
+            lp = self.local.port(),
+            ld = self.local.name,
+            lu = self.local.user(),
+            lpw = self.local.password(),
+            interval = c.interval_seconds,
+            slot = c.slot.clone().unwrap_or_else(|| self.slot()),
+            publication = self.publication(),
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    /// The service binary with `config`, info-level logs on stderr, and no
+    /// environment that could override the config.
+    pub fn command(config: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("--config").arg(config).args(args);
+        for v in [
+            "RUST_LOG",
+            "CENTROVISION_SYNC_CRASH_AT",
+            "CENTROVISION_SYNC_CONFIG",
+            "CENTROVISION_SYNC_SERVICE_KEY",
+            "CENTROVISION_SYNC_DB_URL",
+            "CENTROVISION_SYNC_LOCAL_PASSWORD",
+            "CENTROVISION_SYNC_WEBHOOK_URL",
+        ] {
+            c.env_remove(v);
+        }
+        c
+    }
+
+    /// `init` (with `--upstream` in postgres mode; in REST mode the upstream
+    /// SQL from `init --print-upstream-sql` is run on the upstream
+    /// database, as a clinic pastes it into the Supabase SQL editor).
+    pub async fn init(&self, config: &Path) -> R<()> {
+        match self.mode {
+            Mode::Postgres => {
+                run_cmd(Site::command(config, &["init", "--upstream"]), "centrovision-sync init --upstream").await?;
+            }
+            Mode::Rest => {
+                let out = run_cmd(Site::command(config, &["init", "--print-upstream-sql"]), "init --print-upstream-sql").await?;
+                let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+                // The files run as one batch (each has its own BEGIN/COMMIT);
+                // statements that cannot run in a transaction block (the
+                // keyset indexes, CREATE INDEX CONCURRENTLY) each on their own,
+                // as the printed SQL says.
+                let (alone, batch): (Vec<&str>, Vec<&str>) =
+                    printed.lines().partition(|l| l.trim_start().to_ascii_uppercase().starts_with("CREATE INDEX CONCURRENTLY"));
+                let up = self.upstream.connect().await;
+                up.batch_execute(&batch.join("\n")).await.ctx("install upstream SQL")?;
+                for stmt in alone {
+                    up.batch_execute(stmt).await.ctx("upstream index")?;
+                }
+                run_cmd(Site::command(config, &["init"]), "centrovision-sync init").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `once` to completion, watched.
+    pub async fn once(&self, config: &Path) -> R<(Watched, Usage)> {
+        let mut w = Watched::spawn(Site::command(config, &["once"])).map_err(|e| format!("spawn once: {e}"))?;
+        let Some(u) = w.wait_timeout(Duration::from_secs(4 * 3600)).await else {
+            let tail = w.tail(40);
+            w.terminate().await;
+            return Err(format!("`once` did not finish within 4 hours:\n{tail}"));
+        };
+        if !u.success() {
+            return Err(format!("`once` failed ({:?}):\n{}", u.status, w.tail(40)));
+        }
+        Ok((w, u))
+    }
+
+    pub fn spawn_run(&self, config: &Path) -> R<Watched> {
+        Watched::spawn(Site::command(config, &["run"])).map_err(|e| format!("spawn run: {e}"))
+    }
+
+    /// Row counts of the site's tables on `db`.
+    pub async fn counts(&self, db: &TestDb) -> R<Vec<i64>> {
+        let c = db.connect().await;
+        let mut v = Vec::new();
+        for t in &self.tables {
+            v.push(one_i64(&c, &format!("SELECT count(*) FROM {}", quote_ident(t))).await?);
+        }
+        Ok(v)
+    }
+
+    /// Same row count in every table on both sides.
+    pub async fn check_converged(&self, what: &str) -> R<i64> {
+        let l = self.counts(&self.local).await?;
+        let u = self.counts(&self.upstream).await?;
+        if l != u {
+            return Err(format!("{what}: local and upstream differ after the run: tables {:?}: local {l:?}, upstream {u:?}", self.tables));
+        }
+        Ok(l.iter().sum())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------
+
+/// Raw results, turned into figures at the end (baselines may come from
+/// other sections).
+#[derive(Default)]
+struct Results {
+    made: Option<u64>,
+    write_wal: Option<Duration>,
+    recv: Option<Usage>,
+    capture: Option<(Duration, Usage)>,
+    drain_pg: Option<Drain>,
+    drain_rest: Option<Drain>,
+    trig_made: Option<u64>,
+    write_trig: Option<Duration>,
+    trig_drain: Option<Duration>,
+    latency_wal: Option<Latency>,
+    latency_trig: Option<Latency>,
+    down: Option<Drain>,
+    down_naive: Option<(u64, Duration)>,
+    idle: Vec<(Mode, Idle)>,
+    /// TPS per round, per variant ([`PGBENCH_VARIANTS`] order).
+    pgbench: Vec<(String, Vec<f64>)>,
+}
+
+#[derive(Debug, Clone)]
+struct Drain {
+    rows: u64,
+    /// Spawn to the "up path drained" (or "down cycle done") log line.
+    stage: Duration,
+    /// The whole `once` process.
+    total: Duration,
+    usage: Usage,
+}
+
+#[derive(Debug, Clone)]
+struct Latency {
+    count: i64,
+    achieved_rate: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+    quantiles: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Clone)]
+struct Idle {
+    cycle_ms: f64,
+    span_cycles: usize,
+    sum_duration_ms: f64,
+    floor_ms: f64,
+}
+
+pub struct Bench {
+    /// When the current section started (for progress lines).
+    section_started: Instant,
+    pub opts: Options,
+    pub local: Cluster,
+    pub upstream: Cluster,
+    report: Report,
+    res: Results,
+    pgss: bool,
+}
+
+/// Reads a report.json written by [`run`] and writes its markdown and SVG
+/// again (e.g. after a change to the rendering) into `out_dir`.
+pub fn render(json: &Path, out_dir: &Path) -> R<Report> {
+    let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let report: Report = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    report.write(out_dir)?;
+    Ok(report)
+}
+
+/// Runs every selected section and writes the report to `opts.out_dir`.
+/// Section failures are recorded in `report.errors`; the other sections
+/// still run.
+pub async fn run(opts: &Options) -> Report {
+    let started = Instant::now();
+    let mut report = Report {
+        started_at: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        git: git_describe(),
+        ..Default::default()
+    };
+    let pgss = pg_stat_statements_available();
+    let mut extra: Vec<String> = Vec::new();
+    if !opts.quick {
+        extra.extend(["shared_buffers = '512MB'".to_string(), "max_wal_size = '8GB'".into(), "checkpoint_timeout = '30min'".into()]);
+    }
+    if pgss {
+        extra.push("shared_preload_libraries = 'pg_stat_statements'".into());
+    }
+    let mut conf = vec![
+        "fsync = off, full_page_writes = off (tests/support default; the same for every variant)".to_string(),
+        "synchronous_commit = on".into(),
+    ];
+    conf.extend(extra.iter().cloned());
+    let start = |extra: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(|| Cluster::start(ClusterOptions { extra_conf: extra, ..Default::default() }))
+                .map_err(|p| format!("cluster start failed: {}", panic_text(&p)))
+        })
+    };
+    let (l, u) = tokio::join!(start(extra.clone()), start(extra));
+    let (local, upstream) = match (l.map_err(|e| e.to_string()).and_then(|r| r), u.map_err(|e| e.to_string()).and_then(|r| r)) {
+        (Ok(l), Ok(u)) => (l, u),
+        (Err(e), _) | (_, Err(e)) => {
+            report.errors.push(e);
+            return report;
+        }
+    };
+    report.params = report::Params {
+        profile: if opts.quick { "quick".into() } else { "full".into() },
+        n: opts.n,
+        n_rest: opts.n_rest,
+        n_down: opts.n_down,
+        latency_seconds: opts.latency_seconds,
+        latency_rate: opts.latency_rate,
+        pgbench_seconds: opts.pgbench_seconds,
+        pgbench_rounds: opts.pgbench_rounds,
+        idle_cycles: opts.idle_cycles,
+        batch_size: BATCH_SIZE,
+        service_binary: binary().display().to_string(),
+        service_build: if binary().components().any(|c| c.as_os_str() == "release") { "release".into() } else { "debug".into() },
+        cluster_settings: conf,
+        sections: opts.sections.iter().map(|s| s.name().to_string()).collect(),
+    };
+    let mut b = Bench { section_started: Instant::now(), opts: opts.clone(), local, upstream, report, res: Results::default(), pgss };
+    b.report.machine = machine(&b.local).await;
+    if pgss {
+        for c in [&b.local, &b.upstream] {
+            let _ = c.connect("postgres").await.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await;
+        }
+    }
+
+    for s in opts.sections.clone() {
+        let t = Instant::now();
+        b.section_started = t;
+        let load0 = loadavg();
+        eprintln!("e2e: section {} ... (load average {load0})", s.name());
+        let r = match s {
+            Section::Drain => b.drain().await,
+            Section::Trigger => b.trigger().await,
+            Section::Rest => b.rest().await,
+            Section::Latency => b.latency().await,
+            Section::Down => b.down().await,
+            Section::Idle => b.idle().await,
+            Section::Pgbench => b.pgbench().await,
+        };
+        eprintln!("e2e: section {} done in {:.1} s{}", s.name(), t.elapsed().as_secs_f64(), if r.is_err() { " (FAILED)" } else { "" });
+        b.report.stage(
+            format!("section {}", s.name()),
+            secs(t.elapsed()),
+            "s",
+            format!("wall time incl. setup; load average {} at start, {} at end (other processes on this machine compete for its cores)", load0, loadavg()),
+        );
+        if let Err(e) = r {
+            eprintln!("e2e: section {} failed: {e}", s.name());
+            b.report.errors.push(format!("section {}: {e}", s.name()));
+        }
+    }
+    b.figures();
+    b.report.total_seconds = started.elapsed().as_secs_f64();
+    if pgss && let Err(e) = b.dump_pg_stat_statements().await {
+        b.report.notes.push(format!("pg_stat_statements dump failed: {e}"));
+    }
+    if let Err(e) = b.report.write(&opts.out_dir) {
+        b.report.errors.push(e);
+    }
+    b.report
+}
+
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(str::to_string)).unwrap_or_default()
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
+fn git_describe() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let head = Command::new("git").args(["-C", dir, "rev-parse", "--short", "HEAD"]).output().ok();
+    let dirty = Command::new("git").args(["-C", dir, "status", "--porcelain", "--untracked-files=no"]).output().ok();
+    match head {
+        Some(h) if h.status.success() => {
+            let mut s = String::from_utf8_lossy(&h.stdout).trim().to_string();
+            if dirty.is_some_and(|d| !d.stdout.is_empty()) {
+                s.push_str("+uncommitted changes");
+            }
+            s
+        }
+        _ => "unknown".into(),
+    }
+}
+
+/// Whether the server the clusters run (the highest version under
+/// /usr/lib/postgresql, or PG_BIN_DIR) has pg_stat_statements.
+fn pg_stat_statements_available() -> bool {
+    let Ok(out) = Command::new(crate_pg_config()).arg("--sharedir").output() else { return false };
+    let share = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Path::new(&share).join("extension/pg_stat_statements.control").is_file()
+}
+
+fn crate_pg_config() -> PathBuf {
+    if let Some(d) = std::env::var_os("PG_BIN_DIR") {
+        return PathBuf::from(d).join("pg_config");
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql") {
+        for e in rd.flatten() {
+            if let Ok(v) = e.file_name().to_string_lossy().parse::<u32>() {
+                let p = e.path().join("bin/pg_config");
+                if p.is_file() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                    best = Some((v, p));
+                }
+            }
+        }
+    }
+    best.map(|(_, p)| p).unwrap_or_else(|| PathBuf::from("pg_config"))
+}
+
+async fn machine(c: &Cluster) -> report::Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let postgres = match c.connect("postgres").await.query_one("SELECT version()", &[]).await {
+        Ok(r) => r.get::<_, String>(0),
+        Err(e) => pg(e),
+    };
+    report::Machine {
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model: cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| "unknown CPU".into()),
+        memory_gb: mem_kb / 1024.0 / 1024.0,
+        kernel: format!("Linux {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()),
+        postgres,
+    }
+}
+
+impl Bench {
+    /// A progress line on stderr.
+    fn step(&self, what: &str) {
+        eprintln!("e2e:   {:>7.2} s  {what}", self.section_started.elapsed().as_secs_f64());
+    }
+
+    fn n_timeout(&self, n: usize) -> Duration {
+        // Generous: 1 ms per row, at least 2 minutes.
+        Duration::from_secs(120).max(Duration::from_millis(n as u64))
+    }
+
+    /// Loads the workload procedure and writes `n` changes; returns (made, time).
+    async fn write_workload(&self, db: &TestDb, n: usize) -> R<(u64, Duration)> {
+        let c = db.connect().await;
+        c.batch_execute(workload::WORKLOAD_SQL).await.ctx("load workload")?;
+        let t = Instant::now();
+        c.batch_execute(&format!("CALL bench_workload({n}, 0.42)")).await.ctx("workload")?;
+        let took = t.elapsed();
+        let made = one_i64(&c, "SELECT v FROM _bench_state WHERE name = 'made'").await? as u64;
+        Ok((made, took))
+    }
+
+    // -- 1 + 4a + 5: backlog drain, postgres mode -----------------------------
+
+    async fn drain(&mut self) -> R<()> {
+        let n = self.opts.n;
+        let site = Site::new(self, "drain", Mode::Postgres, SCHEMA, &SAMPLE_TABLES).await?;
+        let cfg = site.config("once", &Cfg::default())?;
+        site.init(&cfg).await?;
+        let local = site.local.connect().await;
+        // Two more slots right after init, so all three see the same WAL.
+        let recv_slot = format!("{}_recv", site.slot());
+        let cap_slot = format!("{}_cap", site.slot());
+        for s in [&recv_slot, &cap_slot] {
+            local.execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[s]).await.ctx("create slot")?;
+        }
+        self.step("initialized; writing the workload");
+        let (made, took) = self.write_workload(&site.local, n).await?;
+        self.step(&format!("{made} changes written; pg_recvlogical"));
+        self.res.made = Some(made);
+        self.res.write_wal = Some(took);
+        self.report.stage("drain: workload written (WAL capture slots present)", secs(took), "s", format!("{made} row changes, {:.0} changes/s", rate(made, took)));
+        let endpos = one_text(&local, "SELECT pg_current_wal_lsn()::text").await?;
+        let wal_bytes = one_f64(&local, &format!("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8 FROM pg_replication_slots WHERE slot_name = '{recv_slot}'")).await?;
+        self.report.stage("drain: WAL to decode", wal_bytes / 1048576.0, "MB", "from the slots' start to the end of the workload");
+
+        // 4a: pg_recvlogical on the same WAL, to /dev/null.
+        let mut cmd = self.local.tool("pg_recvlogical");
+        cmd.args(["-d", &site.local.name, "-S", &recv_slot, "--start", "--no-loop"])
+            .arg(format!("--endpos={endpos}"))
+            .args(["-o", "proto_version=1", "-o"])
+            .arg(format!("publication_names={}", site.publication()))
+            .args(["-o", "messages=true", "-f", "/dev/null"]);
+        let mut w = Watched::spawn(cmd).map_err(|e| format!("spawn pg_recvlogical: {e}"))?;
+        let u = w.wait().await;
+        if !u.success() {
+            return Err(format!("pg_recvlogical failed: {}", w.tail(20)));
+        }
+        self.report.stage("4a: pg_recvlogical to /dev/null", secs(u.wall), "s", format!("{:.0} rows/s, client CPU {:.2} s", rate(made, u.wall), secs(u.cpu)));
+        self.res.recv = Some(u);
+        drop_slot(&local, &recv_slot).await?;
+
+        self.step("capture alone");
+        // 4a: our capture alone on the same WAL: `run` with upstream unreachable.
+        let cap_cfg = site.config("capture", &Cfg { slot: Some(cap_slot.clone()), unreachable: true, ..Default::default() })?;
+        let mut w = site.spawn_run(&cap_cfg)?;
+        let limit = self.n_timeout(n);
+        let all = poll("capture to journal every change", limit, Duration::from_millis(20), || {
+            let local = &local;
+            let w = &w;
+            async move {
+                if w.is_finished() {
+                    return Err("run exited".into());
+                }
+                let max = one_i64(local, "SELECT coalesce(max(id), 0) FROM _sync_pending").await?;
+                if (max as u64) < made {
+                    return Ok(None);
+                }
+                let t = w.started.elapsed();
+                let count = one_i64(local, "SELECT count(*) FROM _sync_pending").await? as u64;
+                Ok((count >= made).then_some(t))
+            }
+        })
+        .await;
+        let cpu_at_done = w.cpu_now();
+        let started_line = w.line_at("capture started");
+        let mut u = w.terminate().await;
+        let all = all.map_err(|e| format!("{e}\n{}", w.tail(20)))?;
+        if let Some(c) = cpu_at_done {
+            u.cpu = c;
+        }
+        let count = one_i64(&local, "SELECT count(*) FROM _sync_pending").await? as u64;
+        if count != made {
+            return Err(format!("capture journaled {count} rows for {made} row changes"));
+        }
+        let from = started_line.unwrap_or_default().min(all);
+        let cap = all - from;
+        let avg = one_f64(&local, "SELECT avg(octet_length(data::text))::float8 FROM _sync_pending").await?;
+        self.report.stage("4a: capture alone (run, upstream unreachable)", secs(cap), "s",
+            format!("from the \"capture started\" log line ({:.2} s after spawn) to the last change journaled; {:.0} rows/s; service CPU {:.2} s; avg journal image {avg:.0} bytes", secs(from), rate(made, cap), secs(u.cpu)));
+        self.res.capture = Some((cap, u));
+        local.batch_execute("TRUNCATE _sync_pending RESTART IDENTITY").await.ctx("truncate journal")?;
+        local.execute("DELETE FROM _sync_capture WHERE slot_name = $1", &[&cap_slot]).await.ctx("reset capture state")?;
+        drop_slot(&local, &cap_slot).await?;
+
+        self.step("once (drain)");
+        // 1: `once` drains everything upstream (capture + push + a down cycle).
+        let (w, u) = site.once(&cfg).await?;
+        let up = w.line_at("up path drained").ok_or("`once` did not log \"up path drained\"")?;
+        let rows = site.check_converged("drain (postgres mode)").await?;
+        let unsynced = one_i64(&local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await?;
+        if unsynced != 0 {
+            return Err(format!("{unsynced} journal rows are still unsynced after `once`"));
+        }
+        self.report.stage("1: once (postgres mode), up path", secs(up), "s", format!("spawn to \"up path drained\": startup + capture + push of {made} changes"));
+        self.report.stage("1: once (postgres mode), whole command", secs(u.wall), "s",
+            format!("incl. the down cycle that re-reads the {rows} rows now upstream ({:.1} s after the up path)", secs(u.wall - up)));
+        self.res.drain_pg = Some(Drain { rows: made, stage: up, total: u.wall, usage: u });
+        Ok(())
+    }
+
+    // -- 4b: the specification's trigger design -------------------------------
+
+    async fn trigger(&mut self) -> R<()> {
+        let n = self.opts.n;
+        let site = Site::new(self, "trig", Mode::Postgres, SCHEMA, &SAMPLE_TABLES).await?;
+        let local = site.local.connect().await;
+        local.batch_execute(&workload::trigger_sql(&SAMPLE_TABLES)).await.ctx("install triggers")?;
+        let (made, took) = self.write_workload(&site.local, n).await?;
+        self.res.trig_made = Some(made);
+        self.res.write_trig = Some(took);
+        self.report.stage("4b: workload written (spec triggers)", secs(took), "s", format!("{made} row changes, {:.0} changes/s", rate(made, took)));
+        let queued = one_i64(&local, "SELECT count(*) FROM _sync_pending_trigger").await? as u64;
+        if queued != made {
+            return Err(format!("the triggers queued {queued} rows for {made} changes"));
+        }
+        self.step(&format!("{made} changes written; poller drain"));
+        let poller = TriggerPoller::new(&site.local, &site.upstream, &SAMPLE_TABLES, TRIGGER_BATCH).await?;
+        let t = Instant::now();
+        let rows = poller.drain().await?;
+        let took = t.elapsed();
+        site.check_converged("trigger design").await?;
+        self.report.stage("4b: trigger design, poller drain", secs(took), "s", format!("{rows} queued rows, batch {TRIGGER_BATCH}, {:.0} rows/s", rate(rows, took)));
+        self.res.trig_drain = Some(took);
+        Ok(())
+    }
+
+    // -- 1: REST mode --------------------------------------------------------
+
+    async fn rest(&mut self) -> R<()> {
+        let n = self.opts.n_rest;
+        let site = Site::new(self, "rest", Mode::Rest, SCHEMA, &SAMPLE_TABLES).await?;
+        let cfg = site.config("once", &Cfg::default())?;
+        site.init(&cfg).await?;
+        let (made, took) = self.write_workload(&site.local, n).await?;
+        self.step("workload written; once (drain)");
+        self.report.stage("1: REST workload written", secs(took), "s", format!("{made} row changes"));
+        let (w, u) = site.once(&cfg).await?;
+        let up = w.line_at("up path drained").ok_or("`once` did not log \"up path drained\"")?;
+        let rows = site.check_converged("drain (REST mode)").await?;
+        self.report.stage("1: once (REST mode), up path", secs(up), "s", format!("spawn to \"up path drained\" for {made} changes"));
+        self.report.stage("1: once (REST mode), whole command", secs(u.wall), "s", format!("incl. the down cycle over {rows} rows"));
+        self.res.drain_rest = Some(Drain { rows: made, stage: up, total: u.wall, usage: u });
+        Ok(())
+    }
+
+    // -- 2: steady-state latency ---------------------------------------------
+
+    async fn latency(&mut self) -> R<()> {
+        // The service.
+        let site = Site::new(self, "lat", Mode::Postgres, SCHEMA, &SAMPLE_TABLES).await?;
+        prepare_latency(&site).await?;
+        // interval_seconds = 3600: the down path polls once at start and not
+        // again during the measurement; it is not in the up path.
+        let cfg = site.config("run", &Cfg { interval_seconds: 3600, ..Default::default() })?;
+        site.init(&cfg).await?;
+        self.step("initialized; run + warm-up");
+        let mut w = site.spawn_run(&cfg)?;
+        let r = async {
+            warm_up(&site).await?;
+            self.step("load");
+            let lat = self.measure_latency(&site).await?;
+            self.step("measured");
+            let parts = latency_parts(&site).await?;
+            Ok::<_, String>((lat, parts))
+        }
+        .await;
+        let u = w.terminate().await;
+        self.step("service stopped; trigger baseline");
+        let (lat, parts) = r.map_err(|e| format!("{e}\n{}", w.tail(20)))?;
+        for (name, q) in parts {
+            self.report.stage(format!("2: latency part: {name}"), q[1], "ms", format!("p50; p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms", q[2], q[3], q[4]));
+        }
+        self.report.stage("2: service RSS during the latency run", u.peak_rss_mb(), "MB", format!("CPU {:.2} s over {:.1} s", secs(u.cpu), secs(u.wall)));
+        self.res.latency_wal = Some(lat);
+
+        // Baseline: the spec's triggers + a poller that sleeps 50 ms when idle.
+        let site = Site::new(self, "latt", Mode::Postgres, SCHEMA, &SAMPLE_TABLES).await?;
+        site.local.connect().await.batch_execute(&workload::trigger_sql(&SAMPLE_TABLES)).await.ctx("install triggers")?;
+        prepare_latency(&site).await?;
+        let poller = Arc::new(TriggerPoller::new(&site.local, &site.upstream, &SAMPLE_TABLES, TRIGGER_BATCH).await?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let p = poller.clone();
+        let task = tokio::spawn(async move { p.run_until(stop_rx).await });
+        let r = async {
+            warm_up(&site).await?;
+            self.step("load (trigger baseline)");
+            self.measure_latency(&site).await
+        }
+        .await;
+        let _ = stop_tx.send(true);
+        let polled = task.await.map_err(|e| e.to_string())?;
+        polled?;
+        self.res.latency_trig = Some(r?);
+        Ok(())
+    }
+
+    /// Inserts `rate` single-row transactions per second for the configured
+    /// time and computes the latency distribution upstream.
+    async fn measure_latency(&self, site: &Site) -> R<Latency> {
+        let rate_per_s = self.opts.latency_rate;
+        let total = rate_per_s * self.opts.latency_seconds;
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            let c = site.local.connect().await;
+            let st = c
+                .prepare(
+                    "INSERT INTO patients (full_name, phone, tags, metadata, notes)
+                     VALUES ($1, '+52 55 1234 5678', ARRAY['latencia'], '{\"source\": \"recepcion\", \"insurance\": {\"provider\": \"GNP\"}}', $2)",
+                )
+                .await
+                .ctx("prepare")?;
+            conns.push((Arc::new(c), st));
+        }
+        let note = format!("Antecedentes: miopía, uso de lentes desde la infancia. {}", "x".repeat(250));
+        let start = tokio::time::Instant::now() + Duration::from_millis(20);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let at = start + Duration::from_secs_f64(i as f64 / rate_per_s as f64);
+            tokio::time::sleep_until(at).await;
+            let (c, st) = conns[(i % 4) as usize].clone();
+            let name = format!("lat-{i}");
+            let note = note.clone();
+            set.spawn(async move { c.execute(&st, &[&name, &note]).await.map(|_| ()).ctx("latency insert") });
+            while let Some(r) = set.try_join_next() {
+                r.map_err(|e| e.to_string())??;
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| e.to_string())??;
+        }
+        let elapsed = start.elapsed();
+        self.step("load sent; waiting for the last rows upstream");
+        let up = site.upstream.connect().await;
+        poll("every latency row upstream", Duration::from_secs(120), Duration::from_millis(50), || {
+            let up = &up;
+            async move { Ok((one_i64(up, "SELECT count(*) FROM patients WHERE full_name LIKE 'lat-%'").await? as u64 >= total).then_some(())) }
+        })
+        .await?;
+        let row = up
+            .query_one(
+                "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY ms),
+                        percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms),
+                        percentile_cont(ARRAY(SELECT g / 100.0 FROM generate_series(1, 100) g)::float8[]) WITHIN GROUP (ORDER BY ms)
+                 FROM (SELECT extract(epoch FROM arrived_at - created_at)::float8 * 1000 AS ms FROM patients WHERE full_name LIKE 'lat-%') s",
+                &[],
+            )
+            .await
+            .ctx("latency percentiles")?;
+        let q: Vec<f64> = row.get(5);
+        Ok(Latency {
+            count: row.get(0),
+            achieved_rate: rate(total, elapsed),
+            p50: row.get(1),
+            p95: row.get(2),
+            p99: row.get(3),
+            max: row.get(4),
+            quantiles: q.into_iter().enumerate().map(|(i, v)| ((i + 1) as f64, v)).collect(),
+        })
+    }
+
+    // -- 3: initial download --------------------------------------------------
+
+    async fn down(&mut self) -> R<()> {
+        let n = self.opts.n_down;
+        let site = Site::new(self, "down", Mode::Postgres, SCHEMA, &SAMPLE_TABLES).await?;
+        let up = site.upstream.connect().await;
+        up.batch_execute(&workload::upstream_seed(n)).await.ctx("seed upstream")?;
+        let rows: i64 = site.counts(&site.upstream).await?.iter().sum();
+        let cfg = site.config("once", &Cfg::default())?;
+        site.init(&cfg).await?;
+        self.step("upstream seeded, initialized; once (download)");
+        let (w, u) = site.once(&cfg).await?;
+        self.step("downloaded; naive baseline");
+        site.check_converged("initial download").await?;
+        let up_done = w.line_at("up path drained").ok_or("no \"up path drained\" line")?;
+        let down_done = w.line_at("down cycle done").ok_or("no \"down cycle done\" line")?;
+        let stage = down_done.saturating_sub(up_done);
+        self.report.stage("3: initial download, down cycle", secs(stage), "s",
+            format!("{rows} upstream rows; from \"up path drained\" to \"down cycle done\" (`once` took {:.2} s in all)", secs(u.wall)));
+        self.res.down = Some(Drain { rows: rows as u64, stage, total: u.wall, usage: u });
+
+        // Baseline: the spec's down algorithm as a bare keyset poller.
+        let plain = self.local.create_database("downb_l").await;
+        plain.connect().await.batch_execute(SCHEMA).await.ctx("schema")?;
+        let t = Instant::now();
+        let copied = naive_download(&site.upstream, &plain, &SAMPLE_TABLES).await?;
+        let took = t.elapsed();
+        self.report.stage("3: naive keyset poller (baseline)", secs(took), "s", format!("{copied} rows, pages of {BATCH_SIZE}, plain upsert"));
+        self.res.down_naive = Some((copied, took));
+        Ok(())
+    }
+
+    // -- 3: idle down cycle over the 23 tables -------------------------------
+
+    async fn idle(&mut self) -> R<()> {
+        for mode in [Mode::Postgres, Mode::Rest] {
+            let idle = self.idle_mode(mode).await?;
+            self.res.idle.push((mode, idle));
+        }
+        Ok(())
+    }
+
+    async fn idle_mode(&mut self, mode: Mode) -> R<Idle> {
+        let tables: Vec<&str> = centrovision_sync::config::DEFAULT_TABLES.to_vec();
+        let hint = if mode == Mode::Rest { "idler" } else { "idlep" };
+        let site = Site::new(self, hint, mode, &workload::generic_schema(&tables), &tables).await?;
+        site.upstream.connect().await.batch_execute(&workload::generic_seed(&tables, self.opts.idle_rows)).await.ctx("seed")?;
+        let cfg = site.config("run", &Cfg { interval_seconds: 1, ..Default::default() })?;
+        site.init(&cfg).await?;
+        self.step(&format!("{hint}: initialized; once (initial download)"));
+        site.once(&cfg).await?; // the initial download
+        self.step(&format!("{hint}: run for {} idle cycles", self.opts.idle_cycles + 1));
+        site.check_converged("idle tables").await?;
+        let local = site.local.connect().await;
+        let t0 = one_text(&local, "SELECT now()::text").await?;
+        let k = self.opts.idle_cycles;
+        let want = (tables.len() * (k + 1)) as i64;
+        let mut w = site.spawn_run(&cfg)?;
+        let q = format!("SELECT count(*) FROM _sync_log WHERE direction = 'DOWN' AND created_at > '{t0}'");
+        let r = poll("idle down cycles", Duration::from_secs(60 + 10 * k as u64), Duration::from_millis(100), || {
+            let local = &local;
+            let q = &q;
+            async move { Ok((one_i64(local, q).await? >= want).then_some(())) }
+        })
+        .await;
+        w.terminate().await;
+        r.map_err(|e| format!("{e}\n{}", w.tail(20)))?;
+        let rows = local
+            .query(
+                &format!(
+                    "SELECT table_name::text, extract(epoch FROM created_at)::float8, coalesce(duration_ms, 0)::float8, status::text
+                     FROM _sync_log WHERE direction = 'DOWN' AND created_at > '{t0}' ORDER BY id"
+                ),
+                &[],
+            )
+            .await
+            .ctx("read _sync_log")?;
+        if let Some(bad) = rows.iter().find(|r| r.get::<_, String>(3) != "SUCCESS") {
+            return Err(format!("a down cycle logged {} for {}", bad.get::<_, String>(3), bad.get::<_, String>(0)));
+        }
+        // One row per table per cycle, in the same (parents-first) order;
+        // the first cycle after start-up is skipped.
+        let nt = tables.len();
+        let mut spans = Vec::new();
+        let mut sums = Vec::new();
+        for c in rows.chunks(nt).skip(1) {
+            if c.len() < nt {
+                break;
+            }
+            let first: f64 = c[0].get(1);
+            let last: f64 = c[nt - 1].get(1);
+            // 22 gaps between the 23 log rows cover the polls of tables
+            // 2..23 (each followed by its log insert): scale to 23.
+            spans.push((last - first) * 1000.0 * nt as f64 / (nt - 1) as f64);
+            sums.push(c.iter().map(|r| r.get::<_, f64>(2)).sum::<f64>());
+        }
+        if spans.is_empty() {
+            return Err("no complete idle cycle logged".into());
+        }
+        let cycle_ms = median(&mut spans.clone());
+        let sum_ms = median(&mut sums);
+
+        self.step(&format!("{hint}: bare pulls"));
+        // Baseline: the same 23 keyset reads through the library's own
+        // transport, from this process, with nothing else around them.
+        let config = centrovision_sync::config::Config::load(&cfg).map_err(|e| e.to_string())?;
+        let client = centrovision_sync::upstream::Client::from_config(&config).map_err(|e| e.to_string())?;
+        let mut cursors = Vec::new();
+        for t in &tables {
+            let r = local
+                .query_one("SELECT last_sync_from_supabase::text, last_sync_from_supabase_id FROM _sync_metadata WHERE table_name = $1", &[t])
+                .await
+                .ctx("watermark")?;
+            cursors.push(centrovision_sync::upstream::Cursor { updated_at: r.get(0), id: r.get(1) });
+        }
+        let mut floors = Vec::new();
+        for round in 0..=k {
+            let t = Instant::now();
+            for (name, cur) in tables.iter().zip(&cursors) {
+                let tref = centrovision_sync::upstream::TableRef { name, pk: "id", pk_type: "uuid" };
+                let page = centrovision_sync::upstream::Upstream::pull(&client, &tref, cur, BATCH_SIZE).await.map_err(|e| e.to_string())?;
+                if page.trim() != "[]" {
+                    return Err(format!("idle baseline: {name} is not idle: {}", &page[..page.len().min(200)]));
+                }
+            }
+            if round > 0 {
+                floors.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let floor_ms = median(&mut floors);
+        let m = if mode == Mode::Rest { "REST" } else { "postgres" };
+        self.report.stage(format!("3: idle cycle, 23 tables ({m} mode)"), cycle_ms, "ms",
+            format!("median of {} cycles, from _sync_log created_at spans; sum of per-table duration_ms {sum_ms:.0} ms; 23 bare pulls {floor_ms:.1} ms", spans.len()));
+        Ok(Idle { cycle_ms, span_cycles: spans.len(), sum_duration_ms: sum_ms, floor_ms })
+    }
+
+    // -- 4c: pgbench ----------------------------------------------------------
+
+    async fn pgbench(&mut self) -> R<()> {
+        let site = Site::new(self, "pgb", Mode::Postgres, SCHEMA, &SAMPLE_TABLES).await?;
+        let local = site.local.connect().await;
+        local.batch_execute(workload::SEED_SQL).await.ctx("seed function")?;
+        let (np, na, ni) = workload::PGBENCH_SEED;
+        local.execute("SELECT bench_seed($1, $2, $3)", &[&np, &na, &ni]).await.ctx("seed")?;
+        local.batch_execute("VACUUM ANALYZE").await.ctx("vacuum")?;
+        let script = site.dir.path().join("clinic.pgbench");
+        std::fs::write(&script, workload::PGBENCH_SCRIPT).map_err(|e| e.to_string())?;
+        let secs_ = self.opts.pgbench_seconds;
+        // The slot exists from here on; while nothing consumes it (the "no
+        // capture" runs) it only retains WAL, which costs writers nothing.
+        let cfg = site.config("run", &Cfg::default())?;
+        let cap_cfg = site.config("capture", &Cfg { unreachable: true, ..Default::default() })?;
+        site.init(&cfg).await?;
+        // Warm-up (caches, plans, table growth past the seed), not reported.
+        self.pgbench_once(&site, &script, secs_.div_ceil(2)).await?;
+
+        // The variants interleaved, round after round, so slow drift (other
+        // work on the machine, table growth) hits them all alike; each
+        // figure is the median over the rounds.
+        let mut tps: Vec<(String, Vec<f64>)> = PGBENCH_VARIANTS.iter().map(|v| (v.to_string(), Vec::new())).collect();
+        let mut poller: Option<Arc<TriggerPoller>> = None;
+        for round in 0..self.opts.pgbench_rounds {
+            self.step(&format!("pgbench round {}: no capture", round + 1));
+            tps[0].1.push(self.pgbench_once(&site, &script, secs_).await?.0);
+
+            // Capture only: `run` consuming the slot, upstream unreachable.
+            self.step("capture only");
+            let mut w = site.spawn_run(&cap_cfg)?;
+            let r = async {
+                poll("capture to start", Duration::from_secs(60), Duration::from_millis(20), || {
+                    let w = &w;
+                    async move { Ok(w.line_at("capture started").map(|_| ())) }
+                })
+                .await?;
+                let before = one_i64(&local, "SELECT coalesce(max(id), 0) FROM _sync_pending").await?;
+                let (tps, txns) = self.pgbench_once(&site, &script, secs_).await?;
+                let ended = Instant::now();
+                let want = before + 3 * txns as i64;
+                poll("capture to catch up after pgbench", Duration::from_secs(300), Duration::from_millis(20), || {
+                    let local = &local;
+                    // max(id): cheap, and ids are dense here (nothing rolls back).
+                    async move { Ok((one_i64(local, "SELECT coalesce(max(id), 0) FROM _sync_pending").await? >= want).then_some(())) }
+                })
+                .await?;
+                Ok::<_, String>((tps, txns, ended.elapsed()))
+            }
+            .await;
+            let u = w.terminate().await;
+            let (t, txns, lag) = r.map_err(|e| format!("{e}\n{}", w.tail(20)))?;
+            self.report.stage(format!("4c: round {}: capture caught up after pgbench", round + 1), secs(lag), "s",
+                format!("{} changes of {txns} pgbench transactions all journaled this long after pgbench ended; service CPU {:.2} s, peak RSS {:.0} MB", 3 * txns, secs(u.cpu), u.peak_rss_mb()));
+            tps[1].1.push(t);
+
+            // The whole service: capture + push to the upstream cluster
+            // (which on this machine competes for the same 2 cores). It
+            // first pushes what the previous variant journaled, and its
+            // start-up down cycle runs; pgbench starts after both.
+            self.step("capture + push");
+            let t0 = one_text(&local, "SELECT now()::text").await?;
+            let mut w = site.spawn_run(&cfg)?;
+            let r = async {
+                let q = format!("SELECT count(*) FROM _sync_log WHERE direction = 'DOWN' AND created_at > '{t0}'");
+                poll("the backlog to be pushed and a down cycle to finish", Duration::from_secs(600), Duration::from_millis(100), || {
+                    let local = &local;
+                    let q = &q;
+                    async move {
+                        let down = one_i64(local, q).await? >= SAMPLE_TABLES.len() as i64;
+                        Ok((down && one_i64(local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await? == 0).then_some(()))
+                    }
+                })
+                .await?;
+                self.pgbench_once(&site, &script, secs_).await
+            }
+            .await;
+            w.terminate().await;
+            tps[2].1.push(r.map_err(|e| format!("{e}\n{}", w.tail(20)))?.0);
+
+            // The spec's triggers, without and with their poller.
+            self.step("spec triggers");
+            local.batch_execute(&workload::trigger_sql(&SAMPLE_TABLES)).await.ctx("install triggers")?;
+            tps[3].1.push(self.pgbench_once(&site, &script, secs_).await?.0);
+            self.step("spec triggers + poller");
+            let p = match &poller {
+                Some(p) => p.clone(),
+                None => Arc::new(TriggerPoller::new(&site.local, &site.upstream, &SAMPLE_TABLES, TRIGGER_BATCH).await?),
+            };
+            poller = Some(p.clone());
+            p.drain().await?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let task = {
+                let p = p.clone();
+                tokio::spawn(async move { p.run_until(stop_rx).await })
+            };
+            let r = self.pgbench_once(&site, &script, secs_).await;
+            let _ = stop_tx.send(true);
+            task.await.map_err(|e| e.to_string())??;
+            tps[4].1.push(r?.0);
+            local.batch_execute(&workload::drop_triggers_sql(&SAMPLE_TABLES)).await.ctx("drop triggers")?;
+        }
+        self.step("no capture (closing run)");
+        tps[0].1.push(self.pgbench_once(&site, &script, secs_).await?.0);
+        self.res.pgbench = tps;
+        Ok(())
+    }
+
+    /// One pgbench run; (TPS, transactions).
+    async fn pgbench_once(&self, site: &Site, script: &Path, secs_: u64) -> R<(f64, u64)> {
+        let mut cmd = self.local.tool("pgbench");
+        cmd.args(["-n", "-c", "2", "-j", "2", "-T", &secs_.to_string(), "-f"]).arg(script).arg(&site.local.name);
+        let out = run_cmd(cmd, "pgbench").await?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let tps = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("tps = "))
+            .and_then(|l| l.trim_start().trim_start_matches("tps = ").split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("no tps in pgbench output:\n{text}"))?;
+        let txns = text
+            .lines()
+            .find(|l| l.contains("number of transactions actually processed:"))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|v| v.trim().split('/').next())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let failed = text.lines().find(|l| l.contains("number of failed transactions")).unwrap_or("").trim().to_string();
+        if !failed.is_empty() && !failed.contains(": 0 ") {
+            return Err(format!("pgbench had failures: {failed}"));
+        }
+        Ok((tps, txns))
+    }
+
+    async fn dump_pg_stat_statements(&self) -> R<()> {
+        let mut out = String::from("# pg_stat_statements, top statements by total time\n");
+        for (name, c) in [("local", &self.local), ("upstream", &self.upstream)] {
+            let client = c.connect("postgres").await;
+            let rows = client
+                .query(
+                    "SELECT round(s.total_exec_time)::float8, s.calls, round(s.mean_exec_time::numeric, 3)::float8, s.rows,
+                            d.datname::text, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 220), round(s.max_exec_time::numeric, 1)::float8
+                     FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                     ORDER BY s.total_exec_time DESC LIMIT 30",
+                    &[],
+                )
+                .await
+                .ctx("pg_stat_statements")?;
+            out.push_str(&format!("\n## {name} cluster\n\n| total ms | calls | mean ms | max ms | rows | db | query |\n|---:|---:|---:|---:|---:|---|---|\n"));
+            for r in rows {
+                out.push_str(&format!(
+                    "| {:.0} | {} | {:.3} | {:.1} | {} | {} | `{}` |\n",
+                    r.get::<_, f64>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, f64>(2),
+                    r.get::<_, f64>(6),
+                    r.get::<_, i64>(3),
+                    r.get::<_, String>(4),
+                    r.get::<_, String>(5).replace('|', "\\|")
+                ));
+            }
+        }
+        std::fs::create_dir_all(&self.opts.out_dir).map_err(|e| e.to_string())?;
+        std::fs::write(self.opts.out_dir.join("pg_stat_statements.md"), out).map_err(|e| e.to_string())
+    }
+
+    // -- figures --------------------------------------------------------------
+
+    fn push(&mut self, f: Figure) {
+        self.report.figures.push(f);
+    }
+
+    fn figures(&mut self) {
+        let r = std::mem::take(&mut self.res);
+        let trig_rate = match (r.trig_made, r.trig_drain) {
+            (Some(m), Some(d)) => Some(rate(m, d)),
+            _ => None,
+        };
+        let trig_base = |v: Option<f64>| v.map(|v| Baseline { label: format!("spec triggers + poller, batch {TRIGGER_BATCH}"), value: v, measured: true });
+
+        // 1. Backlog drain.
+        if let Some(d) = &r.drain_pg {
+            self.push(fig("drain_pg_up", "1", "Backlog drain, postgres mode: `once` up path (capture + push)", rate(d.rows, d.stage), "rows/s", true,
+                trig_base(trig_rate), None, None, format!("N = {}", d.rows)));
+            self.push(fig("drain_pg_total", "1", "Backlog drain, postgres mode: whole `once` (incl. down cycle)", rate(d.rows, d.total), "rows/s", true,
+                trig_base(trig_rate), None, None, format!("{:.1} s", secs(d.total))));
+        }
+        if let Some(d) = &r.drain_rest {
+            let pg_up = r.drain_pg.as_ref().map(|p| Baseline { label: "postgres mode, same run".into(), value: rate(p.rows, p.stage), measured: true });
+            let same_n = r.drain_pg.as_ref().is_some_and(|p| p.rows.abs_diff(d.rows) < 10);
+            self.push(fig("drain_rest_up", "1", "Backlog drain, REST mode (stand-in): `once` up path", rate(d.rows, d.stage), "rows/s", true,
+                pg_up, None, None, if same_n { format!("N = {}", d.rows) } else { format!("N = {} (postgres mode: N = {})", d.rows, r.drain_pg.as_ref().map_or(0, |p| p.rows)) }));
+            self.push(fig("drain_rest_total", "1", "Backlog drain, REST mode: whole `once`", rate(d.rows, d.total), "rows/s", true,
+                trig_base(trig_rate), None, None, format!("{:.1} s", secs(d.total))));
+        }
+        // 2. Latency.
+        if let Some(l) = &r.latency_wal {
+            let t = r.latency_trig.as_ref();
+            let note = format!("{} rows at {:.0} rows/s", l.count, l.achieved_rate);
+            for (id, label, v, b) in [
+                ("latency_p50", "Steady-state latency p50", l.p50, t.map(|t| t.p50)),
+                ("latency_p95", "Steady-state latency p95", l.p95, t.map(|t| t.p95)),
+                ("latency_p99", "Steady-state latency p99", l.p99, t.map(|t| t.p99)),
+                ("latency_max", "Steady-state latency max", l.max, t.map(|t| t.max)),
+            ] {
+                let base = b.map(|v| Baseline { label: "spec triggers + poller (50 ms idle sleep)".into(), value: v, measured: true });
+                self.push(fig(id, "2", label, v, "ms", false, base, None, None, if id == "latency_p50" { note.clone() } else { String::new() }));
+            }
+            self.report.latency_quantiles.push(("centrovision-sync (WAL capture)".into(), l.quantiles.clone()));
+        }
+        if let Some(t) = &r.latency_trig {
+            self.report.latency_quantiles.push(("spec triggers + 50 ms poller".into(), t.quantiles.clone()));
+        }
+        // 3. Down path.
+        if let Some(d) = &r.down {
+            let base = r.down_naive.map(|(n, t)| Baseline { label: "naive keyset poller + plain upsert".into(), value: rate(n, t), measured: true });
+            self.push(fig("down_initial", "3", "Initial download (down cycle of `once`)", rate(d.rows, d.stage), "rows/s", true, base, None, None,
+                format!("{} rows", d.rows)));
+        }
+        for (mode, i) in &r.idle {
+            let m = if *mode == Mode::Rest { "REST" } else { "postgres" };
+            let base = Some(Baseline { label: "23 bare keyset pulls (library transport)".into(), value: i.floor_ms, measured: true });
+            self.push(fig(&format!("idle_cycle_{}", m.to_lowercase()), "3", &format!("Idle down cycle, 23 tables, {m} mode"), i.cycle_ms, "ms", false,
+                base, None, None, format!("median of {} cycles", i.span_cycles)));
+        }
+        // 4a. Capture vs pg_recvlogical.
+        if let (Some(made), Some((cap, cu)), Some(ru)) = (r.made, &r.capture, &r.recv) {
+            let recv_rate = rate(made, ru.wall);
+            let v = rate(made, *cap);
+            let ratio = v / recv_rate;
+            self.push(fig("capture_rate", "4a", "Capture stage alone (decode + journal)", v, "rows/s", true,
+                Some(Baseline { label: "pg_recvlogical → /dev/null".into(), value: recv_rate, measured: true }),
+                Some("≥ 0.90× pg_recvlogical".into()), Some(ratio >= 0.90), String::new()));
+            self.push(fig("capture_cpu", "5", "Service CPU per 100k changes, capture alone", secs(cu.cpu) / made as f64 * 1e5, "s", false,
+                Some(Baseline { label: "pg_recvlogical CPU".into(), value: secs(ru.cpu) / made as f64 * 1e5, measured: true }), None, None,
+                "client processes only; the walsender's decoding is server-side".into()));
+            self.push(fig("capture_rss", "5", "Peak RSS, capture alone", cu.peak_rss_mb(), "MB", false,
+                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }), Some("< 150 MB".into()), Some(cu.peak_rss_mb() < 150.0), String::new()));
+        }
+        // 4b. Trigger design (write cost).
+        if let (Some(tw), Some(ww), Some(tm), Some(wm)) = (r.write_trig, r.write_wal, r.trig_made, r.made) {
+            self.push(fig("bulk_write_triggers", "4b", "Bulk workload write rate with the spec's triggers", rate(tm, tw), "changes/s", true,
+                Some(Baseline { label: "same workload, WAL capture (3 slots)".into(), value: rate(wm, ww), measured: true }), None, None,
+                "the trigger design pays its capture at write time".into()));
+        }
+        if let Some(tr) = trig_rate {
+            self.push(fig("trigger_e2e", "4b", "Spec trigger design: poller drain (push only)", tr, "rows/s", true,
+                r.drain_pg.as_ref().map(|d| Baseline { label: "our `once` up path".into(), value: rate(d.rows, d.stage), measured: true }),
+                None, None, "capture already paid by the triggers".into()));
+        }
+        // 4c. pgbench.
+        if let Some((_, none)) = r.pgbench.first().filter(|(_, v)| !v.is_empty()) {
+            let base = median(&mut none.clone());
+            let list = |v: &[f64]| v.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(" / ");
+            for (k, v) in &r.pgbench {
+                self.report.stage(format!("4c: pgbench {k}"), median(&mut v.clone()), "TPS", format!("median; per run: {}", list(v)));
+            }
+            for (k, v) in r.pgbench.iter().skip(1).filter(|(_, v)| !v.is_empty()) {
+                let m = median(&mut v.clone());
+                let (target, met) = if k.starts_with("WAL capture only") {
+                    (Some("≥ 0.95× (overhead ≤ 5%)".to_string()), Some(m / base >= 0.95))
+                } else {
+                    (None, None)
+                };
+                let id = format!(
+                    "pgbench_{}",
+                    k.split_whitespace().take(3).collect::<Vec<_>>().join("_").to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                );
+                // Each round's variant against the same round's no-capture
+                // run: robust to drift between rounds.
+                let paired = v.iter().zip(none).map(|(t, n)| format!("{:.2}", t / n)).collect::<Vec<_>>().join(" / ");
+                self.push(fig(&id, "4c", &format!("pgbench TPS: {k}"), m, "TPS", true,
+                    Some(Baseline { label: format!("no capture (median of {})", list(none)), value: base, measured: true }),
+                    target, met, format!("median of {} runs: {}; per-round ratio to that round's no-capture run: {paired}", v.len(), list(v))));
+            }
+        }
+        // 5. Resources during the drain.
+        if let Some(d) = &r.drain_pg {
+            let mb = d.usage.peak_rss_mb();
+            self.push(fig("drain_rss", "5", "Peak RSS of `once` during the drain", mb, "MB", false,
+                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }), Some("< 150 MB".into()), Some(mb < 150.0),
+                format!("N = {}", d.rows)));
+            self.push(fig("drain_cpu", "5", "CPU time of `once` during the drain", secs(d.usage.cpu), "s", false, None, None, None,
+                format!("{:.2} s per 100k changes; wall {:.1} s", secs(d.usage.cpu) / d.rows as f64 * 1e5, secs(d.total))));
+        }
+        if let Some(d) = &r.drain_rest {
+            self.push(fig("drain_rest_rss", "5", "Peak RSS of `once` during the REST drain", d.usage.peak_rss_mb(), "MB", false,
+                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }), Some("< 150 MB".into()), Some(d.usage.peak_rss_mb() < 150.0),
+                format!("N = {}; CPU {:.1} s", d.rows, secs(d.usage.cpu))));
+        }
+        self.res = r;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fig(
+    id: &str,
+    section: &str,
+    label: &str,
+    value: f64,
+    unit: &str,
+    higher_is_better: bool,
+    baseline: Option<Baseline>,
+    target: Option<String>,
+    met: Option<bool>,
+    note: String,
+) -> Figure {
+    let ratio = baseline.as_ref().map(|b| value / b.value).filter(|r| r.is_finite());
+    Figure {
+        id: id.into(),
+        section: section.into(),
+        label: label.into(),
+        value,
+        unit: unit.into(),
+        higher_is_better,
+        baseline,
+        ratio,
+        target,
+        met,
+        note,
+    }
+}
+
+async fn drop_slot(c: &Client, slot: &str) -> R<()> {
+    // The walsender may take a moment to release the slot.
+    poll(&format!("slot {slot} to be released"), Duration::from_secs(30), Duration::from_millis(50), || async move {
+        match c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+            Ok(_) => Ok(Some(())),
+            Err(e) if e.code().map(|c| c.code()) == Some("55006") => Ok(None),
+            Err(e) => Err(format!("drop slot {slot}: {}", pg(e))),
+        }
+    })
+    .await
+}
+
+/// Local `created_at` stamped at insert time, upstream `arrived_at` stamped
+/// when the row is applied there (the apply leaves absent columns to their
+/// default); same machine, same clock.
+async fn prepare_latency(site: &Site) -> R<()> {
+    site.local
+        .connect()
+        .await
+        .batch_execute("ALTER TABLE patients ALTER COLUMN created_at SET DEFAULT clock_timestamp()")
+        .await
+        .ctx("local created_at")?;
+    site.upstream
+        .connect()
+        .await
+        .batch_execute("ALTER TABLE patients ADD COLUMN arrived_at timestamptz DEFAULT clock_timestamp()")
+        .await
+        .ctx("upstream arrived_at")?;
+    Ok(())
+}
+
+/// Where the service's latency goes: local commit -> journaled (capture;
+/// the journal row's created_at is the start of capture's local
+/// transaction) and journaled -> applied upstream (pusher). Returns
+/// (name, [min, p50, p95, p99, max]) in ms.
+async fn latency_parts(site: &Site) -> R<Vec<(String, [f64; 5])>> {
+    let local = site.local.connect().await;
+    let up = site.upstream.connect().await;
+    let l = local
+        .query(
+            "SELECT p.full_name, extract(epoch FROM p.created_at)::float8, extract(epoch FROM j.created_at)::float8
+             FROM patients p JOIN _sync_pending j ON j.table_name = 'patients' AND j.record_id = p.id::text
+             WHERE p.full_name LIKE 'lat-%'",
+            &[],
+        )
+        .await
+        .ctx("journal times")?;
+    let u: HashMap<String, f64> = up
+        .query("SELECT full_name, extract(epoch FROM arrived_at)::float8 FROM patients WHERE full_name LIKE 'lat-%'", &[])
+        .await
+        .ctx("arrival times")?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut capture = Vec::new();
+    let mut push = Vec::new();
+    let t0 = l.iter().map(|r| r.get::<_, f64>(1)).fold(f64::INFINITY, f64::min);
+    // Slow captures per one-second window of the load: spread evenly, or
+    // bunched (a stall)?
+    let mut slow_windows: std::collections::BTreeMap<i64, usize> = Default::default();
+    for r in &l {
+        let (name, c, j): (String, f64, f64) = (r.get(0), r.get(1), r.get(2));
+        capture.push((j - c) * 1000.0);
+        if (j - c) * 1000.0 > 100.0 {
+            *slow_windows.entry((c - t0) as i64).or_default() += 1;
+        }
+        if let Some(a) = u.get(&name) {
+            push.push((a - j) * 1000.0);
+        }
+    }
+    let q = |v: &mut Vec<f64>| -> [f64; 5] {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let at = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+        [at(0.0), at(0.5), at(0.95), at(0.99), at(1.0)]
+    };
+    let slow: usize = slow_windows.values().sum();
+    let windows = slow_windows.iter().map(|(s, n)| format!("{s}s:{n}")).collect::<Vec<_>>().join(" ");
+    Ok(vec![
+        (format!("local commit -> journal transaction (capture); {slow} rows over 100 ms, by second of the load: {windows}"), q(&mut capture)),
+        ("journal transaction -> applied upstream (pusher)".into(), q(&mut push)),
+    ])
+}
+
+/// One row through the whole path before measuring.
+async fn warm_up(site: &Site) -> R<()> {
+    let local = site.local.connect().await;
+    let up = site.upstream.connect().await;
+    for i in 0..3 {
+        local.execute("INSERT INTO patients (full_name) VALUES ($1)", &[&format!("warm-{i}")]).await.ctx("warm-up insert")?;
+    }
+    poll("the warm-up rows upstream", Duration::from_secs(60), Duration::from_millis(20), || {
+        let up = &up;
+        async move { Ok((one_i64(up, "SELECT count(*) FROM patients WHERE full_name LIKE 'warm-%'").await? >= 3).then_some(())) }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Baselines implemented in the bench
+// ---------------------------------------------------------------------------
+
+/// The spec's up path for the trigger design: oldest unsynced rows first,
+/// plain upsert (or delete) upstream in one transaction, then mark synced.
+/// Repeated changes to a row within a batch are reduced to the last one
+/// (ON CONFLICT cannot touch a row twice in one statement). Upstream writes
+/// run with `session_replication_role = replica`, like the service's apply
+/// (no FK checks, no updated_at stamping).
+pub struct TriggerPoller {
+    local: Client,
+    upstream: Client,
+    tables: Vec<String>,
+    upsert_sql: HashMap<String, String>,
+    batch: i64,
+}
+
+impl TriggerPoller {
+    pub async fn new(local: &TestDb, upstream: &TestDb, tables: &[&str], batch: i64) -> R<TriggerPoller> {
+        let l = local.connect().await;
+        let u = upstream.connect().await;
+        let mut upsert_sql = HashMap::new();
+        for t in tables {
+            let cols: Vec<String> = l
+                .query_one(
+                    "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns
+                     WHERE table_schema = 'public' AND table_name = $1",
+                    &[t],
+                )
+                .await
+                .ctx("columns")?
+                .get(0);
+            let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+            let set = cols.iter().filter(|c| *c != "id").map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+            upsert_sql.insert(
+                t.to_string(),
+                format!(
+                    "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb)
+                     ON CONFLICT (id) DO UPDATE SET {set}"
+                ),
+            );
+        }
+        Ok(TriggerPoller { local: l, upstream: u, tables: tables.iter().map(|s| s.to_string()).collect(), upsert_sql, batch })
+    }
+
+    /// One batch; returns the number of queue rows it handled.
+    pub async fn step(&self) -> R<u64> {
+        let rows = self
+            .local
+            .query(
+                "SELECT id, table_name::text, record_id::text, operation::text, data::text FROM _sync_pending_trigger
+                 WHERE synced = FALSE ORDER BY id LIMIT $1",
+                &[&self.batch],
+            )
+            .await
+            .ctx("read queue")?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut last: HashMap<(String, String), usize> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            last.insert((r.get(1), r.get(2)), i);
+        }
+        let mut upserts: HashMap<String, Vec<String>> = HashMap::new();
+        let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            let (t, rid): (String, String) = (r.get(1), r.get(2));
+            if last[&(t.clone(), rid.clone())] != i {
+                continue;
+            }
+            if r.get::<_, String>(3) == "DELETE" {
+                deletes.entry(t).or_default().push(rid);
+            } else {
+                upserts.entry(t).or_default().push(r.get(4));
+            }
+        }
+        self.upstream.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.ctx("begin upstream")?;
+        for t in &self.tables {
+            if let Some(images) = upserts.get(t) {
+                let json = format!("[{}]", images.join(","));
+                self.upstream.execute(self.upsert_sql[t].as_str(), &[&json]).await.ctx("upsert upstream")?;
+            }
+            if let Some(ids) = deletes.get(t) {
+                self.upstream
+                    .execute(format!("DELETE FROM {t} WHERE id = ANY($1::text[]::uuid[])").as_str(), &[ids])
+                    .await
+                    .ctx("delete upstream")?;
+            }
+        }
+        self.upstream.batch_execute("COMMIT").await.ctx("commit upstream")?;
+        let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        self.local
+            .execute("UPDATE _sync_pending_trigger SET synced = TRUE, synced_at = now() WHERE id = ANY($1)", &[&ids])
+            .await
+            .ctx("mark synced")?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Until the queue is empty; returns rows handled.
+    pub async fn drain(&self) -> R<u64> {
+        let mut total = 0;
+        loop {
+            let n = self.step().await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    /// Continuously, sleeping [`TRIGGER_IDLE_SLEEP`] when the queue is empty.
+    pub async fn run_until(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> R<u64> {
+        let mut total = 0;
+        while !*stop.borrow() {
+            let n = self.step().await?;
+            total += n;
+            if n == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(TRIGGER_IDLE_SLEEP) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// The spec's down algorithm, minimal: per table (parents first), keyset
+/// pages of [`BATCH_SIZE`] on (updated_at, id) read as JSON (the service's
+/// own query shape), upserted locally with a plain ON CONFLICT.
+async fn naive_download(upstream: &TestDb, local: &TestDb, tables: &[&str]) -> R<u64> {
+    let u = upstream.connect().await;
+    let l = local.connect().await;
+    let mut total = 0u64;
+    for t in tables {
+        let cols: Vec<String> = l
+            .query_one(
+                "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name = $1",
+                &[t],
+            )
+            .await
+            .ctx("columns")?
+            .get(0);
+        let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let set = cols.iter().filter(|c| *c != "id").map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+        let upsert = format!(
+            "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb) ON CONFLICT (id) DO UPDATE SET {set}"
+        );
+        let page_sql = format!(
+            "SELECT coalesce(json_agg(x), '[]')::text, count(*), max(x.updated_at::text) FILTER (WHERE x.last), max(x.id::text) FILTER (WHERE x.last)
+             FROM (SELECT *, row_number() OVER (ORDER BY updated_at DESC, id DESC) = 1 AS last FROM (
+                 SELECT * FROM {t}
+                 WHERE $1::text IS NULL OR updated_at > $1::text::timestamptz
+                    OR (updated_at = $1::text::timestamptz AND ($2::text IS NULL OR id > $2::text::uuid))
+                 ORDER BY updated_at, id LIMIT {BATCH_SIZE}) p) x"
+        );
+        let (mut at, mut id): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let r = u.query_one(page_sql.as_str(), &[&at, &id]).await.ctx("read page")?;
+            let n: i64 = r.get(1);
+            if n == 0 {
+                break;
+            }
+            let page: String = r.get(0);
+            l.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.ctx("begin")?;
+            l.execute(upsert.as_str(), &[&page]).await.ctx("upsert page")?;
+            l.batch_execute("COMMIT").await.ctx("commit")?;
+            total += n as u64;
+            at = r.get(2);
+            id = r.get(3);
+            if (n as usize) < BATCH_SIZE {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}

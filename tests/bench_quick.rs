@@ -1,0 +1,48 @@
+//! The end-to-end benchmark's quick profile, run under `cargo test` so the
+//! harness (benches/e2e/harness.rs, shared with `cargo bench --bench e2e`)
+//! cannot rot. It asserts only that every section completes and yields
+//! sane numbers and that the report files are written; never timings.
+
+mod support;
+
+#[path = "../benches/e2e/harness.rs"]
+mod harness;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_benchmark_profile_completes_and_writes_its_report() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let opts = harness::Options::quick(out.path());
+    let report = harness::run(&opts).await;
+    assert!(report.errors.is_empty(), "benchmark sections failed:\n{}", report.errors.join("\n\n"));
+    for f in ["report.json", "report.md", "report.svg"] {
+        let p = out.path().join(f);
+        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{} missing or empty", p.display());
+    }
+    for id in [
+        "drain_pg_up",
+        "drain_pg_total",
+        "drain_rest_up",
+        "capture_rate",
+        "trigger_e2e",
+        "latency_p50",
+        "latency_max",
+        "down_initial",
+        "idle_cycle_postgres",
+        "idle_cycle_rest",
+        "drain_rss",
+    ] {
+        let f = report.figure(id).unwrap_or_else(|| panic!("figure {id} missing from the report:\n{}", report.markdown()));
+        assert!(f.value.is_finite() && f.value > 0.0, "figure {id} = {} is not a positive number", f.value);
+        if let Some(b) = &f.baseline {
+            assert!(b.value.is_finite() && b.value > 0.0, "baseline of {id} = {} is not a positive number", b.value);
+        }
+    }
+    let pgbench = report.figures.iter().filter(|f| f.id.starts_with("pgbench_")).count();
+    assert_eq!(pgbench, 4, "pgbench figures:\n{}", report.markdown());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).expect("report.json is JSON");
+    assert!(json["figures"].as_array().is_some_and(|a| !a.is_empty()));
+    let svg = std::fs::read_to_string(out.path().join("report.svg")).unwrap();
+    assert!(svg.contains("<svg"), "report.svg is not an SVG");
+}
