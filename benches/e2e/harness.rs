@@ -1628,24 +1628,7 @@ impl TriggerPoller {
         let u = upstream.connect().await;
         let mut upsert_sql = HashMap::new();
         for t in tables {
-            let cols: Vec<String> = l
-                .query_one(
-                    "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns
-                     WHERE table_schema = 'public' AND table_name = $1",
-                    &[t],
-                )
-                .await
-                .ctx("columns")?
-                .get(0);
-            let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-            let set = cols.iter().filter(|c| *c != "id").map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect::<Vec<_>>().join(", ");
-            upsert_sql.insert(
-                t.to_string(),
-                format!(
-                    "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb)
-                     ON CONFLICT (id) DO UPDATE SET {set}"
-                ),
-            );
+            upsert_sql.insert(t.to_string(), plain_upsert_sql(&l, t).await?);
         }
         Ok(TriggerPoller { local: l, upstream: u, tables: tables.iter().map(|s| s.to_string()).collect(), upsert_sql, batch })
     }
@@ -1735,25 +1718,31 @@ impl TriggerPoller {
 /// The spec's down algorithm, minimal: per table (parents first), keyset
 /// pages of [`BATCH_SIZE`] on (updated_at, id) read as JSON (the service's
 /// own query shape), upserted locally with a plain ON CONFLICT.
+/// The baselines' plain upsert (no last-write-wins) of a JSON array of rows
+/// into `t`, with the table's columns read from `client`'s catalog.
+async fn plain_upsert_sql(client: &tokio_postgres::Client, t: &str) -> R<String> {
+    let cols: Vec<String> = client
+        .query_one(
+            "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name = $1",
+            &[&t],
+        )
+        .await
+        .ctx("columns")?
+        .get(0);
+    let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+    let set = cols.iter().filter(|c| *c != "id").map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    Ok(format!(
+        "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb) ON CONFLICT (id) DO UPDATE SET {set}"
+    ))
+}
+
 async fn naive_download(upstream: &TestDb, local: &TestDb, tables: &[&str]) -> R<u64> {
     let u = upstream.connect().await;
     let l = local.connect().await;
     let mut total = 0u64;
     for t in tables {
-        let cols: Vec<String> = l
-            .query_one(
-                "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns
-                 WHERE table_schema = 'public' AND table_name = $1",
-                &[t],
-            )
-            .await
-            .ctx("columns")?
-            .get(0);
-        let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-        let set = cols.iter().filter(|c| *c != "id").map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect::<Vec<_>>().join(", ");
-        let upsert = format!(
-            "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb) ON CONFLICT (id) DO UPDATE SET {set}"
-        );
+        let upsert = plain_upsert_sql(&l, t).await?;
         let page_sql = format!(
             "SELECT coalesce(json_agg(x), '[]')::text, count(*), max(x.updated_at::text) FILTER (WHERE x.last), max(x.id::text) FILTER (WHERE x.last)
              FROM (SELECT *, row_number() OVER (ORDER BY updated_at DESC, id DESC) = 1 AS last FROM (
