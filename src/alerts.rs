@@ -112,7 +112,7 @@ impl Streak<'_> {
                 .raise(
                     &format!("{}_failing", self.task),
                     &format!("{} failed {n} times in a row: {e}", self.task),
-                    json!({ "task": self.task, "consecutive_errors": n, "error": e.to_string(), "class": format!("{:?}", e.class) }),
+                    json!({ "task": self.task, "consecutive_errors": n, "error": e.to_string(), "class": format!("{:?}", e.class()) }),
                 )
                 .await;
         }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio_postgres::Client;
 
-use crate::error::{Result, SyncError};
+use crate::error::{At, Result, Side, SyncError};
 
 /// Quotes an identifier the way PostgreSQL's `quote_ident` does (always).
 pub fn quote_ident(name: &str) -> String {
@@ -111,8 +111,11 @@ impl Table {
 
 /// Reads the description of `tables` in `schema`. Missing tables are absent
 /// from the result (the caller decides whether that is an error).
-pub async fn load(client: &Client, schema: &str, tables: &[String]) -> Result<BTreeMap<String, Table>> {
-    let ctx = "reading the table catalog";
+pub async fn load(client: &Client, side: Side, schema: &str, tables: &[String]) -> Result<BTreeMap<String, Table>> {
+    let ctx = || match side {
+        Side::Local => At::local("reading the table catalog"),
+        Side::Upstream => At::upstream("reading the table catalog"),
+    };
     let rows = client
         .query(
             "SELECT c.relname, c.relreplident::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
@@ -124,7 +127,7 @@ pub async fn load(client: &Client, schema: &str, tables: &[String]) -> Result<BT
             &[&schema, &tables],
         )
         .await
-        .map_err(|e| SyncError::from_pg(ctx, &e))?;
+        .map_err(|e| SyncError::from_pg(ctx(), &e))?;
     let mut out: BTreeMap<String, Table> = BTreeMap::new();
     for r in rows {
         let name: String = r.get(0);
@@ -156,7 +159,7 @@ pub async fn load(client: &Client, schema: &str, tables: &[String]) -> Result<BT
             &[&schema, &tables],
         )
         .await
-        .map_err(|e| SyncError::from_pg(ctx, &e))?;
+        .map_err(|e| SyncError::from_pg(ctx(), &e))?;
     for r in keys {
         let name: String = r.get(0);
         let Some(t) = out.get_mut(&name) else { continue };

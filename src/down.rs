@@ -37,12 +37,12 @@ use tokio_postgres::Client;
 
 use crate::catalog::{self, Table, quote_ident, quote_literal};
 use crate::config::Config;
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
 use crate::replication::{connect_local, wait_progress};
 use crate::upstream::{Cursor, TableRef, Upstream};
 
-const LOCAL: &str = "local database (down path)";
+const LOCAL: crate::error::At = crate::error::At::local("local database (down path)");
 
 /// Depth of on-demand parent fetches (grandparents and so on).
 const MAX_PARENT_DEPTH: usize = 4;
@@ -130,7 +130,7 @@ pub async fn cycle<U: Upstream>(
             .await;
         reports.push(report);
         if let Err(e) = r {
-            if !e.is_transient() && e.class != crate::error::Class::Operator {
+            if !e.is_transient() && e.class() != crate::error::Class::Operator {
                 continue;
             }
             // Connectivity problems end the cycle: the next one retries.
@@ -151,7 +151,7 @@ async fn poll_table<U: Upstream>(
     progress: &watch::Receiver<Lsn>,
     report: &mut TableReport,
 ) -> Result<()> {
-    let pk = table.pk().ok_or_else(|| SyncError::operator(table.unsyncable_reason().unwrap_or_default()))?;
+    let pk = table.pk().ok_or_else(|| SyncError::new(ErrorKind::Config, table.unsyncable_reason().unwrap_or_default()))?;
     let c = &session.client;
     let row = c
         .query_opt(
@@ -219,7 +219,7 @@ async fn apply_page<U: Upstream>(
     let keys: Vec<String> = head.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
     let last = Cursor { updated_at: head.get(2), id: head.get(3) };
     if !keys.iter().any(|k| k == "updated_at") || !keys.contains(&pk.name) {
-        return Err(SyncError::operator(format!(
+        return Err(SyncError::new(ErrorKind::Contract, format!(
             "upstream rows of {} lack updated_at or {}",
             table.name, pk.name
         )));

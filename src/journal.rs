@@ -22,14 +22,14 @@ use postgres_types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
 
 /// Rows buffered in memory before they are streamed into the open local
 /// transaction.
 const COPY_CHUNK: usize = 2_000;
 
-const LOCAL: &str = "local database (journal)";
+const LOCAL: crate::error::At = crate::error::At::local("local database (journal)");
 
 /// The kind of a captured change, as stored in `_sync_pending.operation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +273,7 @@ impl Writer {
         }
         let Some(data) = &change.data else { return Ok(()) };
         let mut obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(data).map_err(|e| SyncError::operator(format!("journal image is not JSON: {e}")))?;
+            serde_json::from_str(data).map_err(|e| SyncError::new(ErrorKind::Decode, format!("journal image is not JSON: {e}")))?;
         for (k, v) in filled {
             obj.insert(k, v);
         }
@@ -424,7 +424,7 @@ async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only
                 table: r.get(1),
                 record_id: r.get(2),
                 op: Operation::parse(&op)
-                    .ok_or_else(|| SyncError::operator(format!("journal row {} has unknown operation {op:?}", r.get::<_, i64>(0))))?,
+                    .ok_or_else(|| SyncError::new(ErrorKind::Decode, format!("journal row {} has unknown operation {op:?}", r.get::<_, i64>(0))))?,
                 data: r.get(4),
                 commit_ts: r.get(5),
                 retry_count: r.get::<_, Option<i32>>(6).unwrap_or(0),

@@ -15,11 +15,11 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
 
-use crate::error::{Class, Result, SyncError, class_of_sqlstate};
+use crate::error::{Class, ErrorKind, Result, SyncError, class_of_sqlstate};
 use crate::journal::{self, Operation, Queued};
 use crate::upstream::{Outcome, Upstream};
 
-const LOCAL: &str = "local database (pusher)";
+const LOCAL: crate::error::At = crate::error::At::local("local database (pusher)");
 
 /// What one batch did.
 #[derive(Debug, Default, Clone)]
@@ -81,7 +81,7 @@ pub(crate) fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
             continue;
         }
         let Some(rid) = q.record_id.as_deref() else {
-            return Err(SyncError::operator(format!("journal row {} has no record_id", q.id)));
+            return Err(SyncError::new(ErrorKind::Decode, format!("journal row {} has no record_id", q.id)));
         };
         match by_key.get(&(q.table.as_str(), rid)) {
             Some(&s) => {
@@ -108,9 +108,9 @@ pub(crate) fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
         let row: Option<&RawValue> = match (&slot.merged, q.op) {
             (Some(m), _) => Some(m),
             (None, Operation::Insert | Operation::Update) => {
-                let data = q.data.as_deref().ok_or_else(|| SyncError::operator(format!("journal row {} has no data", q.id)))?;
+                let data = q.data.as_deref().ok_or_else(|| SyncError::new(ErrorKind::Decode, format!("journal row {} has no data", q.id)))?;
                 parsed.push(RawValue::from_string(data.to_string()).map_err(|e| {
-                    SyncError::operator(format!("journal row {} holds invalid JSON: {e}", q.id))
+                    SyncError::new(ErrorKind::Decode, format!("journal row {} holds invalid JSON: {e}", q.id))
                 })?);
                 parsed.last().map(|b| &**b)
             }
@@ -161,7 +161,7 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
         n.entry(k).or_insert(v);
     }
     let text = serde_json::Value::Object(n).to_string();
-    Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::operator(format!("merging images: {e}")))?))
+    Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?))
 }
 
 /// Delivers one batch. `Ok` with `rows == 0` means the queue is empty.

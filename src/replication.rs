@@ -29,7 +29,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::catalog::Table;
 use crate::config::Config;
-use crate::error::{Class, Result, SyncError, class_of_sqlstate};
+use crate::error::{ErrorKind, Result, Side, SyncError, kind_of_sqlstate};
 use crate::journal::{Change, Operation, Writer};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, Message, OldTuple, Tuple, Value};
@@ -153,7 +153,7 @@ pub async fn capture(
                 ev = client.recv() => ev.map_err(wire_error)?,
             };
             let Some(event) = event else {
-                return Err(SyncError::transient("replication stream ended"));
+                return Err(SyncError::new(ErrorKind::LocalUnreachable, "replication stream ended"));
             };
             match event {
                 ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
@@ -169,14 +169,14 @@ pub async fn capture(
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     let msg = pgoutput::decode(&data).map_err(|e| {
-                        SyncError::operator(format!("cannot decode a pgoutput message: {e}"))
+                        SyncError::new(ErrorKind::Decode, format!("cannot decode a pgoutput message: {e}"))
                             .with_hint("this is a bug or an unsupported server version; the slot has not advanced past it, so nothing is lost")
                     })?;
                     handle_message(msg, &mut txn, &mut relations, tables, cfg, origin, &mut writer, &mut report).await?;
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     let Some(t) = txn.take() else {
-                        return Err(SyncError::operator("replication stream sent a Commit without a Begin"));
+                        return Err(SyncError::new(ErrorKind::Decode, "replication stream sent a Commit without a Begin"));
                     };
                     if t.skip {
                         if t.echo { report.skipped_echo += 1 } else { report.skipped_duplicate += 1 }
@@ -380,13 +380,13 @@ fn change_context<'a>(
     oid: u32,
 ) -> Result<(Option<&'a mut Txn>, Option<&'a Relation>)> {
     let Some(t) = txn.as_mut() else {
-        return Err(SyncError::operator("replication stream sent a change outside a transaction"));
+        return Err(SyncError::new(ErrorKind::Decode, "replication stream sent a change outside a transaction"));
     };
     if t.skip {
         return Ok((None, None));
     }
     let Some(rel) = relations.get(&oid) else {
-        return Err(SyncError::operator(format!("replication stream sent a change for unknown relation {oid}")));
+        return Err(SyncError::new(ErrorKind::Decode, format!("replication stream sent a change for unknown relation {oid}")));
     };
     if !rel.synced {
         return Ok((None, None));
@@ -426,7 +426,7 @@ fn image(t: &mut Txn, rel: &Relation, op: Operation, tuple: &Tuple<'_>, old_full
     let mut first = true;
     for (n, v) in tuple.columns.iter().enumerate() {
         let Some(col) = rel.columns.get(n) else {
-            return Err(SyncError::operator(format!(
+            return Err(SyncError::new(ErrorKind::Decode, format!(
                 "tuple for {} has more columns than its relation message",
                 rel.name
             )));
@@ -451,7 +451,7 @@ fn image(t: &mut Txn, rel: &Relation, op: Operation, tuple: &Tuple<'_>, old_full
             Value::Null => json.push_str("null"),
             Value::Text(b) => {
                 let s = std::str::from_utf8(b).map_err(|_| {
-                    SyncError::operator(format!("column {}.{} is not valid UTF-8", rel.name, col.name))
+                    SyncError::new(ErrorKind::Decode, format!("column {}.{} is not valid UTF-8", rel.name, col.name))
                         .with_hint("the local database must use the UTF8 encoding")
                 })?;
                 if col.json {
@@ -461,7 +461,7 @@ fn image(t: &mut Txn, rel: &Relation, op: Operation, tuple: &Tuple<'_>, old_full
                 }
             }
             Value::Binary(_) => {
-                return Err(SyncError::operator("binary pgoutput values are not supported"));
+                return Err(SyncError::new(ErrorKind::Decode, "binary pgoutput values are not supported"));
             }
             Value::UnchangedToast => unreachable!("handled above"),
         }
@@ -470,7 +470,7 @@ fn image(t: &mut Txn, rel: &Relation, op: Operation, tuple: &Tuple<'_>, old_full
     t.ordinal += 1;
     let record_id = key_text(rel, tuple);
     if record_id.is_none() {
-        return Err(SyncError::operator(format!("change to {} carries no primary key value", rel.name))
+        return Err(SyncError::new(ErrorKind::Config, format!("change to {} carries no primary key value", rel.name))
             .with_hint("every synced table needs a primary key; run `centrovision-sync doctor`"));
     }
     Ok(Change {
@@ -532,7 +532,7 @@ pub async fn connect_local(cfg: &Config) -> Result<tokio_postgres::Client> {
         .local_pg_config()
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|e| SyncError::from_pg("local database", &e))?;
+        .map_err(|e| SyncError::from_pg(crate::error::LOCAL, &e))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -550,7 +550,7 @@ async fn confirm_released(cfg: &Config, lsn: Lsn) -> Result<()> {
                 &[&cfg.sync.slot_name],
             )
             .await
-            .map_err(|e| SyncError::from_pg("local database", &e))?;
+            .map_err(|e| SyncError::from_pg(crate::error::LOCAL, &e))?;
         let Some(row) = row else { return Ok(()) };
         let active: bool = row.get(0);
         let confirmed: Option<postgres_types::PgLsn> = row.get(1);
@@ -562,7 +562,7 @@ async fn confirm_released(cfg: &Config, lsn: Lsn) -> Result<()> {
             local
                 .execute("SELECT pg_replication_slot_advance($1, $2)", &[&cfg.sync.slot_name, &target])
                 .await
-                .map_err(|e| SyncError::from_pg("local database", &e))?;
+                .map_err(|e| SyncError::from_pg(crate::error::LOCAL, &e).about_slot())?;
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -579,7 +579,7 @@ pub async fn emit_marker(local: &tokio_postgres::Client) -> Result<Lsn> {
     let row = local
         .query_one("SELECT pg_logical_emit_message(false, $1, 'now')", &[&MARKER_PREFIX])
         .await
-        .map_err(|e| SyncError::from_pg("local database", &e))?;
+        .map_err(|e| SyncError::from_pg(crate::error::LOCAL, &e))?;
     Ok(Lsn::from(row.get::<_, postgres_types::PgLsn>(0)))
 }
 
@@ -587,41 +587,120 @@ pub async fn emit_marker(local: &tokio_postgres::Client) -> Result<Lsn> {
 pub async fn wait_progress(progress: &mut watch::Receiver<Lsn>, target: Lsn, timeout: Duration) -> Result<()> {
     match tokio::time::timeout(timeout, progress.wait_for(|p| *p >= target)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) => Err(SyncError::transient("capture stopped before reaching the needed position")),
-        Err(_) => Err(SyncError::transient(format!(
-            "capture has not journaled the WAL up to {target} within {} s; will retry",
-            timeout.as_secs()
-        ))),
+        Ok(Err(_)) => Err(SyncError::new(ErrorKind::LocalUnreachable, "capture stopped before reaching the needed position")),
+        Err(_) => Err(SyncError::new(
+            ErrorKind::Timeout,
+            format!("capture has not journaled the WAL up to {target} within {} s; will retry", timeout.as_secs()),
+        )),
     }
 }
 
 /// Classifies a replication transport error.
+///
+/// `pgwire-replication` hands the server's ErrorResponse over as text
+/// ("message (SQLSTATE code)"), so this is the one place that reads a
+/// driver's text: for the SQLSTATE, and for the walsender's wording of an
+/// invalidated slot (its SQLSTATE, 55000, only says "object not in
+/// prerequisite state"). Everything downstream matches the kind.
 fn wire_error(e: PgWireError) -> SyncError {
     let text = e.to_string();
-    if e.is_auth() {
-        return SyncError::operator(format!("local database (replication): {text}"))
-            .with_hint("check [local_postgres] user and password; the user needs the REPLICATION attribute");
-    }
-    if let Some(code) = text.split("SQLSTATE ").nth(1).map(|s| s.trim_end_matches(')').trim().to_string()) {
-        let class = match code.as_str() {
-            "55006" => Class::Transient, // slot active: a previous session may still be exiting
-            c => class_of_sqlstate(c),
-        };
-        let hint = match code.as_str() {
-            "42704" => Some("the replication slot does not exist; run `centrovision-sync init` (or `resync` if it was dropped)"),
-            "55006" => Some("the slot is in use by another process; is a second centrovision-sync running?"),
-            "28P01" | "28000" => Some("check [local_postgres] user and password"),
-            "42501" => Some("the user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)"),
-            _ => None,
-        };
-        let mut err = SyncError::new(class, format!("local database (replication): {text}")).with_code(code);
-        if let Some(h) = hint {
-            err = err.with_hint(h);
+    let message = format!("local database (replication): {text}");
+    let kind = match &e {
+        PgWireError::Auth(_) => {
+            return SyncError::new(ErrorKind::Auth, message)
+                .with_hint("check [local_postgres] user and password; the user needs the REPLICATION attribute")
+                .with_source(e);
         }
-        return err;
+        PgWireError::Io(_) | PgWireError::Task(_) => ErrorKind::LocalUnreachable,
+        PgWireError::Tls(_) => ErrorKind::Config,
+        PgWireError::Protocol(_) | PgWireError::MessageTooLarge { .. } => ErrorKind::Decode,
+        _ => ErrorKind::Refused,
+    };
+    let code = text.split("SQLSTATE ").nth(1).map(|s| s.trim_end_matches(')').trim().to_string());
+    let slot_invalidated = text.contains("can no longer get changes") || text.contains("invalidated");
+    let Some(code) = code else {
+        let kind = if slot_invalidated { ErrorKind::SlotInvalidated } else { kind };
+        return SyncError::new(kind, message).with_source(e);
+    };
+    let kind = match code.as_str() {
+        _ if slot_invalidated => ErrorKind::SlotInvalidated,
+        // The walsender's 42704 is the slot (or, while streaming, the
+        // publication) not existing: either way capture cannot go on.
+        "42704" => ErrorKind::SlotMissing,
+        // A previous session may still be exiting: retried.
+        "55006" => ErrorKind::SlotBusy,
+        c => kind_of_sqlstate(Side::Local, c),
+    };
+    let mut err = SyncError::new(kind, message).with_code(code.as_str()).with_source(e);
+    match code.as_str() {
+        "28P01" | "28000" => err = err.with_hint("check [local_postgres] user and password"),
+        "42501" => err = err.with_hint("the user needs the REPLICATION attribute (ALTER ROLE ... REPLICATION)"),
+        _ => {}
     }
-    if e.is_transient() || e.is_io() {
-        return SyncError::transient(format!("local database (replication): {text}"));
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> SyncError {
+        wire_error(PgWireError::Server(text.to_string()))
     }
-    SyncError::operator(format!("local database (replication): {text}"))
+
+    #[test]
+    fn a_missing_slot_is_classified_from_the_walsenders_sqlstate() {
+        let e = server("replication slot \"s\" does not exist (SQLSTATE 42704)");
+        assert_eq!(e.kind, ErrorKind::SlotMissing);
+        assert_eq!(e.code.as_deref(), Some("42704"));
+        assert!(e.to_string().contains("run `centrovision-sync init` (or `resync` if it was dropped)"), "{e}");
+    }
+
+    #[test]
+    fn an_active_slot_is_busy_and_retried() {
+        let e = server("replication slot \"s\" is active for PID 4242 (SQLSTATE 55006)");
+        assert_eq!(e.kind, ErrorKind::SlotBusy);
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("is a second centrovision-sync running?"), "{e}");
+    }
+
+    #[test]
+    fn an_invalidated_slot_is_recognized_by_the_walsenders_words() {
+        let e = server("can no longer get changes from replication slot \"s\" (SQLSTATE 55000)");
+        assert_eq!(e.kind, ErrorKind::SlotInvalidated);
+        assert!(!e.is_transient());
+        let e = server("cannot read from logical replication slot \"s\": it was invalidated (SQLSTATE 55000)");
+        assert_eq!(e.kind, ErrorKind::SlotInvalidated);
+        // 55000 alone is any object not in the needed state.
+        let e = server("logical decoding requires wal_level >= logical (SQLSTATE 55000)");
+        assert_eq!(e.kind, ErrorKind::Busy);
+    }
+
+    #[test]
+    fn a_broken_stream_is_the_local_database_unreachable() {
+        let e = wire_error(PgWireError::Io(Arc::new(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"))));
+        assert_eq!(e.kind, ErrorKind::LocalUnreachable);
+        assert!(e.is_outage());
+        assert!(e.to_string().starts_with("local database (replication): "), "{e}");
+        assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()), Some("io error: reset".to_string()));
+    }
+
+    #[test]
+    fn wrong_credentials_and_missing_privileges_say_what_to_fix() {
+        let e = wire_error(PgWireError::Auth("password authentication failed".into()));
+        assert_eq!(e.kind, ErrorKind::Auth);
+        assert!(e.to_string().contains("REPLICATION attribute"), "{e}");
+        let e = server("password authentication failed for user \"x\" (SQLSTATE 28P01)");
+        assert_eq!(e.kind, ErrorKind::Auth);
+        assert!(e.to_string().contains("check [local_postgres] user and password"), "{e}");
+        let e = server("permission denied to start WAL sender (SQLSTATE 42501)");
+        assert_eq!(e.kind, ErrorKind::Privilege);
+        assert!(e.to_string().contains("ALTER ROLE ... REPLICATION"), "{e}");
+    }
+
+    #[test]
+    fn a_server_shutting_down_is_an_outage_not_an_operator_problem() {
+        let e = server("terminating connection due to administrator command (SQLSTATE 57P01)");
+        assert_eq!(e.kind, ErrorKind::LocalUnreachable);
+    }
 }

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::error::{Result, SyncError};
 
-const LOCAL: &str = "local database";
+const LOCAL: crate::error::At = crate::error::At::local("local database");
 
 #[derive(Debug, Serialize)]
 pub struct TableStatus {

@@ -27,10 +27,10 @@ use tokio_postgres::Client;
 use crate::catalog::{Table, quote_ident};
 use crate::config::Config;
 use crate::down;
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::upstream::{HashRequest, Outcome, TableRef, Upstream};
 
-const LOCAL: &str = "local database (verify)";
+const LOCAL: crate::error::At = crate::error::At::local("local database (verify)");
 
 /// How many ids of each kind a report lists.
 pub const MAX_IDS: usize = 20;
@@ -62,7 +62,7 @@ impl TableDiff {
 }
 
 fn parse(what: &str, text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| SyncError::operator(format!("{what} returned invalid JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| SyncError::new(ErrorKind::Contract, format!("{what} returned invalid JSON: {e}")))
 }
 
 fn bucket_map(v: &Value) -> (BTreeMap<i64, (i64, i64)>, i64) {
@@ -101,7 +101,7 @@ async fn local_call(local: &Client, sql: &str, h: &HashRequest<'_>, wanted: Opti
 
 /// Compares one table on both sides.
 pub async fn compare<U: Upstream>(cfg: &Config, local: &Client, up: &U, table: &Table) -> Result<TableDiff> {
-    let pk = table.pk().ok_or_else(|| SyncError::operator(table.unsyncable_reason().unwrap_or_default()))?;
+    let pk = table.pk().ok_or_else(|| SyncError::new(ErrorKind::Config, table.unsyncable_reason().unwrap_or_default()))?;
     let count: i64 = local
         .query_one(&format!("SELECT count(*) FROM {}", table.qualified()), &[])
         .await

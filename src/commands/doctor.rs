@@ -236,7 +236,7 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         }
     }
     // Tables.
-    match catalog::load(local, &cfg.local_postgres.schema, &cfg.sync.tables).await {
+    match catalog::load(local, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await {
         Ok(tables) => {
             let mut bad = 0;
             for t in &cfg.sync.tables {

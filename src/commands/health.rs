@@ -11,7 +11,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use super::service::{Runtime, is_connectivity};
+use super::service::Runtime;
+use crate::error::ErrorKind;
 use crate::replication::connect_local;
 use crate::status::{self, Status};
 use crate::upstream::{self, Upstream};
@@ -29,7 +30,7 @@ pub(crate) async fn watch(rt: &Runtime, up: &upstream::Client, mut stop: watch::
             }
             Err(e) => {
                 rt.upstream_link.report_down(&e);
-                if !is_connectivity(&e) && !e.is_transient() {
+                if !e.is_transient() {
                     rt.alerter
                         .raise("upstream_rejected", &format!("upstream refuses the service: {e}"), json!({ "error": e.to_string() }))
                         .await;
@@ -53,7 +54,7 @@ pub(crate) async fn watch(rt: &Runtime, up: &upstream::Client, mut stop: watch::
                     prune(rt, c).await;
                 }
                 Err(e) => {
-                    if is_connectivity(&e) {
+                    if e.kind == ErrorKind::LocalUnreachable {
                         rt.local_link.report_down(&e);
                         local = None;
                     } else {

@@ -4,7 +4,7 @@
 
 use crate::catalog::{self, quote_ident, quote_literal};
 use crate::config::{Config, UpstreamMode};
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::replication::connect_local;
 use crate::upstream::{self, Upstream};
 
@@ -15,17 +15,17 @@ pub(crate) const LOCAL_SQL: &[(&str, &str)] = &[
     ("003_service_state.sql", include_str!("../../sql/003_service_state.sql")),
 ];
 
-const LOCAL: &str = "local database";
+const LOCAL: crate::error::At = crate::error::At::local("local database");
 
 pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<bool>) -> Result<()> {
     let local = connect_local(cfg).await?;
     check_wal_level(&local).await?;
 
     // Tables first: refuse before changing anything.
-    let tables = catalog::load(&local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
+    let tables = catalog::load(&local, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !tables.contains_key(*t)).collect();
     if !missing.is_empty() {
-        return Err(SyncError::operator(format!(
+        return Err(SyncError::new(ErrorKind::MissingObject, format!(
             "these [sync] tables do not exist in the local database (schema {}): {}",
             cfg.local_postgres.schema,
             missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
@@ -34,21 +34,18 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     }
     let problems: Vec<String> = tables.values().filter_map(|t| t.unsyncable_reason()).collect();
     if !problems.is_empty() {
-        return Err(SyncError::operator(problems.join("; ")));
+        return Err(SyncError::new(ErrorKind::Config, problems.join("; ")));
     }
 
     for (name, sql) in LOCAL_SQL {
         let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
-        local.batch_execute(&wrapped).await.map_err(|e| {
-            let _ = &e;
-            SyncError::from_pg(&format!("{LOCAL} (applying sql/{name})"), &e)
-        })?;
+        local.batch_execute(&wrapped).await.map_err(|e| SyncError::from_pg(LOCAL.doing(format_args!("applying sql/{name}")), &e))?;
     }
     // The verify hash functions, so both sides hash alike (own BEGIN/COMMIT).
     local
         .batch_execute(crate::upstream::VERIFY_SQL)
         .await
-        .map_err(|e| SyncError::from_pg(&format!("{LOCAL} (applying sql/upstream/002_verify.sql)"), &e))?;
+        .map_err(|e| SyncError::from_pg(LOCAL.doing("applying sql/upstream/002_verify.sql"), &e))?;
     tracing::info!("control tables ready");
 
     // Publication: exactly the configured tables. Changing it needs table
@@ -110,7 +107,7 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
             let plugin: Option<String> = r.get(0);
             let db: Option<String> = r.get(1);
             if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(cfg.local_postgres.database.as_str()) {
-                return Err(SyncError::operator(format!(
+                return Err(SyncError::new(ErrorKind::Config, format!(
                     "replication slot {} exists but belongs to another plugin or database ({:?} on {:?})",
                     cfg.sync.slot_name, plugin, db
                 ))
@@ -118,7 +115,7 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
             }
             let status: Option<String> = r.get(2);
             if status.as_deref() == Some("lost") {
-                return Err(SyncError::operator(format!("replication slot {} is invalidated (wal_status = lost)", cfg.sync.slot_name))
+                return Err(SyncError::new(ErrorKind::SlotInvalidated, format!("replication slot {} is invalidated (wal_status = lost)", cfg.sync.slot_name))
                     .with_hint("run `centrovision-sync resync` to recreate it and reconcile both sides"));
             }
         }
@@ -215,7 +212,7 @@ async fn upload_existing_rows(
 
 async fn install_upstream(cfg: &Config) -> Result<()> {
     if cfg.supabase.mode != UpstreamMode::Postgres {
-        return Err(SyncError::operator("init --upstream needs [supabase] mode = \"postgres\" and db_url")
+        return Err(SyncError::new(ErrorKind::Config, "init --upstream needs [supabase] mode = \"postgres\" and db_url")
             .with_hint("in REST-only setups run `centrovision-sync init --print-upstream-sql` and paste the output into the Supabase SQL editor"));
     }
     let up = upstream::postgres::PgUpstream::new(cfg)?;
@@ -246,7 +243,7 @@ pub(crate) async fn check_wal_level(local: &tokio_postgres::Client) -> Result<()
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?
         .get(0);
     if level != "logical" {
-        return Err(SyncError::operator(format!("the local PostgreSQL runs with wal_level = {level}; logical replication needs wal_level = logical"))
+        return Err(SyncError::new(ErrorKind::Config, format!("the local PostgreSQL runs with wal_level = {level}; logical replication needs wal_level = logical"))
             .with_hint("run ALTER SYSTEM SET wal_level = logical; as a superuser, then restart PostgreSQL (see deploy/postgresql.conf.snippet)"));
     }
     Ok(())

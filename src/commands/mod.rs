@@ -97,7 +97,7 @@ fn finish(r: crate::error::Result<bool>) -> i32 {
         Ok(true) => EXIT_OK,
         Ok(false) => EXIT_FAILURE,
         Err(e) => {
-            tracing::error!(class = ?e.class, "{e}");
+            tracing::error!(class = ?e.class(), "{e}");
             eprintln!("error: {e}");
             EXIT_FAILURE
         }
@@ -181,7 +181,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
     match result {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            tracing::error!(class = ?e.class, "{e}");
+            tracing::error!(class = ?e.class(), "{e}");
             eprintln!("error: {e}");
             EXIT_FAILURE
         }

@@ -14,7 +14,7 @@ use super::service::{acquire_instance_lock, check_contract, local_tables};
 use crate::catalog::Table;
 use crate::config::Config;
 use crate::down;
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::journal::{self, Source};
 use crate::lsn::Lsn;
 use crate::push;
@@ -22,7 +22,7 @@ use crate::replication::connect_local;
 use crate::upstream::{self, Upstream};
 use crate::verify::{self, TableDiff};
 
-const LOCAL: &str = "local database";
+const LOCAL: crate::error::At = crate::error::At::local("local database");
 
 /// Checks `--table` names against `[sync] tables` (exit 2 on a stranger).
 pub(crate) fn check_tables(cfg: &Config, tables: &[String]) -> std::result::Result<(), String> {
@@ -48,7 +48,7 @@ pub async fn replay(cfg: &Config, from: Lsn, to: Option<Lsn>, tables: Vec<String
     let oldest: Option<Lsn> = bounds.get::<_, Option<postgres_types::PgLsn>>(0).map(Lsn::from);
     let pruned: Option<Lsn> = bounds.get::<_, Option<postgres_types::PgLsn>>(1).map(Lsn::from);
     if let Some(p) = pruned.filter(|p| from <= *p) {
-        return Err(SyncError::operator(format!(
+        return Err(SyncError::new(ErrorKind::Refused, format!(
             "the journal no longer holds changes at {from}: history up to {p} was pruned after [sync] journal_retention_hours; the oldest replayable LSN is {}",
             oldest.map_or("none (journal empty)".to_string(), |l| l.to_string())
         ))
@@ -99,7 +99,7 @@ pub async fn replay(cfg: &Config, from: Lsn, to: Option<Lsn>, tables: Vec<String
     }
     println!("replayed: {applied} applied, {kept} kept upstream (newer or equal there), {rejected} rejected");
     if rejected > 0 {
-        return Err(SyncError::new(crate::error::Class::Data, format!("{rejected} changes were rejected upstream; see the log")));
+        return Err(SyncError::new(ErrorKind::RejectedRow, format!("{rejected} changes were rejected upstream; see the log")));
     }
     Ok(())
 }
@@ -139,7 +139,7 @@ async fn run_verify(cfg: &Config, only: Vec<String>, json: bool, repair: bool, a
         return Ok(equal);
     }
     let session = down::Session::open(cfg).await.map_err(|e| {
-        if e.message.contains("already active") || e.code.as_deref() == Some("55006") {
+        if e.kind == ErrorKind::InUse {
             e.with_hint("the running service holds the replication origin: stop it (systemctl stop centrovision-sync) for --repair, then start it again")
         } else {
             e

@@ -19,13 +19,13 @@ use crate::catalog::{self, Table};
 use crate::config::Config;
 use crate::connectivity::Link;
 use crate::down;
-use crate::error::{Class, Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::push;
 use crate::lsn::Lsn;
 use crate::replication::{self, connect_local};
 use crate::upstream::{self, CONTRACT_VERSION, Upstream};
 
-const LOCAL: &str = "local database";
+const LOCAL: crate::error::At = crate::error::At::local("local database");
 
 /// Resolves when SIGINT or SIGTERM arrives.
 pub async fn shutdown_signal() {
@@ -58,11 +58,10 @@ pub(crate) async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> 
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?
         .get(0);
     if !got {
-        return Err(SyncError::operator(format!(
-            "another centrovision-sync is already running for slot {} on this database",
-            cfg.sync.slot_name
-        ))
-        .with_hint("stop the other instance first (systemctl status centrovision-sync), or give this one its own [sync] slot_name"));
+        return Err(SyncError::new(
+            ErrorKind::SecondInstance,
+            format!("another centrovision-sync is already running for slot {} on this database", cfg.sync.slot_name),
+        ));
     }
     Ok(InstanceLock { client })
 }
@@ -80,12 +79,14 @@ pub(crate) async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?
         .get(0);
     if !ready {
-        return Err(SyncError::operator("the local database is not initialized for sync (control tables or slot missing)")
-            .with_hint("run `centrovision-sync init` first"));
+        return Err(SyncError::new(
+            ErrorKind::NotInitialized,
+            "the local database is not initialized for sync (control tables or slot missing)",
+        ));
     }
-    let tables = catalog::load(&local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
+    let tables = catalog::load(&local, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     if let Some(missing) = cfg.sync.tables.iter().find(|t| !tables.contains_key(*t)) {
-        return Err(SyncError::operator(format!("configured table {missing} does not exist locally"))
+        return Err(SyncError::new(ErrorKind::MissingObject, format!("configured table {missing} does not exist locally"))
             .with_hint("create it, or remove it from [sync] tables"));
     }
     Ok(tables)
@@ -94,11 +95,11 @@ pub(crate) async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>
 pub(crate) async fn check_contract(up: &upstream::Client) -> Result<()> {
     match up.contract_version().await? {
         Some(CONTRACT_VERSION) => Ok(()),
-        Some(v) => Err(SyncError::operator(format!(
+        Some(v) => Err(SyncError::new(ErrorKind::Contract, format!(
             "the upstream sync functions are version {v}; this build needs version {CONTRACT_VERSION}"
         ))
         .with_hint("run `centrovision-sync init --upstream` (postgres mode) or paste `init --print-upstream-sql` into the Supabase SQL editor")),
-        None => Err(SyncError::operator("the upstream sync functions (public.centrovision_sync_apply) are not installed")
+        None => Err(SyncError::new(ErrorKind::Contract, "the upstream sync functions (public.centrovision_sync_apply) are not installed")
             .with_hint("run `centrovision-sync init --upstream` (postgres mode) or paste `init --print-upstream-sql` into the Supabase SQL editor")),
     }
 }
@@ -142,14 +143,6 @@ impl Runtime {
     }
 }
 
-/// A failure that means "cannot reach it", as opposed to "it said no".
-pub(crate) fn is_connectivity(e: &SyncError) -> bool {
-    e.is_transient()
-        && match e.code.as_deref() {
-            None => true,
-            Some(c) => c.starts_with("08") || c.starts_with("57P") || matches!(c, "PGRST000" | "PGRST001" | "PGRST002" | "PGRST003"),
-        }
-}
 
 /// Pushes journal rows. With `give_up` (for `once`): drains to empty after
 /// `done` turns true and returns the error after `retry_max_attempts`
@@ -187,7 +180,7 @@ async fn push_while(
         // A restarted local database leaves this connection dead: let the
         // caller open a new one (it is not an upstream outage).
         if local.is_closed() {
-            return Err(SyncError::transient("local database (pusher): connection closed"));
+            return Err(SyncError::new(ErrorKind::LocalUnreachable, "local database (pusher): connection closed"));
         }
         // Read before the fetch: an empty queue only means "done" if capture
         // had already passed its target when the queue was read.
@@ -233,7 +226,7 @@ async fn push_while(
                     return Err(f.error);
                 }
                 failures += 1;
-                if is_connectivity(&f.error) && !f.error.message.starts_with("local database") {
+                if f.error.is_outage() && f.error.kind != ErrorKind::LocalUnreachable {
                     rt.upstream_link.report_down(&f.error);
                 } else {
                     tracing::warn!(error = %f.error, attempt = failures, "push failed");
@@ -248,7 +241,7 @@ async fn push_while(
                 if give_up && (failures >= cfg.sync.retry_max_attempts || !f.error.is_transient()) {
                     return Err(f.error);
                 }
-                let cap = if f.error.class == Class::Transient { Duration::from_secs(60) } else { Duration::from_secs(300) };
+                let cap = f.error.policy().retry.cap();
                 tokio::select! {
                     _ = tokio::time::sleep(push::backoff_after(base, failures - 1, cap, f.error.retry_after)) => {}
                     _ = done.changed(), if !give_up => {}
@@ -345,7 +338,7 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
         let applied: u64 = reports.iter().map(|r| r.applied).sum();
         tracing::info!(direction = "down", rows = applied, tables = reports.len(), "down cycle done");
         if let Some(r) = reports.iter().find(|r| r.error.is_some()) {
-            return Err(SyncError::operator(format!(
+            return Err(SyncError::new(ErrorKind::Refused, format!(
                 "down sync of {} failed: {}",
                 r.table,
                 r.error.as_deref().unwrap_or_default()
@@ -357,7 +350,7 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
     tokio::pin!(work);
     tokio::select! {
         r = &mut capture => {
-            Err(r.err().unwrap_or_else(|| SyncError::transient("capture stopped unexpectedly")))
+            Err(r.err().unwrap_or_else(|| SyncError::new(ErrorKind::LocalUnreachable, "capture stopped unexpectedly")))
         }
         r = &mut work => {
             let _ = stop_tx.send(true);
@@ -434,14 +427,14 @@ pub async fn run(cfg: &Config) -> Result<()> {
                 match replication::capture(cfg, &tables, stop_rx.clone(), journaled.clone(), &progress_tx).await {
                     Ok(_) => break,
                     Err(e) => {
-                        if slot_unusable(&e) {
+                        if matches!(e.kind, ErrorKind::SlotMissing | ErrorKind::SlotInvalidated) {
                             rt.slot_ok.send_replace(false);
                         }
-                        if is_connectivity(&e) {
+                        if e.is_outage() {
                             rt.local_link.report_down(&e);
                         }
                         streak.failed(&e).await;
-                        let cap = if e.class == Class::Transient { Duration::from_secs(60) } else { Duration::from_secs(300) };
+                        let cap = e.policy().retry.cap();
                         let wait = push::backoff(base, attempt, cap);
                         attempt = attempt.saturating_add(1);
                         tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "capture failed");
@@ -468,7 +461,7 @@ pub async fn run(cfg: &Config) -> Result<()> {
             match push_while(&rt, &up, stop_rx.clone(), false).await {
                 Ok(_) => break,
                 Err(e) => {
-                    if is_connectivity(&e) {
+                    if e.is_outage() {
                         rt.local_link.report_down(&e);
                     }
                     let wait = push::backoff(base, attempt, Duration::from_secs(60));
@@ -498,7 +491,7 @@ pub async fn run(cfg: &Config) -> Result<()> {
                 match down::Session::open(cfg).await {
                     Ok(s) => session = Some(s),
                     Err(e) => {
-                        if is_connectivity(&e) {
+                        if e.is_outage() {
                             rt.local_link.report_down(&e);
                         }
                         streak.failed(&e).await;
@@ -517,13 +510,13 @@ pub async fn run(cfg: &Config) -> Result<()> {
                         rt.pulled_total.fetch_add(n, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        if is_connectivity(&e) {
+                        if e.is_outage() {
                             rt.upstream_link.report_down(&e);
                         } else {
                             tracing::warn!(error = %e, "down cycle failed");
                         }
                         streak.failed(&e).await;
-                        if e.class == Class::Transient {
+                        if e.is_transient() {
                             session = None;
                         }
                         wait = push::backoff_after(base, attempt, Duration::from_secs(60), e.retry_after).max(interval.min(Duration::from_secs(5)));
@@ -640,10 +633,6 @@ fn until_next_local(h: u32, m: u32) -> Duration {
     (next - now).to_std().unwrap_or(Duration::from_secs(60))
 }
 
-/// The slot is gone or invalidated: only `resync` helps.
-fn slot_unusable(e: &SyncError) -> bool {
-    e.code.as_deref() == Some("42704") || e.message.contains("can no longer get changes") || e.message.contains("invalidated")
-}
 
 #[cfg(test)]
 mod tests {
@@ -655,14 +644,5 @@ mod tests {
             let d = until_next_local(h, m);
             assert!(d > Duration::ZERO && d <= Duration::from_secs(24 * 3600 + 3600), "{h}:{m} -> {d:?}");
         }
-    }
-
-    #[test]
-    fn only_connection_level_failures_mark_a_link_offline() {
-        assert!(is_connectivity(&SyncError::transient("connection refused")));
-        assert!(is_connectivity(&SyncError::transient("x").with_code("08006")));
-        assert!(is_connectivity(&SyncError::transient("x").with_code("PGRST000")));
-        assert!(!is_connectivity(&SyncError::transient("rate limited").with_code("429")));
-        assert!(!is_connectivity(&SyncError::operator("bad key")));
     }
 }

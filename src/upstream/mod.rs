@@ -19,7 +19,7 @@ pub mod rest;
 use serde::Deserialize;
 
 use crate::config::{Config, UpstreamMode};
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 
 /// Version of the upstream SQL contract this build expects
 /// (`public.centrovision_sync_version()`).
@@ -204,7 +204,8 @@ pub(crate) fn count_elements(changes: &str) -> usize {
 /// Parses the apply function's result and checks every index is accounted for.
 pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
-        return Err(SyncError::transient(format!(
+        // Not upstream answering: unreachable, as far as sync can tell.
+        return Err(SyncError::new(ErrorKind::UpstreamUnreachable, format!(
             "upstream answered the apply call with something that is not JSON ({} bytes, starting {:?})",
             text.len(),
             text.chars().take(40).collect::<String>()
@@ -212,12 +213,12 @@ pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
         .with_hint("a proxy or captive portal may be in the way; the batch will be retried"));
     }
     let o: Outcome = serde_json::from_str(text)
-        .map_err(|e| SyncError::operator(format!("upstream apply returned an unexpected result ({e})")).with_hint(
+        .map_err(|e| SyncError::new(ErrorKind::Contract, format!("upstream apply returned an unexpected result ({e})")).with_hint(
             "the upstream SQL functions may be outdated; run `centrovision-sync init --upstream` or paste `init --print-upstream-sql` into the Supabase SQL editor",
         ))?;
     let n = o.applied.len() + o.kept.len() + o.rejected.len();
     if n != expected {
-        return Err(SyncError::operator(format!(
+        return Err(SyncError::new(ErrorKind::Contract, format!(
             "upstream apply reported {n} outcomes for {expected} changes"
         )));
     }

@@ -13,9 +13,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::catalog::{quote_ident, qualified};
 use crate::config::Config;
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 
-const CTX: &str = "upstream database";
+const CTX: crate::error::At = crate::error::UPSTREAM;
 
 pub struct PgUpstream {
     config: tokio_postgres::Config,
@@ -38,18 +38,18 @@ fn tls(cfg: &Config) -> Result<MakeRustlsConnect> {
             use rustls::pki_types::pem::PemObject;
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(|e| SyncError::operator(format!("[supabase] db_ca_file {}: {e}", path.display())))?;
+                .map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] db_ca_file {}: {e}", path.display())))?;
             for c in certs {
                 roots
                     .add(c)
-                    .map_err(|e| SyncError::operator(format!("[supabase] db_ca_file {}: {e}", path.display())))?;
+                    .map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] db_ca_file {}: {e}", path.display())))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| SyncError::operator(format!("TLS setup: {e}")))?
+        .map_err(|e| SyncError::new(ErrorKind::Config, format!("TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
@@ -59,7 +59,7 @@ impl PgUpstream {
     pub fn new(cfg: &Config) -> Result<Self> {
         let config = cfg
             .upstream_pg_config()
-            .ok_or_else(|| SyncError::operator("[supabase] db_url is not a valid connection string"))?;
+            .ok_or_else(|| SyncError::new(ErrorKind::Config, "[supabase] db_url is not a valid connection string"))?;
         Ok(PgUpstream {
             config,
             timeout: cfg.supabase.request_timeout,
@@ -88,7 +88,7 @@ impl PgUpstream {
             Ok(a) => a,
             Err(_) => {
                 *guard = None;
-                return Err(SyncError::transient(format!(
+                return Err(SyncError::new(ErrorKind::Timeout, format!(
                     "{CTX}: no answer within {} s (request_timeout_seconds); reconnecting",
                     self.timeout.as_secs()
                 )));
@@ -121,7 +121,7 @@ impl PgUpstream {
             });
             *guard = Some(client);
         }
-        crate::catalog::load(guard.as_ref().expect("connected above"), &self.schema, tables).await
+        crate::catalog::load(guard.as_ref().expect("connected above"), crate::error::Side::Upstream, &self.schema, tables).await
     }
 }
 

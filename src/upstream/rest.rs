@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::config::{Config, Secret};
-use crate::error::{Class, Result, SyncError, class_of_sqlstate};
+use crate::error::{Cause, ErrorKind, Result, Side, SyncError, kind_of_sqlstate};
 
 pub struct RestUpstream {
     http: reqwest::Client,
@@ -45,12 +45,12 @@ impl RestUpstream {
             .supabase
             .url
             .as_deref()
-            .ok_or_else(|| SyncError::operator("[supabase] url is required in REST mode"))?;
-        let mut base = Url::parse(url).map_err(|e| SyncError::operator(format!("[supabase] url is not a valid URL: {e}")))?;
+            .ok_or_else(|| SyncError::new(ErrorKind::Config, "[supabase] url is required in REST mode"))?;
+        let mut base = Url::parse(url).map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] url is not a valid URL: {e}")))?;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let base = base.join("rest/v1/").map_err(|e| SyncError::operator(format!("[supabase] url: {e}")))?;
+        let base = base.join("rest/v1/").map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] url: {e}")))?;
         let http = reqwest::Client::builder()
             .default_headers(auth_headers(&cfg.supabase.service_key)?)
             .connect_timeout(cfg.supabase.connect_timeout)
@@ -58,7 +58,7 @@ impl RestUpstream {
             .gzip(true)
             .user_agent(concat!("centrovision-sync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| SyncError::operator(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| SyncError::new(ErrorKind::Config, format!("cannot build the HTTP client: {e}")))?;
         Ok(RestUpstream { http, base, schema: cfg.supabase.schema.clone() })
     }
 
@@ -128,12 +128,12 @@ impl RestUpstream {
 fn auth_headers(key: &Secret) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
     let mut v = HeaderValue::from_str(key.expose())
-        .map_err(|_| SyncError::operator("[supabase] service_key contains characters that cannot be sent in a header"))?;
+        .map_err(|_| SyncError::new(ErrorKind::Config, "[supabase] service_key contains characters that cannot be sent in a header"))?;
     v.set_sensitive(true);
     h.insert("apikey", v);
     if looks_like_jwt(key.expose()) {
         let mut b = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-            .map_err(|_| SyncError::operator("[supabase] service_key contains invalid characters"))?;
+            .map_err(|_| SyncError::new(ErrorKind::Config, "[supabase] service_key contains invalid characters"))?;
         b.set_sensitive(true);
         h.insert(reqwest::header::AUTHORIZATION, b);
     }
@@ -187,7 +187,8 @@ fn check_json_array(what: &str, body: String) -> Result<String> {
     if body.trim_start().starts_with('[') && serde_json::from_str::<serde::de::IgnoredAny>(&body).is_ok() {
         Ok(body)
     } else {
-        Err(SyncError::transient(format!(
+        // Not upstream answering: unreachable, as far as sync can tell.
+        Err(SyncError::new(ErrorKind::UpstreamUnreachable, format!(
             "{what}: upstream answered with something that is not a JSON array ({} bytes, starting {:?})",
             body.len(),
             body.chars().take(60).collect::<String>()
@@ -199,12 +200,12 @@ fn check_json_array(what: &str, body: String) -> Result<String> {
 fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
     // reqwest's Display includes the URL; it never includes headers, so the
     // key does not leak.
-    let kind = if e.is_timeout() {
-        "timed out"
+    let (kind, how) = if e.is_timeout() {
+        (ErrorKind::Timeout, "timed out")
     } else if e.is_connect() {
-        "could not connect"
+        (ErrorKind::UpstreamUnreachable, "could not connect")
     } else {
-        "connection failed"
+        (ErrorKind::UpstreamUnreachable, "connection failed")
     };
     let mut src = std::error::Error::source(e);
     let mut detail = String::new();
@@ -212,8 +213,9 @@ fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
         detail = s.to_string();
         src = s.source();
     }
-    SyncError::transient(format!("{what}: {kind} ({detail})"))
+    SyncError::new(kind, format!("{what}: {how} ({detail})"))
         .with_hint("check the internet connection and [supabase] url; capture continues locally meanwhile")
+        .with_source(Cause::of(e))
 }
 
 /// The one classifier of upstream HTTP answers.
@@ -234,33 +236,44 @@ pub fn classify(what: &str, status: StatusCode, body: &str) -> SyncError {
         full.push_str(&format!("; details: {d}"));
     }
     let server_hint = text(&parsed.hint);
-    let (class, hint): (Class, Option<String>) = match status.as_u16() {
+    let code = parsed.code.as_deref();
+    // A gateway's own answer (no code, PostgREST's "cannot reach the
+    // database" codes, a connection-level SQLSTATE) means upstream is not
+    // there; another error with a transient status means it is there but
+    // cannot do it now.
+    let unanswered = match code {
+        None | Some("PGRST000" | "PGRST001" | "PGRST002" | "PGRST003") => true,
+        Some(c) => kind_of_sqlstate(Side::Upstream, c) == ErrorKind::UpstreamUnreachable,
+    };
+    let (kind, hint): (ErrorKind, Option<String>) = match status.as_u16() {
         401 => (
-            Class::Operator,
+            ErrorKind::Auth,
             Some("the service key was rejected: use the service_role key (Supabase dashboard → Settings → API), not the anon key".into()),
         ),
-        403 => (Class::Operator, Some("the key lacks permission; use the service_role key".into())),
-        404 => match parsed.code.as_deref() {
+        403 => (ErrorKind::Privilege, Some("the key lacks permission; use the service_role key".into())),
+        404 => match code {
             Some("PGRST202") | Some("42883") => (
-                Class::Operator,
+                ErrorKind::MissingObject,
                 Some("the sync functions are not installed upstream: paste `centrovision-sync init --print-upstream-sql` into the Supabase SQL editor".into()),
             ),
             Some("PGRST205") | Some("42P01") => (
-                Class::Operator,
+                ErrorKind::MissingObject,
                 Some("the table does not exist upstream; create it, or remove it from [sync] tables".into()),
             ),
-            _ => (Class::Operator, Some("check [supabase] url (it should be https://<project>.supabase.co)".into())),
+            _ => (ErrorKind::Config, Some("check [supabase] url (it should be https://<project>.supabase.co)".into())),
         },
-        408 | 429 | 500 | 502 | 503 | 504 => (Class::Transient, None),
-        413 => (Class::Operator, Some("the request was too large; lower [sync] batch_size".into())),
-        400 | 409 => match parsed.code.as_deref() {
-            Some(c) if c.len() == 5 && !c.starts_with("PGRST") => (class_of_sqlstate(c), None),
-            _ => (Class::Operator, None),
+        408 if unanswered => (ErrorKind::Timeout, None),
+        429 if unanswered => (ErrorKind::RateLimited, None),
+        s if (s == 408 || s == 429 || s >= 500) && unanswered => (ErrorKind::UpstreamUnreachable, None),
+        s if s == 408 || s == 429 || s >= 500 => (ErrorKind::Busy, None),
+        413 => (ErrorKind::Config, Some("the request was too large; lower [sync] batch_size".into())),
+        400 | 409 => match code {
+            Some(c) if c.len() == 5 && !c.starts_with("PGRST") => (kind_of_sqlstate(Side::Upstream, c), None),
+            _ => (ErrorKind::Refused, None),
         },
-        s if s >= 500 => (Class::Transient, None),
-        _ => (Class::Operator, None),
+        _ => (ErrorKind::Refused, None),
     };
-    let mut err = SyncError::new(class, full);
+    let mut err = SyncError::new(kind, full);
     err.hint = match (hint, server_hint) {
         (Some(ours), Some(theirs)) => Some(format!("{ours} (upstream says: {theirs})")),
         (ours, theirs) => ours.or(theirs),
@@ -307,7 +320,7 @@ impl Upstream for RestUpstream {
                 .trim()
                 .parse::<i32>()
                 .map(Some)
-                .map_err(|_| SyncError::operator(format!("centrovision_sync_version returned {text:?}"))),
+                .map_err(|_| SyncError::new(ErrorKind::Contract, format!("centrovision_sync_version returned {text:?}"))),
             Err(e) if e.code.as_deref() == Some("PGRST202") => Ok(None),
             Err(e) => Err(e),
         }
@@ -328,24 +341,62 @@ impl Upstream for RestUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Class;
 
     #[test]
     fn answers_are_classified_by_status_and_code() {
         let c = |s: u16, b: &str| classify("x", StatusCode::from_u16(s).unwrap(), b);
-        assert_eq!(c(401, r#"{"message":"Invalid API key","hint":"Double check"}"#).class, Class::Operator);
-        assert_eq!(c(401, r#"{"code":"PGRST301","message":"JWT could not be decoded"}"#).class, Class::Operator);
-        assert_eq!(c(403, "{}").class, Class::Operator);
+        assert_eq!(c(401, r#"{"message":"Invalid API key","hint":"Double check"}"#).class(), Class::Operator);
+        assert_eq!(c(401, r#"{"code":"PGRST301","message":"JWT could not be decoded"}"#).class(), Class::Operator);
+        assert_eq!(c(403, "{}").class(), Class::Operator);
         let missing_fn = c(404, r#"{"code":"PGRST202","message":"Could not find the function public.centrovision_sync_apply(changes)"}"#);
-        assert_eq!(missing_fn.class, Class::Operator);
+        assert_eq!(missing_fn.class(), Class::Operator);
         assert!(missing_fn.to_string().contains("centrovision_sync_apply"), "{missing_fn}");
         let missing_table = c(404, r#"{"code":"PGRST205","message":"Could not find the table 'public.patients' in the schema cache"}"#);
         assert!(missing_table.to_string().contains("public.patients"), "{missing_table}");
         for s in [408, 429, 500, 502, 503, 504] {
-            assert_eq!(c(s, "").class, Class::Transient, "{s}");
+            assert_eq!(c(s, "").class(), Class::Transient, "{s}");
         }
-        assert_eq!(c(409, r#"{"code":"23505","message":"duplicate key"}"#).class, Class::Data);
-        assert_eq!(c(400, r#"{"code":"22P02","message":"invalid input syntax"}"#).class, Class::Data);
-        assert_eq!(c(413, "").class, Class::Operator);
+        assert_eq!(c(409, r#"{"code":"23505","message":"duplicate key"}"#).class(), Class::Data);
+        assert_eq!(c(400, r#"{"code":"22P02","message":"invalid input syntax"}"#).class(), Class::Data);
+        assert_eq!(c(413, "").class(), Class::Operator);
+    }
+
+    #[test]
+    fn each_answer_gets_the_kind_callers_act_on() {
+        let c = |s: u16, b: &str| classify("x", StatusCode::from_u16(s).unwrap(), b).kind;
+        assert_eq!(c(401, "{}"), ErrorKind::Auth);
+        assert_eq!(c(403, "{}"), ErrorKind::Privilege);
+        assert_eq!(c(404, r#"{"code":"PGRST202","message":"no function"}"#), ErrorKind::MissingObject);
+        assert_eq!(c(404, r#"{"code":"PGRST205","message":"no table"}"#), ErrorKind::MissingObject);
+        assert_eq!(c(404, "<html>not found</html>"), ErrorKind::Config);
+        assert_eq!(c(408, ""), ErrorKind::Timeout);
+        assert_eq!(c(429, r#"{"message":"Too many requests"}"#), ErrorKind::RateLimited);
+        assert_eq!(c(503, ""), ErrorKind::UpstreamUnreachable);
+        assert_eq!(c(503, r#"{"code":"PGRST000","message":"Database client error"}"#), ErrorKind::UpstreamUnreachable);
+        assert_eq!(c(503, r#"{"code":"57P01","message":"terminating connection"}"#), ErrorKind::UpstreamUnreachable);
+        assert_eq!(c(500, r#"{"code":"XX000","message":"internal"}"#), ErrorKind::Busy);
+        assert_eq!(c(409, r#"{"code":"23505","message":"duplicate key"}"#), ErrorKind::RejectedRow);
+        assert_eq!(c(400, r#"{"code":"42501","message":"permission denied"}"#), ErrorKind::Privilege);
+        assert_eq!(c(400, r#"{"code":"PGRST100","message":"bad filter"}"#), ErrorKind::Refused);
+        assert_eq!(c(413, ""), ErrorKind::Config);
+    }
+
+    #[test]
+    fn a_gateway_that_cannot_answer_is_an_outage_and_a_busy_database_is_not() {
+        let c = |s: u16, b: &str| classify("x", StatusCode::from_u16(s).unwrap(), b);
+        assert!(c(503, "").is_outage());
+        assert!(c(502, r#"{"code":"PGRST001","message":"lost"}"#).is_outage());
+        assert!(c(429, "").is_outage());
+        assert!(!c(500, r#"{"code":"40001","message":"could not serialize"}"#).is_outage());
+        assert!(!c(401, "{}").is_outage());
+    }
+
+    #[test]
+    fn a_captive_portal_answer_is_treated_as_upstream_unreachable() {
+        let e = check_json_array("reading t upstream", "<html>login</html>".into()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::UpstreamUnreachable);
+        assert!(e.to_string().contains("captive portal"), "{e}");
     }
 
     #[test]
