@@ -181,14 +181,13 @@ pub const fn policy(kind: ErrorKind) -> Policy {
     match kind {
         LocalUnreachable | UpstreamUnreachable | Timeout | RateLimited => transient(true),
         Busy | InUse => transient(false),
-        SlotBusy => Policy {
-            hint: Some("the slot is in use by another process; is a second centrovision-sync running?"),
-            ..transient(false)
-        },
+        SlotBusy => {
+            Policy { hint: Some("the slot is in use by another process; is a second centrovision-sync running?"), ..transient(false) }
+        }
         SlotMissing => operator(Some("the replication slot does not exist; run `centrovision-sync init` (or `resync` if it was dropped)")),
-        SecondInstance => operator(Some(
-            "stop the other instance first (systemctl status centrovision-sync), or give this one its own [sync] slot_name",
-        )),
+        SecondInstance => {
+            operator(Some("stop the other instance first (systemctl status centrovision-sync), or give this one its own [sync] slot_name"))
+        }
         NotInitialized => operator(Some("run `centrovision-sync init` first")),
         SlotInvalidated | Auth | Privilege | MissingObject | Contract | Config | Decode | Refused => operator(None),
         RejectedRow => Policy { class: Class::Data, retry: Retry::Park, outage: false, hint: None },
@@ -491,10 +490,7 @@ mod tests {
     #[test]
     fn only_an_unanswered_request_is_an_outage() {
         let outages: Vec<ErrorKind> = ErrorKind::ALL.into_iter().filter(|k| policy(*k).outage).collect();
-        assert_eq!(
-            outages,
-            [ErrorKind::LocalUnreachable, ErrorKind::UpstreamUnreachable, ErrorKind::Timeout, ErrorKind::RateLimited]
-        );
+        assert_eq!(outages, [ErrorKind::LocalUnreachable, ErrorKind::UpstreamUnreachable, ErrorKind::Timeout, ErrorKind::RateLimited]);
         assert!(outages.iter().all(|k| policy(*k).class == Class::Transient));
     }
 

@@ -19,6 +19,7 @@ pub mod lsn;
 pub mod pgoutput;
 pub mod push;
 pub mod replication;
+pub mod service;
 pub mod status;
 pub mod upstream;
 pub mod verify;

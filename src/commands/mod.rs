@@ -5,11 +5,8 @@
 //! found, 2 bad configuration or arguments.
 
 mod doctor;
-mod health;
-mod http;
 mod init;
 mod recovery;
-mod service;
 mod status;
 
 use std::path::PathBuf;
@@ -17,8 +14,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
-
-pub use service::shutdown_signal;
+use crate::service;
 
 #[derive(Parser, Debug)]
 #[command(name = "centrovision-sync", version, about = "Two-way sync between a clinic's PostgreSQL and Supabase")]

@@ -6,12 +6,10 @@
 //! All of them go through the same last-write-wins apply as normal sync, so
 //! they are idempotent and never overwrite newer upstream data.
 
-use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::service::{acquire_instance_lock, check_contract, local_tables};
-use crate::catalog::Table;
+use crate::service::{acquire_instance_lock, check_contract, compare_tables, local_tables};
 use crate::config::Config;
 use crate::down;
 use crate::error::{ErrorKind, Result, SyncError};
@@ -125,14 +123,14 @@ async fn run_verify(cfg: &Config, only: Vec<String>, json: bool, repair: bool, a
         // now, push, poll) — which also removes most drift by itself. After a
         // lost slot, no poll: it would bring back rows deleted locally while
         // the slot was gone before the repair can recognize them.
-        super::service::once_with(cfg, !after_lost_slot).await?;
+        crate::service::once_with(cfg, !after_lost_slot).await?;
     }
     let tables = local_tables(cfg).await?;
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
     let local = connect_local(cfg).await?;
     let names: Vec<String> = if only.is_empty() { crate::catalog::parents_first(&tables) } else { only };
-    let diffs = compare_all(cfg, &local, &up, &tables, &names).await?;
+    let diffs = compare_tables(cfg, &local, &up, &tables, &names).await?;
     let equal = diffs.iter().all(TableDiff::is_equal);
     if !repair || equal {
         print_report(&diffs, json, Vec::new(), equal);
@@ -151,7 +149,7 @@ async fn run_verify(cfg: &Config, only: Vec<String>, json: bool, repair: bool, a
         repaired.push((d.table.clone(), r));
     }
     // Prove it: compare again.
-    let again = compare_all(cfg, &local, &up, &tables, &names).await?;
+    let again = compare_tables(cfg, &local, &up, &tables, &names).await?;
     let equal_now = again.iter().all(TableDiff::is_equal);
     print_report(&diffs, json, repaired, equal_now);
     if !equal_now {
@@ -160,21 +158,6 @@ async fn run_verify(cfg: &Config, only: Vec<String>, json: bool, repair: bool, a
         }
     }
     Ok(equal_now)
-}
-
-async fn compare_all(
-    cfg: &Config,
-    local: &tokio_postgres::Client,
-    up: &upstream::Client,
-    tables: &BTreeMap<String, Table>,
-    names: &[String],
-) -> Result<Vec<TableDiff>> {
-    let mut out = Vec::new();
-    for n in names {
-        let t = &tables[n];
-        out.push(verify::compare(cfg, local, up, t).await?);
-    }
-    Ok(out)
 }
 
 fn print_report(diffs: &[TableDiff], json: bool, repaired: Vec<(String, verify::Repaired)>, equal_at_end: bool) {
@@ -216,16 +199,6 @@ fn print_report(diffs: &[TableDiff], json: bool, repaired: Vec<(String, verify::
         );
     }
     println!("{}", if equal_at_end { "equal: yes" } else { "equal: NO" });
-}
-
-/// The scheduled audit: compares every table, returns (table, differences)
-/// for those that drifted.
-pub(crate) async fn audit(cfg: &Config, up: &upstream::Client) -> Result<Vec<(String, usize)>> {
-    let tables = local_tables(cfg).await?;
-    let local = connect_local(cfg).await?;
-    let names = crate::catalog::parents_first(&tables);
-    let diffs = compare_all(cfg, &local, up, &tables, &names).await?;
-    Ok(diffs.iter().filter(|d| !d.is_equal()).map(|d| (d.table.clone(), d.drift())).collect())
 }
 
 /// Recreates a lost or missing slot and reconciles both sides.

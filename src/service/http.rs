@@ -21,11 +21,20 @@ use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, Tex
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::service::Runtime;
+use super::runtime::Runtime;
 use crate::replication::connect_local;
 use crate::status;
 
-pub(crate) async fn serve(addr: SocketAddr, rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+/// The http task: serves while the service runs, when `[http] listen` is set.
+pub(crate) async fn task(rt: Arc<Runtime>, stop: watch::Receiver<bool>) {
+    if let Some(addr) = rt.cfg.http.listen {
+        if let Err(e) = serve(addr, rt.clone(), stop).await {
+            tracing::error!(error = %e, "http listener failed");
+        }
+    }
+}
+
+async fn serve(addr: SocketAddr, rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/health", get(health))
         .route("/status", get(status_json))

@@ -1,4 +1,5 @@
-//! The service's periodic self-check, every `health_check_seconds`:
+//! The health task: the service's periodic self-check, every
+//! `health_check_seconds`:
 //! upstream reachability (one log line per outage edge), the local
 //! database, alert thresholds (journal backlog, oldest unsynced change, WAL
 //! retained by the slot, slot lost or missing — with the recovery steps),
@@ -11,7 +12,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use super::service::Runtime;
+use super::runtime::Runtime;
 use crate::error::ErrorKind;
 use crate::replication::connect_local;
 use crate::status::{self, Status};
@@ -19,7 +20,7 @@ use crate::upstream::{self, Upstream};
 
 const PRUNE_BATCH: u64 = 5_000;
 
-pub(crate) async fn watch(rt: &Runtime, up: &upstream::Client, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn task(rt: &Runtime, up: &upstream::Client, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(rt.cfg.sync.health_check_seconds);
     let mut local: Option<Client> = None;
     loop {

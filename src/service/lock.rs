@@ -1,0 +1,77 @@
+//! The per-slot instance lock.
+//!
+//! `run`, `once` and `resync` hold an advisory lock on the local database,
+//! keyed by the slot name, so a second instance is refused with a clear
+//! message instead of fighting over the slot. Under `run` the lock task
+//! keeps it: a local database restart drops the lock's connection (and the
+//! lock), so it is taken again; if another instance took it meanwhile, the
+//! service stops.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::supervise::{Cap, GiveUp, Next, Restart, supervise};
+use crate::config::Config;
+use crate::error::{ErrorKind, LOCAL, Result, SyncError};
+use crate::replication::connect_local;
+
+/// Holds the per-slot advisory lock for as long as it lives.
+pub struct InstanceLock {
+    client: tokio_postgres::Client,
+}
+
+pub async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> {
+    let client = connect_local(cfg).await?;
+    let key = format!("centrovision-sync/{}", cfg.sync.slot_name);
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+        .get(0);
+    if !got {
+        return Err(SyncError::new(
+            ErrorKind::SecondInstance,
+            format!("another centrovision-sync is already running for slot {} on this database", cfg.sync.slot_name),
+        ));
+    }
+    Ok(InstanceLock { client })
+}
+
+/// The lock task: checks the lock's connection every second and takes the
+/// lock again after a restart. Losing it to another process stops the
+/// whole service (`stop_all`) and returns that error.
+pub(crate) async fn task(cfg: &Config, mut lock: InstanceLock, stop: &watch::Receiver<bool>, stop_all: &watch::Sender<bool>) -> Result<()> {
+    let restart = Restart {
+        base: Duration::from_secs(cfg.sync.retry_delay_seconds),
+        cap: Cap::Fixed(Duration::from_secs(30)),
+        floor: Duration::ZERO,
+        give_up: GiveUp::OnDefinite,
+        log: None,
+        wake: None,
+    };
+    let mut tick = stop.clone();
+    let kept = supervise("instance lock", restart, stop, async || {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tick.changed() => {}
+        }
+        if *tick.borrow() {
+            return Ok(Next::Done(()));
+        }
+        if lock.client.is_closed() {
+            lock = acquire_instance_lock(cfg).await?;
+        }
+        Ok(Next::Again(Duration::ZERO))
+    })
+    .await;
+    match kept {
+        Err(e) if !e.is_transient() => {
+            tracing::error!(error = %e, "lost the instance lock to another process; stopping");
+            let _ = stop_all.send(true);
+            Err(e)
+        }
+        // Stopped (while retrying a restarting database, too).
+        _ => Ok(()),
+    }
+}

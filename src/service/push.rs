@@ -1,0 +1,180 @@
+//! The push task: delivers the journal upstream ([`crate::push`]) batch
+//! by batch, for as long as the service runs, and for `once` until the
+//! journal is empty.
+//!
+//! It waits while upstream is offline or the slot is unusable, wakes when
+//! capture journals something, retries a failed batch with backoff (the
+//! failure is recorded on the batch's journal rows and, first in a streak,
+//! in `_sync_log`), and writes one `_sync_log` row per table for each
+//! finished cycle. A lost local connection ends it so its supervisor opens
+//! a new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::runtime::Runtime;
+use super::supervise::{Cap, GiveUp, Next, Restart, supervise};
+use crate::error::{ErrorKind, Result, SyncError, TRANSIENT_CAP};
+use crate::push;
+use crate::replication::connect_local;
+use crate::upstream;
+
+/// The push task of `run`: [`push_while`] under supervision.
+pub(crate) async fn task(rt: &Runtime, up: &upstream::Client, stop: &watch::Receiver<bool>) {
+    let restart = Restart {
+        base: rt.retry_base(),
+        cap: Cap::Fixed(TRANSIENT_CAP),
+        floor: Duration::ZERO,
+        give_up: GiveUp::Never,
+        log: None,
+        wake: None,
+    };
+    let _ = supervise("push", restart, stop, async || match push_while(rt, up, stop.clone(), false).await {
+        Ok(_) => Ok(Next::Done(())),
+        Err(e) => {
+            if e.is_outage() {
+                rt.local_link.report_down(&e);
+            }
+            tracing::error!(error = %e, "pusher failed");
+            Err(e)
+        }
+    })
+    .await;
+}
+
+/// Pushes journal rows. With `give_up` (for `once`): drains to empty after
+/// `done` turns true and returns the error after `retry_max_attempts`
+/// consecutive failures. Without it (for `run`): waits while upstream is
+/// offline or the slot is unhealthy, retries forever with backoff.
+pub(crate) async fn push_while(
+    rt: &Runtime,
+    up: &upstream::Client,
+    mut done: watch::Receiver<bool>,
+    give_up: bool,
+) -> Result<push::DrainReport> {
+    let cfg = &rt.cfg;
+    let local = connect_local(cfg).await?;
+    let streak = rt.alerter.streak("push");
+    let mut total = push::DrainReport::default();
+    let started = Instant::now();
+    let mut failures = 0u32;
+    let base = Duration::from_secs(cfg.sync.retry_delay_seconds);
+    let mut cycle: HashMap<String, i64> = HashMap::new();
+    let mut cycle_started = Instant::now();
+    loop {
+        if !give_up {
+            rt.upstream_link.wait_online(&mut done).await;
+            let mut slot = rt.slot_ok.subscribe();
+            while !*slot.borrow_and_update() && !*done.borrow() {
+                tokio::select! {
+                    _ = slot.changed() => {}
+                    _ = done.changed() => {}
+                }
+            }
+            if *done.borrow() {
+                break;
+            }
+        }
+        // A restarted local database leaves this connection dead: let the
+        // caller open a new one (it is not an upstream outage).
+        if local.is_closed() {
+            return Err(SyncError::new(ErrorKind::LocalUnreachable, "local database (pusher): connection closed"));
+        }
+        // Read before the fetch: an empty queue only means "done" if capture
+        // had already passed its target when the queue was read.
+        let finishing = *done.borrow();
+        match push::push_batch(&local, up, cfg.sync.batch_size, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
+            Ok(r) if r.rows == 0 => {
+                if !cycle.is_empty() {
+                    log_cycle(&local, "UP", &cycle, cycle_started.elapsed()).await;
+                    cycle.clear();
+                }
+                if finishing {
+                    break;
+                }
+                tokio::select! {
+                    _ = rt.journaled.notified() => {}
+                    _ = rt.sync_now.notified() => {}
+                    _ = done.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            Ok(r) => {
+                if failures > 0 || cycle.is_empty() {
+                    cycle_started = Instant::now();
+                }
+                failures = 0;
+                streak.succeeded().await;
+                rt.upstream_link.report_ok();
+                total.rows += r.rows;
+                total.applied += r.applied;
+                total.kept += r.kept;
+                total.rejected += r.rejected;
+                total.batches += 1;
+                rt.pushed_total.fetch_add(r.rows as u64, Ordering::Relaxed);
+                for (t, n) in r.per_table {
+                    *cycle.entry(t).or_default() += n;
+                }
+                if r.should_back_off {
+                    tokio::time::sleep(push::backoff(base, 0, Duration::from_secs(60))).await;
+                }
+            }
+            Err(f) => {
+                if local.is_closed() {
+                    return Err(f.error);
+                }
+                failures += 1;
+                if f.error.is_outage() && f.error.kind != ErrorKind::LocalUnreachable {
+                    rt.upstream_link.report_down(&f.error);
+                } else {
+                    tracing::warn!(error = %f.error, attempt = failures, "push failed");
+                }
+                streak.failed(&f.error).await;
+                if !f.ids.is_empty() {
+                    let _ = crate::journal::record_failure(&local, &f.ids, &f.error.to_string(), false).await;
+                }
+                if failures == 1 {
+                    log_error(&local, "UP", &f.error).await;
+                }
+                if give_up && (failures >= cfg.sync.retry_max_attempts || !f.error.is_transient()) {
+                    return Err(f.error);
+                }
+                let cap = f.error.policy().retry.cap();
+                tokio::select! {
+                    _ = tokio::time::sleep(push::backoff_after(base, failures - 1, cap, f.error.retry_after)) => {}
+                    _ = done.changed(), if !give_up => {}
+                }
+                if !give_up && *done.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// One `_sync_log` row per table for a finished cycle.
+async fn log_cycle(local: &tokio_postgres::Client, direction: &str, per_table: &HashMap<String, i64>, took: Duration) {
+    for (table, n) in per_table {
+        tracing::info!(table = %table, direction, rows = n, duration_ms = took.as_millis() as u64, "sync");
+        let _ = local
+            .execute(
+                "INSERT INTO _sync_log (direction, table_name, records_affected, status, duration_ms) VALUES ($1, $2, $3, 'SUCCESS', $4)",
+                &[&direction, table, &(*n as i32), &(took.as_millis() as i32)],
+            )
+            .await;
+    }
+}
+
+async fn log_error(local: &tokio_postgres::Client, direction: &str, e: &SyncError) {
+    let _ = local
+        .execute(
+            "INSERT INTO _sync_log (direction, records_affected, status, error_message, duration_ms) VALUES ($1, 0, 'ERROR', $2, 0)",
+            &[&direction, &e.to_string()],
+        )
+        .await;
+}
