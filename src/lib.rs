@@ -3,7 +3,10 @@
 //!
 //! Up path: [`replication`] streams the pgoutput slot, decoded by the pure
 //! [`pgoutput`] module, into the [`journal`]; [`push`] delivers journal rows
-//! through an [`upstream`] transport.
+//! through an [`upstream`] transport. Down path: [`down`] polls upstream
+//! into the local tables. [`service`] runs both as supervised tasks;
+//! [`recovery`] holds `replay`, `verify` and `resync`; [`error`] is the one
+//! error policy. [`commands`] is the CLI on top, and nothing imports it.
 
 pub mod alerts;
 pub mod catalog;
@@ -18,6 +21,7 @@ pub mod logging;
 pub mod lsn;
 pub mod pgoutput;
 pub mod push;
+pub mod recovery;
 pub mod replication;
 pub mod service;
 pub mod status;

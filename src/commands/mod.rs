@@ -1,6 +1,11 @@
 //! The CLI's commands. Each returns an exit code; `main.rs` only parses
 //! arguments and sets up logging.
 //!
+//! A thin layer: parse the arguments, call the library ([`crate::service`]
+//! for `run` and `once`, [`crate::recovery`] for `replay`, `verify` and
+//! `resync`), print, and map the outcome to an exit code. Nothing outside
+//! this module imports from it.
+//!
 //! Exit codes: 0 success, 1 a runtime failure or (for `doctor`) a problem
 //! found, 2 bad configuration or arguments.
 
