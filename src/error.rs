@@ -537,6 +537,24 @@ mod tests {
         assert_eq!(describe_chain(&outer), "local database: cannot connect: refused");
     }
 
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable_on_the_side_named_by_the_context() {
+        // Nothing listens on port 1: the driver reports an I/O error, not a
+        // server error.
+        let e = tokio_postgres::connect("host=127.0.0.1 port=1 user=x dbname=x connect_timeout=5", tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        let local = SyncError::from_pg(At::local("local database (pusher)"), &e);
+        assert_eq!(local.kind, ErrorKind::LocalUnreachable);
+        assert!(local.is_outage());
+        assert!(local.message.starts_with("local database (pusher): "), "{local}");
+        assert_eq!(local.hint.as_deref(), Some("check that the local database (pusher) is running and reachable"));
+        assert!(std::error::Error::source(&local).is_some(), "the driver's error is kept as the source");
+        let up = SyncError::from_pg(UPSTREAM, &e);
+        assert_eq!(up.kind, ErrorKind::UpstreamUnreachable);
+    }
+
     #[test]
     fn a_context_names_its_side_and_what_was_being_done() {
         let at = LOCAL.doing("applying sql/001_control_tables.sql");

@@ -1,10 +1,12 @@
 //! The health task: the service's periodic self-check, every
-//! `health_check_seconds`:
-//! upstream reachability (one log line per outage edge), the local
-//! database, alert thresholds (journal backlog, oldest unsynced change, WAL
-//! retained by the slot, slot lost or missing — with the recovery steps),
-//! `_sync_state` for `status`, and pruning of `_sync_log` and of synced
-//! journal rows past their retention.
+//! `health_check_seconds`: upstream reachability (one log line per outage
+//! edge), the local database, alert thresholds (journal backlog, oldest
+//! unsynced change, WAL retained by the slot, slot lost or missing — with
+//! the recovery steps), `_sync_state` for `status`, and pruning of
+//! `_sync_log` and of synced journal rows past their retention.
+//!
+//! A passing check is what brings a link back online, and with it the
+//! tasks that wait for it (push and down).
 
 use std::time::Duration;
 

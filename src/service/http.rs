@@ -27,10 +27,10 @@ use crate::status;
 
 /// The http task: serves while the service runs, when `[http] listen` is set.
 pub(crate) async fn task(rt: Arc<Runtime>, stop: watch::Receiver<bool>) {
-    if let Some(addr) = rt.cfg.http.listen {
-        if let Err(e) = serve(addr, rt.clone(), stop).await {
-            tracing::error!(error = %e, "http listener failed");
-        }
+    if let Some(addr) = rt.cfg.http.listen
+        && let Err(e) = serve(addr, rt.clone(), stop).await
+    {
+        tracing::error!(error = %e, "http listener failed");
     }
 }
 

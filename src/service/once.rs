@@ -21,6 +21,8 @@ use crate::lsn::Lsn;
 use crate::replication::{self, connect_local};
 use crate::upstream;
 
+/// Captures everything committed before it started, pushes it, runs one
+/// down cycle, and returns.
 pub async fn once(cfg: &Config) -> Result<()> {
     once_with(cfg, true).await
 }
