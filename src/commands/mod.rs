@@ -188,3 +188,17 @@ pub async fn dispatch(cli: Cli) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compile-time check, not a test to run: the demo (and any service
+    /// wrapper) spawns `dispatch` on a runtime, so its future must stay
+    /// `Send`.
+    #[allow(dead_code)]
+    fn dispatch_can_be_spawned(cli: Cli) {
+        fn spawnable<F: std::future::Future + Send + 'static>(_: F) {}
+        spawnable(dispatch(cli));
+    }
+}

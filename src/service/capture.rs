@@ -30,8 +30,9 @@ pub(crate) async fn task(rt: &Runtime, tables: &BTreeMap<String, Table>, stop: &
         log: Some((Level::ERROR, "capture failed")),
         wake: None,
     };
-    let work = supervise("capture", restart, stop, async || {
-        match replication::capture(&rt.cfg, tables, stop.clone(), journaled.clone(), progress).await {
+    let (wake, streak) = (&journaled, &streak);
+    let work = supervise("capture", restart, stop, || async move {
+        match replication::capture(&rt.cfg, tables, stop.clone(), wake.clone(), progress).await {
             Ok(_) => Ok(Next::Done(())),
             Err(e) => {
                 if matches!(e.kind, ErrorKind::SlotMissing | ErrorKind::SlotInvalidated) {

@@ -39,14 +39,18 @@ pub(crate) async fn task(
         log: None,
         wake: Some(&rt.sync_now),
     };
-    let mut session: Option<down::Session> = None;
-    let mut online = stop.clone();
-    let _ = supervise("down", restart, stop, async || {
+    // The local session writing under the replication origin, opened
+    // again after a transient failure.
+    let session = &tokio::sync::Mutex::new(None::<down::Session>);
+    let streak = &streak;
+    let _ = supervise("down", restart, stop, || async move {
+        let mut online = stop.clone();
         rt.upstream_link.wait_online(&mut online).await;
         if *online.borrow() {
             return Ok(Next::Done(()));
         }
-        let s = match &mut session {
+        let mut session = session.lock().await;
+        let s = match &mut *session {
             Some(s) => s,
             None => match down::Session::open(cfg).await {
                 Ok(s) => session.insert(s),
@@ -78,7 +82,7 @@ pub(crate) async fn task(
                 }
                 streak.failed(&e).await;
                 if e.is_transient() {
-                    session = None;
+                    *session = None;
                 }
                 Err(e)
             }

@@ -41,7 +41,7 @@ pub async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> {
 /// The lock task: checks the lock's connection every second and takes the
 /// lock again after a restart. Losing it to another process stops the
 /// whole service (`stop_all`) and returns that error.
-pub(crate) async fn task(cfg: &Config, mut lock: InstanceLock, stop: &watch::Receiver<bool>, stop_all: &watch::Sender<bool>) -> Result<()> {
+pub(crate) async fn task(cfg: &Config, lock: InstanceLock, stop: &watch::Receiver<bool>, stop_all: &watch::Sender<bool>) -> Result<()> {
     let restart = Restart {
         base: Duration::from_secs(cfg.sync.retry_delay_seconds),
         cap: Cap::Fixed(Duration::from_secs(30)),
@@ -50,8 +50,10 @@ pub(crate) async fn task(cfg: &Config, mut lock: InstanceLock, stop: &watch::Rec
         log: None,
         wake: None,
     };
-    let mut tick = stop.clone();
-    let kept = supervise("instance lock", restart, stop, async || {
+    // The lock, replaced after a restart (its connection died with it).
+    let held = &tokio::sync::Mutex::new(lock);
+    let kept = supervise("instance lock", restart, stop, || async move {
+        let mut tick = stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = tick.changed() => {}
@@ -59,8 +61,9 @@ pub(crate) async fn task(cfg: &Config, mut lock: InstanceLock, stop: &watch::Rec
         if *tick.borrow() {
             return Ok(Next::Done(()));
         }
+        let mut lock = held.lock().await;
         if lock.client.is_closed() {
-            lock = acquire_instance_lock(cfg).await?;
+            *lock = acquire_instance_lock(cfg).await?;
         }
         Ok(Next::Again(Duration::ZERO))
     })

@@ -102,7 +102,8 @@ pub async fn run(cfg: &Config) -> Result<()> {
         wake: None,
     };
     let started =
-        supervise("start-up", start, &stop, async || Ok(Next::Done((acquire_instance_lock(cfg).await?, local_tables(cfg).await?)))).await?;
+        supervise("start-up", start, &stop, || async { Ok(Next::Done((acquire_instance_lock(cfg).await?, local_tables(cfg).await?))) })
+            .await?;
     let Some((lock, tables)) = started else {
         tracing::info!("stopped cleanly");
         return Ok(());

@@ -32,14 +32,16 @@ pub(crate) async fn task(rt: &Runtime, up: &upstream::Client, stop: &watch::Rece
         log: None,
         wake: None,
     };
-    let _ = supervise("push", restart, stop, async || match push_while(rt, up, stop.clone(), false).await {
-        Ok(_) => Ok(Next::Done(())),
-        Err(e) => {
-            if e.is_outage() {
-                rt.local_link.report_down(&e);
+    let _ = supervise("push", restart, stop, || async move {
+        match push_while(rt, up, stop.clone(), false).await {
+            Ok(_) => Ok(Next::Done(())),
+            Err(e) => {
+                if e.is_outage() {
+                    rt.local_link.report_down(&e);
+                }
+                tracing::error!(error = %e, "pusher failed");
+                Err(e)
             }
-            tracing::error!(error = %e, "pusher failed");
-            Err(e)
         }
     })
     .await;

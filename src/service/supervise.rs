@@ -8,7 +8,12 @@
 //! wait at once. The task itself reports its failure where it matters (a
 //! link going offline, an alert streak); the supervisor only decides when
 //! to run it again, or whether to give up.
+//!
+//! A task is a closure that returns a new future per run (not an async
+//! closure: the service's future must stay `Send`, for `tokio::spawn`);
+//! state kept across runs lives in the caller, behind a lock.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -63,12 +68,15 @@ pub struct Restart<'a> {
 /// `restart` gives up on. Returns the task's value, `None` when stopped,
 /// or the error it gave up on (also the last error when a stop came while
 /// it was failing).
-pub async fn supervise<T>(
+pub async fn supervise<T, F>(
     name: &'static str,
     restart: Restart<'_>,
     stop: &watch::Receiver<bool>,
-    mut task: impl AsyncFnMut() -> Result<Next<T>>,
-) -> Result<Option<T>> {
+    mut task: impl FnMut() -> F,
+) -> Result<Option<T>>
+where
+    F: Future<Output = Result<Next<T>>>,
+{
     let mut stop = stop.clone();
     let mut attempt = 0u32;
     loop {
@@ -134,8 +142,8 @@ mod tests {
     #[tokio::test]
     async fn a_failing_task_runs_again_until_it_is_done() {
         let (_tx, stop) = watch::channel(false);
-        let runs = AtomicU32::new(0);
-        let r = supervise("t", quick(GiveUp::Never), &stop, async || {
+        let runs = &AtomicU32::new(0);
+        let r = supervise("t", quick(GiveUp::Never), &stop, || async move {
             if runs.fetch_add(1, Ordering::Relaxed) < 3 { Err(SyncError::new(ErrorKind::Auth, "no")) } else { Ok(Next::Done(7)) }
         })
         .await;
@@ -146,8 +154,8 @@ mod tests {
     #[tokio::test]
     async fn a_definite_failure_ends_supervision_that_gives_up_on_it() {
         let (_tx, stop) = watch::channel(false);
-        let runs = AtomicU32::new(0);
-        let r: Result<Option<()>> = supervise("t", quick(GiveUp::OnDefinite), &stop, async || {
+        let runs = &AtomicU32::new(0);
+        let r: Result<Option<()>> = supervise("t", quick(GiveUp::OnDefinite), &stop, || async move {
             let n = runs.fetch_add(1, Ordering::Relaxed);
             Err(if n < 2 {
                 SyncError::new(ErrorKind::LocalUnreachable, "restarting")
@@ -166,7 +174,7 @@ mod tests {
         let restart = Restart { cap: Cap::Fixed(Duration::from_secs(3600)), floor: Duration::from_secs(3600), ..quick(GiveUp::Never) };
         let started = Instant::now();
         let (r, ()) = tokio::join!(
-            supervise("t", restart, &stop, async || -> Result<Next<()>> { Err(SyncError::new(ErrorKind::UpstreamUnreachable, "down")) }),
+            supervise("t", restart, &stop, || async { Err::<Next<()>, _>(SyncError::new(ErrorKind::UpstreamUnreachable, "down")) }),
             async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 tx.send(true).unwrap();
@@ -179,7 +187,8 @@ mod tests {
     #[tokio::test]
     async fn a_failure_while_stopping_is_returned_to_the_caller() {
         let (tx, stop) = watch::channel(false);
-        let r: Result<Option<()>> = supervise("t", quick(GiveUp::Never), &stop, async || {
+        let tx = &tx;
+        let r: Result<Option<()>> = supervise("t", quick(GiveUp::Never), &stop, || async move {
             tx.send(true).unwrap();
             Err(SyncError::new(ErrorKind::LocalUnreachable, "gone"))
         })
@@ -191,11 +200,11 @@ mod tests {
     async fn a_wake_ends_the_pause_between_rounds() {
         let (_tx, stop) = watch::channel(false);
         let wake = Notify::new();
-        let runs = AtomicU32::new(0);
+        let runs = &AtomicU32::new(0);
         let restart = Restart { wake: Some(&wake), ..quick(GiveUp::Never) };
         let both = async {
             tokio::join!(
-                supervise("t", restart, &stop, async || {
+                supervise("t", restart, &stop, || async move {
                     if runs.fetch_add(1, Ordering::Relaxed) == 0 { Ok(Next::Again(Duration::from_secs(3600))) } else { Ok(Next::Done(())) }
                 }),
                 async {
@@ -214,7 +223,7 @@ mod tests {
     async fn nothing_runs_once_a_stop_was_requested() {
         let (tx, stop) = watch::channel(false);
         tx.send(true).unwrap();
-        let r = supervise("t", quick(GiveUp::Never), &stop, async || -> Result<Next<()>> { panic!("ran after a stop") }).await;
+        let r = supervise("t", quick(GiveUp::Never), &stop, || async { panic!("ran after a stop") as Result<Next<()>> }).await;
         assert_eq!(r.unwrap(), None);
     }
 }
