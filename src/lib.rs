@@ -3,7 +3,8 @@
 //!
 //! Up path: [`replication`] streams the pgoutput slot, decoded by the pure
 //! [`pgoutput`] module, into the [`journal`]; [`push`] delivers journal rows
-//! through an [`upstream`] transport.
+//! through an [`upstream`] transport. Every statement on the `_sync_*`
+//! control tables belongs to [`store`].
 
 pub mod alerts;
 pub mod catalog;
@@ -20,5 +21,6 @@ pub mod pgoutput;
 pub mod push;
 pub mod replication;
 pub mod status;
+pub mod store;
 pub mod upstream;
 pub mod verify;

@@ -126,12 +126,16 @@ pub trait Upstream: Sync {
     fn row_hashes(&self, h: &HashRequest<'_>, wanted: &[i32]) -> impl Future<Output = Result<String>> + Send;
 }
 
-/// Arguments of the hash functions.
+/// Arguments of the hash functions (serialized with the parameter names
+/// of `sql/upstream/002_verify.sql`, for PostgREST RPC).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HashRequest<'a> {
-    pub s: &'a str,
-    pub t: &'a str,
-    pub pk: &'a str,
+    #[serde(rename = "s")]
+    pub schema: &'a str,
+    #[serde(rename = "t")]
+    pub table: &'a str,
+    #[serde(rename = "pk")]
+    pub key_column: &'a str,
     pub cols: &'a [String],
     pub buckets: i32,
 }
