@@ -322,6 +322,26 @@ mod tests {
     }
 
     #[test]
+    fn elements_keep_the_short_keys_the_upstream_apply_reads() {
+        let rows = vec![
+            q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1"}"#)),
+            q(2, "a", Some("2"), Operation::Delete, None),
+            q(3, "b", None, Operation::Truncate, None),
+        ];
+        let b = build(&rows, Some("clinic")).unwrap();
+        assert_eq!(
+            b.json,
+            concat!(
+                r#"[{"i":0,"s":"clinic","t":"a","op":"upsert","row":{"id":"1"}},"#,
+                r#"{"i":1,"s":"clinic","t":"a","op":"delete","k":"2","ts":"2026-01-01 00:00:00+00"},"#,
+                r#"{"i":2,"s":"clinic","t":"b","op":"truncate","ts":"2026-01-01 00:00:00+00"}]"#
+            )
+        );
+        let b = build(&rows[..1], None).unwrap();
+        assert_eq!(b.json, r#"[{"i":0,"t":"a","op":"upsert","row":{"id":"1"}}]"#);
+    }
+
+    #[test]
     fn backoff_grows_and_is_capped() {
         let base = Duration::from_secs(1);
         assert!(backoff(base, 0, Duration::from_secs(60)) <= Duration::from_secs(1));
