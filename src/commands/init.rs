@@ -186,8 +186,11 @@ async fn upload_existing_rows(
             if rows.is_empty() {
                 break;
             }
-            n += store
-                .journal_batch(rows.iter().map(|r| JournalRow {
+            // Collected first: a closure held across the await would make
+            // the future not provably `Send`.
+            let batch: Vec<JournalRow<'_>> = rows
+                .iter()
+                .map(|r| JournalRow {
                     table: &name,
                     record_id: r.get(0),
                     op: Operation::Insert,
@@ -197,8 +200,9 @@ async fn upload_existing_rows(
                     xid: None,
                     commit_time_micros: now.0,
                     unchanged: &[],
-                }))
-                .await?;
+                })
+                .collect();
+            n += store.journal_batch(batch).await?;
         }
         local.batch_execute("CLOSE cvsync_upload").await.map_err(q)?;
         tracing::info!(table = %name, rows = n, "existing rows journaled for upload");
