@@ -395,10 +395,7 @@ fn repair_parents<'a, U: Upstream>(
     depth: usize,
     inserted: &'a mut Inserted,
     report: &'a mut TableReport,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>
-where
-    U: Sync,
-{
+) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
     Box::pin(async move {
         let (c, tables) = (&ctx.session.client, ctx.tables);
         if depth >= MAX_PARENT_DEPTH {

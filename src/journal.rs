@@ -168,15 +168,14 @@ impl Writer {
             }
         }
         let missing: Vec<String> = change.unchanged.iter().filter(|c| !filled.contains_key(*c)).cloned().collect();
-        if !missing.is_empty() {
-            if let Some(m) = self
+        if !missing.is_empty()
+            && let Some(m) = self
                 .store()
                 .latest_journaled_values(&change.table, &id, &missing)
                 .await?
                 .and_then(|s| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s).ok())
-            {
-                filled.extend(m);
-            }
+        {
+            filled.extend(m);
         }
         if filled.is_empty() {
             return Ok(());
