@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod db;
+
+pub use db::connect_local;
+
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "CENTROVISION_SYNC_CONFIG";
 /// Environment overrides for the secrets (they win over the file).

@@ -26,7 +26,8 @@
 //! - A child whose parent is missing locally gets the parent fetched on
 //!   demand (one deduplicated read per parent table), in the same
 //!   transaction.
-//! - Columns only one side has are left alone and reported once.
+//! - Columns only one side has are left alone and reported once per table
+//!   (per [`Session`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -36,10 +37,11 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::catalog::{self, Table, quote_ident, quote_literal};
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
-use crate::replication::{connect_local, wait_progress};
+use crate::replication::wait_progress;
+use crate::store::{self, Direction, LogEntry, Store};
 use crate::upstream::{Cursor, TableRef, Upstream};
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (down path)");
@@ -58,6 +60,8 @@ type Inserted = Vec<(String, Vec<String>, Lsn)>;
 /// A local session whose writes carry the replication origin.
 pub struct Session {
     client: Client,
+    /// Tables whose one-sided columns were already reported.
+    reported: Mutex<HashSet<String>>,
 }
 
 impl Session {
@@ -74,8 +78,44 @@ impl Session {
                     _ => err,
                 }
             })?;
-        Ok(Session { client })
+        Ok(Session { client, reported: Mutex::new(HashSet::new()) })
     }
+
+    fn store(&self) -> Store<'_> {
+        Store::new(&self.client, LOCAL)
+    }
+
+    /// Columns both sides have (writable locally), reporting the rest once
+    /// per table.
+    fn shared_columns(&self, table: &Table, upstream_keys: &[String]) -> Vec<String> {
+        let local: Vec<&str> = table.columns.iter().filter(|c| !c.generated).map(|c| c.name.as_str()).collect();
+        let shared: Vec<String> =
+            local.iter().filter(|c| upstream_keys.iter().any(|k| k == *c)).map(|c| c.to_string()).collect();
+        let only_up: Vec<&String> = upstream_keys.iter().filter(|k| !local.contains(&k.as_str())).collect();
+        let only_local: Vec<&&str> = local.iter().filter(|c| !upstream_keys.iter().any(|k| k == **c)).collect();
+        if (!only_up.is_empty() || !only_local.is_empty())
+            && self.reported.lock().expect("not poisoned").insert(table.name.clone())
+        {
+            tracing::warn!(
+                table = %table.name,
+                only_upstream = ?only_up,
+                only_local = ?only_local,
+                "columns present on one side only are left alone"
+            );
+        }
+        shared
+    }
+}
+
+/// What one poll works with, passed down as one.
+struct Ctx<'a, U> {
+    cfg: &'a Config,
+    session: &'a Session,
+    upstream: &'a U,
+    tables: &'a BTreeMap<String, Table>,
+    /// Capture's progress: a page that inserted rows waits on it before
+    /// trusting the journal's tombstones.
+    progress: &'a watch::Receiver<Lsn>,
 }
 
 /// What one table's poll did.
@@ -97,22 +137,20 @@ pub async fn cycle<U: Upstream>(
     tables: &BTreeMap<String, Table>,
     progress: &watch::Receiver<Lsn>,
 ) -> Result<Vec<TableReport>> {
+    let ctx = Ctx { cfg, session, upstream, tables, progress };
+    let store = session.store();
     let order = catalog::parents_first(tables);
     let mut reports = Vec::with_capacity(order.len());
     for name in order {
         let table = &tables[&name];
         let started = Instant::now();
         let mut report = TableReport { table: name.clone(), ..Default::default() };
-        let r = poll_table(cfg, session, upstream, tables, table, progress, &mut report).await;
+        let r = poll_table(&ctx, table, &mut report).await;
         report.duration = started.elapsed();
-        let status = match &r {
-            Ok(()) => "SUCCESS",
-            Err(_) => "ERROR",
-        };
         let err_text = r.as_ref().err().map(|e| e.to_string());
         if let Some(e) = &err_text {
             report.error = Some(e.clone());
-            let _ = crate::push::record_table_error(&session.client, &name, &format!("down: {e}")).await;
+            let _ = store.record_table_error(&name, &format!("down: {e}")).await;
         }
         if report.read > 0 || r.is_err() {
             tracing::info!(
@@ -120,13 +158,14 @@ pub async fn cycle<U: Upstream>(
                 duration_ms = report.duration.as_millis() as u64, "down sync"
             );
         }
-        let _ = session
-            .client
-            .execute(
-                "INSERT INTO _sync_log (direction, table_name, records_affected, status, error_message, duration_ms)
-                 VALUES ('DOWN', $1, $2, $3, $4, $5)",
-                &[&name, &(report.applied as i32), &status, &err_text, &(report.duration.as_millis() as i32)],
-            )
+        let _ = store
+            .log_sync(&LogEntry {
+                direction: Direction::Down,
+                table: Some(&name),
+                records: report.applied as i32,
+                error: err_text.as_deref(),
+                duration_ms: report.duration.as_millis() as i32,
+            })
             .await;
         reports.push(report);
         if let Err(e) = r {
@@ -142,39 +181,20 @@ pub async fn cycle<U: Upstream>(
     Ok(reports)
 }
 
-async fn poll_table<U: Upstream>(
-    cfg: &Config,
-    session: &Session,
-    upstream: &U,
-    tables: &BTreeMap<String, Table>,
-    table: &Table,
-    progress: &watch::Receiver<Lsn>,
-    report: &mut TableReport,
-) -> Result<()> {
+async fn poll_table<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, report: &mut TableReport) -> Result<()> {
     let pk = table.pk().ok_or_else(|| SyncError::new(ErrorKind::Config, table.unsyncable_reason().unwrap_or_default()))?;
-    let c = &session.client;
-    let row = c
-        .query_opt(
-            "SELECT CASE WHEN last_sync_from_supabase IS NULL THEN NULL
-                         WHEN last_sync_from_supabase <= now() - make_interval(secs => $2) THEN last_sync_from_supabase::text
-                         ELSE (now() - make_interval(secs => $2))::text END,
-                    CASE WHEN last_sync_from_supabase <= now() - make_interval(secs => $2) THEN last_sync_from_supabase_id END
-             FROM _sync_metadata WHERE table_name = $1",
-            &[&table.name, &(cfg.sync.overlap_seconds as f64)],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    let mut cursor = row.map(|r| Cursor { updated_at: r.get(0), id: r.get(1) }).unwrap_or_default();
+    let batch_size = ctx.cfg.sync.batch_size;
+    let mut cursor = ctx.session.store().down_resume_cursor(&table.name, ctx.cfg.sync.overlap_seconds).await?;
     let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
     loop {
         let pulled = Instant::now();
-        let page = upstream.pull(&tref, &cursor, cfg.sync.batch_size).await?;
+        let page = ctx.upstream.pull(&tref, &cursor, batch_size).await?;
         tracing::debug!(table = %table.name, pull_ms = pulled.elapsed().as_millis() as u64, bytes = page.len(), "page pulled");
-        let applied = apply_page(cfg, session, upstream, tables, table, &page, progress, true, report).await?;
+        let applied = apply_page(ctx, table, &page, true, report).await?;
         report.read += applied.read;
         report.applied += applied.applied;
         match applied.last {
-            Some(last) if applied.read >= cfg.sync.batch_size => cursor = last,
+            Some(last) if applied.read >= batch_size => cursor = last,
             _ => break,
         }
     }
@@ -187,21 +207,16 @@ struct PageResult {
     last: Option<Cursor>,
 }
 
-/// Applies one page (JSON array text) to `table` in one transaction that
-/// also advances the watermark.
-#[allow(clippy::too_many_arguments)]
+/// Applies one page (JSON array text) to `table` in one transaction that,
+/// with `advance`, also advances the watermark.
 async fn apply_page<U: Upstream>(
-    cfg: &Config,
-    session: &Session,
-    upstream: &U,
-    tables: &BTreeMap<String, Table>,
+    ctx: &Ctx<'_, U>,
     table: &Table,
     page: &str,
-    progress: &watch::Receiver<Lsn>,
     advance: bool,
     report: &mut TableReport,
 ) -> Result<PageResult> {
-    let c = &session.client;
+    let c = &ctx.session.client;
     let pk = table.pk().expect("checked by caller");
     let head = c
         .query_one(
@@ -224,7 +239,7 @@ async fn apply_page<U: Upstream>(
             table.name, pk.name
         )));
     }
-    let cols = shared_columns(table, &keys);
+    let cols = ctx.session.shared_columns(table, &keys);
 
     c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
         .await
@@ -234,9 +249,9 @@ async fn apply_page<U: Upstream>(
         let t0 = Instant::now();
         let applied = upsert_rows(c, table, &cols, page, &mut inserted).await?;
         let t1 = Instant::now();
-        repair_parents(cfg, c, upstream, tables, table, page, 0, &mut inserted, report).await?;
+        repair_parents(ctx, table, page, 0, &mut inserted, report).await?;
         let t2 = Instant::now();
-        undo_resurrections(c, tables, &inserted, progress).await?;
+        undo_resurrections(c, ctx.tables, &inserted, ctx.progress).await?;
         tracing::debug!(
             table = %table.name,
             upsert_ms = (t1 - t0).as_millis() as u64,
@@ -245,33 +260,7 @@ async fn apply_page<U: Upstream>(
             "page applied"
         );
         if advance {
-            let ty = &pk.type_name;
-            c.execute(
-                &format!(
-                    "INSERT INTO _sync_metadata AS m (table_name, last_sync_from_supabase, last_sync_from_supabase_id, records_synced_down)
-                     VALUES ($1, $2::text::timestamptz, $3, $4)
-                     ON CONFLICT (table_name) DO UPDATE SET
-                       last_sync_from_supabase = CASE WHEN adv THEN EXCLUDED.last_sync_from_supabase ELSE m.last_sync_from_supabase END,
-                       last_sync_from_supabase_id = CASE WHEN adv THEN EXCLUDED.last_sync_from_supabase_id ELSE m.last_sync_from_supabase_id END,
-                       records_synced_down = coalesce(m.records_synced_down, 0) + EXCLUDED.records_synced_down,
-                       -- Clear only the down path's own error: an up-path
-                       -- rejection stays visible until that row is dealt with.
-                       last_error = CASE WHEN m.last_error LIKE 'down: %' THEN NULL ELSE m.last_error END,
-                       updated_at = now()"
-                )
-                .replace(
-                    "adv",
-                    &format!(
-                        "(m.last_sync_from_supabase IS NULL OR EXCLUDED.last_sync_from_supabase > m.last_sync_from_supabase
-                          OR (EXCLUDED.last_sync_from_supabase = m.last_sync_from_supabase
-                              AND (m.last_sync_from_supabase_id IS NULL
-                                   OR EXCLUDED.last_sync_from_supabase_id::{ty} > m.last_sync_from_supabase_id::{ty})))"
-                    ),
-                ),
-                &[&table.name, &last.updated_at, &last.id, &(applied as i64)],
-            )
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+            ctx.session.store().advance_down_watermark(&table.name, &pk.type_name, &last, applied as i64).await?;
         }
         Ok::<u64, SyncError>(applied)
     }
@@ -302,30 +291,10 @@ pub async fn apply_rows<U: Upstream>(
     rows_json: &str,
 ) -> Result<u64> {
     let (_tx, no_wait) = watch::channel(Lsn::from_u64(u64::MAX));
+    let ctx = Ctx { cfg, session, upstream, tables, progress: &no_wait };
     let mut report = TableReport::default();
-    let r = apply_page(cfg, session, upstream, tables, table, rows_json, &no_wait, false, &mut report).await?;
+    let r = apply_page(&ctx, table, rows_json, false, &mut report).await?;
     Ok(r.applied)
-}
-
-/// Columns both sides have (writable locally), reporting the rest once.
-fn shared_columns(table: &Table, upstream_keys: &[String]) -> Vec<String> {
-    static REPORTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let local: Vec<&str> = table.columns.iter().filter(|c| !c.generated).map(|c| c.name.as_str()).collect();
-    let shared: Vec<String> = local.iter().filter(|c| upstream_keys.iter().any(|k| k == *c)).map(|c| c.to_string()).collect();
-    let only_up: Vec<&String> = upstream_keys.iter().filter(|k| !local.contains(&k.as_str())).collect();
-    let only_local: Vec<&&str> = local.iter().filter(|c| !upstream_keys.iter().any(|k| k == **c)).collect();
-    if !only_up.is_empty() || !only_local.is_empty() {
-        let mut guard = REPORTED.lock().expect("not poisoned");
-        if guard.get_or_insert_with(HashSet::new).insert(table.name.clone()) {
-            tracing::warn!(
-                table = %table.name,
-                only_upstream = ?only_up,
-                only_local = ?only_local,
-                "columns present on one side only are left alone"
-            );
-        }
-    }
-    shared
 }
 
 /// LWW upsert of upstream rows into the local table; returns rows written
@@ -361,15 +330,17 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
          w AS (
            INSERT INTO {t} AS d ({list})
            SELECT {list_s} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb) s CROSS JOIN here
-           WHERE NOT EXISTS (
-               SELECT 1 FROM _sync_pending p
-               WHERE p.table_name = {tn} AND p.record_id = s.{qpk}::text
-                 AND p.operation = 'DELETE' AND p.commit_ts >= s.updated_at
-                 AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.{qpk} = s.{qpk}))
+           WHERE NOT {tombstoned}
            ON CONFLICT ({qpk}) {conflict}
            RETURNING d.xmax = 0 AS inserted, d.{qpk}::text AS id)
          SELECT count(*), coalesce(array_agg(id) FILTER (WHERE inserted), '{{}}'), (SELECT lsn FROM here) FROM w",
-        tn = quote_literal(&table.name),
+        // A tombstone counts only while the row is absent locally.
+        tombstoned = store::tombstone_after(
+            &quote_literal(&table.name),
+            &format!("s.{qpk}::text"),
+            "s.updated_at",
+            Some(&format!("NOT EXISTS (SELECT 1 FROM {t} x WHERE x.{qpk} = s.{qpk})"))
+        ),
         list_s = cols.iter().map(|c| format!("s.{}", quote_ident(c))).collect::<Vec<_>>().join(", "),
     );
     let row = c.query_one(&sql, &[&rows_json]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
@@ -399,14 +370,13 @@ async fn undo_resurrections(
     for (name, ids, _) in inserted {
         let table = &tables[name];
         let pk = table.pk().expect("syncable");
+        let qpk = quote_ident(&pk.name);
         let sql = format!(
             "DELETE FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[])
-               AND EXISTS (SELECT 1 FROM _sync_pending p
-                           WHERE p.table_name = $2 AND p.record_id = d.{qpk}::text
-                             AND p.operation = 'DELETE' AND p.commit_ts >= d.updated_at)",
+               AND {tombstoned}",
             t = table.qualified(),
-            qpk = quote_ident(&pk.name),
-            ty = pk.type_name
+            ty = pk.type_name,
+            tombstoned = store::tombstone_after("$2", &format!("d.{qpk}::text"), "d.updated_at", None)
         );
         let n = c.execute(&sql, &[ids, name]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         if n > 0 {
@@ -418,22 +388,16 @@ async fn undo_resurrections(
 
 /// Fetches and applies parents that rows of `table` in `rows_json` refer to
 /// but that are missing locally (same transaction).
-#[allow(clippy::too_many_arguments)]
 fn repair_parents<'a, U: Upstream>(
-    cfg: &'a Config,
-    c: &'a Client,
-    upstream: &'a U,
-    tables: &'a BTreeMap<String, Table>,
+    ctx: &'a Ctx<'a, U>,
     table: &'a Table,
     rows_json: &'a str,
     depth: usize,
     inserted: &'a mut Inserted,
     report: &'a mut TableReport,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>
-where
-    U: Sync,
-{
+) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>> {
     Box::pin(async move {
+        let (c, tables) = (&ctx.session.client, ctx.tables);
         if depth >= MAX_PARENT_DEPTH {
             return Ok(());
         }
@@ -464,8 +428,8 @@ where
             let parent = &tables[pname];
             let ppk = parent.pk().expect("syncable");
             let tref = TableRef { name: &parent.name, pk: &ppk.name, pk_type: &ppk.type_name };
-            for chunk in ids.chunks(cfg.sync.batch_size.max(1)) {
-                let json = upstream.fetch(&tref, chunk).await?;
+            for chunk in ids.chunks(ctx.cfg.sync.batch_size.max(1)) {
+                let json = ctx.upstream.fetch(&tref, chunk).await?;
                 let keys: Vec<String> = c
                     .query_one("SELECT coalesce((SELECT array_agg(k) FROM jsonb_object_keys($1::text::jsonb->0) k), '{}')", &[&json])
                     .await
@@ -474,11 +438,11 @@ where
                 if keys.is_empty() {
                     continue;
                 }
-                let cols = shared_columns(parent, &keys);
+                let cols = ctx.session.shared_columns(parent, &keys);
                 let n = upsert_rows(c, parent, &cols, &json, inserted).await?;
                 report.parents_fetched += n;
                 tracing::info!(table = %table.name, parent = %pname, rows = n, "fetched missing parents");
-                repair_parents(cfg, c, upstream, tables, parent, &json, depth + 1, inserted, report).await?;
+                repair_parents(ctx, parent, &json, depth + 1, inserted, report).await?;
             }
         }
         Ok(())

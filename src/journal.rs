@@ -16,49 +16,23 @@
 //!   follows commit order) and marks them synced only after upstream
 //!   confirmed them; delivery upstream is therefore at-least-once and the
 //!   upstream apply is idempotent.
+//!
+//! The statements themselves belong to [`crate::store`]; this module is the
+//! protocol around them (buffering, transaction boundaries, batch cutting).
 
-use bytes::{BufMut, BytesMut};
-use postgres_types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::Client;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
 use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
+use crate::store::{JournalRow, Store};
+
+pub use crate::store::{Operation, Queued, Source};
 
 /// Rows buffered in memory before they are streamed into the open local
 /// transaction.
 const COPY_CHUNK: usize = 2_000;
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (journal)");
-
-/// The kind of a captured change, as stored in `_sync_pending.operation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-}
-
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Insert => "INSERT",
-            Operation::Update => "UPDATE",
-            Operation::Delete => "DELETE",
-            Operation::Truncate => "TRUNCATE",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "INSERT" => Operation::Insert,
-            "UPDATE" => Operation::Update,
-            "DELETE" => Operation::Delete,
-            "TRUNCATE" => Operation::Truncate,
-            _ => return None,
-        })
-    }
-}
 
 /// One captured change, ready to be journaled.
 #[derive(Debug, Clone)]
@@ -77,43 +51,21 @@ pub struct Change {
     pub unchanged: Vec<String>,
 }
 
-/// JSON text handed to PostgreSQL as `jsonb` without re-parsing it here.
-struct JsonText<'a>(&'a str);
-
-impl std::fmt::Debug for JsonText<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl ToSql for JsonText<'_> {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        if *ty == Type::JSONB {
-            out.put_u8(1);
+impl Change {
+    /// The journal row this change is written as.
+    fn row(&self) -> JournalRow<'_> {
+        JournalRow {
+            table: &self.table,
+            record_id: self.record_id.as_deref(),
+            op: self.op,
+            data: self.data.as_deref(),
+            commit_lsn: Some(self.commit_lsn),
+            ordinal: Some(self.ordinal),
+            xid: Some(self.xid),
+            commit_time_micros: self.commit_time_micros,
+            unchanged: &self.unchanged,
         }
-        out.put_slice(self.0.as_bytes());
-        Ok(IsNull::No)
     }
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB || *ty == Type::JSON
-    }
-    to_sql_checked!();
-}
-
-/// A timestamptz given as microseconds since 2000-01-01 UTC (PostgreSQL's
-/// own binary representation).
-#[derive(Debug)]
-struct PgMicros(i64);
-
-impl ToSql for PgMicros {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.put_i64(self.0);
-        Ok(IsNull::No)
-    }
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TIMESTAMPTZ
-    }
-    to_sql_checked!();
 }
 
 /// Capture's side of the journal: one dedicated local connection holding at
@@ -131,14 +83,13 @@ impl Writer {
         Writer { client, slot: slot.to_string(), in_txn: false, buffered: Vec::new(), rows_in_txn: 0 }
     }
 
+    fn store(&self) -> Store<'_> {
+        Store::new(&self.client, LOCAL)
+    }
+
     /// The commit LSN of the last transaction known to be journaled.
     pub async fn journaled_lsn(&self) -> Result<Lsn> {
-        let row = self
-            .client
-            .query_opt("SELECT journaled_lsn FROM _sync_capture WHERE slot_name = $1", &[&self.slot])
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-        Ok(row.map(|r| Lsn::from(r.get::<_, postgres_types::PgLsn>(0))).unwrap_or(Lsn::ZERO))
+        self.store().journaled_lsn(&self.slot).await
     }
 
     /// Rows written (or buffered) since the last commit.
@@ -173,40 +124,9 @@ impl Writer {
             return Ok(());
         }
         self.begin().await?;
-        let sink = self
-            .client
-            .copy_in(
-                "COPY _sync_pending (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts, xid, unchanged_columns) FROM STDIN (FORMAT binary)",
-            )
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-        let types = [
-            Type::VARCHAR,
-            Type::TEXT,
-            Type::VARCHAR,
-            Type::JSONB,
-            Type::PG_LSN,
-            Type::INT4,
-            Type::TIMESTAMPTZ,
-            Type::INT8,
-            Type::TEXT_ARRAY,
-        ];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures_util::pin_mut!(writer);
-        for c in self.buffered.drain(..) {
-            let data = c.data.as_deref().map(JsonText);
-            let unchanged: Option<&Vec<String>> = (!c.unchanged.is_empty()).then_some(&c.unchanged);
-            let lsn = postgres_types::PgLsn::from(c.commit_lsn);
-            let ts = PgMicros(c.commit_time_micros);
-            let xid = i64::from(c.xid);
-            writer
-                .as_mut()
-                .write(&[&c.table, &c.record_id, &c.op.as_str(), &data, &lsn, &c.ordinal, &ts, &xid, &unchanged])
-                .await
-                .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-            self.rows_in_txn += 1;
-        }
-        writer.finish().await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        let written = self.store().journal_batch(self.buffered.iter().map(Change::row)).await?;
+        self.buffered.clear();
+        self.rows_in_txn += written as usize;
         crate::crash::point("capture.mid_transaction");
         Ok(())
     }
@@ -248,25 +168,14 @@ impl Writer {
             }
         }
         let missing: Vec<String> = change.unchanged.iter().filter(|c| !filled.contains_key(*c)).cloned().collect();
-        if !missing.is_empty() {
-            let row = self
-                .client
-                .query_opt(
-                    "SELECT jsonb_object_agg(k, v)::text FROM (
-                       SELECT DISTINCT ON (k) k, p.data -> k AS v
-                       FROM unnest($3::text[]) k
-                       JOIN _sync_pending p ON p.table_name = $1 AND p.record_id = $2 AND p.data ? k
-                       ORDER BY k, p.id DESC) s",
-                    &[&change.table, &id, &missing],
-                )
-                .await
-                .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-            if let Some(m) = row
-                .and_then(|r| r.get::<_, Option<String>>(0))
+        if !missing.is_empty()
+            && let Some(m) = self
+                .store()
+                .latest_journaled_values(&change.table, &id, &missing)
+                .await?
                 .and_then(|s| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s).ok())
-            {
-                filled.extend(m);
-            }
+        {
+            filled.extend(m);
         }
         if filled.is_empty() {
             return Ok(());
@@ -288,20 +197,7 @@ impl Writer {
     pub async fn commit(&mut self, journaled_lsn: Lsn, end_lsn: Lsn) -> Result<()> {
         self.flush_chunk().await?;
         self.begin().await?;
-        let j = postgres_types::PgLsn::from(journaled_lsn);
-        let e = postgres_types::PgLsn::from(end_lsn);
-        self.client
-            .execute(
-                "INSERT INTO _sync_capture (slot_name, journaled_lsn, confirmed_end_lsn, updated_at)
-                 VALUES ($1, $2, $3, now())
-                 ON CONFLICT (slot_name) DO UPDATE
-                 SET journaled_lsn = GREATEST(_sync_capture.journaled_lsn, EXCLUDED.journaled_lsn),
-                     confirmed_end_lsn = GREATEST(_sync_capture.confirmed_end_lsn, EXCLUDED.confirmed_end_lsn),
-                     updated_at = now()",
-                &[&self.slot, &j, &e],
-            )
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        self.store().record_journaled(&self.slot, journaled_lsn, end_lsn).await?;
         self.client.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         self.in_txn = false;
         self.rows_in_txn = 0;
@@ -322,34 +218,9 @@ impl Writer {
     }
 }
 
-/// One unsynced journal row as the pusher sees it.
-#[derive(Debug, Clone)]
-pub struct Queued {
-    pub id: i64,
-    pub table: String,
-    pub record_id: Option<String>,
-    pub op: Operation,
-    pub data: Option<String>,
-    /// Commit time as timestamptz text (UTC).
-    pub commit_ts: String,
-    pub retry_count: i32,
-    /// The transaction's commit LSN (None for rows from the trigger era).
-    pub commit_lsn: Option<Lsn>,
-}
-
 /// How many times `limit` one transaction may grow a batch before it is
 /// split (only a single transaction larger than that is ever split).
 pub const MAX_TXN_BATCH_FACTOR: i64 = 20;
-
-/// Which journal rows a batch reads.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// Unsynced, unparked rows: the pusher's queue.
-    Queue,
-    /// Every row with a commit LSN in `[from, to]` (optionally some tables),
-    /// synced or not: `replay`.
-    Range { from: Lsn, to: Option<Lsn>, tables: Vec<String> },
-}
 
 /// The next batch of `source` rows after journal id `after_id`, in journal
 /// order: about `limit` rows, cut at a transaction boundary.
@@ -384,95 +255,12 @@ pub async fn next_batch(client: &Client, source: &Source, limit: i64, after_id: 
 }
 
 async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
-    const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
-                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn FROM _sync_pending";
-    let only = only_lsn.map(postgres_types::PgLsn::from);
-    let rows = match source {
-        // Separate statement text so the partial queue index serves it.
-        Source::Queue => {
-            client
-                .query(
-                    &format!(
-                        "{COLUMNS} WHERE synced = FALSE AND parked_at IS NULL AND id > $2
-                           AND ($3::pg_lsn IS NULL OR commit_lsn = $3) ORDER BY id LIMIT $1"
-                    ),
-                    &[&limit, &after_id, &only],
-                )
-                .await
-        }
-        Source::Range { from, to, tables } => {
-            let (from, to) = (postgres_types::PgLsn::from(*from), to.map(postgres_types::PgLsn::from));
-            client
-                .query(
-                    &format!(
-                        "{COLUMNS} WHERE id > $2 AND ($3::pg_lsn IS NULL OR commit_lsn = $3)
-                           AND commit_lsn >= $4 AND ($5::pg_lsn IS NULL OR commit_lsn <= $5)
-                           AND (cardinality($6::text[]) = 0 OR table_name = ANY($6))
-                         ORDER BY id LIMIT $1"
-                    ),
-                    &[&limit, &after_id, &only, &from, &to, tables],
-                )
-                .await
-        }
-    }
-    .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    rows.into_iter()
-        .map(|r| {
-            let op: String = r.get(3);
-            Ok(Queued {
-                id: r.get(0),
-                table: r.get(1),
-                record_id: r.get(2),
-                op: Operation::parse(&op)
-                    .ok_or_else(|| SyncError::new(ErrorKind::Decode, format!("journal row {} has unknown operation {op:?}", r.get::<_, i64>(0))))?,
-                data: r.get(4),
-                commit_ts: r.get(5),
-                retry_count: r.get::<_, Option<i32>>(6).unwrap_or(0),
-                commit_lsn: r.get::<_, Option<postgres_types::PgLsn>>(7).map(Lsn::from),
-            })
-        })
-        .collect()
+    Store::new(client, LOCAL).journal_rows(source, limit, after_id, only_lsn).await
 }
 
-/// Marks rows delivered (applied upstream, or superseded by a newer upstream
-/// row).
-pub async fn mark_synced(client: &Client, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    client
-        .execute(
-            "UPDATE _sync_pending SET synced = TRUE, synced_at = now(), error = NULL WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    Ok(())
-}
-
-/// Records a failed attempt for rows; `park` takes them out of the queue
-/// until an operator retries them.
+/// Records a failed attempt for rows (see [`Store::record_failure`]).
+///
+/// Kept for `commands::service` until it calls the store directly.
 pub async fn record_failure(client: &Client, ids: &[i64], error: &str, park: bool) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    client
-        .execute(
-            "UPDATE _sync_pending SET retry_count = coalesce(retry_count, 0) + 1, error = $2,
-                    parked_at = CASE WHEN $3 THEN now() ELSE parked_at END
-             WHERE id = ANY($1)",
-            &[&ids, &error, &park],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    Ok(())
-}
-
-/// Unsynced rows that are still queued (not parked).
-pub async fn backlog(client: &Client) -> Result<i64> {
-    let r = client
-        .query_one("SELECT count(*) FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL", &[])
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    Ok(r.get(0))
+    Store::new(client, LOCAL).record_failure(ids, error, park).await
 }

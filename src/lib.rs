@@ -6,7 +6,8 @@
 //! through an [`upstream`] transport. Down path: [`down`] polls upstream
 //! into the local tables. [`service`] runs both as supervised tasks;
 //! [`recovery`] holds `replay`, `verify` and `resync`; [`error`] is the one
-//! error policy. [`commands`] is the CLI on top, and nothing imports it.
+//! error policy. [`commands`] is the CLI on top, and nothing imports it. Every statement on the `_sync_*`
+//! control tables belongs to [`store`].
 
 pub mod alerts;
 pub mod catalog;
@@ -25,5 +26,6 @@ pub mod recovery;
 pub mod replication;
 pub mod service;
 pub mod status;
+pub mod store;
 pub mod upstream;
 pub mod verify;

@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Class, ErrorKind, Result, SyncError, class_of_sqlstate};
 use crate::journal::{self, Operation, Queued};
+use crate::store::Store;
 use crate::upstream::{Outcome, Upstream};
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (pusher)");
@@ -50,17 +51,27 @@ pub(crate) struct Built {
     pub tables: Vec<String>,
 }
 
+/// One change in the contract of `sql/upstream/001_apply.sql` (the short
+/// keys are what the SQL function reads).
 #[derive(serde::Serialize)]
 struct Element<'a> {
-    i: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    s: Option<&'a str>,
-    t: &'a str,
+    /// The caller's index, echoed in the outcome.
+    #[serde(rename = "i")]
+    index: usize,
+    /// Upstream schema (None: `public`).
+    #[serde(rename = "s", skip_serializing_if = "Option::is_none")]
+    schema: Option<&'a str>,
+    #[serde(rename = "t")]
+    table: &'a str,
+    /// `upsert`, `delete` or `truncate`.
     op: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    k: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ts: Option<&'a str>,
+    /// The key of a deleted row.
+    #[serde(rename = "k", skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    /// When a delete or truncate committed locally (timestamptz text).
+    #[serde(rename = "ts", skip_serializing_if = "Option::is_none")]
+    committed_at: Option<&'a str>,
+    /// The row image of an upsert.
     #[serde(skip_serializing_if = "Option::is_none")]
     row: Option<&'a RawValue>,
 }
@@ -117,16 +128,16 @@ pub(crate) fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
             _ => None,
         };
         let el = Element {
-            i,
-            s: schema,
-            t: &q.table,
+            index: i,
+            schema,
+            table: &q.table,
             op: match q.op {
                 Operation::Insert | Operation::Update => "upsert",
                 Operation::Delete => "delete",
                 Operation::Truncate => "truncate",
             },
-            k: if q.op == Operation::Delete { q.record_id.as_deref() } else { None },
-            ts: matches!(q.op, Operation::Delete | Operation::Truncate).then_some(q.commit_ts.as_str()),
+            key: if q.op == Operation::Delete { q.record_id.as_deref() } else { None },
+            committed_at: matches!(q.op, Operation::Delete | Operation::Truncate).then_some(q.commit_ts.as_str()),
             row,
         };
         if i > 0 {
@@ -200,9 +211,10 @@ pub async fn push_batch<U: Upstream>(
         should_back_off: false,
         per_table: per_table.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
     };
+    let store = Store::new(local, LOCAL);
     let write = async {
         local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-        journal::mark_synced(local, &synced).await?;
+        store.mark_synced(&synced).await?;
         for r in &outcome.rejected {
             let Some(c) = built.covers.get(r.i as usize) else { continue };
             let class = r.code.as_deref().map(class_of_sqlstate).unwrap_or(Class::Data);
@@ -217,22 +229,11 @@ pub async fn push_batch<U: Upstream>(
                 table = %built.tables[r.i as usize], rows = c.len(), parked = park,
                 code = r.code.as_deref().unwrap_or(""), error = %r.message, "change rejected upstream"
             );
-            journal::record_failure(local, c, &text, park).await?;
-            record_table_error(local, &built.tables[r.i as usize], &text).await?;
+            store.record_failure(c, &text, park).await?;
+            store.record_table_error(&built.tables[r.i as usize], &text).await?;
         }
         for (table, n) in &per_table {
-            local
-                .execute(
-                    "INSERT INTO _sync_metadata (table_name, last_sync_to_supabase, records_synced_up)
-                     VALUES ($1, now(), $2)
-                     ON CONFLICT (table_name) DO UPDATE
-                     SET last_sync_to_supabase = now(),
-                         records_synced_up = coalesce(_sync_metadata.records_synced_up, 0) + EXCLUDED.records_synced_up,
-                         updated_at = now()",
-                    &[table, n],
-                )
-                .await
-                .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+            store.record_synced_up(table, *n).await?;
         }
         local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         Ok::<_, SyncError>(())
@@ -242,19 +243,6 @@ pub async fn push_batch<U: Upstream>(
         return Err(BatchFailure { error: e, ids: vec![] });
     }
     Ok(report)
-}
-
-/// Records a table-level error in `_sync_metadata.last_error`.
-pub async fn record_table_error(local: &Client, table: &str, error: &str) -> Result<()> {
-    local
-        .execute(
-            "INSERT INTO _sync_metadata (table_name, last_error, last_error_at) VALUES ($1, $2, now())
-             ON CONFLICT (table_name) DO UPDATE SET last_error = EXCLUDED.last_error, last_error_at = now(), updated_at = now()",
-            &[&table, &error],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    Ok(())
 }
 
 /// Exponential backoff with full jitter: base·2^attempt, capped, times a
@@ -331,6 +319,26 @@ mod tests {
         ];
         let b = build(&rows, None).unwrap();
         assert!(b.json.contains(r#""big":"B""#) && b.json.contains(r#""v":"y""#), "{}", b.json);
+    }
+
+    #[test]
+    fn elements_keep_the_short_keys_the_upstream_apply_reads() {
+        let rows = vec![
+            q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1"}"#)),
+            q(2, "a", Some("2"), Operation::Delete, None),
+            q(3, "b", None, Operation::Truncate, None),
+        ];
+        let b = build(&rows, Some("clinic")).unwrap();
+        assert_eq!(
+            b.json,
+            concat!(
+                r#"[{"i":0,"s":"clinic","t":"a","op":"upsert","row":{"id":"1"}},"#,
+                r#"{"i":1,"s":"clinic","t":"a","op":"delete","k":"2","ts":"2026-01-01 00:00:00+00"},"#,
+                r#"{"i":2,"s":"clinic","t":"b","op":"truncate","ts":"2026-01-01 00:00:00+00"}]"#
+            )
+        );
+        let b = build(&rows[..1], None).unwrap();
+        assert_eq!(b.json, r#"[{"i":0,"t":"a","op":"upsert","row":{"id":"1"}}]"#);
     }
 
     #[test]

@@ -34,6 +34,12 @@ use crate::journal::{Change, Operation, Writer};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, Message, OldTuple, Tuple, Value};
 
+/// Moved to [`crate::config::connect_local`]; re-exported for the modules
+/// that still import it from here (`commands::{service, health, http,
+/// recovery}`). Remove once they import it from `config`.
+#[doc(hidden)]
+pub use crate::config::connect_local;
+
 /// Prefix of the logical message `once` emits to find the end of "now".
 pub const MARKER_PREFIX: &str = "centrovision_sync.marker";
 
@@ -66,6 +72,17 @@ pub struct CaptureReport {
     pub skipped_echo: u64,
     pub skipped_duplicate: u64,
     pub confirmed: Lsn,
+}
+
+/// What decoding needs over one capture run: which changes are journaled
+/// (the synced tables, in the local schema, not written under our origin),
+/// the relations announced so far, and the transaction being received.
+struct Decoder<'a> {
+    tables: &'a BTreeMap<String, Table>,
+    schema: &'a str,
+    origin: &'a str,
+    relations: HashMap<u32, Relation>,
+    txn: Option<Txn>,
 }
 
 struct Txn {
@@ -128,13 +145,17 @@ pub async fn capture(
     client.wait_started().await.map_err(wire_error)?;
     tracing::info!(slot = %cfg.sync.slot_name, journaled = %journaled_lsn, "capture started");
 
-    let mut relations: HashMap<u32, Relation> = HashMap::new();
+    let mut dec = Decoder {
+        tables,
+        schema: &cfg.local_postgres.schema,
+        origin: &cfg.sync.origin_name,
+        relations: HashMap::new(),
+        txn: None,
+    };
     let mut report = CaptureReport::default();
-    let mut txn: Option<Txn> = None;
     // Commits received but not yet journaled durably.
     let mut pending: Option<(Lsn, Lsn)> = None; // (last commit lsn, last end lsn)
     let mut pending_since: Option<Instant> = None;
-    let origin = cfg.sync.origin_name.as_str();
 
     let result: Result<()> = async {
         loop {
@@ -145,7 +166,7 @@ pub async fn capture(
                 _ = stop.changed() => {
                     if *stop.borrow() { break; } else { continue; }
                 }
-                _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() && txn.is_none() => {
+                _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() && dec.txn.is_none() => {
                     flush(&mut writer, &client, &mut pending, &mut pending_since, &mut report, &journaled).await?;
                     advance(progress, report.confirmed);
                     continue;
@@ -158,7 +179,7 @@ pub async fn capture(
             match event {
                 ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                     let final_lsn = Lsn::from(final_lsn);
-                    txn = Some(Txn {
+                    dec.txn = Some(Txn {
                         final_lsn,
                         commit_time_micros,
                         xid,
@@ -172,10 +193,10 @@ pub async fn capture(
                         SyncError::new(ErrorKind::Decode, format!("cannot decode a pgoutput message: {e}"))
                             .with_hint("this is a bug or an unsupported server version; the slot has not advanced past it, so nothing is lost")
                     })?;
-                    handle_message(msg, &mut txn, &mut relations, tables, cfg, origin, &mut writer, &mut report).await?;
+                    dec.handle(msg, &mut writer, &mut report).await?;
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
-                    let Some(t) = txn.take() else {
+                    let Some(t) = dec.txn.take() else {
                         return Err(SyncError::new(ErrorKind::Decode, "replication stream sent a Commit without a Begin"));
                     };
                     if t.skip {
@@ -193,8 +214,8 @@ pub async fn capture(
                     }
                 }
                 ReplicationEvent::KeepAlive { wal_end, reply_requested, .. } => {
-                    tracing::trace!(wal_end = %Lsn::from(wal_end), reply_requested, in_txn = txn.is_some(), "keepalive");
-                    if txn.is_none() {
+                    tracing::trace!(wal_end = %Lsn::from(wal_end), reply_requested, in_txn = dec.txn.is_some(), "keepalive");
+                    if dec.txn.is_none() {
                         flush(&mut writer, &client, &mut pending, &mut pending_since, &mut report, &journaled).await?;
                         let w = Lsn::from(wal_end);
                         if w > report.confirmed {
@@ -208,7 +229,7 @@ pub async fn capture(
                     // A non-transactional message (e.g. the marker `once`
                     // emits) arrives at its WAL position: everything that
                     // committed before it has been received.
-                    if !transactional && txn.is_none() {
+                    if !transactional && dec.txn.is_none() {
                         flush(&mut writer, &client, &mut pending, &mut pending_since, &mut report, &journaled).await?;
                         advance(progress, report.confirmed.max(Lsn::from(lsn)));
                     }
@@ -223,7 +244,7 @@ pub async fn capture(
     // Shutdown: keep what is complete, drop what is not.
     let outcome = match result {
         Ok(()) => {
-            if txn.is_none() {
+            if dec.txn.is_none() {
                 flush(&mut writer, &client, &mut pending, &mut pending_since, &mut report, &journaled).await?;
             }
             writer.abandon().await?;
@@ -274,102 +295,98 @@ async fn flush(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle_message(
-    msg: Message<'_>,
-    txn: &mut Option<Txn>,
-    relations: &mut HashMap<u32, Relation>,
-    tables: &BTreeMap<String, Table>,
-    cfg: &Config,
-    origin: &str,
-    writer: &mut Writer,
-    report: &mut CaptureReport,
-) -> Result<()> {
-    match msg {
-        Message::Relation(r) => {
-            // Honoured mid-stream: after ALTER TABLE ... ADD COLUMN the
-            // server re-sends the relation before its next change.
-            let synced = r.namespace == cfg.local_postgres.schema && tables.contains_key(&r.name);
-            let columns: Vec<RelColumn> = r
-                .columns
-                .iter()
-                .map(|c| RelColumn { name: c.name.clone(), json: c.type_oid == JSON_OID || c.type_oid == JSONB_OID })
-                .collect();
-            let pk = tables.get(&r.name).and_then(|t| t.pk()).map(|c| c.name.clone());
-            let key = pk
-                .and_then(|pk| columns.iter().position(|c| c.name == pk))
-                .or_else(|| r.columns.iter().position(|c| c.is_key));
-            relations.insert(r.oid, Relation { name: r.name, synced, columns, key });
-        }
-        Message::Origin(o) => {
-            if let Some(t) = txn.as_mut() {
-                if o.name == origin {
-                    t.skip = true;
-                    t.echo = true;
-                }
+impl Decoder<'_> {
+    /// Decodes one message: keeps the relation map current, marks echo
+    /// transactions, and journals the changes to synced tables.
+    async fn handle(&mut self, msg: Message<'_>, writer: &mut Writer, report: &mut CaptureReport) -> Result<()> {
+        let Decoder { tables, schema, origin, relations, txn } = self;
+        let tables = *tables;
+        match msg {
+            Message::Relation(r) => {
+                // Honoured mid-stream: after ALTER TABLE ... ADD COLUMN the
+                // server re-sends the relation before its next change.
+                let synced = r.namespace == *schema && tables.contains_key(&r.name);
+                let columns: Vec<RelColumn> = r
+                    .columns
+                    .iter()
+                    .map(|c| RelColumn { name: c.name.clone(), json: c.type_oid == JSON_OID || c.type_oid == JSONB_OID })
+                    .collect();
+                let pk = tables.get(&r.name).and_then(|t| t.pk()).map(|c| c.name.clone());
+                let key = pk
+                    .and_then(|pk| columns.iter().position(|c| c.name == pk))
+                    .or_else(|| r.columns.iter().position(|c| c.is_key));
+                relations.insert(r.oid, Relation { name: r.name, synced, columns, key });
             }
-        }
-        Message::Insert(i) => {
-            let (t, rel) = change_context(txn, relations, i.relation_oid)?;
-            if let (Some(t), Some(rel)) = (t, rel) {
-                let change = image(t, rel, Operation::Insert, &i.new, None)?;
-                write_change(writer, change, tables, report).await?;
-            }
-        }
-        Message::Update(u) => {
-            let (t, rel) = change_context(txn, relations, u.relation_oid)?;
-            if let (Some(t), Some(rel)) = (t, rel) {
-                let old_full = match &u.old {
-                    Some(OldTuple::Full(o)) => Some(o),
-                    _ => None,
-                };
-                // A changed primary key: delete the old row, upsert the new.
-                if let Some(OldTuple::Key(old)) | Some(OldTuple::Full(old)) = &u.old {
-                    let old_id = key_text(rel, old);
-                    let new_id = key_text(rel, &u.new);
-                    if old_id.is_some() && old_id != new_id {
-                        let del = image(t, rel, Operation::Delete, old, None)?;
-                        write_change(writer, del, tables, report).await?;
+            Message::Origin(o) => {
+                if let Some(t) = txn.as_mut() {
+                    if o.name == *origin {
+                        t.skip = true;
+                        t.echo = true;
                     }
                 }
-                let change = image(t, rel, Operation::Update, &u.new, old_full)?;
-                write_change(writer, change, tables, report).await?;
             }
-        }
-        Message::Delete(d) => {
-            let (t, rel) = change_context(txn, relations, d.relation_oid)?;
-            if let (Some(t), Some(rel)) = (t, rel) {
-                let old = match &d.old {
-                    OldTuple::Key(o) | OldTuple::Full(o) => o,
-                };
-                let change = image(t, rel, Operation::Delete, old, None)?;
-                write_change(writer, change, tables, report).await?;
-            }
-        }
-        Message::Truncate(tr) => {
-            for oid in tr.relation_oids {
-                let (t, rel) = change_context(txn, relations, oid)?;
+            Message::Insert(i) => {
+                let (t, rel) = change_context(txn, relations, i.relation_oid)?;
                 if let (Some(t), Some(rel)) = (t, rel) {
-                    tracing::warn!(table = %rel.name, "local TRUNCATE captured; upstream rows not newer than it will be deleted");
-                    t.ordinal += 1;
-                    let change = Change {
-                        table: rel.name.clone(),
-                        record_id: None,
-                        op: Operation::Truncate,
-                        data: None,
-                        commit_lsn: t.final_lsn,
-                        ordinal: t.ordinal,
-                        commit_time_micros: t.commit_time_micros,
-                        xid: t.xid,
-                        unchanged: vec![],
-                    };
+                    let change = image(t, rel, Operation::Insert, &i.new, None)?;
                     write_change(writer, change, tables, report).await?;
                 }
             }
+            Message::Update(u) => {
+                let (t, rel) = change_context(txn, relations, u.relation_oid)?;
+                if let (Some(t), Some(rel)) = (t, rel) {
+                    let old_full = match &u.old {
+                        Some(OldTuple::Full(o)) => Some(o),
+                        _ => None,
+                    };
+                    // A changed primary key: delete the old row, upsert the new.
+                    if let Some(OldTuple::Key(old)) | Some(OldTuple::Full(old)) = &u.old {
+                        let old_id = key_text(rel, old);
+                        let new_id = key_text(rel, &u.new);
+                        if old_id.is_some() && old_id != new_id {
+                            let del = image(t, rel, Operation::Delete, old, None)?;
+                            write_change(writer, del, tables, report).await?;
+                        }
+                    }
+                    let change = image(t, rel, Operation::Update, &u.new, old_full)?;
+                    write_change(writer, change, tables, report).await?;
+                }
+            }
+            Message::Delete(d) => {
+                let (t, rel) = change_context(txn, relations, d.relation_oid)?;
+                if let (Some(t), Some(rel)) = (t, rel) {
+                    let old = match &d.old {
+                        OldTuple::Key(o) | OldTuple::Full(o) => o,
+                    };
+                    let change = image(t, rel, Operation::Delete, old, None)?;
+                    write_change(writer, change, tables, report).await?;
+                }
+            }
+            Message::Truncate(tr) => {
+                for oid in tr.relation_oids {
+                    let (t, rel) = change_context(txn, relations, oid)?;
+                    if let (Some(t), Some(rel)) = (t, rel) {
+                        tracing::warn!(table = %rel.name, "local TRUNCATE captured; upstream rows not newer than it will be deleted");
+                        t.ordinal += 1;
+                        let change = Change {
+                            table: rel.name.clone(),
+                            record_id: None,
+                            op: Operation::Truncate,
+                            data: None,
+                            commit_lsn: t.final_lsn,
+                            ordinal: t.ordinal,
+                            commit_time_micros: t.commit_time_micros,
+                            xid: t.xid,
+                            unchanged: vec![],
+                        };
+                        write_change(writer, change, tables, report).await?;
+                    }
+                }
+            }
+            Message::Begin(_) | Message::Commit(_) | Message::Type(_) | Message::LogicalMessage(_) => {}
         }
-        Message::Begin(_) | Message::Commit(_) | Message::Type(_) | Message::LogicalMessage(_) => {}
+        Ok(())
     }
-    Ok(())
 }
 
 /// The open transaction and relation for a change, or Nones when the change
@@ -524,19 +541,6 @@ fn push_json_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
-}
-
-/// Opens a plain connection to the local database.
-pub async fn connect_local(cfg: &Config) -> Result<tokio_postgres::Client> {
-    let (client, conn) = cfg
-        .local_pg_config()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| SyncError::from_pg(crate::error::LOCAL, &e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 /// Confirms `lsn` on the slot after the walsender released it.

@@ -28,6 +28,7 @@ use crate::catalog::{Table, quote_ident};
 use crate::config::Config;
 use crate::down;
 use crate::error::{ErrorKind, Result, SyncError};
+use crate::store::Store;
 use crate::upstream::{HashRequest, Outcome, TableRef, Upstream};
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (verify)");
@@ -86,8 +87,8 @@ fn row_map(v: &Value) -> HashMap<String, (String, Option<String>)> {
 
 async fn local_call(local: &Client, sql: &str, h: &HashRequest<'_>, wanted: Option<&[i32]>) -> Result<String> {
     let r = match wanted {
-        None => local.query_one(sql, &[&h.s, &h.t, &h.pk, &h.cols, &h.buckets]).await,
-        Some(w) => local.query_one(sql, &[&h.s, &h.t, &h.pk, &h.cols, &h.buckets, &w]).await,
+        None => local.query_one(sql, &[&h.schema, &h.table, &h.key_column, &h.cols, &h.buckets]).await,
+        Some(w) => local.query_one(sql, &[&h.schema, &h.table, &h.key_column, &h.cols, &h.buckets, &w]).await,
     };
     r.map(|r| r.get(0)).map_err(|e| {
         let err = SyncError::from_pg(LOCAL, &e);
@@ -112,7 +113,7 @@ pub async fn compare<U: Upstream>(cfg: &Config, local: &Client, up: &U, table: &
     cols.sort();
     // Upstream first: it reports the columns it has, the intersection.
     let up_text = up
-        .bucket_hashes(&HashRequest { s: &cfg.supabase.schema, t: &table.name, pk: &pk.name, cols: &cols, buckets })
+        .bucket_hashes(&HashRequest { schema: &cfg.supabase.schema, table: &table.name, key_column: &pk.name, cols: &cols, buckets })
         .await?;
     let up_v = parse("upstream bucket hashes", &up_text)?;
     let used: Vec<String> = up_v["cols"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_string)).collect();
@@ -120,12 +121,13 @@ pub async fn compare<U: Upstream>(cfg: &Config, local: &Client, up: &U, table: &
         cols = used;
         parse(
             "upstream bucket hashes",
-            &up.bucket_hashes(&HashRequest { s: &cfg.supabase.schema, t: &table.name, pk: &pk.name, cols: &cols, buckets }).await?,
+            &up.bucket_hashes(&HashRequest { schema: &cfg.supabase.schema, table: &table.name, key_column: &pk.name, cols: &cols, buckets })
+                .await?,
         )?
     } else {
         up_v
     };
-    let lreq = HashRequest { s: &cfg.local_postgres.schema, t: &table.name, pk: &pk.name, cols: &cols, buckets };
+    let lreq = HashRequest { schema: &cfg.local_postgres.schema, table: &table.name, key_column: &pk.name, cols: &cols, buckets };
     let local_v = parse(
         "local bucket hashes",
         &local_call(local, "SELECT public.centrovision_sync_bucket_hashes($1, $2, $3, $4, $5)::text", &lreq, None).await?,
@@ -144,7 +146,7 @@ pub async fn compare<U: Upstream>(cfg: &Config, local: &Client, up: &U, table: &
         shared: cols.clone(),
         ..Default::default()
     };
-    let ureq = HashRequest { s: &cfg.supabase.schema, t: &table.name, pk: &pk.name, cols: &cols, buckets };
+    let ureq = HashRequest { schema: &cfg.supabase.schema, table: &table.name, key_column: &pk.name, cols: &cols, buckets };
     for chunk in differing.chunks(64) {
         let l = row_map(&parse(
             "local row hashes",
@@ -184,7 +186,22 @@ pub struct Repaired {
     pub rejected: Vec<String>,
 }
 
-/// Resolves `diff` by the sync's rules (see the module docs).
+/// What a repair run works with: the configuration, the local connection
+/// and the down path's session, the upstream, the synced tables, and
+/// whether the run follows a lost slot (see the module docs).
+pub struct Repairer<'a, U> {
+    pub cfg: &'a Config,
+    pub local: &'a Client,
+    pub session: &'a down::Session,
+    pub up: &'a U,
+    pub tables: &'a BTreeMap<String, Table>,
+    pub after_lost_slot: bool,
+}
+
+/// [`Repairer::repair`] with its context spelled out.
+///
+/// Kept for `commands::recovery` until it builds a [`Repairer`]; remove then.
+#[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub async fn repair<U: Upstream>(
     cfg: &Config,
@@ -196,103 +213,100 @@ pub async fn repair<U: Upstream>(
     diff: &TableDiff,
     after_lost_slot: bool,
 ) -> Result<Repaired> {
-    let pk = table.pk().expect("syncable");
-    let mut out = Repaired::default();
-    let mut push_ids: Vec<String> = diff.only_local.clone();
-    let mut pull_ids: Vec<String> = Vec::new();
-    let mut delete_up: Vec<(String, String)> = Vec::new();
-    for id in &diff.differ {
-        let (l, u) = diff.updated.get(id).cloned().unwrap_or_default();
-        // Newer wins; upstream wins ties. Compare as timestamps in SQL below
-        // when both exist: collect candidates first.
-        match (l, u) {
-            (Some(l), Some(u)) if newer(local, &l, &u).await? => push_ids.push(id.clone()),
-            _ => pull_ids.push(id.clone()),
-        }
-    }
-    let watermark: Option<String> = local
-        .query_opt("SELECT last_sync_from_supabase::text FROM _sync_metadata WHERE table_name = $1", &[&table.name])
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-        .and_then(|r| r.get(0));
-    for id in &diff.only_upstream {
-        let uts = diff.updated.get(id).and_then(|(_, u)| u.clone());
-        let tomb: Option<String> = local
-            .query_opt(
-                "SELECT max(commit_ts)::text FROM _sync_pending
-                 WHERE table_name = $1 AND record_id = $2 AND operation = 'DELETE'
-                   AND ($3::text IS NULL OR commit_ts >= $3::text::timestamptz)",
-                &[&table.name, id, &uts],
-            )
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-            .and_then(|r| r.get(0));
-        let passed = match (&watermark, &uts, after_lost_slot) {
-            (Some(w), Some(u), true) => !newer(local, u, w).await?,
-            _ => false,
-        };
-        match tomb {
-            Some(ts) => delete_up.push((id.clone(), ts)),
-            None if passed => {
-                let now: String = local.query_one("SELECT now()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
-                delete_up.push((id.clone(), now));
-            }
-            None => pull_ids.push(id.clone()),
-        }
-    }
+    Repairer { cfg, local, session, up, tables, after_lost_slot }.repair(table, diff).await
+}
 
-    // Up: local images (shared columns only) and tombstones, through the
-    // same last-write-wins apply as the pusher.
-    // Columns upstream lacks stay out of the images (apply would reject them).
-    let only_local_cols: Vec<String> =
-        table.columns.iter().map(|c| c.name.clone()).filter(|c| !diff.shared.contains(c)).collect();
-    for chunk in push_ids.chunks(cfg.sync.batch_size) {
-        let changes: String = local
-            .query_one(
-                &format!(
-                    "SELECT coalesce(jsonb_agg(jsonb_build_object('i', u.ord - 1, 's', $2::text, 't', $3::text, 'op', 'upsert',
+impl<U: Upstream> Repairer<'_, U> {
+    /// Resolves `diff` of `table` by the sync's rules (see the module docs).
+    pub async fn repair(&self, table: &Table, diff: &TableDiff) -> Result<Repaired> {
+        let Repairer { cfg, local, session, up, tables, after_lost_slot } = *self;
+        let store = Store::new(local, LOCAL);
+        let pk = table.pk().expect("syncable");
+        let mut out = Repaired::default();
+        let mut push_ids: Vec<String> = diff.only_local.clone();
+        let mut pull_ids: Vec<String> = Vec::new();
+        let mut delete_up: Vec<(String, String)> = Vec::new();
+        for id in &diff.differ {
+            let (l, u) = diff.updated.get(id).cloned().unwrap_or_default();
+            // Newer wins; upstream wins ties. Compare as timestamps in SQL below
+            // when both exist: collect candidates first.
+            match (l, u) {
+                (Some(l), Some(u)) if newer(local, &l, &u).await? => push_ids.push(id.clone()),
+                _ => pull_ids.push(id.clone()),
+            }
+        }
+        let watermark = store.down_watermark(&table.name).await?;
+        for id in &diff.only_upstream {
+            let uts = diff.updated.get(id).and_then(|(_, u)| u.clone());
+            let tomb = store.latest_tombstone(&table.name, id, uts.as_deref()).await?;
+            let passed = match (&watermark, &uts, after_lost_slot) {
+                (Some(w), Some(u), true) => !newer(local, u, w).await?,
+                _ => false,
+            };
+            match tomb {
+                Some(ts) => delete_up.push((id.clone(), ts)),
+                None if passed => {
+                    let now: String =
+                        local.query_one("SELECT now()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
+                    delete_up.push((id.clone(), now));
+                }
+                None => pull_ids.push(id.clone()),
+            }
+        }
+
+        // Up: local images (shared columns only) and tombstones, through the
+        // same last-write-wins apply as the pusher.
+        // Columns upstream lacks stay out of the images (apply would reject them).
+        let only_local_cols: Vec<String> =
+            table.columns.iter().map(|c| c.name.clone()).filter(|c| !diff.shared.contains(c)).collect();
+        for chunk in push_ids.chunks(cfg.sync.batch_size) {
+            let changes: String = local
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(jsonb_agg(jsonb_build_object('i', u.ord - 1, 's', $2::text, 't', $3::text, 'op', 'upsert',
                                                                   'row', to_jsonb(x) - $4::text[]) ORDER BY u.ord), '[]')::text
                      FROM unnest($1::text[]) WITH ORDINALITY u(id, ord)
                      JOIN {t} x ON x.{pk} = u.id::{ty}",
-                    t = table.qualified(),
-                    pk = quote_ident(&pk.name),
-                    ty = pk.type_name
-                ),
-                &[&chunk, &cfg.supabase.schema, &table.name, &only_local_cols],
-            )
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-            .get(0);
-        let o = up.apply(&changes).await?;
-        for id in chunk {
-            tracing::info!(table = %table.name, id = %id, "repair: pushed the local row upstream");
+                        t = table.qualified(),
+                        pk = quote_ident(&pk.name),
+                        ty = pk.type_name
+                    ),
+                    &[&chunk, &cfg.supabase.schema, &table.name, &only_local_cols],
+                )
+                .await
+                .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+                .get(0);
+            let o = up.apply(&changes).await?;
+            for id in chunk {
+                tracing::info!(table = %table.name, id = %id, "repair: pushed the local row upstream");
+            }
+            tally(&mut out, &o, chunk, false);
         }
-        tally(&mut out, &o, chunk, false);
-    }
-    for chunk in delete_up.chunks(cfg.sync.batch_size) {
-        let els: Vec<Value> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, (id, ts))| serde_json::json!({"i": i, "s": cfg.supabase.schema, "t": table.name, "op": "delete", "k": id, "ts": ts}))
-            .collect();
-        let o = up.apply(&Value::Array(els).to_string()).await?;
-        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
-        for id in &ids {
-            tracing::info!(table = %table.name, id = %id, "repair: deleted upstream (deleted locally)");
+        for chunk in delete_up.chunks(cfg.sync.batch_size) {
+            let els: Vec<Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (id, ts))| serde_json::json!({"i": i, "s": cfg.supabase.schema, "t": table.name, "op": "delete", "k": id, "ts": ts}))
+                .collect();
+            let o = up.apply(&Value::Array(els).to_string()).await?;
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            for id in &ids {
+                tracing::info!(table = %table.name, id = %id, "repair: deleted upstream (deleted locally)");
+            }
+            tally(&mut out, &o, &ids, true);
         }
-        tally(&mut out, &o, &ids, true);
-    }
-    // Down: upstream rows through the down path's apply.
-    let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
-    for chunk in pull_ids.chunks(cfg.sync.batch_size) {
-        let json = up.fetch(&tref, chunk).await?;
-        let n = down::apply_rows(cfg, session, up, tables, table, &json).await?;
-        for id in chunk {
-            tracing::info!(table = %table.name, id = %id, "repair: applied the upstream row locally");
+        // Down: upstream rows through the down path's apply.
+        let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
+        for chunk in pull_ids.chunks(cfg.sync.batch_size) {
+            let json = up.fetch(&tref, chunk).await?;
+            let n = down::apply_rows(cfg, session, up, tables, table, &json).await?;
+            for id in chunk {
+                tracing::info!(table = %table.name, id = %id, "repair: applied the upstream row locally");
+            }
+            out.pulled += n;
         }
-        out.pulled += n;
+        Ok(out)
     }
-    Ok(out)
 }
 
 fn tally(out: &mut Repaired, o: &Outcome, ids: &[String], deletes: bool) {

@@ -2,8 +2,8 @@
 //! for each problem. Exit 1 when anything is wrong.
 
 use crate::catalog::{self, quote_ident, quote_literal};
-use crate::config::Config;
-use crate::replication::connect_local;
+use crate::config::{Config, connect_local};
+use crate::store::Store;
 use crate::upstream::{self, CONTRACT_VERSION, Upstream};
 
 struct Report {
@@ -162,15 +162,8 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         }
     }
     // Control tables, publication, slot, origin.
-    if let Ok(row) = local
-        .query_one(
-            "SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_metadata') IS NOT NULL
-                    AND to_regclass('_sync_log') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL",
-            &[],
-        )
-        .await
-    {
-        if row.get::<_, bool>(0) {
+    if let Ok(present) = Store::new(local, crate::error::LOCAL).control_tables_present().await {
+        if present {
             r.ok("control tables present");
         } else {
             r.fail("control tables missing", "centrovision-sync init");

@@ -3,19 +3,16 @@
 //! Idempotent: every step checks before it creates.
 
 use crate::catalog::{self, quote_ident, quote_literal};
-use crate::config::{Config, UpstreamMode};
+use crate::config::{Config, UpstreamMode, connect_local};
 use crate::error::{ErrorKind, Result, SyncError};
-use crate::replication::connect_local;
+use crate::store::{JournalRow, Operation, Store};
 use crate::upstream::{self, Upstream};
 
-/// The local control schema, in order.
-pub(crate) const LOCAL_SQL: &[(&str, &str)] = &[
-    ("001_control_tables.sql", include_str!("../../sql/001_control_tables.sql")),
-    ("002_capture_state.sql", include_str!("../../sql/002_capture_state.sql")),
-    ("003_service_state.sql", include_str!("../../sql/003_service_state.sql")),
-];
-
 const LOCAL: crate::error::At = crate::error::At::local("local database");
+
+/// Rows `--upload-existing` reads per round trip (the journal writer's
+/// chunk size).
+const UPLOAD_CHUNK: i64 = 2_000;
 
 pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<bool>) -> Result<()> {
     let local = connect_local(cfg).await?;
@@ -37,10 +34,8 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         return Err(SyncError::new(ErrorKind::Config, problems.join("; ")));
     }
 
-    for (name, sql) in LOCAL_SQL {
-        let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
-        local.batch_execute(&wrapped).await.map_err(|e| SyncError::from_pg(LOCAL.doing(format_args!("applying sql/{name}")), &e))?;
-    }
+    let store = Store::new(&local, LOCAL);
+    store.install_schema().await?;
     // The verify hash functions, so both sides hash alike (own BEGIN/COMMIT).
     local
         .batch_execute(crate::upstream::VERIFY_SQL)
@@ -130,20 +125,8 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         .await
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
 
-    local
-        .execute(
-            "INSERT INTO _sync_metadata (table_name) SELECT unnest($1::text[]) ON CONFLICT (table_name) DO NOTHING",
-            &[&cfg.sync.tables],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    local
-        .execute(
-            "INSERT INTO _sync_capture (slot_name) VALUES ($1) ON CONFLICT (slot_name) DO NOTHING",
-            &[&cfg.sync.slot_name],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    store.ensure_table_rows(&cfg.sync.tables).await?;
+    store.ensure_capture_row(&cfg.sync.slot_name).await?;
 
     if with_upstream {
         install_upstream(cfg).await?;
@@ -165,47 +148,68 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
 /// pusher delivers rows that predate the slot. Safe to combine with capture:
 /// the upstream apply is last-write-wins, so a snapshot row never overwrites
 /// a newer upstream row, and a later captured change supersedes it.
+///
+/// One transaction: the rows are written through the journal's own writer
+/// ([`Store::journal_batch`]), with the transaction's time as their commit
+/// time and no commit position, and the upload is noted with them.
 async fn upload_existing_rows(
     cfg: &Config,
     local: &tokio_postgres::Client,
     tables: &std::collections::BTreeMap<String, catalog::Table>,
     force: bool,
 ) -> Result<()> {
-    let done: Option<String> = local
-        .query_one(
-            "SELECT uploaded_existing_at::text FROM _sync_capture WHERE slot_name = $1",
-            &[&cfg.sync.slot_name],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-        .get(0);
-    if let (Some(at), false) = (&done, force) {
+    let store = Store::new(local, LOCAL);
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    if let (Some(at), false) = (store.uploaded_existing_at(&cfg.sync.slot_name).await?, force) {
         println!("existing rows were already uploaded at {at}; nothing to do (use --force to upload them again)");
         return Ok(());
     }
-    local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    local.batch_execute("BEGIN").await.map_err(q)?;
+    let now: crate::store::pending::PgMicros = local.query_one("SELECT now()", &[]).await.map_err(q)?.get(0);
     let mut total = 0u64;
     for name in catalog::parents_first(tables) {
         let t = &tables[&name];
         let pk = t.pk().expect("checked above");
-        let sql = format!(
-            "INSERT INTO _sync_pending (table_name, record_id, operation, data, commit_ts)
-             SELECT $1, x.{pk}::text, 'INSERT', to_jsonb(x), now() FROM {tab} x ORDER BY x.updated_at",
-            pk = quote_ident(&pk.name),
-            tab = t.qualified()
-        );
-        let n = local.execute(&sql, &[&name]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        local
+            .batch_execute(&format!(
+                "DECLARE cvsync_upload NO SCROLL CURSOR FOR
+                 SELECT x.{pk}::text, to_jsonb(x)::text FROM {tab} x ORDER BY x.updated_at",
+                pk = quote_ident(&pk.name),
+                tab = t.qualified()
+            ))
+            .await
+            .map_err(q)?;
+        let fetch = format!("FETCH {UPLOAD_CHUNK} FROM cvsync_upload");
+        let mut n = 0u64;
+        loop {
+            let rows = local.query(&fetch, &[]).await.map_err(q)?;
+            if rows.is_empty() {
+                break;
+            }
+            // Collected first: a closure held across the await would make
+            // the future not provably `Send`.
+            let batch: Vec<JournalRow<'_>> = rows
+                .iter()
+                .map(|r| JournalRow {
+                    table: &name,
+                    record_id: r.get(0),
+                    op: Operation::Insert,
+                    data: r.get(1),
+                    commit_lsn: None,
+                    ordinal: None,
+                    xid: None,
+                    commit_time_micros: now.0,
+                    unchanged: &[],
+                })
+                .collect();
+            n += store.journal_batch(batch).await?;
+        }
+        local.batch_execute("CLOSE cvsync_upload").await.map_err(q)?;
         tracing::info!(table = %name, rows = n, "existing rows journaled for upload");
         total += n;
     }
-    local
-        .execute(
-            "UPDATE _sync_capture SET uploaded_existing_at = now() WHERE slot_name = $1",
-            &[&cfg.sync.slot_name],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    store.mark_uploaded_existing(&cfg.sync.slot_name).await?;
+    local.batch_execute("COMMIT").await.map_err(q)?;
     println!("journaled {total} existing rows for upload; `run` or `once` pushes them");
     Ok(())
 }

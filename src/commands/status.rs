@@ -1,8 +1,7 @@
 //! `status`: answers "is it in sync?" from the local database.
 
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::error::Result;
-use crate::replication::connect_local;
 use crate::status;
 
 pub async fn status(cfg: &Config, json: bool) -> Result<()> {

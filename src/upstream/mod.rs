@@ -126,12 +126,16 @@ pub trait Upstream: Sync {
     fn row_hashes(&self, h: &HashRequest<'_>, wanted: &[i32]) -> impl Future<Output = Result<String>> + Send;
 }
 
-/// Arguments of the hash functions.
+/// Arguments of the hash functions (serialized with the parameter names
+/// of `sql/upstream/002_verify.sql`, for PostgREST RPC).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HashRequest<'a> {
-    pub s: &'a str,
-    pub t: &'a str,
-    pub pk: &'a str,
+    #[serde(rename = "s")]
+    pub schema: &'a str,
+    #[serde(rename = "t")]
+    pub table: &'a str,
+    #[serde(rename = "pk")]
+    pub key_column: &'a str,
     pub cols: &'a [String],
     pub buckets: i32,
 }
@@ -223,4 +227,26 @@ pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
         )));
     }
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_requests_carry_the_parameter_names_of_the_sql_functions() {
+        let cols = vec!["id".to_string(), "name".to_string()];
+        let h = HashRequest { schema: "public", table: "patients", key_column: "id", cols: &cols, buckets: 16 };
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"{"s":"public","t":"patients","pk":"id","cols":["id","name"],"buckets":16}"#
+        );
+    }
+
+    #[test]
+    fn rejections_are_read_by_their_short_keys() {
+        let o = parse_outcome(r#"{"applied":[0],"rejected":[{"i":1,"code":"22P02","message":"bad"}]}"#, 2).unwrap();
+        assert_eq!(o.applied, vec![0]);
+        assert_eq!((o.rejected[0].i, o.rejected[0].code.as_deref()), (1, Some("22P02")));
+    }
 }

@@ -191,7 +191,7 @@ impl Upstream for PgUpstream {
         self.with_client(async |c| {
             c.query_one(
                 "SELECT public.centrovision_sync_bucket_hashes($1, $2, $3, $4, $5)::text",
-                &[&h.s, &h.t, &h.pk, &h.cols, &h.buckets],
+                &[&h.schema, &h.table, &h.key_column, &h.cols, &h.buckets],
             )
             .await
             .map(|r| r.get(0))
@@ -203,7 +203,7 @@ impl Upstream for PgUpstream {
         self.with_client(async |c| {
             c.query_one(
                 "SELECT public.centrovision_sync_row_hashes($1, $2, $3, $4, $5, $6)::text",
-                &[&h.s, &h.t, &h.pk, &h.cols, &h.buckets, &wanted],
+                &[&h.schema, &h.table, &h.key_column, &h.cols, &h.buckets, &wanted],
             )
             .await
             .map(|r| r.get(0))

@@ -1,0 +1,132 @@
+//! The one owner of the control tables: every SQL statement on a `_sync_*`
+//! table lives in this module, as a named operation on [`Store`] (or, where
+//! the statement must be composed into a user-table statement, as a named
+//! SQL fragment such as [`tombstone_after`]). The schema itself is
+//! `sql/00*.sql`, applied by [`Store::install_schema`].
+//!
+//! Invariants, per table (who writes it, and in which transaction):
+//!
+//! - `_sync_pending`, the journal ([`pending`]). Rows are written only by
+//!   [`Store::journal_batch`] (binary COPY): by capture, inside the local
+//!   transaction that also moves `_sync_capture.journaled_lsn`
+//!   ([`Store::record_journaled`]), one decoded transaction never split
+//!   across two local ones; and by `init --upload-existing`, inside the
+//!   transaction that also sets `uploaded_existing_at` (those rows have no
+//!   commit position). `(commit_lsn, ordinal)` identifies a captured change.
+//!   The pusher reads the queue (unsynced, unparked) in `id` order
+//!   ([`Store::journal_rows`]) and marks rows synced ([`Store::mark_synced`])
+//!   only after upstream confirmed them, in the same local transaction as the
+//!   table's up-path progress ([`Store::record_synced_up`]) and its
+//!   rejections ([`Store::record_failure`], which parks). A `DELETE` row is a
+//!   tombstone: the down path consults it inside its page transaction
+//!   ([`tombstone_after`]), `verify --repair` through
+//!   [`Store::latest_tombstone`]. Synced rows past retention are pruned
+//!   ([`Store::prune_journal`]) in the same statement that moves
+//!   `_sync_capture.pruned_through_lsn`.
+//! - `_sync_capture` ([`capture`]), one row per slot. `journaled_lsn` and
+//!   `confirmed_end_lsn` only grow, and `journaled_lsn` moves in the same
+//!   transaction as the journal rows it covers: capture skips re-sent
+//!   transactions at or below it, which is what makes capture idempotent
+//!   (pruning the journal never re-opens a gap). `pruned_through_lsn` moves
+//!   with pruning; `replay` refuses to start at or below it.
+//! - `_sync_metadata` ([`metadata`]), one row per synced table (created by
+//!   `init`). The down-path watermark (`last_sync_from_supabase[_id]`, a
+//!   keyset cursor on `(updated_at, id)`) moves only forward and only in the
+//!   page transaction that applied those rows
+//!   ([`Store::advance_down_watermark`]); the up-path columns move in the
+//!   pusher's mark transaction. `last_error` holds the latest table-level
+//!   error ([`Store::record_table_error`]); a successful page clears only the
+//!   down path's own (`down: …`) error.
+//! - `_sync_log` ([`log`]): append-only, one row per table per cycle and
+//!   direction (plus error rows), pruned after `log_retention_days`.
+//! - `_sync_state` ([`state`]): what the running service knows that `status`
+//!   (another process) should show; one row per key, upserted by the health
+//!   check on every run, so it describes the present, not a history.
+
+pub mod capture;
+pub mod log;
+pub mod metadata;
+pub mod pending;
+pub mod state;
+
+use tokio_postgres::Client;
+
+use crate::error::{At, Result, SyncError};
+
+pub use log::{Direction, LogEntry};
+pub use metadata::TableProgress;
+pub use pending::{JournalRow, JournalSummary, Operation, Queued, ReplayStat, Source, tombstone_after};
+pub use state::StateEntry;
+
+/// The local control schema, in order (`init` applies it; idempotent).
+pub const SCHEMA: &[(&str, &str)] = &[
+    ("001_control_tables.sql", include_str!("../../sql/001_control_tables.sql")),
+    ("002_capture_state.sql", include_str!("../../sql/002_capture_state.sql")),
+    ("003_service_state.sql", include_str!("../../sql/003_service_state.sql")),
+];
+
+/// The control tables as one component sees them: its local connection,
+/// and the label its database errors carry (e.g. "local database
+/// (pusher)"). Cheap to make; make one where needed.
+#[derive(Clone)]
+pub struct Store<'c> {
+    client: &'c Client,
+    at: At,
+}
+
+impl<'c> Store<'c> {
+    pub fn new(client: &'c Client, at: At) -> Self {
+        Store { client, at }
+    }
+
+    /// The connection, for the caller's own statements in the same
+    /// transaction (BEGIN/COMMIT stay with the caller).
+    pub fn client(&self) -> &'c Client {
+        self.client
+    }
+
+    fn err(&self, e: tokio_postgres::Error) -> SyncError {
+        SyncError::from_pg(self.at.clone(), &e)
+    }
+
+    /// Applies [`SCHEMA`], each file in its own transaction.
+    pub async fn install_schema(&self) -> Result<()> {
+        for (name, sql) in SCHEMA {
+            let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
+            self.client
+                .batch_execute(&wrapped)
+                .await
+                .map_err(|e| SyncError::from_pg(self.at.doing(format_args!("applying sql/{name}")), &e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `init` created the four control tables `doctor` checks.
+    pub async fn control_tables_present(&self) -> Result<bool> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_metadata') IS NOT NULL
+                    AND to_regclass('_sync_log') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// Whether the database is ready for the service: the journal and
+    /// capture tables exist and the slot does.
+    pub async fn initialized(&self, slot: &str) -> Result<bool> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+}

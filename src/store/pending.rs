@@ -1,0 +1,420 @@
+//! `_sync_pending`, the journal: its row types and every statement on it
+//! (see the invariants in [`crate::store`]; the capture and push protocols
+//! built on it are in [`crate::journal`] and [`crate::push`]).
+
+use bytes::{BufMut, BytesMut};
+use postgres_types::{FromSql, IsNull, PgLsn, ToSql, Type, to_sql_checked};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+use super::Store;
+use crate::error::{Result, SyncError};
+use crate::lsn::Lsn;
+
+/// The kind of a journaled change, as stored in `_sync_pending.operation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "INSERT",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Truncate => "TRUNCATE",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "INSERT" => Operation::Insert,
+            "UPDATE" => Operation::Update,
+            "DELETE" => Operation::Delete,
+            "TRUNCATE" => Operation::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// One journal row as [`Store::journal_batch`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalRow<'a> {
+    pub table: &'a str,
+    pub record_id: Option<&'a str>,
+    pub op: Operation,
+    /// The row image as JSON text (see `sql/001_control_tables.sql`).
+    pub data: Option<&'a str>,
+    /// Commit LSN, ordinal in the transaction and xid of a captured change;
+    /// None for rows journaled by `init --upload-existing`.
+    pub commit_lsn: Option<Lsn>,
+    pub ordinal: Option<i32>,
+    pub xid: Option<u32>,
+    /// Commit time, microseconds since 2000-01-01 UTC.
+    pub commit_time_micros: i64,
+    /// TOAST columns whose value the WAL did not carry.
+    pub unchanged: &'a [String],
+}
+
+/// JSON text handed to PostgreSQL as `jsonb` without re-parsing it here.
+struct JsonText<'a>(&'a str);
+
+impl std::fmt::Debug for JsonText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl ToSql for JsonText<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.put_u8(1);
+        }
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+    to_sql_checked!();
+}
+
+/// A timestamptz as microseconds since 2000-01-01 UTC (PostgreSQL's own
+/// binary representation).
+#[derive(Debug, Clone, Copy)]
+pub struct PgMicros(pub i64);
+
+impl ToSql for PgMicros {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_i64(self.0);
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+    to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for PgMicros {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let b: [u8; 8] = raw.try_into()?;
+        Ok(PgMicros(i64::from_be_bytes(b)))
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}
+
+/// One unsynced journal row as the pusher sees it.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub id: i64,
+    pub table: String,
+    pub record_id: Option<String>,
+    pub op: Operation,
+    pub data: Option<String>,
+    /// Commit time as timestamptz text (UTC).
+    pub commit_ts: String,
+    pub retry_count: i32,
+    /// The transaction's commit LSN (None for rows from the trigger era or
+    /// `init --upload-existing`).
+    pub commit_lsn: Option<Lsn>,
+}
+
+/// Which journal rows a batch reads.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Unsynced, unparked rows: the pusher's queue.
+    Queue,
+    /// Every row with a commit LSN in `[from, to]` (optionally some tables),
+    /// synced or not: `replay`.
+    Range { from: Lsn, to: Option<Lsn>, tables: Vec<String> },
+}
+
+/// Totals over the unsynced journal, for `status`.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalSummary {
+    /// Unsynced rows still queued.
+    pub backlog: i64,
+    /// Unsynced rows parked with an error.
+    pub parked: i64,
+    /// Age of the oldest queued row.
+    pub oldest_pending_seconds: Option<f64>,
+}
+
+/// Journal rows per table and operation in an LSN range, for `replay`.
+#[derive(Debug, Clone)]
+pub struct ReplayStat {
+    pub table: String,
+    pub operation: String,
+    pub rows: i64,
+    pub min_lsn: Option<String>,
+    pub max_lsn: Option<String>,
+}
+
+/// SQL condition, for composing into a statement on a user table: the
+/// journal holds a tombstone of the record — a local `DELETE` of it that
+/// committed at or after `ts`. `table`, `record_id` and `ts` are SQL
+/// expressions (the record id as text); `and`, when given, is a further
+/// condition inside the same subquery. Serves from the record index
+/// (`table_name, record_id`).
+pub fn tombstone_after(table: &str, record_id: &str, ts: &str, and: Option<&str>) -> String {
+    let and = and.map(|c| format!(" AND {c}")).unwrap_or_default();
+    format!(
+        "EXISTS (SELECT 1 FROM _sync_pending p WHERE {}{and})",
+        tombstone_predicate(table, record_id, ts)
+    )
+}
+
+/// The one definition of a tombstone match on journal rows aliased `p`.
+fn tombstone_predicate(table: &str, record_id: &str, ts: &str) -> String {
+    format!("p.table_name = {table} AND p.record_id = {record_id} AND p.operation = 'DELETE' AND p.commit_ts >= {ts}")
+}
+
+impl Store<'_> {
+    /// Writes `rows` to the journal with binary COPY, in the caller's open
+    /// transaction (see the module invariants). Returns the rows written.
+    pub async fn journal_batch<'r>(&self, rows: impl IntoIterator<Item = JournalRow<'r>>) -> Result<u64> {
+        let sink = self
+            .client
+            .copy_in(
+                "COPY _sync_pending (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts, xid, unchanged_columns) FROM STDIN (FORMAT binary)",
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let types = [
+            Type::VARCHAR,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::JSONB,
+            Type::PG_LSN,
+            Type::INT4,
+            Type::TIMESTAMPTZ,
+            Type::INT8,
+            Type::TEXT_ARRAY,
+        ];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(writer);
+        let mut n = 0;
+        for r in rows {
+            let data = r.data.map(JsonText);
+            let unchanged: Option<&[String]> = (!r.unchanged.is_empty()).then_some(r.unchanged);
+            let lsn = r.commit_lsn.map(PgLsn::from);
+            let ts = PgMicros(r.commit_time_micros);
+            let xid = r.xid.map(i64::from);
+            writer
+                .as_mut()
+                .write(&[&r.table, &r.record_id, &r.op.as_str(), &data, &lsn, &r.ordinal, &ts, &xid, &unchanged])
+                .await
+                .map_err(|e| self.err(e))?;
+            n += 1;
+        }
+        writer.finish().await.map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// The latest journaled value of each of `columns` for a record, as a
+    /// JSON object text (columns no image carries are absent).
+    pub async fn latest_journaled_values(&self, table: &str, record_id: &str, columns: &[String]) -> Result<Option<String>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT jsonb_object_agg(k, v)::text FROM (
+                   SELECT DISTINCT ON (k) k, p.data -> k AS v
+                   FROM unnest($3::text[]) k
+                   JOIN _sync_pending p ON p.table_name = $1 AND p.record_id = $2 AND p.data ? k
+                   ORDER BY k, p.id DESC) s",
+                &[&table, &record_id, &columns],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Up to `limit` `source` rows after journal id `after_id`, in journal
+    /// order; with `only_lsn`, only rows of that transaction.
+    pub async fn journal_rows(&self, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
+        const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
+                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn FROM _sync_pending";
+        let only = only_lsn.map(PgLsn::from);
+        let rows = match source {
+            // Separate statement text so the partial queue index serves it.
+            Source::Queue => {
+                self.client
+                    .query(
+                        &format!(
+                            "{COLUMNS} WHERE synced = FALSE AND parked_at IS NULL AND id > $2
+                           AND ($3::pg_lsn IS NULL OR commit_lsn = $3) ORDER BY id LIMIT $1"
+                        ),
+                        &[&limit, &after_id, &only],
+                    )
+                    .await
+            }
+            Source::Range { from, to, tables } => {
+                let (from, to) = (PgLsn::from(*from), to.map(PgLsn::from));
+                self.client
+                    .query(
+                        &format!(
+                            "{COLUMNS} WHERE id > $2 AND ($3::pg_lsn IS NULL OR commit_lsn = $3)
+                           AND commit_lsn >= $4 AND ($5::pg_lsn IS NULL OR commit_lsn <= $5)
+                           AND (cardinality($6::text[]) = 0 OR table_name = ANY($6))
+                         ORDER BY id LIMIT $1"
+                        ),
+                        &[&limit, &after_id, &only, &from, &to, tables],
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|r| {
+                let op: String = r.get(3);
+                Ok(Queued {
+                    id: r.get(0),
+                    table: r.get(1),
+                    record_id: r.get(2),
+                    op: Operation::parse(&op).ok_or_else(|| {
+                        SyncError::new(crate::error::ErrorKind::Decode, format!("journal row {} has unknown operation {op:?}", r.get::<_, i64>(0)))
+                    })?,
+                    data: r.get(4),
+                    commit_ts: r.get(5),
+                    retry_count: r.get::<_, Option<i32>>(6).unwrap_or(0),
+                    commit_lsn: r.get::<_, Option<PgLsn>>(7).map(Lsn::from),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks rows delivered (applied upstream, or superseded by a newer
+    /// upstream row).
+    pub async fn mark_synced(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .execute(
+                "UPDATE _sync_pending SET synced = TRUE, synced_at = now(), error = NULL WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a failed attempt for rows; `park` takes them out of the queue
+    /// until an operator retries them.
+    pub async fn record_failure(&self, ids: &[i64], error: &str, park: bool) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .execute(
+                "UPDATE _sync_pending SET retry_count = coalesce(retry_count, 0) + 1, error = $2,
+                    parked_at = CASE WHEN $3 THEN now() ELSE parked_at END
+             WHERE id = ANY($1)",
+                &[&ids, &error, &park],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Unsynced rows that are still queued (not parked).
+    pub async fn backlog(&self) -> Result<i64> {
+        let r = self
+            .client
+            .query_one("SELECT count(*) FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.get(0))
+    }
+
+    /// Unsynced rows parked with an error.
+    pub async fn parked(&self) -> Result<i64> {
+        let r = self
+            .client
+            .query_one("SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL AND synced = FALSE", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.get(0))
+    }
+
+    /// Backlog, parked rows and the age of the oldest queued row.
+    pub async fn journal_summary(&self) -> Result<JournalSummary> {
+        let r = self
+            .client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE parked_at IS NULL),
+                    count(*) FILTER (WHERE parked_at IS NOT NULL),
+                    extract(epoch FROM now() - min(coalesce(commit_ts, created_at)) FILTER (WHERE parked_at IS NULL))::float8
+             FROM _sync_pending WHERE NOT synced",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(JournalSummary { backlog: r.get(0), parked: r.get(1), oldest_pending_seconds: r.get(2) })
+    }
+
+    /// The commit time (timestamptz text) of the latest tombstone of a
+    /// record — a journaled local DELETE — at or after `not_before`
+    /// (timestamptz text; None: any).
+    pub async fn latest_tombstone(&self, table: &str, record_id: &str, not_before: Option<&str>) -> Result<Option<String>> {
+        let sql = format!(
+            "SELECT max(p.commit_ts)::text FROM _sync_pending p WHERE {}",
+            tombstone_predicate("$1", "$2", "coalesce($3::text::timestamptz, '-infinity')")
+        );
+        let row = self.client.query_opt(&sql, &[&table, &record_id, &not_before]).await.map_err(|e| self.err(e))?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Deletes up to `batch` synced rows older than `retention_hours` and,
+    /// in the same statement, moves the slot's `pruned_through_lsn` past
+    /// them. Returns the rows deleted.
+    pub async fn prune_journal(&self, retention_hours: i32, batch: i64, slot: &str) -> Result<i64> {
+        let r = self
+            .client
+            .query_one(
+                "WITH d AS (
+                    DELETE FROM _sync_pending WHERE id IN (
+                        SELECT id FROM _sync_pending WHERE synced AND synced_at < now() - make_interval(hours => $1) LIMIT $2)
+                    RETURNING commit_lsn),
+                 u AS (
+                    UPDATE _sync_capture SET pruned_through_lsn = GREATEST(pruned_through_lsn, (SELECT max(commit_lsn) FROM d))
+                    WHERE slot_name = $3 AND EXISTS (SELECT 1 FROM d) RETURNING 1)
+                 SELECT count(*) FROM d",
+                &[&retention_hours, &batch, &slot],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.get(0))
+    }
+
+    /// Journal rows per table and operation with a commit LSN in
+    /// `[from, to]` (optionally only `tables`).
+    pub async fn replay_summary(&self, from: Lsn, to: Option<Lsn>, tables: &[String]) -> Result<Vec<ReplayStat>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT table_name::text, operation::text, count(*), min(commit_lsn)::text, max(commit_lsn)::text
+             FROM _sync_pending
+             WHERE commit_lsn >= $1 AND ($2::pg_lsn IS NULL OR commit_lsn <= $2)
+               AND (cardinality($3::text[]) = 0 OR table_name = ANY($3))
+             GROUP BY 1, 2 ORDER BY 1, 2",
+                &[&PgLsn::from(from), &to.map(PgLsn::from), &tables],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| ReplayStat {
+                table: r.get(0),
+                operation: r.get(1),
+                rows: r.get(2),
+                min_lsn: r.get(3),
+                max_lsn: r.get(4),
+            })
+            .collect())
+    }
+}
