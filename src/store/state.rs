@@ -38,7 +38,10 @@ impl Store<'_> {
         let keys: Vec<String> = active.iter().map(|(k, _)| format!("alert:{k}")).collect();
         let mut first_err = self
             .client
-            .execute("DELETE FROM _sync_state WHERE key LIKE 'alert:%' AND NOT (key = ANY($1))", &[&keys])
+            .execute(
+                "DELETE FROM _sync_state WHERE key LIKE 'alert:%' AND NOT (key = ANY($1))",
+                &[&keys],
+            )
             .await
             .err();
         for (key, (_, since)) in keys.iter().zip(active) {
@@ -64,6 +67,13 @@ impl Store<'_> {
             .query("SELECT key, value, since::text FROM _sync_state", &[])
             .await
             .map_err(|e| self.err(e))?;
-        Ok(rows.iter().map(|r| StateEntry { key: r.get(0), value: r.get(1), since: r.get(2) }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| StateEntry {
+                key: r.get(0),
+                value: r.get(1),
+                since: r.get(2),
+            })
+            .collect())
     }
 }
