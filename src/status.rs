@@ -6,6 +6,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::error::{Result, SyncError};
+use crate::store::Store;
 
 const LOCAL: crate::error::At = crate::error::At::local("local database");
 
@@ -57,44 +58,24 @@ pub struct Status {
 }
 
 pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
+    let store = Store::new(local, LOCAL);
     let q = |e| SyncError::from_pg(LOCAL, &e);
-    let rows = local
-        .query(
-            "SELECT t.name,
-                    m.last_sync_from_supabase::text, m.last_sync_to_supabase::text,
-                    coalesce(m.records_synced_down, 0)::int8, coalesce(m.records_synced_up, 0)::int8, m.last_error,
-                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NULL),
-                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NOT NULL)
-             FROM unnest($1::text[]) WITH ORDINALITY t(name, n)
-             LEFT JOIN _sync_metadata m ON m.table_name = t.name
-             ORDER BY t.n",
-            &[&cfg.sync.tables],
-        )
-        .await
-        .map_err(q)?;
-    let tables = rows
-        .iter()
-        .map(|r| TableStatus {
-            table: r.get(0),
-            last_sync_down: r.get(1),
-            last_sync_up: r.get(2),
-            records_synced_down: r.get(3),
-            records_synced_up: r.get(4),
-            last_error: r.get(5),
-            pending: r.get(6),
-            parked: r.get(7),
+    let tables = store
+        .table_progress(&cfg.sync.tables)
+        .await?
+        .into_iter()
+        .map(|t| TableStatus {
+            table: t.table,
+            last_sync_down: t.last_sync_down,
+            last_sync_up: t.last_sync_up,
+            records_synced_down: t.records_synced_down,
+            records_synced_up: t.records_synced_up,
+            last_error: t.last_error,
+            pending: t.pending,
+            parked: t.parked,
         })
         .collect();
-    let agg = local
-        .query_one(
-            "SELECT count(*) FILTER (WHERE parked_at IS NULL),
-                    count(*) FILTER (WHERE parked_at IS NOT NULL),
-                    extract(epoch FROM now() - min(coalesce(commit_ts, created_at)) FILTER (WHERE parked_at IS NULL))::float8
-             FROM _sync_pending WHERE NOT synced",
-            &[],
-        )
-        .await
-        .map_err(q)?;
+    let journal = store.journal_summary().await?;
     let slot = local
         .query_opt(
             "SELECT slot_name::text, active, confirmed_flush_lsn::text,
@@ -113,38 +94,24 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
             lag_bytes: r.get(4),
             wal_status: r.get(5),
         });
-    let lsns = local
-        .query_one(
-            "SELECT (SELECT journaled_lsn::text FROM _sync_capture WHERE slot_name = $1),
-                    (SELECT min(commit_lsn)::text FROM _sync_pending)",
-            &[&cfg.sync.slot_name],
-        )
-        .await
-        .map_err(q)?;
-    let state = local
-        .query("SELECT key, value, since::text FROM _sync_state", &[])
-        .await
-        .map_err(q)?;
+    let (journaled_lsn, oldest_replayable_lsn) = store.journal_positions(&cfg.sync.slot_name).await?;
     let mut upstream = None;
     let mut alerts = Vec::new();
-    for r in state {
-        let key: String = r.get(0);
-        let value: Option<String> = r.get(1);
-        let since: Option<String> = r.get(2);
-        if key == "upstream" {
-            upstream = Some(LinkStatus { online: value.as_deref() == Some("online"), since });
-        } else if let Some(a) = key.strip_prefix("alert:") {
-            alerts.push(format!("{a} (since {})", since.unwrap_or_default()));
+    for e in store.service_state().await? {
+        if e.key == "upstream" {
+            upstream = Some(LinkStatus { online: e.value.as_deref() == Some("online"), since: e.since });
+        } else if let Some(a) = e.key.strip_prefix("alert:") {
+            alerts.push(format!("{a} (since {})", e.since.unwrap_or_default()));
         }
     }
     Ok(Status {
         tables,
-        backlog: agg.get(0),
-        parked: agg.get(1),
-        oldest_pending_seconds: agg.get(2),
+        backlog: journal.backlog,
+        parked: journal.parked,
+        oldest_pending_seconds: journal.oldest_pending_seconds,
         slot,
-        journaled_lsn: lsns.get(0),
-        oldest_replayable_lsn: lsns.get(1),
+        journaled_lsn,
+        oldest_replayable_lsn,
         upstream,
         alerts,
     })

@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::runtime::Runtime;
-use crate::error::ErrorKind;
-use crate::replication::connect_local;
+use crate::config::connect_local;
+use crate::error::{ErrorKind, LOCAL};
 use crate::status::{self, Status};
+use crate::store::Store;
 use crate::upstream::{self, Upstream};
 
 const PRUNE_BATCH: u64 = 5_000;
@@ -140,60 +141,27 @@ async fn thresholds(rt: &Runtime, st: &Status) {
 
 /// Writes connectivity and alerts to `_sync_state` for `status`.
 async fn persist(rt: &Runtime, c: &Client) {
+    let store = Store::new(c, LOCAL);
     let up = rt.upstream_link.state();
     let value = if up.online { "online" } else { "offline" };
-    let _ = c
-        .execute(
-            "INSERT INTO _sync_state (key, value, since, updated_at) VALUES ('upstream', $1, $2, now())
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, since = EXCLUDED.since, updated_at = now()",
-            &[&value, &up.since_wall],
-        )
-        .await;
-    let active = rt.alerter.active();
-    let keys: Vec<String> = active.iter().map(|(k, _)| format!("alert:{k}")).collect();
-    let _ = c.execute("DELETE FROM _sync_state WHERE key LIKE 'alert:%' AND NOT (key = ANY($1))", &[&keys]).await;
-    for (k, since) in &active {
-        let _ = c
-            .execute(
-                "INSERT INTO _sync_state (key, value, since) VALUES ($1, 'raised', $2) ON CONFLICT (key) DO UPDATE SET updated_at = now()",
-                &[&format!("alert:{k}"), since],
-            )
-            .await;
-    }
+    let _ = store.set_upstream_state(value, up.since_wall).await;
+    let _ = store.set_alerts(&rt.alerter.active()).await;
 }
 
 /// Prunes old `_sync_log` rows and synced journal rows, in small batches.
 async fn prune(rt: &Runtime, c: &Client) {
+    let store = Store::new(c, LOCAL);
     let batch = PRUNE_BATCH as i64;
     let days = rt.cfg.sync.log_retention_days as i32;
     let hours = rt.cfg.sync.journal_retention_hours as i32;
     for _ in 0..20 {
-        match c
-            .execute(
-                "DELETE FROM _sync_log WHERE id IN (SELECT id FROM _sync_log WHERE created_at < now() - make_interval(days => $1) LIMIT $2)",
-                &[&days, &batch],
-            )
-            .await
-        {
+        match store.prune_log(days, batch).await {
             Ok(n) if n == PRUNE_BATCH => continue,
             _ => break,
         }
     }
     for _ in 0..20 {
-        let r = c
-            .query_one(
-                "WITH d AS (
-                    DELETE FROM _sync_pending WHERE id IN (
-                        SELECT id FROM _sync_pending WHERE synced AND synced_at < now() - make_interval(hours => $1) LIMIT $2)
-                    RETURNING commit_lsn),
-                 u AS (
-                    UPDATE _sync_capture SET pruned_through_lsn = GREATEST(pruned_through_lsn, (SELECT max(commit_lsn) FROM d))
-                    WHERE slot_name = $3 AND EXISTS (SELECT 1 FROM d) RETURNING 1)
-                 SELECT count(*) FROM d",
-                &[&hours, &batch, &rt.cfg.sync.slot_name],
-            )
-            .await;
-        match r.map(|r| r.get::<_, i64>(0)) {
+        match store.prune_journal(hours, batch, &rt.cfg.sync.slot_name).await {
             Ok(n) if n > 0 => {
                 tracing::debug!(rows = n, "pruned synced journal rows past retention");
                 if n < batch {

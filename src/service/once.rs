@@ -14,11 +14,12 @@ use super::lock::acquire_instance_lock;
 use super::push::push_while;
 use super::readiness::{check_contract, local_tables};
 use super::runtime::{Runtime, forward};
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::down;
 use crate::error::{ErrorKind, LOCAL, Result, SyncError};
 use crate::lsn::Lsn;
-use crate::replication::{self, connect_local};
+use crate::replication;
+use crate::store::Store;
 use crate::upstream;
 
 /// Captures everything committed before it started, pushes it, runs one
@@ -58,11 +59,7 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
         };
         let ((), pushed) = tokio::join!(caught, push_while(&rt, &up, caught_up_rx, true));
         let pushed = pushed?;
-        let parked: i64 = local
-            .query_one("SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL AND synced = FALSE", &[])
-            .await
-            .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-            .get(0);
+        let parked = Store::new(&local, LOCAL).parked().await?;
         tracing::info!(
             direction = "up",
             rows = pushed.rows,

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 
 use super::runtime::Runtime;
 use super::supervise::{Cap, GiveUp, Next, Restart, supervise};
-use crate::error::{ErrorKind, Result, SyncError, TRANSIENT_CAP};
+use crate::config::connect_local;
+use crate::error::{ErrorKind, LOCAL, Result, SyncError, TRANSIENT_CAP};
 use crate::push;
-use crate::replication::connect_local;
+use crate::store::{Direction, LogEntry, Store};
 use crate::upstream;
 
 /// The push task of `run`: [`push_while`] under supervision.
@@ -91,7 +92,7 @@ pub(crate) async fn push_while(
         match push::push_batch(&local, up, cfg.sync.batch_size, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => {
                 if !cycle.is_empty() {
-                    log_cycle(&local, "UP", &cycle, cycle_started.elapsed()).await;
+                    log_cycle(&local, Direction::Up, &cycle, cycle_started.elapsed()).await;
                     cycle.clear();
                 }
                 if finishing {
@@ -136,10 +137,10 @@ pub(crate) async fn push_while(
                 }
                 streak.failed(&f.error).await;
                 if !f.ids.is_empty() {
-                    let _ = crate::journal::record_failure(&local, &f.ids, &f.error.to_string(), false).await;
+                    let _ = Store::new(&local, LOCAL).record_failure(&f.ids, &f.error.to_string(), false).await;
                 }
                 if failures == 1 {
-                    log_error(&local, "UP", &f.error).await;
+                    log_error(&local, Direction::Up, &f.error).await;
                 }
                 if give_up && (failures >= cfg.sync.retry_max_attempts || !f.error.is_transient()) {
                     return Err(f.error);
@@ -160,23 +161,18 @@ pub(crate) async fn push_while(
 }
 
 /// One `_sync_log` row per table for a finished cycle.
-async fn log_cycle(local: &tokio_postgres::Client, direction: &str, per_table: &HashMap<String, i64>, took: Duration) {
+async fn log_cycle(local: &tokio_postgres::Client, direction: Direction, per_table: &HashMap<String, i64>, took: Duration) {
+    let store = Store::new(local, LOCAL);
     for (table, n) in per_table {
-        tracing::info!(table = %table, direction, rows = n, duration_ms = took.as_millis() as u64, "sync");
-        let _ = local
-            .execute(
-                "INSERT INTO _sync_log (direction, table_name, records_affected, status, duration_ms) VALUES ($1, $2, $3, 'SUCCESS', $4)",
-                &[&direction, table, &(*n as i32), &(took.as_millis() as i32)],
-            )
-            .await;
+        tracing::info!(table = %table, direction = direction.as_str(), rows = n, duration_ms = took.as_millis() as u64, "sync");
+        let entry = LogEntry { direction, table: Some(table), records: *n as i32, error: None, duration_ms: took.as_millis() as i32 };
+        let _ = store.log_sync(&entry).await;
     }
 }
 
-async fn log_error(local: &tokio_postgres::Client, direction: &str, e: &SyncError) {
-    let _ = local
-        .execute(
-            "INSERT INTO _sync_log (direction, records_affected, status, error_message, duration_ms) VALUES ($1, 0, 'ERROR', $2, 0)",
-            &[&direction, &e.to_string()],
-        )
-        .await;
+/// The `_sync_log` error row for the first failure of a streak.
+async fn log_error(local: &tokio_postgres::Client, direction: Direction, e: &SyncError) {
+    let text = e.to_string();
+    let entry = LogEntry { direction, table: None, records: 0, error: Some(&text), duration_ms: 0 };
+    let _ = Store::new(local, LOCAL).log_sync(&entry).await;
 }

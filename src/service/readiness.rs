@@ -5,24 +5,15 @@
 use std::collections::BTreeMap;
 
 use crate::catalog::{self, Table};
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::error::{ErrorKind, LOCAL, Result, Side, SyncError};
-use crate::replication::connect_local;
+use crate::store::Store;
 use crate::upstream::{self, CONTRACT_VERSION, Upstream};
 
 /// The local catalog of the synced tables, checked for syncability.
 pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
     let local = connect_local(cfg).await?;
-    let ready: bool = local
-        .query_one(
-            "SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL
-                AND EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&cfg.sync.slot_name],
-        )
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-        .get(0);
-    if !ready {
+    if !Store::new(&local, LOCAL).initialized(&cfg.sync.slot_name).await? {
         return Err(SyncError::new(
             ErrorKind::NotInitialized,
             "the local database is not initialized for sync (control tables or slot missing)",
