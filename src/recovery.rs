@@ -7,14 +7,14 @@
 //! they are idempotent and never overwrite newer upstream data. This module
 //! does the work and returns what happened; the CLI (`commands`) prints it.
 
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::down;
 use crate::error::{ErrorKind, LOCAL, Result, SyncError};
 use crate::journal::{self, Source};
 use crate::lsn::Lsn;
 use crate::push;
-use crate::replication::connect_local;
 use crate::service::{acquire_instance_lock, check_contract, compare_tables, local_tables, once_with};
+use crate::store::Store;
 use crate::upstream::{self, Upstream};
 use crate::verify::{self, TableDiff};
 
@@ -60,17 +60,8 @@ pub struct Replayed {
 /// journal no longer holds.
 pub async fn plan_replay(cfg: &Config, range: &ReplayRange) -> Result<ReplayPlan> {
     let local = connect_local(cfg).await?;
-    let q = |e| SyncError::from_pg(LOCAL, &e);
-    let bounds = local
-        .query_one(
-            "SELECT (SELECT min(commit_lsn) FROM _sync_pending),
-                    (SELECT pruned_through_lsn FROM _sync_capture WHERE slot_name = $1)",
-            &[&cfg.sync.slot_name],
-        )
-        .await
-        .map_err(q)?;
-    let oldest: Option<Lsn> = bounds.get::<_, Option<postgres_types::PgLsn>>(0).map(Lsn::from);
-    let pruned: Option<Lsn> = bounds.get::<_, Option<postgres_types::PgLsn>>(1).map(Lsn::from);
+    let store = Store::new(&local, LOCAL);
+    let (oldest, pruned) = store.replay_bounds(&cfg.sync.slot_name).await?;
     let from = range.from;
     if let Some(p) = pruned.filter(|p| from <= *p) {
         return Err(SyncError::new(ErrorKind::Refused, format!(
@@ -79,22 +70,12 @@ pub async fn plan_replay(cfg: &Config, range: &ReplayRange) -> Result<ReplayPlan
         ))
         .with_hint("replay from the oldest replayable LSN, then run `centrovision-sync verify --repair` to reconcile what is older"));
     }
-    let stats = local
-        .query(
-            "SELECT table_name::text, operation::text, count(*), min(commit_lsn)::text, max(commit_lsn)::text
-             FROM _sync_pending
-             WHERE commit_lsn >= $1 AND ($2::pg_lsn IS NULL OR commit_lsn <= $2)
-               AND (cardinality($3::text[]) = 0 OR table_name = ANY($3))
-             GROUP BY 1, 2 ORDER BY 1, 2",
-            &[&postgres_types::PgLsn::from(from), &range.to.map(postgres_types::PgLsn::from), &range.tables],
-        )
-        .await
-        .map_err(q)?;
+    let stats = store.replay_summary(from, range.to, &range.tables).await?;
     Ok(ReplayPlan {
-        groups: stats.iter().map(|r| ReplayGroup { table: r.get(0), operation: r.get(1), rows: r.get(2) }).collect(),
-        total: stats.iter().map(|r| r.get::<_, i64>(2)).sum(),
-        first: stats.iter().filter_map(|r| r.get::<_, Option<String>>(3)).min_by_key(|s| s.parse::<Lsn>().ok()),
-        last: stats.iter().filter_map(|r| r.get::<_, Option<String>>(4)).max_by_key(|s| s.parse::<Lsn>().ok()),
+        total: stats.iter().map(|r| r.rows).sum(),
+        first: stats.iter().filter_map(|r| r.min_lsn.clone()).min_by_key(|s| s.parse::<Lsn>().ok()),
+        last: stats.iter().filter_map(|r| r.max_lsn.clone()).max_by_key(|s| s.parse::<Lsn>().ok()),
+        groups: stats.into_iter().map(|r| ReplayGroup { table: r.table, operation: r.operation, rows: r.rows }).collect(),
     })
 }
 
@@ -175,9 +156,10 @@ async fn verify_with(cfg: &Config, only: Vec<String>, repair: bool, after_lost_s
             e
         }
     })?;
+    let repairer = verify::Repairer { cfg, local: &local, session: &session, up: &up, tables: &tables, after_lost_slot };
     let mut repaired = Vec::new();
     for d in diffs.iter().filter(|d| !d.is_equal()) {
-        let r = verify::repair(cfg, &local, &session, &up, &tables, &tables[&d.table], d, after_lost_slot).await?;
+        let r = repairer.repair(&tables[&d.table], d).await?;
         repaired.push((d.table.clone(), r));
     }
     // Prove it: compare again.

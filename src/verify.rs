@@ -198,24 +198,6 @@ pub struct Repairer<'a, U> {
     pub after_lost_slot: bool,
 }
 
-/// [`Repairer::repair`] with its context spelled out.
-///
-/// Kept for `commands::recovery` until it builds a [`Repairer`]; remove then.
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub async fn repair<U: Upstream>(
-    cfg: &Config,
-    local: &Client,
-    session: &down::Session,
-    up: &U,
-    tables: &BTreeMap<String, Table>,
-    table: &Table,
-    diff: &TableDiff,
-    after_lost_slot: bool,
-) -> Result<Repaired> {
-    Repairer { cfg, local, session, up, tables, after_lost_slot }.repair(table, diff).await
-}
-
 impl<U: Upstream> Repairer<'_, U> {
     /// Resolves `diff` of `table` by the sync's rules (see the module docs).
     pub async fn repair(&self, table: &Table, diff: &TableDiff) -> Result<Repaired> {
