@@ -257,10 +257,3 @@ pub async fn next_batch(client: &Client, source: &Source, limit: i64, after_id: 
 async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
     Store::new(client, LOCAL).journal_rows(source, limit, after_id, only_lsn).await
 }
-
-/// Records a failed attempt for rows (see [`Store::record_failure`]).
-///
-/// Kept for `commands::service` until it calls the store directly.
-pub async fn record_failure(client: &Client, ids: &[i64], error: &str, park: bool) -> Result<()> {
-    Store::new(client, LOCAL).record_failure(ids, error, park).await
-}

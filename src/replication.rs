@@ -28,17 +28,11 @@ use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, Repl
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::Table;
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::error::{ErrorKind, Result, Side, SyncError, kind_of_sqlstate};
 use crate::journal::{Change, Operation, Writer};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, Message, OldTuple, Tuple, Value};
-
-/// Moved to [`crate::config::connect_local`]; re-exported for the modules
-/// that still import it from here (`commands::{service, health, http,
-/// recovery}`). Remove once they import it from `config`.
-#[doc(hidden)]
-pub use crate::config::connect_local;
 
 /// Prefix of the logical message `once` emits to find the end of "now".
 pub const MARKER_PREFIX: &str = "centrovision_sync.marker";

@@ -12,9 +12,8 @@ use tokio_postgres::Client;
 use super::readiness::local_tables;
 use super::runtime::Runtime;
 use crate::catalog::{self, Table};
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::error::Result;
-use crate::replication::connect_local;
 use crate::upstream;
 use crate::verify::{self, TableDiff};
 

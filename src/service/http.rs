@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::runtime::Runtime;
-use crate::replication::connect_local;
+use crate::config::connect_local;
 use crate::status;
 
 /// The http task: serves while the service runs, when `[http] listen` is set.

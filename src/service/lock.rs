@@ -12,9 +12,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::supervise::{Cap, GiveUp, Next, Restart, supervise};
-use crate::config::Config;
+use crate::config::{Config, connect_local};
 use crate::error::{ErrorKind, LOCAL, Result, SyncError};
-use crate::replication::connect_local;
 
 /// Holds the per-slot advisory lock for as long as it lives.
 pub struct InstanceLock {
