@@ -74,7 +74,7 @@
 //! chaos found (marked `#[ignore = "bug: ..."]` until src/ is fixed), plus a
 //! half-open-connection liveness test.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;

@@ -6,8 +6,6 @@
 //! config file in a temp dir. Commands run the compiled binary as a child
 //! process, so crash tests can kill it for real.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -42,9 +40,9 @@ pub enum Mode {
 
 /// The upstream SQL, as `init --print-upstream-sql` prints it.
 pub const UPSTREAM_SQL: &str = concat!(
-    include_str!("../../sql/upstream/001_apply.sql"),
+    include_str!("../../../sql/upstream/001_apply.sql"),
     "\n",
-    include_str!("../../sql/upstream/002_verify.sql")
+    include_str!("../../../sql/upstream/002_verify.sql")
 );
 
 /// Generates `name::postgres` and `name::rest` tests from `async fn name(mode: Mode)`.
@@ -361,13 +359,6 @@ pub fn diff_rows(local: &str, upstream: &str) -> String {
         .count();
     out.push_str(&format!("  ({} local rows, {} upstream rows; {only_l} only local, {only_u} only upstream, {differ} differ)", l.len(), u.len()));
     out
-}
-
-fn head(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 pub fn tail(s: &str, lines: usize) -> String {
