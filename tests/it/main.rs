@@ -19,6 +19,8 @@
 //! - [`chaos`]: randomized workload under faults, then no data lost;
 //! - [`security`]: secrets, TLS, least privilege at runtime;
 //! - [`deploy_files`]: installers, unit file, role SQL, config snippets;
+//! - [`upstream_apply`]: `centrovision_sync_apply()` (sql/upstream) case by
+//!   case;
 //! - [`pgoutput_never_panics`]: property tests of the pgoutput codec;
 //! - [`harness_smoke`], [`postgrest_standin`]: the test kit's own promises;
 //! - [`bench_quick`]: the end-to-end benchmark's quick profile, so the
@@ -48,3 +50,4 @@ mod rest_mode;
 mod security;
 mod service;
 mod up_path;
+mod upstream_apply;
