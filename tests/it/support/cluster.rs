@@ -109,6 +109,9 @@ impl StopMode {
     }
 }
 
+/// See [`Cluster::shared`].
+static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
 /// A running PostgreSQL cluster in a temp dir. `Send + Sync`.
 pub struct Cluster {
     bin_dir: PathBuf,
@@ -134,7 +137,6 @@ impl Cluster {
     #[track_caller]
     pub fn shared() -> &'static Cluster {
         super::floor::join();
-        static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
         let started = SHARED.get_or_init(|| {
             Cluster::try_start(ClusterOptions::default()).map(|mut cluster| {
                 cluster.shared = true;
@@ -147,6 +149,11 @@ impl Cluster {
             // instead of each one retrying a start that can't work.
             Err(reason) => panic!("the shared test cluster failed to start:\n{reason}"),
         }
+    }
+
+    /// The shared cluster, if a test has started it already.
+    pub fn shared_if_started() -> Option<&'static Cluster> {
+        SHARED.get().and_then(|started| started.as_ref().ok())
     }
 
     /// A dedicated cluster, stopped and removed on `Drop` (or by the watchdog
