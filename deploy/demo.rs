@@ -3,8 +3,9 @@
 //! REST mode (through the PostgREST stand-in for Supabase's HTTP layer), a
 //! change made on each side, and both arriving. Run: `bash deploy/demo.sh`.
 
-#[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
+// The integration tests' kit; the demo uses only part of it.
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -32,7 +32,7 @@
 -- What the role can and cannot do
 -- --------------------------------
 -- The service (`run`, `once`) and `status`/`doctor` work with exactly the
--- privileges granted here (tests/deploy_files.rs runs the service as this
+-- privileges granted here (tests/it/deploy_files.rs runs the service as this
 -- role). It is NOT a superuser, cannot create databases, roles or schemas,
 -- cannot create objects in the schema, and has no privileges on tables other
 -- than the synced ones and its own control tables.

@@ -4,20 +4,30 @@
 //! so the tests kill the service exactly there: when the environment
 //! variable `CENTROVISION_SYNC_CRASH_AT` names a point (`NAME` or `NAME:N`
 //! for its N-th hit), the process aborts on the spot — no destructors, no
-//! flushed acknowledgement, the same as SIGKILL. Unset (always, in
-//! production) a point costs one relaxed atomic load.
+//! flushed acknowledgement, the same as SIGKILL. With the variable unset, a
+//! point costs one relaxed atomic load.
+//!
+//! All of this exists only with the `crash-points` feature, which the
+//! integration tests enable for the binary they run (see Cargo.toml).
+//! Without it (`cargo build --release`, the shipped service) [`point`] is an
+//! empty inline function: no check, no environment variable, no abort.
 
+#[cfg(feature = "crash-points")]
 use std::sync::OnceLock;
+#[cfg(feature = "crash-points")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "crash-points")]
 pub const CRASH_ENV: &str = "CENTROVISION_SYNC_CRASH_AT";
 
+#[cfg(feature = "crash-points")]
 struct Armed {
     name: String,
     nth: u64,
     hits: AtomicU64,
 }
 
+#[cfg(feature = "crash-points")]
 fn armed() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED
@@ -33,6 +43,7 @@ fn armed() -> Option<&'static Armed> {
 }
 
 /// Aborts the process if this point is armed and reached its N-th hit.
+#[cfg(feature = "crash-points")]
 pub fn point(name: &str) {
     if let Some(a) = armed() {
         if a.name == name && a.hits.fetch_add(1, Ordering::Relaxed) + 1 >= a.nth {
@@ -41,3 +52,8 @@ pub fn point(name: &str) {
         }
     }
 }
+
+/// Without the `crash-points` feature: nothing (see the module docs).
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn point(_name: &str) {}

@@ -16,9 +16,12 @@
 //! documentation, "Logical Replication Message Formats" and "Streaming
 //! Replication Protocol".
 //!
-//! [`encode`] and [`encode_frame`] write the same formats back out. They
-//! exist for tests and benchmarks, so that `decode(encode(m)) == m` can be
-//! checked and realistic input built without a server.
+//! `encode` and `encode_frame` write the same formats back out. They exist
+//! for tests and benchmarks, so that `decode(encode(m)) == m` can be checked
+//! and realistic input built without a server; so they are compiled only for
+//! this crate's unit tests and with the `test-utils` feature (which the
+//! integration tests, benches and fuzz targets enable), never into the
+//! service.
 
 use std::fmt;
 
@@ -129,6 +132,7 @@ impl ReplicaIdentity {
         }
     }
 
+    #[cfg(any(test, feature = "test-utils"))]
     fn to_byte(self) -> u8 {
         match self {
             ReplicaIdentity::Default => b'd',
@@ -745,6 +749,7 @@ impl<'a> Reader<'a> {
 /// `i16::MAX` columns, more than `i32::MAX` relations in a Truncate, or a
 /// value or content longer than `i32::MAX` bytes. PostgreSQL never produces
 /// such messages.
+#[cfg(any(test, feature = "test-utils"))]
 pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
     match msg {
         Message::Begin(m) => {
@@ -837,6 +842,7 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
 
 /// Appends `frame` as a CopyData payload, so that [`decode_frame`] gives
 /// back an equal frame. For tests and benchmarks.
+#[cfg(any(test, feature = "test-utils"))]
 pub fn encode_frame(frame: &Frame<'_>, out: &mut Vec<u8>) {
     match frame {
         Frame::XLogData {
@@ -864,10 +870,12 @@ pub fn encode_frame(frame: &Frame<'_>, out: &mut Vec<u8>) {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 fn put_lsn(out: &mut Vec<u8>, lsn: Lsn) {
     out.extend_from_slice(&lsn.as_u64().to_be_bytes());
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 fn put_str(out: &mut Vec<u8>, s: &str) {
     assert!(
         !s.contains('\0'),
@@ -877,16 +885,19 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.push(0);
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 fn put_count16(out: &mut Vec<u8>, n: usize) {
     let n = i16::try_from(n).expect("pgoutput column counts are Int16");
     out.extend_from_slice(&n.to_be_bytes());
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 fn put_len32(out: &mut Vec<u8>, n: usize) {
     let n = i32::try_from(n).expect("pgoutput lengths and counts are Int32");
     out.extend_from_slice(&n.to_be_bytes());
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 fn put_old_tuple(out: &mut Vec<u8>, old: &OldTuple<'_>) {
     match old {
         OldTuple::Key(t) => {
@@ -900,6 +911,7 @@ fn put_old_tuple(out: &mut Vec<u8>, old: &OldTuple<'_>) {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 fn put_tuple(out: &mut Vec<u8>, t: &Tuple<'_>) {
     put_count16(out, t.columns.len());
     for v in &t.columns {

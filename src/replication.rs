@@ -500,8 +500,9 @@ fn image(t: &mut Txn, rel: &Relation, op: Operation, tuple: &Tuple<'_>, old_full
 /// Benchmark hook for `benches/decode.rs`, not an API: builds the journal
 /// image of each tuple with the capture path's own encoder ([`image`]),
 /// for a relation as pgoutput announced it, and returns the total JSON
-/// length.
+/// length. Only with the `test-utils` feature (or in unit tests).
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-utils"))]
 pub fn encode_image_for_bench(relation: &pgoutput::Relation, tuples: &[Tuple<'_>]) -> Result<usize> {
     let rel = Relation {
         name: relation.name.clone(),

@@ -6,8 +6,6 @@
 //! and fail with a description of what they were waiting for (and, with
 //! [`wait_for_state`], what they last saw) when the deadline passes.
 
-#![allow(dead_code)]
-
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 

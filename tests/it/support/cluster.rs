@@ -2,19 +2,20 @@
 //!
 //! Why: the sync engine speaks the logical replication protocol and relies on
 //! server behaviour (slots, `wal_level`, crash recovery, auth), which no mock
-//! reproduces. So each test binary starts its own throw-away cluster with
+//! reproduces. So the test process starts its own throw-away clusters with
 //! `initdb` + `pg_ctl` from the installed PostgreSQL binaries:
 //!
-//! - one shared cluster per test binary ([`Cluster::shared`]), started lazily
-//!   on first use, one database per test ([`Cluster::create_database`]);
+//! - one cluster shared by every test of the process ([`Cluster::shared`]),
+//!   started lazily on first use, one database per test
+//!   ([`Cluster::create_database`]);
 //! - dedicated clusters ([`Cluster::start`]) for tests that stop, crash or
 //!   reconfigure the server; they are stopped and removed on `Drop`.
 //!
 //! Isolation: every cluster lives in its own temp dir, listens only on
 //! 127.0.0.1 on a port the kernel just handed out (retried on a bind race), and
-//! keeps its Unix socket inside its temp dir, so several test binaries (e.g.
+//! keeps its Unix socket inside its temp dir, so several test processes (e.g.
 //! under nextest) can run at the same time. (nextest runs every test in its
-//! own process, so there "one shared cluster per binary" means one per test.)
+//! own process, so there "one shared cluster per process" means one per test.)
 //!
 //! Root: PostgreSQL refuses to run as root. When this process is root, every
 //! server-side binary is run as the `postgres` OS user (override with
@@ -33,9 +34,8 @@
 //! Environment knobs: `PG_BIN_DIR` (binaries to use; default: highest version
 //! under /usr/lib/postgresql), `PG_TEST_OS_USER` (when root; default
 //! `postgres`), `PG_TEST_TMPDIR` (where temp dirs go), `PG_TEST_KEEP`,
-//! `PG_TEST_VERBOSE` (print each cluster's port, dir and start time).
-
-#![allow(dead_code)]
+//! `PG_TEST_VERBOSE` (print each cluster's port, dir and start time, and
+//! which test waited for one running alone, see `floor`).
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -109,6 +109,9 @@ impl StopMode {
     }
 }
 
+/// See [`Cluster::shared`].
+static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
 /// A running PostgreSQL cluster in a temp dir. `Send + Sync`.
 pub struct Cluster {
     bin_dir: PathBuf,
@@ -123,16 +126,17 @@ pub struct Cluster {
     shared: bool,
     /// Serialises pg_ctl invocations on this cluster.
     ctl: Mutex<()>,
-    /// Declared last so it is dropped last: stops the server and removes `root`.
-    watchdog: Watchdog,
+    /// Held for its `Drop`, which stops the server and removes `root`;
+    /// declared last so it is dropped last.
+    _watchdog: Watchdog,
 }
 
 impl Cluster {
-    /// The cluster shared by all tests of this test binary, started on first
+    /// The cluster shared by all tests of this test process, started on first
     /// use. Don't stop or reconfigure it; use [`Cluster::start`] for that.
     #[track_caller]
     pub fn shared() -> &'static Cluster {
-        static SHARED: OnceLock<Result<Cluster, String>> = OnceLock::new();
+        super::floor::join();
         let started = SHARED.get_or_init(|| {
             Cluster::try_start(ClusterOptions::default()).map(|mut cluster| {
                 cluster.shared = true;
@@ -141,10 +145,15 @@ impl Cluster {
         });
         match started {
             Ok(cluster) => cluster,
-            // Every test of the binary fails fast with the original reason
+            // Every test of the process fails fast with the original reason
             // instead of each one retrying a start that can't work.
             Err(reason) => panic!("the shared test cluster failed to start:\n{reason}"),
         }
+    }
+
+    /// The shared cluster, if a test has started it already.
+    pub fn shared_if_started() -> Option<&'static Cluster> {
+        SHARED.get().and_then(|started| started.as_ref().ok())
     }
 
     /// A dedicated cluster, stopped and removed on `Drop` (or by the watchdog
@@ -152,6 +161,7 @@ impl Cluster {
     /// run: ~0.5 s on this machine.
     #[track_caller]
     pub fn start(opts: ClusterOptions) -> Cluster {
+        super::floor::join();
         match Cluster::try_start(opts) {
             Ok(cluster) => cluster,
             Err(reason) => panic!("{reason}"),
@@ -211,7 +221,7 @@ impl Cluster {
             server_version_num: 0,
             shared: false,
             ctl: Mutex::new(()),
-            watchdog,
+            _watchdog: watchdog,
         };
         cluster.server_version_num = cluster.read_server_version()?;
 
@@ -258,21 +268,8 @@ impl Cluster {
         self.port
     }
 
-    pub fn host(&self) -> &'static str {
-        HOST
-    }
-
     pub fn superuser(&self) -> &'static str {
         SUPERUSER
-    }
-
-    pub fn password(&self) -> &str {
-        &self.password
-    }
-
-    /// Where initdb/pg_ctl/psql/pgbench/pg_recvlogical... were found.
-    pub fn bin_dir(&self) -> &Path {
-        &self.bin_dir
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -374,11 +371,6 @@ impl Cluster {
         self.start_again();
     }
 
-    /// libpq key=value connection string as the superuser.
-    pub fn conn_string(&self, db: &str) -> String {
-        conn_string(HOST, self.port, SUPERUSER, &self.password, db)
-    }
-
     /// Connect as the superuser to an existing database (e.g. `"postgres"`).
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
         self.db_handle(db).connect().await
@@ -455,7 +447,7 @@ impl Cluster {
     fn refuse_if_shared(&self, what: &str) {
         if self.shared {
             panic!(
-                "Cluster::shared().{what}() would break every other test in this binary; \
+                "Cluster::shared().{what}() would break every other test in this process; \
                  use Cluster::start(ClusterOptions::default()) for a dedicated cluster"
             );
         }
@@ -518,7 +510,7 @@ impl Cluster {
         let mut conf = base_conf.to_owned();
         let _ = write!(
             conf,
-            "\n# ---- added by tests/support/cluster.rs ----\n\
+            "\n# ---- added by tests/it/support/cluster.rs ----\n\
              listen_addresses = '{HOST}'\n\
              port = {port}\n\
              unix_socket_directories = {socket_dir}\n\
@@ -594,18 +586,6 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// libpq key=value connection string, e.g.
-    /// `host=127.0.0.1 port=40123 user=postgres password=... dbname=foo_1_0`.
-    pub fn conn_string(&self) -> String {
-        conn_string(self.host, self.port, &self.user, &self.password, &self.name)
-    }
-
-    /// [`conn_string`](Self::conn_string) plus `replication=database`, for a
-    /// logical replication (walsender) connection.
-    pub fn replication_conn_string(&self) -> String {
-        format!("{} replication=database", self.conn_string())
-    }
-
     /// The same parameters as a tokio-postgres config (10 s connect timeout).
     pub fn config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
@@ -1050,24 +1030,6 @@ fn quote_ident(ident: &str) -> String {
 /// A postgresql.conf string literal.
 fn quote_conf(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-/// A libpq key=value value, quoted only when needed.
-fn conn_value(value: &str) -> String {
-    if !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-fn conn_string(host: &str, port: u16, user: &str, password: &str, db: &str) -> String {
-    format!(
-        "host={} port={port} user={} password={} dbname={}",
-        conn_value(host),
-        conn_value(user),
-        conn_value(password),
-        conn_value(db)
-    )
 }
 
 /// tokio-postgres' Display for server errors is just "db error"; include

@@ -1,7 +1,7 @@
 //! Bad input gets a clear, specific error, a non-zero exit code, no panic,
 //! and never loses data.
 
-mod support;
+use crate::support;
 
 use std::process::Output;
 

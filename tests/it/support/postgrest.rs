@@ -81,8 +81,6 @@
 //! hints for misspelled tables/functions (hint is null), `RAISE SQLSTATE
 //! 'PGRST'` custom responses, other schemas (`Accept-Profile`).
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
@@ -372,7 +370,6 @@ struct KillSwitch {
 /// Connect info handed to the handler: lets it kill its own connection.
 #[derive(Debug, Clone)]
 struct ConnHandle {
-    peer: SocketAddr,
     kill: Arc<KillSwitch>,
 }
 
@@ -393,7 +390,7 @@ impl Listener for KillableListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.inner.accept().await {
-                Ok((stream, peer)) => {
+                Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
                     let kill = Arc::new(KillSwitch::default());
                     return (
@@ -401,7 +398,7 @@ impl Listener for KillableListener {
                             inner: stream,
                             kill: kill.clone(),
                         },
-                        ConnHandle { peer, kill },
+                        ConnHandle { kill },
                     );
                 }
                 // e.g. EMFILE: back off instead of spinning.
@@ -411,8 +408,8 @@ impl Listener for KillableListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()?;
         Ok(ConnHandle {
-            peer: self.inner.local_addr()?,
             kill: Arc::default(),
         })
     }
@@ -538,7 +535,7 @@ fn not_implemented(what: &str) -> Response {
         &json!({
             "code": "STANDIN",
             "details": what,
-            "hint": "extend tests/support/postgrest.rs if the client needs this",
+            "hint": "extend tests/it/support/postgrest.rs if the client needs this",
             "message": "not implemented by the PostgREST stand-in",
         }),
     )

@@ -1,10 +1,10 @@
-//! Smoke tests for the test harness itself (tests/support): if these fail,
+//! Smoke tests for the test harness itself (tests/it/support): if these fail,
 //! every other integration test's failure is suspect, so they check the
 //! harness's promises directly: logical WAL, per-test databases, real
 //! password auth, restarts keeping data, options reaching postgresql.conf,
 //! and cleanup both on Drop and when the test process is killed.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -292,10 +292,12 @@ async fn watchdog_cleans_up_after_the_test_process_is_killed() {
     let scratch = tempfile::tempdir().unwrap();
     let report = scratch.path().join("child-cluster");
     let child_log = std::fs::File::create(scratch.path().join("child.log")).unwrap();
+    // libtest names a test by its module path without the crate name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_starts_the_shared_cluster_and_waits_to_be_killed",
+            &format!("{module}::helper_starts_the_shared_cluster_and_waits_to_be_killed"),
         ])
         .args(["--ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_OUT_ENV, &report)

@@ -1,9 +1,9 @@
-//! Tests for the PostgREST stand-in (tests/support/postgrest.rs): the
+//! Tests for the PostgREST stand-in (tests/it/support/postgrest.rs): the
 //! REST-mode tests trust it to answer like Supabase, so these check the
 //! documented PostgREST/Supabase behaviour it claims to reproduce, against a
 //! real database.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,8 @@
 //! Recovery tools: replay from a saved LSN, verify and repair drift, resync
 //! after a lost slot.
 
-mod support;
+use crate::both_modes;
+use crate::support;
 
 use std::time::Duration;
 

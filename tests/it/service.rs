@@ -1,7 +1,7 @@
 //! The service on a clinic's bad days: outages, restarts, alerts, logs,
 //! status.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! Down path against real clusters: upstream rows come down without echo,
 //! both sides converge, and crashes lose nothing.
 
-mod support;
+use crate::both_modes;
+use crate::support;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

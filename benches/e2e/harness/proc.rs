@@ -138,10 +138,6 @@ impl Watched {
         v[v.len().saturating_sub(n)..].iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
     }
 
-    pub fn lines(&self) -> Vec<(Duration, String)> {
-        self.lines.lock().unwrap().clone()
-    }
-
     /// Current CPU time of the (live) process.
     pub fn cpu_now(&self) -> Option<Duration> {
         cpu_time(self.pid)

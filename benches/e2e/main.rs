@@ -10,10 +10,13 @@
 //! Writes bench-report/report.{json,md,svg} (+ pg_stat_statements.md) and
 //! prints the markdown table.
 
-#[path = "../tests/support/mod.rs"]
+// The integration tests' kit (clusters, the PostgREST stand-in), which the
+// harness runs on. The benchmark uses only part of it, and this crate is
+// not where the rest is exercised (tests/it is), hence the allow.
+#[path = "../../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
-#[path = "e2e/harness.rs"]
 mod harness;
 
 fn main() {

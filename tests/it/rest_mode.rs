@@ -1,7 +1,8 @@
 //! REST mode against the PostgREST stand-in for Supabase's HTTP layer:
 //! faults, keys, missing objects, and exact values through JSON.
 
-mod support;
+use crate::both_modes;
+use crate::support;
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@
 //! - `install_windows.ps1` never downloads anything and, when `pwsh` is
 //!   available, parses.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

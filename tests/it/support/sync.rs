@@ -6,8 +6,6 @@
 //! config file in a temp dir. Commands run the compiled binary as a child
 //! process, so crash tests can kill it for real.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -42,9 +40,9 @@ pub enum Mode {
 
 /// The upstream SQL, as `init --print-upstream-sql` prints it.
 pub const UPSTREAM_SQL: &str = concat!(
-    include_str!("../../sql/upstream/001_apply.sql"),
+    include_str!("../../../sql/upstream/001_apply.sql"),
     "\n",
-    include_str!("../../sql/upstream/002_verify.sql")
+    include_str!("../../../sql/upstream/002_verify.sql")
 );
 
 /// Generates `name::postgres` and `name::rest` tests from `async fn name(mode: Mode)`.
@@ -363,13 +361,6 @@ pub fn diff_rows(local: &str, upstream: &str) -> String {
     out
 }
 
-fn head(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
 pub fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
@@ -418,13 +409,34 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
 }
 
 impl Drop for Pair {
-    /// A failing test shows what the service logged.
+    /// A failing test shows what the service logged. And a finished test's
+    /// replication slot on the shared cluster goes: that cluster lives as
+    /// long as the test process, which runs every integration test, so
+    /// leftover slots would reach `max_replication_slots` and keep all WAL
+    /// written after them. (Only if nothing streams from it any more; a
+    /// dedicated cluster goes away with its slots anyway.)
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.run_log();
             if !log.is_empty() {
                 eprintln!("--- last lines of the service log (run.log) ---\n{}", tail(&log, 60));
             }
+        }
+        if let Some(shared) = Cluster::shared_if_started()
+            && shared.port() == self.local.port()
+        {
+            let sql = format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = '{}' AND NOT active",
+                self.slot.replace('\'', "''")
+            );
+            // Best effort: the slot may not exist (no `init`) or be busy.
+            let _ = shared
+                .tool("psql")
+                .args(["-X", "-q", "-d", "postgres", "-c", &sql])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

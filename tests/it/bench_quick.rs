@@ -1,15 +1,21 @@
 //! The end-to-end benchmark's quick profile, run under `cargo test` so the
-//! harness (benches/e2e/harness.rs, shared with `cargo bench --bench e2e`)
+//! harness (benches/e2e/harness/, shared with `cargo bench --bench e2e`)
 //! cannot rot. It asserts only that every section completes and yields
 //! sane numbers and that the report files are written; never timings.
+//!
+//! It loads both cores by itself, so it runs alone (`support::floor`), as
+//! it did when it was a test binary of its own.
 
-mod support;
+use crate::support;
 
-#[path = "../benches/e2e/harness.rs"]
+// The harness refers to the kit as `crate::support`, which is where
+// tests/it/main.rs declares it.
+#[path = "../../benches/e2e/harness/mod.rs"]
 mod harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_benchmark_profile_completes_and_writes_its_report() {
+    let _alone = support::floor::alone();
     let out = tempfile::tempdir().expect("temp dir");
     let opts = harness::Options::quick(out.path());
     let report = harness::run(&opts).await;

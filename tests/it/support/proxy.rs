@@ -31,8 +31,6 @@
 //! Closing with RST: `SO_LINGER` 0 set just before the socket is dropped (and
 //! the write half forgotten, so no FIN goes out first).
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -166,10 +164,6 @@ impl Proxy {
         self.addr.port()
     }
 
-    pub fn mode(&self) -> NetFault {
-        *lock(&self.shared.mode)
-    }
-
     /// Switches the network's behaviour (see the module docs).
     pub fn set(&self, fault: NetFault) {
         *lock(&self.shared.mode) = fault;
@@ -217,13 +211,6 @@ impl Proxy {
             c.kill.send_replace(true);
         }
         conns.clear();
-    }
-
-    /// Connections currently open through the proxy.
-    pub fn open_connections(&self) -> usize {
-        let mut conns = lock(&self.shared.conns);
-        conns.retain(|c| !c.killed() && Arc::strong_count(c) > 1);
-        conns.len()
     }
 
     pub fn stats(&self) -> ProxyStats {

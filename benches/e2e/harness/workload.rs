@@ -6,7 +6,7 @@
 //! address "a random existing row" with an index lookup instead of
 //! `ORDER BY random()`.
 
-/// The synced sample tables (tests/support/centrovision_schema.sql),
+/// The synced sample tables (tests/it/support/centrovision_schema.sql),
 /// parents first.
 pub const SAMPLE_TABLES: [&str; 6] = ["branches", "patients", "services", "appointments", "invoices", "invoice_items"];
 

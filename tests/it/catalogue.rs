@@ -12,7 +12,8 @@
 //! - an upstream GET that answers malformed JSON (down path, REST);
 //! - real pgoutput messages, corrupted by hand.
 
-mod support;
+use crate::both_modes;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,24 +1,21 @@
-//! The end-to-end benchmark harness, shared by `benches/e2e.rs` (full and
-//! `--quick` profiles) and `tests/bench_quick.rs` (the quick profile under
-//! `cargo test`, so the harness cannot rot). See benches/README.md.
+//! The end-to-end benchmark harness, shared by `benches/e2e/main.rs` (full
+//! and `--quick` profiles) and `tests/it/bench_quick.rs` (the quick profile
+//! under `cargo test`, so the harness cannot rot). See benches/README.md.
 //!
 //! It starts two dedicated PostgreSQL clusters on this machine (a "local"
 //! clinic cluster and an "upstream" one standing in for Supabase's
 //! database; REST mode goes through the PostgREST stand-in in
-//! tests/support), creates a pair of databases per section, runs the real
+//! tests/it/support), creates a pair of databases per section, runs the real
 //! `centrovision-sync` binary against them, and measures each figure next
 //! to a baseline measured in the same run on the same workload.
 //!
-//! The including crate must declare `mod support;` (tests/support) at its
-//! root; this module refers to it as `crate::support`.
+//! The including crate must declare `mod support;` (tests/it/support) at
+//! its root; this module refers to it as `crate::support`. Both include this
+//! directory module with one `#[path]` to this file; its submodules resolve
+//! next to it either way.
 
-#![allow(dead_code)]
-
-#[path = "proc.rs"]
 pub mod proc;
-#[path = "report.rs"]
 pub mod report;
-#[path = "workload.rs"]
 pub mod workload;
 
 use std::collections::HashMap;
@@ -114,6 +111,8 @@ pub struct Options {
     pub out_dir: PathBuf,
     pub sections: Vec<Section>,
     /// Re-render report.md/report.svg from this report.json instead of running.
+    // Read by benches/e2e/main.rs only; tests/it/bench_quick.rs never re-renders.
+    #[allow(dead_code)]
     pub render: Option<PathBuf>,
 }
 
@@ -136,6 +135,9 @@ impl Options {
         }
     }
 
+    // The full profile and the command line are benches/e2e/main.rs's only;
+    // tests/it/bench_quick.rs builds Options::quick directly.
+    #[allow(dead_code)]
     pub fn full(out_dir: impl Into<PathBuf>) -> Options {
         Options {
             quick: false,
@@ -154,9 +156,10 @@ impl Options {
         }
     }
 
-    /// Command line of `benches/e2e.rs`. `cargo bench` passes `--bench`;
+    /// Command line of `benches/e2e/main.rs`. `cargo bench` passes `--bench`;
     /// without it (e.g. `cargo test --benches`, or running the binary by
     /// hand) the quick profile runs unless `--full` is given.
+    #[allow(dead_code)]
     pub fn from_args(args: &[String], default_out: &Path) -> R<Options> {
         let has = |f: &str| args.iter().any(|a| a == f);
         let quick = has("--quick") || (!has("--bench") && !has("--full"));
@@ -204,10 +207,6 @@ impl Options {
             return Err("N must be at least 100".into());
         }
         Ok(o)
-    }
-
-    fn has(&self, s: Section) -> bool {
-        self.sections.contains(&s)
     }
 }
 
@@ -566,7 +565,6 @@ struct Latency {
 struct Idle {
     cycle_ms: f64,
     span_cycles: usize,
-    sum_duration_ms: f64,
     floor_ms: f64,
 }
 
@@ -578,11 +576,12 @@ pub struct Bench {
     pub upstream: Cluster,
     report: Report,
     res: Results,
-    pgss: bool,
 }
 
 /// Reads a report.json written by [`run`] and writes its markdown and SVG
 /// again (e.g. after a change to the rendering) into `out_dir`.
+// `--render` of benches/e2e/main.rs only.
+#[allow(dead_code)]
 pub fn render(json: &Path, out_dir: &Path) -> R<Report> {
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
     let report: Report = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
@@ -609,7 +608,7 @@ pub async fn run(opts: &Options) -> Report {
         extra.push("shared_preload_libraries = 'pg_stat_statements'".into());
     }
     let mut conf = vec![
-        "fsync = off, full_page_writes = off (tests/support default; the same for every variant)".to_string(),
+        "fsync = off, full_page_writes = off (tests/it/support default; the same for every variant)".to_string(),
         "synchronous_commit = on".into(),
     ];
     conf.extend(extra.iter().cloned());
@@ -643,7 +642,7 @@ pub async fn run(opts: &Options) -> Report {
         cluster_settings: conf,
         sections: opts.sections.iter().map(|s| s.name().to_string()).collect(),
     };
-    let mut b = Bench { section_started: Instant::now(), opts: opts.clone(), local, upstream, report, res: Results::default(), pgss };
+    let mut b = Bench { section_started: Instant::now(), opts: opts.clone(), local, upstream, report, res: Results::default() };
     b.report.machine = machine(&b.local).await;
     if pgss {
         for c in [&b.local, &b.upstream] {
@@ -1180,7 +1179,7 @@ impl Bench {
         let m = if mode == Mode::Rest { "REST" } else { "postgres" };
         self.report.stage(format!("3: idle cycle, 23 tables ({m} mode)"), cycle_ms, "ms",
             format!("median of {} cycles, from _sync_log created_at spans; sum of per-table duration_ms {sum_ms:.0} ms; 23 bare pulls {floor_ms:.1} ms", spans.len()));
-        Ok(Idle { cycle_ms, span_cycles: spans.len(), sum_duration_ms: sum_ms, floor_ms })
+        Ok(Idle { cycle_ms, span_cycles: spans.len(), floor_ms })
     }
 
     // -- 4c: pgbench ----------------------------------------------------------

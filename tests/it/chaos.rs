@@ -67,14 +67,14 @@
 //! Long variant (run before releases; about 10 minutes on 2 cores):
 //!
 //! ```text
-//! CHAOS_FAULTS=300 cargo test --release --test chaos -- --nocapture
+//! CHAOS_FAULTS=300 cargo test --release --test it chaos:: -- --nocapture
 //! ```
 //!
 //! The end of the file holds deterministic regression tests for the bugs
 //! chaos found (marked `#[ignore = "bug: ..."]` until src/ is fixed), plus a
 //! half-open-connection liveness test.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -587,7 +587,7 @@ async fn chaos(mode: Mode) {
     let release = if cfg!(debug_assertions) { "" } else { " --release" };
     say(&format!(
         "chaos {mode_name}: CHAOS_SEED={seed} CHAOS_FAULTS={faults} \
-         (reproduce: CHAOS_SEED={seed} CHAOS_FAULTS={faults} cargo test{release} --test chaos {mode_name} -- --exact --nocapture)"
+         (reproduce: CHAOS_SEED={seed} CHAOS_FAULTS={faults} cargo test{release} --test it chaos::{mode_name} -- --exact --nocapture)"
     ));
     let started = Instant::now();
     let history = History::default();

@@ -1,6 +1,7 @@
 //! Up path against real clusters: WAL capture → journal → upstream.
 
-mod support;
+use crate::both_modes;
+use crate::support;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! - SQL text built with `format!` only splices identifiers through the
 //!   quoting helpers (a source-level check, see the last test).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
