@@ -17,6 +17,7 @@ pub mod connectivity;
 pub mod crash;
 pub mod down;
 pub mod error;
+pub mod feed;
 pub mod journal;
 pub mod logging;
 pub mod lsn;

@@ -112,4 +112,75 @@ impl Store<'_> {
             .map_err(|e| self.err(e))?;
         Ok((r.get(0), r.get(1)))
     }
+
+    /// The cluster this database runs on now (`pg_control_system()`).
+    pub async fn system_identifier(&self) -> Result<String> {
+        let row = self
+            .client
+            .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// The cluster the capture bookkeeping of `slot` describes (None before
+    /// the first `init` of this version) and the current capture epoch.
+    pub async fn capture_identity(&self, slot: &str) -> Result<Option<(Option<String>, i32)>> {
+        let row = self
+            .client
+            .query_opt("SELECT system_identifier, epoch FROM _sync_capture WHERE slot_name = $1", &[&slot])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Ties the bookkeeping of `slot` to the cluster `sysid` (`init`). When
+    /// `fresh_positions` (the slot was just created, or the bookkeeping came
+    /// from another cluster) a new epoch starts at the next journal id and
+    /// journaled/confirmed LSNs restart from 0/0: LSNs of the old slot or
+    /// cluster say nothing about the new one. The first call of this version
+    /// on an existing installation only records the cluster and opens epoch
+    /// 1 for the journal as it is. Returns the epoch in force.
+    pub async fn tie_to_cluster(&self, slot: &str, sysid: &str, fresh_positions: bool) -> Result<i32> {
+        let row = self
+            .client
+            .query_one(
+                "WITH cur AS (SELECT epoch, system_identifier FROM _sync_capture WHERE slot_name = $1),
+                      first AS (SELECT NOT EXISTS (SELECT 1 FROM _sync_epoch) AS yes),
+                      nxt AS (SELECT CASE WHEN (SELECT yes FROM first) THEN (SELECT epoch FROM cur)
+                                          WHEN $3 OR (SELECT system_identifier FROM cur) IS DISTINCT FROM $2
+                                               THEN (SELECT greatest(max(epoch), (SELECT epoch FROM cur)) + 1 FROM _sync_epoch)
+                                          ELSE (SELECT epoch FROM cur) END AS epoch),
+                      ins AS (INSERT INTO _sync_epoch (epoch, first_journal_id, system_identifier)
+                              SELECT nxt.epoch,
+                                     CASE WHEN (SELECT yes FROM first) THEN 0
+                                          ELSE (SELECT coalesce(max(id), 0) + 1 FROM _sync_pending) END,
+                                     $2
+                              FROM nxt ON CONFLICT (epoch) DO NOTHING RETURNING epoch)
+                 UPDATE _sync_capture c SET
+                   system_identifier = $2,
+                   epoch = (SELECT epoch FROM nxt),
+                   journaled_lsn = CASE WHEN (SELECT epoch FROM nxt) <> c.epoch OR (NOT (SELECT yes FROM first) AND $3)
+                                        THEN '0/0' ELSE c.journaled_lsn END,
+                   confirmed_end_lsn = CASE WHEN (SELECT epoch FROM nxt) <> c.epoch OR (NOT (SELECT yes FROM first) AND $3)
+                                            THEN '0/0' ELSE c.confirmed_end_lsn END,
+                   updated_at = now()
+                 WHERE c.slot_name = $1
+                 RETURNING c.epoch",
+                &[&slot, &sysid, &fresh_positions],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// Every capture epoch with the first journal id it wrote, oldest first.
+    pub async fn epochs(&self) -> Result<Vec<(i32, i64)>> {
+        let rows = self
+            .client
+            .query("SELECT epoch, first_journal_id FROM _sync_epoch ORDER BY first_journal_id, epoch", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }

@@ -1,0 +1,287 @@
+//! Many clinics, one Supabase: two clinic databases and one upstream, each
+//! clinic with its own service (config, slot, origin, `clinic_id`).
+//!
+//! One test per everyday situation of the multi-clinic issue, each checking
+//! a line of the conflict rule (README, "The conflict rule"): changes of one
+//! writer apply in its commit order; between writers the later stamp wins,
+//! ties broken by writer id; a delete is a version; a stamp too far in the
+//! future counts as the server's now. Clinic edits that must carry a chosen
+//! stamp run with `session_replication_role = replica` so the sample
+//! schema's `updated_at = now()` trigger leaves the stamp alone (capture
+//! still sees them: only the replication origin hides a write).
+
+use crate::support;
+use support::TestDb;
+use support::sync::{Mode, Pair, count};
+
+/// Two clinics sharing one upstream.
+struct Clinics {
+    a: Pair,
+    b: Pair,
+}
+
+impl Clinics {
+    async fn new(hint: &str, mode: Mode) -> Clinics {
+        let mut a = Pair::new(&format!("{hint}_a"), mode).await;
+        let mut b = Pair::joining(&format!("{hint}_b"), &a).await;
+        a.sync_extra.push_str("clinic_id = \"clinic-a\"\n");
+        b.sync_extra.push_str("clinic_id = \"clinic-b\"\n");
+        a.write_config();
+        b.write_config();
+        a.init().await;
+        b.init().await;
+        Clinics { a, b }
+    }
+
+    /// A, then B, then A again: afterwards each has seen the other's writes.
+    async fn sync_all(&self) {
+        self.a.once().await;
+        self.b.once().await;
+        self.a.once().await;
+    }
+
+    /// All three databases hold the same rows in every synced table.
+    async fn assert_identical(&self) {
+        self.a.assert_converged().await;
+        self.b.assert_converged().await;
+    }
+}
+
+async fn exec(db: &TestDb, sql: &str) {
+    db.connect().await.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn text(db: &TestDb, sql: &str) -> Option<String> {
+    db.connect().await.query_opt(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).map(|r| r.get(0))
+}
+
+const R: &str = "00000000-0000-0000-0000-0000000000e1";
+
+fn name_of(id: &str) -> String {
+    format!("SELECT name FROM services WHERE id = '{id}'")
+}
+
+/// Writes `name` to service R at `db` with an explicit conflict stamp.
+fn stamped_edit(name: &str, stamp: &str) -> String {
+    format!(
+        "BEGIN; SET LOCAL session_replication_role = replica;
+         UPDATE services SET name = '{name}', updated_at = {stamp} WHERE id = '{R}'; COMMIT"
+    )
+}
+
+async fn seed(c: &Clinics) {
+    exec(&c.a.local, &format!("INSERT INTO services (id, name) VALUES ('{R}', 'v1')")).await;
+    c.sync_all().await;
+    assert_eq!(text(&c.b.local, &name_of(R)).await.as_deref(), Some("v1"), "seed reached clinic B");
+}
+
+/// Situation 1: B's edit, made while offline and stamped before A's last
+/// download, still reaches A (the feed is in commit order, not stamp order).
+async fn an_edit_made_offline_reaches_the_other_clinic_after_its_cursor_moved_on(mode: Mode) {
+    let c = Clinics::new("late", mode).await;
+    seed(&c).await;
+    exec(&c.b.local, &format!("UPDATE services SET name = 'edited at B offline' WHERE id = '{R}'")).await;
+    // Meanwhile the cloud app writes and A downloads it: A's cursor moves past B's stamp.
+    exec(&c.a.upstream, "INSERT INTO services (name) VALUES ('cloud row')").await;
+    c.a.once().await;
+    // B reconnects; A syncs again.
+    c.b.once().await;
+    c.a.once().await;
+    assert_eq!(text(&c.a.local, &name_of(R)).await.as_deref(), Some("edited at B offline"));
+    // A's next edit wins everywhere.
+    exec(&c.a.local, &format!("UPDATE services SET name = 'A later' WHERE id = '{R}'")).await;
+    c.sync_all().await;
+    c.b.once().await;
+    assert_eq!(text(&c.b.local, &name_of(R)).await.as_deref(), Some("A later"));
+    c.assert_identical().await;
+}
+
+/// Situation 2: A hard-deletes a row B edited earlier while offline: B's
+/// older edit does not bring it back, and B learns of the delete.
+async fn an_older_offline_edit_does_not_resurrect_a_row_deleted_at_another_clinic(mode: Mode) {
+    let c = Clinics::new("resurrect", mode).await;
+    seed(&c).await;
+    exec(&c.b.local, &stamped_edit("B offline edit", "now() - interval '10 minutes'")).await;
+    exec(&c.a.local, &format!("DELETE FROM services WHERE id = '{R}'")).await;
+    c.a.once().await;
+    c.b.once().await;
+    c.a.once().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(count(db, &format!("SELECT count(*) FROM services WHERE id = '{R}'")).await, 0, "row gone at {who}");
+    }
+    // The losing edit is in the conflict log, with the rule that decided.
+    let log = c.b.ok(&["conflicts", "--json"]).await;
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains("B offline edit") && log.contains("clinic-a") && log.contains("later updated_at wins"), "{log}");
+    c.assert_identical().await;
+}
+
+/// A hard delete at one clinic reaches the other.
+async fn a_hard_delete_at_one_clinic_reaches_the_other(mode: Mode) {
+    let c = Clinics::new("delete", mode).await;
+    seed(&c).await;
+    exec(&c.a.local, &format!("DELETE FROM services WHERE id = '{R}'")).await;
+    c.a.once().await;
+    c.b.once().await;
+    assert_eq!(count(&c.b.local, "SELECT count(*) FROM services").await, 0);
+    c.assert_identical().await;
+}
+
+/// Situation 3: two overlapping transactions at one clinic update one row;
+/// the one that commits last started first (older `now()`). Its write is
+/// the one that stays, on every side.
+async fn of_two_overlapping_transactions_at_one_clinic_the_last_committed_stays_everywhere(mode: Mode) {
+    let c = Clinics::new("overlap", mode).await;
+    seed(&c).await;
+    let early = c.a.local.connect().await;
+    early.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT now()").await.unwrap();
+    let early_now: String = early.query_one("SELECT now()::text", &[]).await.unwrap().get(0);
+    exec(&c.a.local, &format!("UPDATE services SET name = 'first committed' WHERE id = '{R}'")).await;
+    c.a.once().await; // pushed before the other transaction commits
+    early.batch_execute(&format!("UPDATE services SET name = 'last committed' WHERE id = '{R}'; COMMIT")).await.unwrap();
+    let stamp = text(&c.a.local, &format!("SELECT updated_at::text FROM services WHERE id = '{R}'")).await.unwrap();
+    assert_eq!(stamp, early_now, "the last committed write carries the older stamp");
+    c.sync_all().await;
+    c.b.once().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(text(db, &name_of(R)).await.as_deref(), Some("last committed"), "at {who}");
+    }
+    c.assert_identical().await;
+}
+
+/// Situation 4: a clinic's clock was ahead and is pulled back; its next edit
+/// carries an older stamp than its previous one and still wins (same writer:
+/// commit order).
+async fn an_edit_after_the_clock_was_pulled_back_still_replaces_the_same_clinics_earlier_edit(mode: Mode) {
+    let c = Clinics::new("clock", mode).await;
+    seed(&c).await;
+    exec(&c.a.local, &stamped_edit("fast clock", "now() + interval '3 minutes'")).await;
+    c.a.once().await;
+    exec(&c.a.local, &stamped_edit("after NTP", "now()")).await;
+    c.sync_all().await;
+    c.b.once().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(text(db, &name_of(R)).await.as_deref(), Some("after NTP"), "at {who}");
+    }
+    c.assert_identical().await;
+}
+
+/// A cloud-app edit against an offline clinic edit of the same row: the
+/// later stamp wins, in both orders of arrival.
+async fn a_cloud_edit_and_an_offline_clinic_edit_end_as_the_later_stamp_in_both_orders(mode: Mode) {
+    let c = Clinics::new("cloud", mode).await;
+    seed(&c).await;
+    // Clinic edit older than the cloud's: the cloud's stays.
+    exec(&c.b.local, &stamped_edit("clinic older", "now() - interval '5 minutes'")).await;
+    exec(&c.a.upstream, &format!("UPDATE services SET name = 'cloud newer' WHERE id = '{R}'")).await;
+    c.sync_all().await;
+    c.b.once().await;
+    assert_eq!(text(&c.b.local, &name_of(R)).await.as_deref(), Some("cloud newer"));
+    c.assert_identical().await;
+    // Cloud edit older than the clinic's (the cloud writes first this time).
+    exec(&c.a.upstream, &format!(
+        "BEGIN; SET LOCAL session_replication_role = origin;
+         UPDATE services SET name = 'cloud older', updated_at = now() - interval '5 minutes' WHERE id = '{R}'; COMMIT"
+    )).await;
+    // (the sample schema's trigger stamps now(): disable it for this row's stamp)
+    exec(&c.b.local, &stamped_edit("clinic newer", "now()")).await;
+    c.sync_all().await;
+    c.b.once().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(text(db, &name_of(R)).await.as_deref(), Some("clinic newer"), "at {who}");
+    }
+}
+
+/// Equal stamps: the higher writer id wins, whichever clinic syncs first.
+async fn equal_stamps_are_broken_by_writer_id_whichever_clinic_syncs_first(mode: Mode) {
+    for a_first in [true, false] {
+        let c = Clinics::new(if a_first { "tie_ab" } else { "tie_ba" }, mode).await;
+        seed(&c).await;
+        // One stamp for both edits, after the seed's and within the allowed clock skew.
+        let stamp = text(&c.a.local, "SELECT quote_literal((now() + interval '1 minute')::text)").await.unwrap();
+        exec(&c.a.local, &stamped_edit("from A", &format!("{stamp}::timestamptz"))).await;
+        exec(&c.b.local, &stamped_edit("from B", &format!("{stamp}::timestamptz"))).await;
+        if a_first {
+            c.a.once().await;
+            c.b.once().await;
+        } else {
+            c.b.once().await;
+            c.a.once().await;
+        }
+        c.sync_all().await;
+        c.b.once().await;
+        for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+            assert_eq!(text(db, &name_of(R)).await.as_deref(), Some("from B"), "clinic-b > clinic-a, at {who} (A first: {a_first})");
+        }
+    }
+}
+
+/// A stamp two hours in the future counts as the server's now: a later
+/// edit elsewhere still wins.
+async fn a_stamp_two_hours_in_the_future_is_clamped_to_the_servers_clock(mode: Mode) {
+    let c = Clinics::new("future", mode).await;
+    seed(&c).await;
+    exec(&c.a.local, &stamped_edit("fast clock", "now() + interval '2 hours'")).await;
+    c.a.once().await;
+    let stamp_ok = count(&c.a.upstream, &format!(
+        "SELECT count(*) FROM centrovision_sync.row_version WHERE pk = '{R}' AND stamp < now() + interval '1 minute'"
+    )).await;
+    assert_eq!(stamp_ok, 1, "the recorded conflict stamp is the server's now, not two hours ahead");
+    exec(&c.b.local, &format!("UPDATE services SET name = 'B a minute later' WHERE id = '{R}'")).await;
+    c.sync_all().await;
+    c.b.once().await;
+    assert_eq!(text(&c.a.local, &name_of(R)).await.as_deref(), Some("B a minute later"));
+    c.assert_identical().await;
+}
+
+/// A source transaction larger than one batch that changes the same row
+/// again and again ends with its last change everywhere.
+async fn a_transaction_larger_than_a_batch_ends_with_its_last_change_everywhere(mode: Mode) {
+    let c = Clinics::new("bigtxn", mode).await;
+    seed(&c).await;
+    // batch_size is 500 in the harness: 2,400 updates of one row in one transaction,
+    // each with an older explicit stamp than the one before.
+    exec(&c.a.local, &format!(
+        "BEGIN; SET LOCAL session_replication_role = replica;
+         DO $$ BEGIN FOR g IN 1..2400 LOOP
+           UPDATE services SET name = 'step ' || g, updated_at = now() - g * interval '1 second' WHERE id = '{R}';
+         END LOOP; END $$; COMMIT"
+    )).await;
+    c.sync_all().await;
+    c.b.once().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(text(db, &name_of(R)).await.as_deref(), Some("step 2400"), "at {who}");
+    }
+}
+
+/// A clinic never downloads its own writes (Supabase egress).
+async fn a_clinic_downloads_none_of_the_rows_it_pushed(mode: Mode) {
+    let c = Clinics::new("egress", mode).await;
+    exec(&c.a.local, "INSERT INTO services (name) SELECT 'svc ' || g FROM generate_series(1, 1200) g").await;
+    c.a.once().await;
+    c.a.once().await;
+    assert_eq!(count(&c.a.upstream, "SELECT count(*) FROM services").await, 1200);
+    assert_eq!(
+        count(&c.a.local, "SELECT coalesce(sum(records_synced_down), 0)::bigint FROM _sync_metadata").await,
+        0,
+        "clinic A read none of its own rows back"
+    );
+    c.b.once().await;
+    assert_eq!(
+        count(&c.b.local, "SELECT coalesce(sum(records_synced_down), 0)::bigint FROM _sync_metadata").await,
+        1200
+    );
+}
+
+crate::both_modes!(
+    an_edit_made_offline_reaches_the_other_clinic_after_its_cursor_moved_on,
+    an_older_offline_edit_does_not_resurrect_a_row_deleted_at_another_clinic,
+    a_hard_delete_at_one_clinic_reaches_the_other,
+    of_two_overlapping_transactions_at_one_clinic_the_last_committed_stays_everywhere,
+    an_edit_after_the_clock_was_pulled_back_still_replaces_the_same_clinics_earlier_edit,
+    a_cloud_edit_and_an_offline_clinic_edit_end_as_the_later_stamp_in_both_orders,
+    equal_stamps_are_broken_by_writer_id_whichever_clinic_syncs_first,
+    a_stamp_two_hours_in_the_future_is_clamped_to_the_servers_clock,
+    a_transaction_larger_than_a_batch_ends_with_its_last_change_everywhere,
+    a_clinic_downloads_none_of_the_rows_it_pushed,
+);
