@@ -106,7 +106,9 @@ level = "info"
     upstream
         .connect()
         .await
-        .batch_execute("INSERT INTO appointments (patient_id, starts_at, reason) SELECT id, now() + interval '1 day', 'control' FROM patients")
+        .batch_execute(
+            "INSERT INTO appointments (patient_id, starts_at, reason) SELECT id, now() + interval '1 day', 'control' FROM patients",
+        )
         .await
         .expect("upstream insert");
     let t = wait_row(&local, "SELECT count(*) FROM appointments WHERE reason = 'control'", Duration::from_secs(60)).await;

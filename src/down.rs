@@ -38,10 +38,10 @@ use tokio_postgres::Client;
 use crate::catalog::{self, Table, quote_ident, quote_literal};
 use crate::config::{Config, connect_local};
 use crate::error::{ErrorKind, Result, SyncError};
+use crate::feed;
 use crate::lsn::Lsn;
 use crate::replication::wait_progress;
 use crate::store::{self, Direction, LogEntry, Store};
-use crate::feed;
 use crate::upstream::{FeedRequest, TableRef, Upstream};
 use serde_json::value::RawValue;
 
@@ -68,17 +68,16 @@ pub struct Session {
 impl Session {
     pub async fn open(cfg: &Config) -> Result<Session> {
         let client = connect_local(cfg).await?;
-        client
-            .execute("SELECT pg_replication_origin_session_setup($1)", &[&cfg.sync.origin_name])
-            .await
-            .map_err(|e| {
-                let err = SyncError::from_pg(LOCAL, &e);
-                match err.code.as_deref() {
-                    Some("42704") => err.with_hint("the replication origin does not exist; run `centrovision-sync init`"),
-                    Some("55006") | Some("42P13") => err.with_hint("another process is using the replication origin; is a second centrovision-sync running?"),
-                    _ => err,
+        client.execute("SELECT pg_replication_origin_session_setup($1)", &[&cfg.sync.origin_name]).await.map_err(|e| {
+            let err = SyncError::from_pg(LOCAL, &e);
+            match err.code.as_deref() {
+                Some("42704") => err.with_hint("the replication origin does not exist; run `centrovision-sync init`"),
+                Some("55006") | Some("42P13") => {
+                    err.with_hint("another process is using the replication origin; is a second centrovision-sync running?")
                 }
-            })?;
+                _ => err,
+            }
+        })?;
         Ok(Session { client, reported: Mutex::new(HashSet::new()) })
     }
 
@@ -90,13 +89,10 @@ impl Session {
     /// per table.
     fn shared_columns(&self, table: &Table, upstream_keys: &[String]) -> Vec<String> {
         let local: Vec<&str> = table.columns.iter().filter(|c| !c.generated).map(|c| c.name.as_str()).collect();
-        let shared: Vec<String> =
-            local.iter().filter(|c| upstream_keys.iter().any(|k| k == *c)).map(|c| c.to_string()).collect();
+        let shared: Vec<String> = local.iter().filter(|c| upstream_keys.iter().any(|k| k == *c)).map(|c| c.to_string()).collect();
         let only_up: Vec<&String> = upstream_keys.iter().filter(|k| !local.contains(&k.as_str())).collect();
         let only_local: Vec<&&str> = local.iter().filter(|c| !upstream_keys.iter().any(|k| k == **c)).collect();
-        if (!only_up.is_empty() || !only_local.is_empty())
-            && self.reported.lock().expect("not poisoned").insert(table.name.clone())
-        {
+        if (!only_up.is_empty() || !only_local.is_empty()) && self.reported.lock().expect("not poisoned").insert(table.name.clone()) {
             tracing::warn!(
                 table = %table.name,
                 only_upstream = ?only_up,
@@ -188,14 +184,9 @@ async fn read_feed<U: Upstream>(ctx: &Ctx<'_, U>, order: &[String], reports: &mu
         since.insert(t, s);
     }
     // The window the tables already read stand at, if they are at a boundary.
-    let main = feed::groups(&cursors)
-        .into_iter()
-        .find(|(c, _)| c.prev.is_some())
-        .map(|(c, _)| c)
-        .filter(|c| c.target.is_none());
+    let main = feed::groups(&cursors).into_iter().find(|(c, _)| c.prev.is_some()).map(|(c, _)| c).filter(|c| c.target.is_none());
     if let Some(main) = main {
-        let fresh: Vec<String> =
-            cursors.iter().filter(|(_, c)| **c == feed::Cursor::default()).map(|(t, _)| t.clone()).collect();
+        let fresh: Vec<String> = cursors.iter().filter(|(_, c)| **c == feed::Cursor::default()).map(|(t, _)| t.clone()).collect();
         if !fresh.is_empty() {
             tracing::info!(tables = ?fresh, "catching up tables read for the first time");
             let start = feed::Cursor { prev: None, target: main.prev.clone(), after: 0 };
@@ -290,7 +281,11 @@ async fn apply_feed_page<U: Upstream>(
         let by_table = feed::split(page);
         let mut applied: HashMap<&str, u64> = HashMap::new();
         if !by_table.is_empty() {
-            let order: Vec<&String> = catalog::parents_first(ctx.tables).iter().filter_map(|n| ctx.tables.get_key_value(n).map(|(k, _)| k)).filter(|n| by_table.contains_key(n.as_str())).collect();
+            let order: Vec<&String> = catalog::parents_first(ctx.tables)
+                .iter()
+                .filter_map(|n| ctx.tables.get_key_value(n).map(|(k, _)| k))
+                .filter(|n| by_table.contains_key(n.as_str()))
+                .collect();
             // 1. Lock the local rows the page touches (sorted: one order for every page).
             for name in &order {
                 let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
@@ -327,13 +322,8 @@ async fn apply_feed_page<U: Upstream>(
                 let report = reports.get_mut(name.as_str()).expect("one per table");
                 report.read += all.len();
                 // 4. Write.
-                let rows: Vec<&RawValue> = changes
-                    .upserts
-                    .iter()
-                    .zip(&changes.upsert_keys)
-                    .filter(|(_, k)| !pending.contains(**k))
-                    .map(|(r, _)| *r)
-                    .collect();
+                let rows: Vec<&RawValue> =
+                    changes.upserts.iter().zip(&changes.upsert_keys).filter(|(_, k)| !pending.contains(**k)).map(|(r, _)| *r).collect();
                 let mut n = 0u64;
                 if !rows.is_empty() {
                     let json = serde_json::to_string(&rows).expect("raw JSON serializes");
@@ -429,16 +419,11 @@ async fn apply_page<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, page: &str, re
     }
     let keys: Vec<String> = head.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
     if !keys.iter().any(|k| k == "updated_at") || !keys.contains(&pk.name) {
-        return Err(SyncError::new(ErrorKind::Contract, format!(
-            "upstream rows of {} lack updated_at or {}",
-            table.name, pk.name
-        )));
+        return Err(SyncError::new(ErrorKind::Contract, format!("upstream rows of {} lack updated_at or {}", table.name, pk.name)));
     }
     let cols = ctx.session.shared_columns(table, &keys);
 
-    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
     let result = async {
         let mut inserted: Inserted = Vec::new();
         let t0 = Instant::now();
@@ -494,11 +479,7 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
     let t = table.qualified();
     let qpk = quote_ident(&pk.name);
     let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-    let updates: Vec<String> = cols
-        .iter()
-        .filter(|c| **c != pk.name)
-        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-        .collect();
+    let updates: Vec<String> = cols.iter().filter(|c| **c != pk.name).map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect();
     // Text forms: some types (json, point, xml) have no equality operator.
     let distinct_l = cols.iter().map(|c| format!("d.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
     let distinct_r = cols.iter().map(|c| format!("EXCLUDED.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");

@@ -165,10 +165,7 @@ mod tests {
     fn a_complete_page_closes_the_window_and_an_incomplete_one_keeps_reading_it() {
         let c = Cursor { prev: Some("5:5:".into()), target: None, after: 0 };
         assert_eq!(c.advanced(&page(true)), Cursor { prev: Some("10:12:11".into()), target: None, after: 0 });
-        assert_eq!(
-            c.advanced(&page(false)),
-            Cursor { prev: Some("5:5:".into()), target: Some("10:12:11".into()), after: 7 }
-        );
+        assert_eq!(c.advanced(&page(false)), Cursor { prev: Some("5:5:".into()), target: Some("10:12:11".into()), after: 7 });
     }
 
     #[test]

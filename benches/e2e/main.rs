@@ -49,11 +49,7 @@ fn main() {
         opts.n_down,
         opts.out_dir.display()
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let report = rt.block_on(harness::run(&opts));
     println!("{}", report.markdown());
     eprintln!("e2e: report written to {}", opts.out_dir.display());

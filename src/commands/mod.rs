@@ -166,9 +166,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run => service::run(&cfg).await,
         Command::Once => service::once(&cfg).await,
-        Command::Init { upstream, upload_existing, force, .. } => {
-            init::init(&cfg, upstream, upload_existing.then_some(force)).await
-        }
+        Command::Init { upstream, upload_existing, force, .. } => init::init(&cfg, upstream, upload_existing.then_some(force)).await,
         Command::Doctor => return doctor::doctor(&cfg).await,
         Command::Status { json } => status::status(&cfg, json).await,
         Command::Replay { from_lsn, to_lsn, tables, dry_run } => {

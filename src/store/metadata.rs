@@ -24,10 +24,7 @@ impl Store<'_> {
     /// Creates the rows of `tables` that are missing (`init`).
     pub async fn ensure_table_rows(&self, tables: &[String]) -> Result<()> {
         self.client
-            .execute(
-                "INSERT INTO _sync_metadata (table_name) SELECT unnest($1::text[]) ON CONFLICT (table_name) DO NOTHING",
-                &[&tables],
-            )
+            .execute("INSERT INTO _sync_metadata (table_name) SELECT unnest($1::text[]) ON CONFLICT (table_name) DO NOTHING", &[&tables])
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -38,10 +35,7 @@ impl Store<'_> {
     pub async fn down_watermark(&self, table: &str) -> Result<Option<String>> {
         let row = self
             .client
-            .query_opt(
-                "SELECT last_sync_from_supabase::text FROM _sync_metadata WHERE table_name = $1",
-                &[&table],
-            )
+            .query_opt("SELECT last_sync_from_supabase::text FROM _sync_metadata WHERE table_name = $1", &[&table])
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.and_then(|r| r.get(0)))
@@ -127,10 +121,7 @@ impl Store<'_> {
             )
             .await
             .map_err(|e| self.err(e))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), FeedCursor { prev: r.get(1), target: r.get(2), after: r.get(3) }, r.get(4)))
-            .collect())
+        Ok(rows.iter().map(|r| (r.get(0), FeedCursor { prev: r.get(1), target: r.get(2), after: r.get(3) }, r.get(4))).collect())
     }
 
     /// In the page's transaction: moves the feed cursor of `tables` to

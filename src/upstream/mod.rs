@@ -79,11 +79,7 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
         s.max_clock_skew_seconds, s.tombstone_retention_days, s.conflict_retention_days
     );
     for t in &s.tables {
-        out.push_str(&format!(
-            "SELECT centrovision_sync.enroll_table({}, {});\n",
-            quote_literal(&cfg.supabase.schema),
-            quote_literal(t)
-        ));
+        out.push_str(&format!("SELECT centrovision_sync.enroll_table({}, {});\n", quote_literal(&cfg.supabase.schema), quote_literal(t)));
     }
     out
 }
@@ -102,9 +98,7 @@ pub fn upstream_script(cfg: Option<&Config>) -> String {
             out.push_str("-- this project's settings and synced tables\n");
             out.push_str(&project_sql(cfg));
         }
-        None => out.push_str(
-            "-- then, for each synced table: SELECT centrovision_sync.enroll_table('public', '<table>');\n",
-        ),
+        None => out.push_str("-- then, for each synced table: SELECT centrovision_sync.enroll_table('public', '<table>');\n"),
     }
     out
 }
@@ -343,11 +337,14 @@ pub(crate) fn count_elements(changes: &str) -> usize {
 pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
         // Not upstream answering: unreachable, as far as sync can tell.
-        return Err(SyncError::new(ErrorKind::UpstreamUnreachable, format!(
-            "upstream answered the apply call with something that is not JSON ({} bytes, starting {:?})",
-            text.len(),
-            text.chars().take(40).collect::<String>()
-        ))
+        return Err(SyncError::new(
+            ErrorKind::UpstreamUnreachable,
+            format!(
+                "upstream answered the apply call with something that is not JSON ({} bytes, starting {:?})",
+                text.len(),
+                text.chars().take(40).collect::<String>()
+            ),
+        )
         .with_hint("a proxy or captive portal may be in the way; the batch will be retried"));
     }
     let o: Outcome = serde_json::from_str(text)
@@ -356,9 +353,7 @@ pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
         ))?;
     let n = o.applied.len() + o.kept.len() + o.rejected.len();
     if n != expected {
-        return Err(SyncError::new(ErrorKind::Contract, format!(
-            "upstream apply reported {n} outcomes for {expected} changes"
-        )));
+        return Err(SyncError::new(ErrorKind::Contract, format!("upstream apply reported {n} outcomes for {expected} changes")));
     }
     Ok(o)
 }
@@ -371,10 +366,7 @@ mod tests {
     fn hash_requests_carry_the_parameter_names_of_the_sql_functions() {
         let cols = vec!["id".to_string(), "name".to_string()];
         let h = HashRequest { schema: "public", table: "patients", key_column: "id", cols: &cols, buckets: 16 };
-        assert_eq!(
-            serde_json::to_string(&h).unwrap(),
-            r#"{"s":"public","t":"patients","pk":"id","cols":["id","name"],"buckets":16}"#
-        );
+        assert_eq!(serde_json::to_string(&h).unwrap(), r#"{"s":"public","t":"patients","pk":"id","cols":["id","name"],"buckets":16}"#);
     }
 
     #[test]

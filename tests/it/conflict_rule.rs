@@ -87,17 +87,16 @@ async fn between_writers_the_later_stamp_wins_and_the_loser_is_logged() {
     assert_eq!(up.put("clinic-b", "0/900", 0, "b older", "2026-01-01T09:59:59Z").await, "kept");
     assert_eq!(up.body().await.as_deref(), Some("a"));
     let (winner, loser, rule, image): (String, String, String, String) = {
-        let r = up
-            .c
-            .query_one(
-                "SELECT winner_writer, loser_writer, rule, loser_image->>'body' FROM centrovision_sync.conflict",
-                &[],
-            )
-            .await
-            .unwrap();
+        let r =
+            up.c.query_one("SELECT winner_writer, loser_writer, rule, loser_image->>'body' FROM centrovision_sync.conflict", &[])
+                .await
+                .unwrap();
         (r.get(0), r.get(1), r.get(2), r.get(3))
     };
-    assert_eq!((winner.as_str(), loser.as_str(), rule.as_str(), image.as_str()), ("clinic-a", "clinic-b", "later updated_at wins", "b older"));
+    assert_eq!(
+        (winner.as_str(), loser.as_str(), rule.as_str(), image.as_str()),
+        ("clinic-a", "clinic-b", "later updated_at wins", "b older")
+    );
     assert_eq!(up.put("clinic-b", "0/901", 0, "b newer", "2026-01-01T10:00:01Z").await, "applied");
     assert_eq!(up.body().await.as_deref(), Some("b newer"));
 }
@@ -129,19 +128,14 @@ async fn a_stamp_too_far_ahead_counts_as_the_servers_now() {
     let up = Up::new("rule_clamp").await;
     let el = serde_json::json!([{"i": 5, "t": "notes", "op": "upsert", "e": 1, "l": "0/1", "n": 0,
         "row": {"id": K, "body": "fast clock", "updated_at": "2099-01-01T00:00:00Z"}}]);
-    let out: String = up
-        .c
-        .query_one("SELECT public.centrovision_sync_apply($1::text::jsonb, 'clinic-a')::text", &[&el.to_string()])
-        .await
-        .unwrap()
-        .get(0);
+    let out: String =
+        up.c.query_one("SELECT public.centrovision_sync_apply($1::text::jsonb, 'clinic-a')::text", &[&el.to_string()])
+            .await
+            .unwrap()
+            .get(0);
     assert!(out.contains(r#""clamped": [5]"#), "{out}");
-    let ahead: bool = up
-        .c
-        .query_one("SELECT stamp > now() + interval '1 minute' FROM centrovision_sync.row_version", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let ahead: bool =
+        up.c.query_one("SELECT stamp > now() + interval '1 minute' FROM centrovision_sync.row_version", &[]).await.unwrap().get(0);
     assert!(!ahead, "the recorded stamp is the server's clock");
     // a normal edit from another writer a moment later wins
     let now: String = up.c.query_one("SELECT (now() + interval '1 second')::text", &[]).await.unwrap().get(0);
@@ -151,9 +145,7 @@ async fn a_stamp_too_far_ahead_counts_as_the_servers_now() {
 #[tokio::test]
 async fn the_cloud_apps_writes_are_versions_of_their_own_writer() {
     let up = Up::new("rule_cloud").await;
-    up.c.batch_execute(&format!("INSERT INTO notes (id, body, updated_at) VALUES ('{K}', 'cloud', '2026-01-01T10:00:00Z')"))
-        .await
-        .unwrap();
+    up.c.batch_execute(&format!("INSERT INTO notes (id, body, updated_at) VALUES ('{K}', 'cloud', '2026-01-01T10:00:00Z')")).await.unwrap();
     let w: String = up.c.query_one("SELECT writer FROM centrovision_sync.row_version", &[]).await.unwrap().get(0);
     assert!(w.starts_with("cloud:"), "{w}");
     assert_eq!(up.put("clinic-a", "0/1", 0, "older clinic edit", "2026-01-01T09:00:00Z").await, "kept");
@@ -165,11 +157,7 @@ async fn the_cloud_apps_writes_are_versions_of_their_own_writer() {
 #[tokio::test]
 async fn an_older_service_gets_a_clear_error_instead_of_writing() {
     let up = Up::new("rule_old").await;
-    let e = up
-        .c
-        .query_one("SELECT public.centrovision_sync_apply('[]'::jsonb)", &[])
-        .await
-        .expect_err("contract 2's call is refused");
+    let e = up.c.query_one("SELECT public.centrovision_sync_apply('[]'::jsonb)", &[]).await.expect_err("contract 2's call is refused");
     let db = e.as_db_error().expect("server error");
     assert_eq!(db.code().code(), "0A000");
     assert!(db.message().contains("too old"), "{}", db.message());
@@ -180,15 +168,11 @@ async fn the_feed_returns_other_writers_versions_once_and_never_the_callers_own(
     let up = Up::new("rule_feed").await;
     up.put("clinic-a", "0/100", 0, "a", "2026-01-01T10:00:00Z").await;
     let feed = async |writer: &str, prev: Option<String>| -> serde_json::Value {
-        let t: String = up
-            .c
-            .query_one(
-                "SELECT public.centrovision_sync_changes($1, 'public', '{notes}', $2, NULL, 0, 100)::text",
-                &[&writer, &prev],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let t: String =
+            up.c.query_one("SELECT public.centrovision_sync_changes($1, 'public', '{notes}', $2, NULL, 0, 100)::text", &[&writer, &prev])
+                .await
+                .unwrap()
+                .get(0);
         serde_json::from_str(&t).unwrap()
     };
     let own = feed("clinic-a", None).await;

@@ -179,10 +179,14 @@ async fn a_cloud_edit_and_an_offline_clinic_edit_end_as_the_later_stamp_in_both_
     assert_eq!(text(&c.b.local, &name_of(R)).await.as_deref(), Some("cloud newer"));
     c.assert_identical().await;
     // Cloud edit older than the clinic's (the cloud writes first this time).
-    exec(&c.a.upstream, &format!(
-        "BEGIN; SET LOCAL session_replication_role = origin;
+    exec(
+        &c.a.upstream,
+        &format!(
+            "BEGIN; SET LOCAL session_replication_role = origin;
          UPDATE services SET name = 'cloud older', updated_at = now() - interval '5 minutes' WHERE id = '{R}'; COMMIT"
-    )).await;
+        ),
+    )
+    .await;
     // (the sample schema's trigger stamps now(): disable it for this row's stamp)
     exec(&c.b.local, &stamped_edit("clinic newer", "now()")).await;
     c.sync_all().await;
@@ -223,9 +227,11 @@ async fn a_stamp_two_hours_in_the_future_is_clamped_to_the_servers_clock(mode: M
     seed(&c).await;
     exec(&c.a.local, &stamped_edit("fast clock", "now() + interval '2 hours'")).await;
     c.a.once().await;
-    let stamp_ok = count(&c.a.upstream, &format!(
-        "SELECT count(*) FROM centrovision_sync.row_version WHERE pk = '{R}' AND stamp < now() + interval '1 minute'"
-    )).await;
+    let stamp_ok = count(
+        &c.a.upstream,
+        &format!("SELECT count(*) FROM centrovision_sync.row_version WHERE pk = '{R}' AND stamp < now() + interval '1 minute'"),
+    )
+    .await;
     assert_eq!(stamp_ok, 1, "the recorded conflict stamp is the server's now, not two hours ahead");
     exec(&c.b.local, &format!("UPDATE services SET name = 'B a minute later' WHERE id = '{R}'")).await;
     c.sync_all().await;
@@ -241,12 +247,16 @@ async fn a_transaction_larger_than_a_batch_ends_with_its_last_change_everywhere(
     seed(&c).await;
     // batch_size is 500 in the harness: 2,400 updates of one row in one transaction,
     // each with an older explicit stamp than the one before.
-    exec(&c.a.local, &format!(
-        "BEGIN; SET LOCAL session_replication_role = replica;
+    exec(
+        &c.a.local,
+        &format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
          DO $$ BEGIN FOR g IN 1..2400 LOOP
            UPDATE services SET name = 'step ' || g, updated_at = now() - g * interval '1 second' WHERE id = '{R}';
          END LOOP; END $$; COMMIT"
-    )).await;
+        ),
+    )
+    .await;
     c.sync_all().await;
     c.b.once().await;
     for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
@@ -267,10 +277,7 @@ async fn a_clinic_downloads_none_of_the_rows_it_pushed(mode: Mode) {
         "clinic A read none of its own rows back"
     );
     c.b.once().await;
-    assert_eq!(
-        count(&c.b.local, "SELECT coalesce(sum(records_synced_down), 0)::bigint FROM _sync_metadata").await,
-        1200
-    );
+    assert_eq!(count(&c.b.local, "SELECT coalesce(sum(records_synced_down), 0)::bigint FROM _sync_metadata").await, 1200);
 }
 
 crate::both_modes!(

@@ -16,14 +16,7 @@ use super::wait::wait_for;
 
 pub const SCHEMA: &str = include_str!("centrovision_schema.sql");
 /// The synced sample tables, parents first.
-pub const TABLES: [&str; 6] = [
-    "branches",
-    "patients",
-    "services",
-    "appointments",
-    "invoices",
-    "invoice_items",
-];
+pub const TABLES: [&str; 6] = ["branches", "patients", "services", "appointments", "invoices", "invoice_items"];
 
 pub fn binary() -> PathBuf {
     // Set for integration tests and benches (not for the demo example).
@@ -95,11 +88,7 @@ impl Pair {
     /// A pair on given databases (e.g. an upstream on a dedicated cluster).
     pub async fn on(local: TestDb, upstream: TestDb, mode: Mode) -> Pair {
         for db in [&local, &upstream] {
-            db.connect()
-                .await
-                .batch_execute(SCHEMA)
-                .await
-                .expect("load sample schema");
+            db.connect().await.batch_execute(SCHEMA).await.expect("load sample schema");
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let slot = format!("s_{}", local.name);
@@ -126,21 +115,9 @@ impl Pair {
     }
 
     pub fn write_config(&mut self) {
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| format!("{t:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let tables = self.tables.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
         let up = &self.upstream;
-        let db_url = format!(
-            "host={} port={} user={} password={} dbname={}",
-            up.host(),
-            up.port(),
-            up.user(),
-            up.password(),
-            up.name
-        );
+        let db_url = format!("host={} port={} user={} password={} dbname={}", up.host(), up.port(), up.user(), up.password(), up.name);
         let supabase = match &self.rest {
             Some(r) => format!("mode = \"rest\"\nurl = \"{}\"\nservice_key = \"{}\"", r.url(), self.service_key),
             None => format!("mode = \"postgres\"\ndb_url = \"{db_url}\""),
@@ -189,8 +166,7 @@ health_check_seconds = 1
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(binary());
         c.arg("--config").arg(&self.config_path).args(args);
-        c.env("RUST_LOG", "debug")
-            .env_remove("CENTROVISION_SYNC_CRASH_AT");
+        c.env("RUST_LOG", "debug").env_remove("CENTROVISION_SYNC_CRASH_AT");
         c.stdin(Stdio::null());
         c
     }
@@ -201,9 +177,7 @@ health_check_seconds = 1
         for (k, v) in env {
             c.env(k, v);
         }
-        tokio::task::spawn_blocking(move || c.output().expect("run centrovision-sync"))
-            .await
-            .expect("join")
+        tokio::task::spawn_blocking(move || c.output().expect("run centrovision-sync")).await.expect("join")
     }
 
     /// Runs a command and asserts it exits 0.
@@ -289,11 +263,7 @@ health_check_seconds = 1
     /// Starts `run` in the background, logging to a file in the temp dir.
     /// The process is killed when the guard drops (also when a test fails).
     pub fn spawn_run(&self, env: &[(&str, &str)]) -> Running {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("run.log"))
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("run.log")).expect("log file");
         let mut c = self.command(&["run"]);
         for (k, v) in env {
             c.env(k, v);
@@ -309,13 +279,8 @@ health_check_seconds = 1
     /// Every row of `table` on `db`, as JSON, ordered by id.
     pub async fn rows(db: &TestDb, table: &str) -> String {
         let c = db.connect().await;
-        let sql = format!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {table} t"
-        );
-        c.query_one(sql.as_str(), &[])
-            .await
-            .expect("read rows")
-            .get(0)
+        let sql = format!("SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {table} t");
+        c.query_one(sql.as_str(), &[]).await.expect("read rows").get(0)
     }
 
     /// Asserts every synced table is identical on both sides.
@@ -374,9 +339,7 @@ pub fn diff_rows(local: &str, upstream: &str) -> String {
             }
             Some(other) if other != row && n < 5 => {
                 n += 1;
-                out.push_str(&format!(
-                    "  differs: local    {row}\n           upstream {other}\n"
-                ));
+                out.push_str(&format!("  differs: local    {row}\n           upstream {other}\n"));
             }
             _ => {}
         }
@@ -389,11 +352,12 @@ pub fn diff_rows(local: &str, upstream: &str) -> String {
     }
     let only_l = l.keys().filter(|k| !u.contains_key(*k)).count();
     let only_u = u.keys().filter(|k| !l.contains_key(*k)).count();
-    let differ = l
-        .iter()
-        .filter(|(k, v)| u.get(*k).is_some_and(|o| o != *v))
-        .count();
-    out.push_str(&format!("  ({} local rows, {} upstream rows; {only_l} only local, {only_u} only upstream, {differ} differ)", l.len(), u.len()));
+    let differ = l.iter().filter(|(k, v)| u.get(*k).is_some_and(|o| o != *v)).count();
+    out.push_str(&format!(
+        "  ({} local rows, {} upstream rows; {only_l} only local, {only_u} only upstream, {differ} differ)",
+        l.len(),
+        u.len()
+    ));
     out
 }
 
@@ -437,10 +401,7 @@ pub fn kill9(child: &mut Child) {
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id() as i32;
     // SAFETY-free: use the kill(1) utility rather than libc.
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     child.wait().expect("wait for run to exit")
 }
 
@@ -467,12 +428,8 @@ impl Drop for Pair {
                 self.slot.replace('\'', "''")
             );
             // Best effort: the slot may not exist (no `init`) or be busy.
-            let _ = shared
-                .tool("psql")
-                .args(["-X", "-q", "-d", "postgres", "-c", &sql])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ =
+                shared.tool("psql").args(["-X", "-q", "-d", "postgres", "-c", &sql]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
     }
 }
