@@ -149,16 +149,6 @@ pub struct Sync {
     pub health_check_seconds: u64,
     /// How long `_sync_log` rows are kept.
     pub log_retention_days: u64,
-    /// This clinic's writer id upstream: every change it sends carries it,
-    /// and the change feed leaves out what it wrote itself.
-    pub clinic_id: String,
-    /// A conflict stamp further than this ahead of the server's clock counts
-    /// as the server's now (written upstream by `init --upstream`).
-    pub max_clock_skew_seconds: u64,
-    /// How long upstream keeps tombstones of deleted rows (`init --upstream`).
-    pub tombstone_retention_days: u64,
-    /// How long upstream keeps the conflict log (`init --upstream`).
-    pub conflict_retention_days: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -288,10 +278,6 @@ struct RawSync {
     journal_retention_hours: Option<u64>,
     health_check_seconds: Option<u64>,
     log_retention_days: Option<u64>,
-    clinic_id: Option<String>,
-    max_clock_skew_seconds: Option<u64>,
-    tombstone_retention_days: Option<u64>,
-    conflict_retention_days: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -458,10 +444,6 @@ impl Config {
             journal_retention_hours: positive("[sync] journal_retention_hours", sy.journal_retention_hours.unwrap_or(168))?,
             health_check_seconds: positive("[sync] health_check_seconds", sy.health_check_seconds.unwrap_or(30))?,
             log_retention_days: positive("[sync] log_retention_days", sy.log_retention_days.unwrap_or(30))?,
-            clinic_id: clinic_id(sy.clinic_id)?,
-            max_clock_skew_seconds: positive("[sync] max_clock_skew_seconds", sy.max_clock_skew_seconds.unwrap_or(300))?,
-            tombstone_retention_days: positive("[sync] tombstone_retention_days", sy.tombstone_retention_days.unwrap_or(90))?,
-            conflict_retention_days: positive("[sync] conflict_retention_days", sy.conflict_retention_days.unwrap_or(90))?,
         };
 
         let ra = raw.alerts.unwrap_or_default();
@@ -626,43 +608,6 @@ fn redact_toml_message(e: &toml::de::Error) -> String {
     } else {
         msg.trim_end().replace('\n', "\n  ")
     }
-}
-
-/// `[sync] clinic_id`, or the machine's host name when absent: letters,
-/// digits, `-`, `_` and `.` (so never `cloud:…`, upstream's name for the
-/// cloud app's writes), and not `legacy`.
-fn clinic_id(configured: Option<String>) -> Result<String, ConfigError> {
-    const KEY: &str = "[sync] clinic_id";
-    let id = match configured {
-        Some(id) => id,
-        None => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .or_else(|| std::env::var("COMPUTERNAME").ok())
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_default();
-            let host: String = host
-                .trim()
-                .to_lowercase()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
-                .collect();
-            if host.is_empty() {
-                return Err(ConfigError::invalid(KEY, "is not set and the host name cannot be read; set it to this branch's name, e.g. clinic_id = \"sucursal-centro\""));
-            }
-            host
-        }
-    };
-    if id.is_empty() || id.len() > 63 {
-        return Err(ConfigError::invalid(KEY, format!("is {id:?}; it must be 1 to 63 characters")));
-    }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        return Err(ConfigError::invalid(KEY, format!("is {id:?}; use letters, digits, '-', '_' and '.' only")));
-    }
-    if id == "legacy" {
-        return Err(ConfigError::invalid(KEY, "is \"legacy\", which names rows written before sync state existed; choose this branch's name"));
-    }
-    Ok(id)
 }
 
 #[cfg(test)]

@@ -1,21 +1,25 @@
-//! Down path: brings other writers' upstream changes into the local
-//! database without echo, in upstream commit order.
+//! Down path: brings upstream rows into the local database without echo.
 //!
-//! The source is the upstream change feed ([`crate::feed`]): every version
-//! another clinic or the cloud app committed since the last poll, deletes
-//! included, this clinic's own writes left out. Each page is applied in one
-//! local transaction together with the feed cursor of the tables it covers,
-//! so an interrupted download resumes where it stopped.
+//! Per table, parents first (order derived from foreign keys), the poller
+//! reads keyset pages on `(updated_at, pk)` from a cursor and applies each
+//! page in one local transaction that also advances the table's watermark
+//! (`_sync_metadata.last_sync_from_supabase[_id]`), so an interrupted
+//! download resumes where it stopped and applies nothing twice.
 //!
-//! Rules (see [`crate::feed`] for the feed's own):
-//! - The page first locks the local rows it touches, then waits until
-//!   capture has journaled every local commit before that moment.
-//! - A row with a local change that upstream has not processed yet (journal
-//!   rows after the `progress` the feed reported) is left alone: upstream
-//!   decides between the two when the change arrives, and re-emits the
-//!   winner if the local change loses. Every other row takes the upstream
-//!   version as it is (an identical row is not rewritten): upstream has
-//!   already decided between it and anything this clinic sent.
+//! Rules:
+//! - The cursor starts at the watermark, or `overlap_seconds` before now if
+//!   that is earlier: a row that committed upstream late with an older
+//!   `updated_at` (a long transaction) is re-read, and the idempotent apply
+//!   absorbs the rows read again.
+//! - Apply is last-write-wins against the local row; upstream wins ties, but
+//!   an identical row is not rewritten.
+//! - A row deleted locally is not resurrected by an older upstream version:
+//!   the journal's DELETE entries act as tombstones. A delete that committed
+//!   moments before the page may not be journaled yet, so a page that
+//!   inserted rows waits, inside its transaction, until capture's progress
+//!   passes the WAL position read by the inserting statement before it wrote,
+//!   then re-checks the tombstones of exactly those rows and removes any it
+//!   brought back.
 //! - Writes run under the replication origin (the WAL consumer drops them:
 //!   no echo) with `session_replication_role = replica` (local triggers that
 //!   stamp `updated_at` do not fire; FK order inside a page cannot fail).
@@ -24,9 +28,6 @@
 //!   transaction.
 //! - Columns only one side has are left alone and reported once per table
 //!   (per [`Session`]).
-//!
-//! [`apply_rows`] (for `verify --repair`) keeps the earlier rule: last write
-//! wins on `updated_at`, journal tombstones respected.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -41,9 +42,7 @@ use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
 use crate::replication::wait_progress;
 use crate::store::{self, Direction, LogEntry, Store};
-use crate::feed;
-use crate::upstream::{FeedRequest, TableRef, Upstream};
-use serde_json::value::RawValue;
+use crate::upstream::{Cursor, TableRef, Upstream};
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (down path)");
 
@@ -130,8 +129,7 @@ pub struct TableReport {
     pub error: Option<String>,
 }
 
-/// Reads the change feed until every table has caught up, applying each
-/// page; reports per table.
+/// Polls every table once, parents first.
 pub async fn cycle<U: Upstream>(
     cfg: &Config,
     session: &Session,
@@ -141,277 +139,83 @@ pub async fn cycle<U: Upstream>(
 ) -> Result<Vec<TableReport>> {
     let ctx = Ctx { cfg, session, upstream, tables, progress };
     let store = session.store();
-    let started = Instant::now();
     let order = catalog::parents_first(tables);
-    let mut reports: BTreeMap<String, TableReport> =
-        order.iter().map(|n| (n.clone(), TableReport { table: n.clone(), ..Default::default() })).collect();
-    let r = read_feed(&ctx, &order, &mut reports).await;
-    let elapsed = started.elapsed();
-    let err_text = r.as_ref().err().map(|e| e.to_string());
-    for name in &order {
-        let report = reports.get_mut(name).expect("one per table");
-        report.duration = elapsed;
+    let mut reports = Vec::with_capacity(order.len());
+    for name in order {
+        let table = &tables[&name];
+        let started = Instant::now();
+        let mut report = TableReport { table: name.clone(), ..Default::default() };
+        let r = poll_table(&ctx, table, &mut report).await;
+        report.duration = started.elapsed();
+        let err_text = r.as_ref().err().map(|e| e.to_string());
         if let Some(e) = &err_text {
             report.error = Some(e.clone());
-            let _ = store.record_table_error(name, &format!("down: {e}")).await;
+            let _ = store.record_table_error(&name, &format!("down: {e}")).await;
         }
-        if report.read > 0 {
+        if report.read > 0 || r.is_err() {
             tracing::info!(
                 table = %name, direction = "down", rows = report.applied, read = report.read,
-                duration_ms = elapsed.as_millis() as u64, "down sync"
+                duration_ms = report.duration.as_millis() as u64, "down sync"
             );
         }
         let _ = store
             .log_sync(&LogEntry {
                 direction: Direction::Down,
-                table: Some(name),
+                table: Some(&name),
                 records: report.applied as i32,
                 error: err_text.as_deref(),
-                duration_ms: elapsed.as_millis() as i32,
+                duration_ms: report.duration.as_millis() as i32,
             })
             .await;
-    }
-    r?;
-    Ok(order.iter().map(|n| reports.remove(n).expect("one per table")).collect())
-}
-
-/// One feed reading: tables never read before are first caught up to the
-/// window the others stand at (so afterwards one call per page serves all),
-/// then every group of tables sharing a cursor reads until its window is done.
-async fn read_feed<U: Upstream>(ctx: &Ctx<'_, U>, order: &[String], reports: &mut BTreeMap<String, TableReport>) -> Result<()> {
-    let store = ctx.session.store();
-    let rows = store.feed_cursors(order, ctx.cfg.sync.overlap_seconds).await?;
-    let mut cursors: BTreeMap<String, feed::Cursor> = BTreeMap::new();
-    let mut since: HashMap<String, Option<String>> = HashMap::new();
-    for (t, c, s) in rows {
-        cursors.insert(t.clone(), c);
-        since.insert(t, s);
-    }
-    // The window the tables already read stand at, if they are at a boundary.
-    let main = feed::groups(&cursors)
-        .into_iter()
-        .find(|(c, _)| c.prev.is_some())
-        .map(|(c, _)| c)
-        .filter(|c| c.target.is_none());
-    if let Some(main) = main {
-        let fresh: Vec<String> =
-            cursors.iter().filter(|(_, c)| **c == feed::Cursor::default()).map(|(t, _)| t.clone()).collect();
-        if !fresh.is_empty() {
-            tracing::info!(tables = ?fresh, "catching up tables read for the first time");
-            let start = feed::Cursor { prev: None, target: main.prev.clone(), after: 0 };
-            let s = common_since(&fresh, &since);
-            let end = read_group(ctx, &fresh, start, s.as_deref(), reports).await?;
-            debug_assert_eq!(end, main);
-            for t in fresh {
-                cursors.insert(t, end.clone());
+        reports.push(report);
+        if let Err(e) = r {
+            if !e.is_transient() && e.class() != crate::error::Class::Operator {
+                continue;
+            }
+            // Connectivity problems end the cycle: the next one retries.
+            if e.is_transient() {
+                return Err(e);
             }
         }
     }
-    for (cursor, group) in feed::groups(&cursors) {
-        let s = if cursor.prev.is_none() { common_since(&group, &since) } else { None };
-        read_group(ctx, &group, cursor, s.as_deref(), reports).await?;
+    Ok(reports)
+}
+
+async fn poll_table<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, report: &mut TableReport) -> Result<()> {
+    let pk = table.pk().ok_or_else(|| SyncError::new(ErrorKind::Config, table.unsyncable_reason().unwrap_or_default()))?;
+    let batch_size = ctx.cfg.sync.batch_size;
+    let mut cursor = ctx.session.store().down_resume_cursor(&table.name, ctx.cfg.sync.overlap_seconds).await?;
+    let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
+    loop {
+        let pulled = Instant::now();
+        let page = ctx.upstream.pull(&tref, &cursor, batch_size).await?;
+        tracing::debug!(table = %table.name, pull_ms = pulled.elapsed().as_millis() as u64, bytes = page.len(), "page pulled");
+        let applied = apply_page(ctx, table, &page, true, report).await?;
+        report.read += applied.read;
+        report.applied += applied.applied;
+        match applied.last {
+            Some(last) if applied.read >= batch_size => cursor = last,
+            _ => break,
+        }
     }
     Ok(())
 }
 
-/// The `since` of a group: the earliest, and none if any table has none.
-fn common_since(tables: &[String], since: &HashMap<String, Option<String>>) -> Option<String> {
-    let all: Option<Vec<&String>> = tables.iter().map(|t| since.get(t).and_then(|s| s.as_ref())).collect();
-    all.and_then(|v| v.into_iter().min().cloned())
+struct PageResult {
+    read: usize,
+    applied: u64,
+    last: Option<Cursor>,
 }
 
-/// Reads pages for `group` from `cursor` until the window is complete;
-/// returns the final cursor.
-async fn read_group<U: Upstream>(
+/// Applies one page (JSON array text) to `table` in one transaction that,
+/// with `advance`, also advances the watermark.
+async fn apply_page<U: Upstream>(
     ctx: &Ctx<'_, U>,
-    group: &[String],
-    mut cursor: feed::Cursor,
-    since: Option<&str>,
-    reports: &mut BTreeMap<String, TableReport>,
-) -> Result<feed::Cursor> {
-    loop {
-        let req = FeedRequest {
-            schema: &ctx.cfg.supabase.schema,
-            tables: group,
-            prev: cursor.prev.as_deref(),
-            target: cursor.target.as_deref(),
-            after: cursor.after,
-            limit: ctx.cfg.sync.batch_size as i64,
-            since,
-        };
-        let pulled = Instant::now();
-        let text = ctx.upstream.changes(&req).await?;
-        if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
-            return Err(SyncError::new(
-                ErrorKind::UpstreamUnreachable,
-                format!(
-                    "upstream answered the change feed of {} with something that is not JSON ({} bytes, starting {:?})",
-                    group.join(", "),
-                    text.len(),
-                    text.chars().take(40).collect::<String>()
-                ),
-            )
-            .with_hint("a proxy or captive portal may be in the way; the page will be read again"));
-        }
-        let page: feed::Page = serde_json::from_str(&text).map_err(|e| {
-            SyncError::new(ErrorKind::Contract, format!("the upstream change feed answered something unexpected ({e})"))
-                .with_hint("the upstream SQL may be outdated: run `centrovision-sync init --upstream`, or paste `init --print-upstream-sql` into the Supabase SQL editor")
-        })?;
-        tracing::debug!(tables = group.len(), changes = page.changes.len(), pull_ms = pulled.elapsed().as_millis() as u64, "feed page");
-        if page.horizon_passed {
-            tracing::error!(
-                "this clinic last read the change feed before upstream pruned old tombstones: deletes made meanwhile \
-                 may be missing here; run `centrovision-sync verify --repair`"
-            );
-        }
-        let next = cursor.advanced(&page);
-        apply_feed_page(ctx, &page, group, &next, reports).await?;
-        cursor = next;
-        if page.complete {
-            return Ok(cursor);
-        }
-    }
-}
-
-/// Applies one feed page and moves the cursor of `group`, in one local
-/// transaction (see the module docs for the rules).
-async fn apply_feed_page<U: Upstream>(
-    ctx: &Ctx<'_, U>,
-    page: &feed::Page,
-    group: &[String],
-    next: &feed::Cursor,
-    reports: &mut BTreeMap<String, TableReport>,
-) -> Result<()> {
-    let c = &ctx.session.client;
-    let store = ctx.session.store();
-    let q = |e| SyncError::from_pg(LOCAL, &e);
-    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(q)?;
-    let result = async {
-        let by_table = feed::split(page);
-        let mut applied: HashMap<&str, u64> = HashMap::new();
-        if !by_table.is_empty() {
-            let order: Vec<&String> = catalog::parents_first(ctx.tables).iter().filter_map(|n| ctx.tables.get_key_value(n).map(|(k, _)| k)).filter(|n| by_table.contains_key(n.as_str())).collect();
-            // 1. Lock the local rows the page touches (sorted: one order for every page).
-            for name in &order {
-                let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
-                let pk = table.pk().expect("syncable");
-                let mut keys: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
-                keys.sort_unstable();
-                c.query_one(
-                    &format!(
-                        "SELECT count(*) FROM (SELECT 1 FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[]) ORDER BY d.{qpk} FOR UPDATE) q",
-                        t = table.qualified(),
-                        qpk = quote_ident(&pk.name),
-                        ty = pk.type_name
-                    ),
-                    &[&keys],
-                )
-                .await
-                .map_err(q)?;
-            }
-            // 2. Every local commit before the locks is journaled before we decide.
-            let flushed: postgres_types::PgLsn = c.query_one("SELECT pg_current_wal_flush_lsn()", &[]).await.map_err(q)?.get(0);
-            wait_progress(&mut ctx.progress.clone(), Lsn::from(flushed), CAPTURE_WAIT).await?;
-            // 3. Rows with a local change upstream has not processed stay as they are.
-            let processed = page.progress.as_ref().map(|p| (p.epoch, p.journal_id));
-            let epochs = store.epochs().await?;
-            for name in &order {
-                let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
-                let pk = table.pk().expect("syncable");
-                let all: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
-                let pending: std::collections::HashSet<String> =
-                    store.pending_keys(name, &all, processed, &epochs).await?.into_iter().collect();
-                if !pending.is_empty() {
-                    tracing::debug!(table = %name, rows = pending.len(), "left alone: local changes upstream has not processed yet");
-                }
-                let report = reports.get_mut(name.as_str()).expect("one per table");
-                report.read += all.len();
-                // 4. Write.
-                let rows: Vec<&RawValue> = changes
-                    .upserts
-                    .iter()
-                    .zip(&changes.upsert_keys)
-                    .filter(|(_, k)| !pending.contains(**k))
-                    .map(|(r, _)| *r)
-                    .collect();
-                let mut n = 0u64;
-                if !rows.is_empty() {
-                    let json = serde_json::to_string(&rows).expect("raw JSON serializes");
-                    let keys: Vec<String> = c
-                        .query_one("SELECT coalesce((SELECT array_agg(k) FROM jsonb_object_keys($1::text::jsonb->0) k), '{}')", &[&json])
-                        .await
-                        .map_err(q)?
-                        .get(0);
-                    let cols = ctx.session.shared_columns(table, &keys);
-                    n += write_rows(c, table, &cols, &json).await?;
-                    let mut none = Vec::new();
-                    repair_parents(ctx, table, &json, 0, &mut none, report).await?;
-                }
-                let deletes: Vec<&str> = changes.deletes.iter().filter(|k| !pending.contains(**k)).copied().collect();
-                if !deletes.is_empty() {
-                    n += c
-                        .execute(
-                            &format!(
-                                "DELETE FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[])",
-                                t = table.qualified(),
-                                qpk = quote_ident(&pk.name),
-                                ty = pk.type_name
-                            ),
-                            &[&deletes],
-                        )
-                        .await
-                        .map_err(q)?;
-                }
-                report.applied += n;
-                applied.insert(name.as_str(), n);
-            }
-        }
-        let counts: Vec<i64> = group.iter().map(|t| applied.get(t.as_str()).copied().unwrap_or(0) as i64).collect();
-        store.advance_feed(group, &counts, next).await?;
-        Ok::<(), SyncError>(())
-    }
-    .await;
-    match result {
-        Ok(()) => {
-            c.batch_execute("COMMIT").await.map_err(q)?;
-            crate::crash::point("down.after_page_commit");
-            Ok(())
-        }
-        Err(e) => {
-            let _ = c.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
-}
-
-/// Writes upstream rows as they are (upsert), except rows identical to the
-/// local one; returns rows written.
-async fn write_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str) -> Result<u64> {
-    let pk = table.pk().expect("syncable");
-    let t = table.qualified();
-    let qpk = quote_ident(&pk.name);
-    let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-    let updates: Vec<String> = cols.iter().filter(|c| **c != pk.name).map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect();
-    // Text forms: some types (json, point, xml) have no equality operator.
-    let distinct_l = cols.iter().map(|c| format!("d.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
-    let distinct_r = cols.iter().map(|c| format!("EXCLUDED.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
-    let conflict = if updates.is_empty() {
-        "DO NOTHING".to_string()
-    } else {
-        format!("DO UPDATE SET {} WHERE ROW({distinct_l}) IS DISTINCT FROM ROW({distinct_r})", updates.join(", "))
-    };
-    let sql = format!(
-        "INSERT INTO {t} AS d ({list})
-         SELECT {list_s} FROM jsonb_populate_recordset(NULL::{t}, $1::text::jsonb) s
-         ON CONFLICT ({qpk}) {conflict}",
-        list_s = cols.iter().map(|c| format!("s.{}", quote_ident(c))).collect::<Vec<_>>().join(", "),
-    );
-    c.execute(&sql, &[&rows_json]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))
-}
-
-/// Applies rows (JSON array text) to `table` in one transaction, last write
-/// wins on `updated_at` (for `verify --repair`).
-async fn apply_page<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, page: &str, report: &mut TableReport) -> Result<u64> {
+    table: &Table,
+    page: &str,
+    advance: bool,
+    report: &mut TableReport,
+) -> Result<PageResult> {
     let c = &ctx.session.client;
     let pk = table.pk().expect("checked by caller");
     let head = c
@@ -425,9 +229,10 @@ async fn apply_page<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, page: &str, re
         .map_err(|e| SyncError::from_pg(LOCAL, &e).with_hint("upstream returned rows that are not a JSON array"))?;
     let read = head.get::<_, i32>(0) as usize;
     if read == 0 {
-        return Ok(0);
+        return Ok(PageResult { read: 0, applied: 0, last: None });
     }
     let keys: Vec<String> = head.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+    let last = Cursor { updated_at: head.get(2), id: head.get(3) };
     if !keys.iter().any(|k| k == "updated_at") || !keys.contains(&pk.name) {
         return Err(SyncError::new(ErrorKind::Contract, format!(
             "upstream rows of {} lack updated_at or {}",
@@ -454,13 +259,17 @@ async fn apply_page<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, page: &str, re
             capture_wait_ms = t2.elapsed().as_millis() as u64,
             "page applied"
         );
+        if advance {
+            ctx.session.store().advance_down_watermark(&table.name, &pk.type_name, &last, applied as i64).await?;
+        }
         Ok::<u64, SyncError>(applied)
     }
     .await;
     match result {
         Ok(applied) => {
             c.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-            Ok(applied)
+            crate::crash::point("down.after_page_commit");
+            Ok(PageResult { read, applied, last: Some(last) })
         }
         Err(e) => {
             let _ = c.batch_execute("ROLLBACK").await;
@@ -484,7 +293,8 @@ pub async fn apply_rows<U: Upstream>(
     let (_tx, no_wait) = watch::channel(Lsn::from_u64(u64::MAX));
     let ctx = Ctx { cfg, session, upstream, tables, progress: &no_wait };
     let mut report = TableReport::default();
-    apply_page(&ctx, table, rows_json, &mut report).await
+    let r = apply_page(&ctx, table, rows_json, false, &mut report).await?;
+    Ok(r.applied)
 }
 
 /// LWW upsert of upstream rows into the local table; returns rows written

@@ -17,7 +17,6 @@ pub mod connectivity;
 pub mod crash;
 pub mod down;
 pub mod error;
-pub mod feed;
 pub mod journal;
 pub mod logging;
 pub mod lsn;

@@ -74,29 +74,10 @@ struct Element<'a> {
     /// The row image of an upsert.
     #[serde(skip_serializing_if = "Option::is_none")]
     row: Option<&'a RawValue>,
-    /// The change's position at this clinic (upstream applies one writer's
-    /// changes in this order): capture epoch, commit LSN, ordinal.
-    #[serde(rename = "e")]
-    epoch: i32,
-    #[serde(rename = "l")]
-    commit_lsn: String,
-    #[serde(rename = "n")]
-    ordinal: i32,
-    /// The last journal row the element covers: upstream reports the
-    /// highest it processed back through the change feed.
-    #[serde(rename = "j")]
-    journal_id: i64,
-}
-
-/// The capture epochs as (epoch, first journal id), oldest first
-/// (`_sync_epoch`); a journal row belongs to the last one starting at or
-/// before its id.
-pub(crate) fn epoch_of(epochs: &[(i32, i64)], id: i64) -> i32 {
-    epochs.iter().rev().find(|(_, first)| *first <= id).map_or(1, |(e, _)| *e)
 }
 
 /// Coalesces `rows` into upstream elements (pure; see module docs).
-pub(crate) fn build(rows: &[Queued], schema: Option<&str>, epochs: &[(i32, i64)]) -> Result<Built> {
+pub(crate) fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
     struct Slot {
         row: usize,
         merged: Option<Box<RawValue>>,
@@ -158,12 +139,6 @@ pub(crate) fn build(rows: &[Queued], schema: Option<&str>, epochs: &[(i32, i64)]
             key: if q.op == Operation::Delete { q.record_id.as_deref() } else { None },
             committed_at: matches!(q.op, Operation::Delete | Operation::Truncate).then_some(q.commit_ts.as_str()),
             row,
-            epoch: epoch_of(epochs, q.id),
-            // Rows without a commit position (`init --upload-existing`, the
-            // trigger era) come before every captured change of their epoch.
-            commit_lsn: q.commit_lsn.map_or_else(|| "0/0".to_string(), |l| l.to_string()),
-            ordinal: if q.commit_lsn.is_some() { q.ordinal.unwrap_or(0) } else { 0 },
-            journal_id: slot.ids.iter().copied().max().unwrap_or(q.id),
         };
         if i > 0 {
             json.push(',');
@@ -216,8 +191,7 @@ pub async fn push_batch<U: Upstream>(
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let fail = |error| BatchFailure { error, ids: ids.clone() };
-    let epochs = Store::new(local, LOCAL).epochs().await.map_err(fail)?;
-    let built = build(&rows, schema, &epochs).map_err(fail)?;
+    let built = build(&rows, schema).map_err(fail)?;
     let outcome: Outcome = upstream.apply(&built.json).await.map_err(fail)?;
     crate::crash::point("push.after_upstream_apply");
 
@@ -242,7 +216,7 @@ pub async fn push_batch<U: Upstream>(
         local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         store.mark_synced(&synced).await?;
         for r in &outcome.rejected {
-            let Some(c) = built.covers.get(r.index as usize) else { continue };
+            let Some(c) = built.covers.get(r.i as usize) else { continue };
             let class = r.code.as_deref().map(class_of_sqlstate).unwrap_or(Class::Data);
             let attempts = c.iter().map(|id| retry_count.get(id).copied().unwrap_or(0)).max().unwrap_or(0) + 1;
             let park = class != Class::Transient || attempts as u32 >= max_attempts;
@@ -252,11 +226,11 @@ pub async fn push_batch<U: Upstream>(
             let text = r.describe();
             // The detail may quote row values (patient data): journal only.
             tracing::warn!(
-                table = %built.tables[r.index as usize], rows = c.len(), parked = park,
+                table = %built.tables[r.i as usize], rows = c.len(), parked = park,
                 code = r.code.as_deref().unwrap_or(""), error = %r.message, "change rejected upstream"
             );
             store.record_failure(c, &text, park).await?;
-            store.record_table_error(&built.tables[r.index as usize], &text).await?;
+            store.record_table_error(&built.tables[r.i as usize], &text).await?;
         }
         for (table, n) in &per_table {
             store.record_synced_up(table, *n).await?;
@@ -311,7 +285,6 @@ mod tests {
             commit_ts: "2026-01-01 00:00:00+00".into(),
             retry_count: 0,
             commit_lsn: None,
-            ordinal: None,
         }
     }
 
@@ -322,7 +295,7 @@ mod tests {
             q(2, "a", Some("2"), Operation::Insert, Some(r#"{"id":"2"}"#)),
             q(3, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","v":"y"}"#)),
         ];
-        let b = build(&rows, None, &[]).unwrap();
+        let b = build(&rows, None).unwrap();
         assert_eq!(b.covers, vec![vec![1, 3], vec![2]]);
         assert!(b.json.contains(r#""v":"y""#) && !b.json.contains(r#""v":"x""#), "{}", b.json);
     }
@@ -334,7 +307,7 @@ mod tests {
             q(2, "a", None, Operation::Truncate, None),
             q(3, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1"}"#)),
         ];
-        let b = build(&rows, None, &[]).unwrap();
+        let b = build(&rows, None).unwrap();
         assert_eq!(b.covers, vec![vec![1], vec![2], vec![3]]);
     }
 
@@ -344,7 +317,7 @@ mod tests {
             q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1","big":"B","v":"x"}"#)),
             q(2, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","v":"y"}"#)),
         ];
-        let b = build(&rows, None, &[]).unwrap();
+        let b = build(&rows, None).unwrap();
         assert!(b.json.contains(r#""big":"B""#) && b.json.contains(r#""v":"y""#), "{}", b.json);
     }
 
@@ -355,17 +328,17 @@ mod tests {
             q(2, "a", Some("2"), Operation::Delete, None),
             q(3, "b", None, Operation::Truncate, None),
         ];
-        let b = build(&rows, Some("clinic"), &[]).unwrap();
+        let b = build(&rows, Some("clinic")).unwrap();
         assert_eq!(
             b.json,
             concat!(
-                r#"[{"i":0,"s":"clinic","t":"a","op":"upsert","row":{"id":"1"},"e":1,"l":"0/0","n":0,"j":1},"#,
-                r#"{"i":1,"s":"clinic","t":"a","op":"delete","k":"2","ts":"2026-01-01 00:00:00+00","e":1,"l":"0/0","n":0,"j":2},"#,
-                r#"{"i":2,"s":"clinic","t":"b","op":"truncate","ts":"2026-01-01 00:00:00+00","e":1,"l":"0/0","n":0,"j":3}]"#
+                r#"[{"i":0,"s":"clinic","t":"a","op":"upsert","row":{"id":"1"}},"#,
+                r#"{"i":1,"s":"clinic","t":"a","op":"delete","k":"2","ts":"2026-01-01 00:00:00+00"},"#,
+                r#"{"i":2,"s":"clinic","t":"b","op":"truncate","ts":"2026-01-01 00:00:00+00"}]"#
             )
         );
-        let b = build(&rows[..1], None, &[]).unwrap();
-        assert_eq!(b.json, r#"[{"i":0,"t":"a","op":"upsert","row":{"id":"1"},"e":1,"l":"0/0","n":0,"j":1}]"#);
+        let b = build(&rows[..1], None).unwrap();
+        assert_eq!(b.json, r#"[{"i":0,"t":"a","op":"upsert","row":{"id":"1"}}]"#);
     }
 
     #[test]

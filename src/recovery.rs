@@ -88,18 +88,17 @@ pub async fn replay(cfg: &Config, range: &ReplayRange) -> Result<Replayed> {
     let source = Source::Range { from: range.from, to: range.to, tables: range.tables.clone() };
     let mut done = Replayed::default();
     let mut after = 0i64;
-    let epochs = crate::store::Store::new(&local, crate::error::LOCAL).epochs().await?;
     loop {
         let rows = journal::next_batch(&local, &source, cfg.sync.batch_size as i64, after).await?;
         let Some(last) = rows.last() else { break };
         after = last.id;
-        let built = push::build(&rows, cfg.upstream_schema(), &epochs)?;
+        let built = push::build(&rows, cfg.upstream_schema())?;
         let o = up.apply(&built.json).await?;
         done.applied += o.applied.len();
         done.kept += o.kept.len();
         done.rejected += o.rejected.len();
         for r in &o.rejected {
-            tracing::warn!(table = %built.tables[r.index as usize], code = r.code.as_deref().unwrap_or(""), error = %r.message, "replay: change rejected upstream");
+            tracing::warn!(table = %built.tables[r.i as usize], code = r.code.as_deref().unwrap_or(""), error = %r.message, "replay: change rejected upstream");
         }
     }
     Ok(done)

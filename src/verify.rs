@@ -299,7 +299,7 @@ fn tally(out: &mut Repaired, o: &Outcome, ids: &[String], deletes: bool) {
     }
     out.kept_upstream += o.kept.len();
     for r in &o.rejected {
-        let id = ids.get(r.index as usize).cloned().unwrap_or_default();
+        let id = ids.get(r.i as usize).cloned().unwrap_or_default();
         tracing::warn!(id = %id, code = r.code.as_deref().unwrap_or(""), error = %r.message, "repair: upstream rejected a row");
         out.rejected.push(format!("{id}: {}", r.message));
     }

@@ -1,26 +1,17 @@
--- 001_apply.sql — upstream (Supabase) side of centrovision-sync: batch apply under the conflict
--- rule of 003_row_state.sql (same writer: commit order; different writers: later stamp, ties by
--- writer id; deletes are versions; stamps clamped to the server's clock).
+-- 001_apply.sql — upstream (Supabase) side of centrovision-sync: batch apply with last-write-wins.
 --
--- Installs (idempotent: CREATE OR REPLACE + role-checking DO blocks; one transaction; needs the
--- schema and tables of 003_row_state.sql, which `init --upstream` installs in the same run):
+-- Installs two functions (idempotent: CREATE OR REPLACE + role-checking DO blocks; the whole file
+-- runs in one transaction):
 --
---   public.centrovision_sync_apply(changes jsonb, writer text) RETURNS jsonb
---   public.centrovision_sync_apply(changes jsonb)               -- contract 2's signature: raises
---                                                                 -- a clear "upgrade" error
+--   public.centrovision_sync_version() RETURNS integer     -- 1; bumped when the contract changes
+--   public.centrovision_sync_apply(changes jsonb) RETURNS jsonb
 --
--- Called as `SELECT public.centrovision_sync_apply($1::jsonb, $2)` or via PostgREST as
--- `POST /rest/v1/rpc/centrovision_sync_apply` with body {"changes": [...], "writer": "..."}.
+-- Called as `SELECT public.centrovision_sync_apply($1::jsonb)` or via PostgREST as
+-- `POST /rest/v1/rpc/centrovision_sync_apply` with body {"changes": [...]}.
 --
--- `writer` is the clinic's id ([sync] clinic_id); not empty, not "legacy", not "cloud:…" (those
--- name the other writers).  `changes` is a JSON array of elements
+-- `changes` is a JSON array of elements
 --   {"i": int (caller's index), "s": schema (default "public"), "t": table,
 --    "op": "upsert" | "delete" | "truncate",
---    "e": int, "l": "X/Y", "n": int  -- the change's commit position at the writer: capture epoch,
---                                       commit LSN, ordinal inside the transaction (required)
---    "j": int (optional)              -- the writer's journal id of the change (its push order)
---    "b": int (optional)              -- version_id of the upstream version the writer last
---                                       downloaded for this row (tells an edit from a conflict)
 --    "k": primary key as text (delete), "ts": local commit timestamptz text (delete, truncate),
 --    "row": {"col": value, ...} (upsert; must contain the PK column and "updated_at")}
 -- Values follow jsonb_populate_record rules (strings go through the column type's input function,
@@ -28,25 +19,25 @@
 -- an update and left to its default by an insert.  Keys naming generated columns are ignored
 -- (never written); keys naming no column reject the element (42703).
 --
--- Semantics: each element is a version of one row (truncate: of every row of its table), decided
--- against the row's current version in centrovision_sync.row_version (a row with none counts as
--- writer "legacy" stamped with its updated_at); on equal stamps between writers a delete wins, then
--- the higher writer id:
---   applied  the element won: the row is written (upsert) or removed (delete), and its version
---            (writer, position, clamped stamp, tombstone flag) recorded in the same transaction;
---   kept     the element lost (the loss goes to centrovision_sync.conflict, and the winner is
---            re-emitted into the change feed so this writer downloads it), or it is this writer's
---            own change at or before the position upstream already has (a re-send: no-op).
---   truncate deletes every row whose current version the truncate beats, leaving tombstones.
---            A truncate is a barrier for its table: earlier elements of that table take effect
---            before it, later ones after it.  (Upsert/delete need exactly one PK column.)
--- Rows being decided are locked first (FOR UPDATE on the table's rows, then a transaction
--- advisory lock per key, in key-hash order), so concurrent clinics and the cloud app decide one
--- after the other, never from the same stale version.
--- Elements are grouped per (table, truncate-segment, op, set of row keys) and each group is
--- decided and written with set-based statements inside a subtransaction.  If a group fails, it
--- is split (bisection, then row by row for pieces of <= 8, always in array order), so exactly the
--- failing elements are rejected with their SQLSTATE/message/detail/hint (detail and hint
+-- Semantics (last-write-wins on updated_at; an upstream row whose updated_at IS NULL counts as
+-- older than anything):
+--   upsert   : no row with that PK -> INSERT (applied); row exists -> UPDATE the columns present
+--              only if existing.updated_at < row.updated_at (applied), else untouched (kept:
+--              upstream newer or equal, upstream wins ties).
+--   delete   : delete the row with PK = k if existing.updated_at <= ts (applied); existing row
+--              with updated_at > ts stays (kept); no such row -> applied (idempotent).
+--   truncate : DELETE FROM t WHERE updated_at <= ts (applied; newer rows stay).  A truncate is a
+--              barrier for its table: earlier elements of that table take effect before it, later
+--              ones after it.  (Truncate needs no primary key; upsert/delete need exactly one
+--              PK column.)
+-- Elements are grouped per (table, truncate-segment, op, set of row keys) and applied with one
+-- set-based statement per group inside a subtransaction: full rows with INSERT ... ON CONFLICT
+-- (pk) DO UPDATE ... WHERE d.updated_at < EXCLUDED.updated_at; rows with absent columns (or a
+-- DEFERRABLE pk) with UPDATE ... FROM + INSERT ... WHERE NOT EXISTS, because ON CONFLICT checks
+-- NOT NULL/CHECK on the default-filled insert tuple before it sees the conflict; deletes with
+-- DELETE ... USING.  RETURNING tells applied from kept.  If a group's statement fails, the group
+-- is split (bisection, then row by row for pieces of <= 8, always in array order), so exactly
+-- the failing elements are rejected with their SQLSTATE/message/detail/hint (detail and hint
 -- truncated to 1000 chars) and all others apply.  Statement-level errors (classes 0A, 3D, 3F, 42
 -- except 42501, and 55000) reject the whole group at once without bisecting.  Transient or
 -- transaction-level errors (classes 08, 25, 40, 53, 57, 58, XX, and 55P03/55006) are NOT turned
@@ -58,53 +49,41 @@
 -- The caller guarantees at most one upsert/delete per (table, pk) per truncate-segment; if that
 -- is violated the duplicates are detected and applied one by one in array order.
 --
--- After the elements, centrovision_sync.writer_progress[writer] moves to the call's highest
--- (epoch, journal id) (the change feed reports it back: "upstream has processed your changes up to
--- here").
---
 -- Writes run with `SET LOCAL session_replication_role = replica` (plain statement: on Supabase
 -- supautils only allows it that way, not via set_config() or a function SET clause), so ordinary
--- triggers (e.g. updated_at = now() stampers, and centrovision_sync.record_write, which records
--- other writers' versions) and FK checks/cascades do not fire; the previous value is restored
--- before returning.
+-- triggers (e.g. updated_at = now() stampers) and FK checks/cascades do not fire; the previous
+-- value is restored before returning.
 --
--- Result: {"applied":[i...], "kept":[i...], "clamped":[i...],
+-- Result: {"applied":[i...], "kept":[i...],
 --          "rejected":[{"i":i, "code":"SQLSTATE", "message":"...", "detail":"...", "hint":"..."}]}
--- (detail/hint only when present; every input element appears exactly once in applied, kept or
--- rejected; "clamped" lists elements whose stamp was too far ahead of the server's clock).
--- Malformed elements (not an object, missing/invalid "i", "t", "op", "e", "l", "n", unknown op,
--- missing "row"/"k"/"ts") are rejected with 22023 ("i" echoed as given, null if absent).  A
--- non-array `changes` or an invalid `writer` raises 22023.
+-- (detail/hint only when present; every input element appears exactly once).  Malformed elements
+-- (not an object, missing/invalid "i", "t", "op", unknown op, missing "row"/"k"/"ts") are
+-- rejected with 22023 ("i" echoed as given, null if absent).  A non-array `changes` raises 22023.
 --
 -- Security: SECURITY DEFINER (owner: the installing role, `postgres` on Supabase) with
 -- search_path = ''; EXECUTE revoked from PUBLIC/anon/authenticated, granted to service_role.
--- Tables in pg_* schemas, information_schema and centrovision_sync are refused (42501).
+-- Tables in pg_* schemas and information_schema are refused (42501).
 
 BEGIN;
 
--- Contract 2's signature: an older service gets a clear error instead of writes that skip the
--- per-row sync state.
-CREATE OR REPLACE FUNCTION public.centrovision_sync_apply(changes jsonb)
-RETURNS jsonb
-LANGUAGE plpgsql
+CREATE OR REPLACE FUNCTION public.centrovision_sync_version()
+RETURNS integer
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
 SET search_path = ''
-AS $fn$
-BEGIN
-  RAISE EXCEPTION USING
-    ERRCODE = '0A000',
-    MESSAGE = 'this Supabase project runs a newer centrovision-sync upstream contract; this clinic''s service is too old to write to it',
-    HINT = 'upgrade centrovision-sync on this clinic server (its changes stay queued in _sync_pending meanwhile)';
-END
-$fn$;
+AS $fn$ SELECT 1 $fn$;
 
-CREATE OR REPLACE FUNCTION public.centrovision_sync_apply(changes jsonb, writer text)
+COMMENT ON FUNCTION public.centrovision_sync_version() IS
+  'centrovision-sync upstream contract version (see sql/upstream/001_apply.sql)';
+
+CREATE OR REPLACE FUNCTION public.centrovision_sync_apply(changes jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path = ''
 AS $fn$
-#variable_conflict use_column
 DECLARE
   v_prev_srr   text;
   v_applied    int[]   := '{}';
@@ -116,6 +95,7 @@ DECLARE
   v_msg        text;
   v_hint       text;
   v_sql        text;
+  v_classify   text;
   -- per-group column info
   v_coldefs    text;
   v_collist    text;
@@ -136,31 +116,13 @@ DECLARE
   v_rows       jsonb;
   v_os         int[];
   v_path       text;
+  v_a          int[];
+  v_k          int[];
   v_state      text;
   v_emsg       text;
   v_edetail    text;
   v_ehint      text;
-  -- conflict rule
-  v_skew       double precision;
-  v_lock       text;
-  v_decide     text;
-  v_ids        int[];
-  v_keys       text[];
-  v_sts        text[];
-  v_win        int[];
-  v_lost       int[];
-  v_clamp      int[];
-  v_clamped    int[]   := '{}';
-  v_wrows      jsonb;
-  v_n_side     bigint;
-  v_trunc_ts   timestamptz;
 BEGIN
-  IF writer IS NULL OR writer = '' OR writer = 'legacy' OR writer LIKE 'cloud:%' THEN
-    RAISE EXCEPTION USING
-      ERRCODE = '22023',
-      MESSAGE = pg_catalog.format('centrovision_sync_apply: invalid writer %L', writer),
-      HINT = 'the writer is the clinic''s [sync] clinic_id: not empty, not "legacy", not starting with "cloud:"';
-  END IF;
   IF changes IS NULL OR pg_catalog.jsonb_typeof(changes) <> 'array' THEN
     RAISE EXCEPTION USING
       ERRCODE = '22023',
@@ -174,10 +136,6 @@ BEGIN
   END IF;
 
   -- No ordinary triggers (updated_at stampers), no FK checks: plain statement, see header.
-  SELECT st.value::double precision INTO v_skew
-  FROM centrovision_sync.settings st WHERE st.key = 'max_clock_skew_seconds';
-  v_skew := coalesce(v_skew, 300);
-
   v_prev_srr := pg_catalog.current_setting('session_replication_role');
   SET LOCAL session_replication_role = replica;
 
@@ -186,7 +144,6 @@ BEGIN
       -- one pass over the elements, validating their shape; keeps only small per-element values
       -- (the row data stays in `changes` and is picked out by array index per group later)
       SELECT a.o::int AS o, f.i AS ij, coalesce(f.s, 'public') AS s, f.t, f.op, f.k, f.ts,
-             f.e, f.l, f.n, f.b,
              -- key set of an upsert's row; jsonb keeps object keys in a canonical order, so equal
              -- key sets give equal arrays
              CASE WHEN f.op = 'upsert' AND pg_catalog.jsonb_typeof(a.e->'row') = 'object'
@@ -206,8 +163,6 @@ BEGIN
                  '"op" is missing (expected "upsert", "delete" or "truncate")'
                WHEN f.op NOT IN ('upsert', 'delete', 'truncate') THEN
                  pg_catalog.format('unknown op "%s" (expected "upsert", "delete" or "truncate")', f.op)
-               WHEN f.e IS NULL OR f.l IS NULL OR f.n IS NULL THEN
-                 '"e", "l" and "n" (the change''s epoch, commit LSN and ordinal at the writer) are required'
                WHEN f.op = 'upsert' AND pg_catalog.jsonb_typeof(a.e->'row') IS DISTINCT FROM 'object' THEN
                  '"row" is missing or not a JSON object (required for upsert)'
                WHEN f.op = 'upsert'
@@ -221,11 +176,11 @@ BEGIN
       FROM pg_catalog.jsonb_array_elements(changes) WITH ORDINALITY AS a(e, o)
       CROSS JOIN LATERAL pg_catalog.jsonb_to_record(
              CASE WHEN pg_catalog.jsonb_typeof(a.e) = 'object' THEN a.e ELSE '{}' END)
-             AS f(i jsonb, s text, t text, op text, k text, ts text, e int, l pg_catalog.pg_lsn, n int, b bigint)
+             AS f(i jsonb, s text, t text, op text, k text, ts text)
     ), seg AS MATERIALIZED (
       -- sk: position relative to this table's truncates (2n = after n truncates, 2n+1 = truncate n+1)
       SELECT el.o, (el.ij)::numeric::int AS i, el.s COLLATE "C" AS s, el.t COLLATE "C" AS t,
-             el.op COLLATE "C" AS op, el.k, el.ts, el.e, el.l::text AS l, el.n, el.b,
+             el.op COLLATE "C" AS op, el.k, el.ts,
              el.keys COLLATE "C" AS keys,
              2 * coalesce(count(*) FILTER (WHERE el.op = 'truncate') OVER w, 0)
                + (el.op = 'truncate')::int AS sk
@@ -238,9 +193,7 @@ BEGIN
              array_agg(sg.o ORDER BY sg.o) AS os,
              array_agg(sg.i ORDER BY sg.o) AS ids,
              array_agg(sg.k ORDER BY sg.o) FILTER (WHERE sg.op = 'delete') AS ks,
-             array_agg(sg.ts ORDER BY sg.o) FILTER (WHERE sg.op <> 'upsert') AS tss,
-             array_agg(sg.e ORDER BY sg.o) AS es, array_agg(sg.l ORDER BY sg.o) AS ls,
-             array_agg(sg.n ORDER BY sg.o) AS ns, array_agg(sg.b ORDER BY sg.o) AS bs
+             array_agg(sg.ts ORDER BY sg.o) FILTER (WHERE sg.op <> 'upsert') AS tss
       FROM seg sg
       GROUP BY sg.s, sg.t, sg.op, sg.sk, sg.keys
     ), tabs AS (
@@ -275,8 +228,7 @@ BEGIN
     )
     SELECT 0 AS kind, NULL::text AS s, NULL::text AS t, NULL::text AS op, 0 AS sk, 0 AS first_o,
            NULL::text[] AS keys, NULL::int[] AS os, NULL::int[] AS ids, NULL::text[] AS ks,
-           NULL::text[] AS tss, NULL::int[] AS es, NULL::text[] AS ls, NULL::int[] AS ns,
-           NULL::bigint[] AS bs, NULL::oid AS relid, NULL::text AS relkind, 0 AS npk,
+           NULL::text[] AS tss, NULL::oid AS relid, NULL::text AS relkind, 0 AS npk,
            NULL::text AS pk, NULL::text AS pktype, NULL::boolean AS pk_immediate,
            NULL::jsonb AS cols, 0 AS ncols,
            NULL::oid AS ua_typid, NULL::boolean AS ua_gen,
@@ -285,7 +237,6 @@ BEGIN
             FROM el WHERE el.err IS NOT NULL) AS bad
     UNION ALL
     SELECT 1, gr.s, gr.t, gr.op, gr.sk, gr.first_o, gr.keys, gr.os, gr.ids, gr.ks, gr.tss,
-           gr.es, gr.ls, gr.ns, gr.bs,
            m.relid, m.relkind, m.npk, m.pk, m.pktype, m.pk_immediate, m.cols, m.ncols, m.ua_typid,
            m.ua_gen, NULL
     FROM grp gr
@@ -304,7 +255,7 @@ BEGIN
     v_hint := NULL;
 
     -- table-level checks: reject the whole group with one message
-    IF g.s = 'information_schema' OR g.s LIKE 'pg\_%' OR g.s = 'centrovision_sync' THEN
+    IF g.s = 'information_schema' OR g.s LIKE 'pg\_%' THEN
       v_code := '42501';
       v_msg  := pg_catalog.format('centrovision sync does not write to system schema %I', g.s);
     ELSIF g.relid IS NULL THEN
@@ -374,107 +325,41 @@ BEGIN
       CONTINUE;
     END IF;
 
-    -- the statements for this group (see the header): lock, decide + record, write the winners
-    -- (a truncate has its own single statement below and may have no primary key)
-    IF g.op <> 'truncate' THEN
-    v_lock := pg_catalog.format(
-      'SELECT count(*) FROM (SELECT 1 FROM %1$s AS d WHERE d.%2$I = ANY ($1::text[]::%3$s[])'
-      ' ORDER BY d.%2$I FOR UPDATE) AS q',
-      v_tab, g.pk, g.pktype);
-    -- $1 i's, $2 keys, $3 epochs, $4 LSNs, $5 ordinals, $6 bases, $7 stamps (text), $8 writer,
-    -- $9 skew seconds, $10 schema, $11 table, $12 op, $13 the upsert rows (NULL for deletes).
-    -- Returns (positions that won, i's kept, i's clamped, side-effect count).
-    v_decide := pg_catalog.format(
-      'WITH x AS MATERIALIZED ('
-      ' SELECT u.p::int AS p, u.i, u.k, u.e, u.l::pg_catalog.pg_lsn AS l, u.n, u.b,'
-      '        u.st::pg_catalog.timestamptz AS st_raw'
-      ' FROM unnest($1::int[], $2::text[], $3::int[], $4::text[], $5::int[], $6::bigint[], $7::text[])'
-      '      WITH ORDINALITY AS u(i, k, e, l, n, b, st, p)), '
-      'y AS MATERIALIZED ('
-      ' SELECT x.*, x.st_raw > pg_catalog.now() + pg_catalog.make_interval(secs => $9) AS clamped,'
-      '        rv.pk IS NOT NULL AS has_rv, rv.writer AS cw, rv.epoch AS ce, rv.commit_lsn AS cl,'
-      '        rv.ordinal AS cn, rv.version_id AS cv, d.%2$I IS NOT NULL AS has_row,'
-      '        coalesce(rv.deleted, d.%2$I IS NULL) AS cdel,'
-      '        CASE WHEN rv.pk IS NOT NULL THEN rv.stamp ELSE d.updated_at END AS cst,'
-      '        CASE WHEN d.%2$I IS NOT NULL THEN pg_catalog.to_jsonb(d.*) END AS cimg'
-      ' FROM x'
-      ' LEFT JOIN centrovision_sync.row_version AS rv'
-      '   ON rv.schema_name = $10 AND rv.table_name = $11 AND rv.pk = x.k'
-      ' LEFT JOIN %1$s AS d ON d.%2$I = x.k::%3$s), '
-      'z AS MATERIALIZED ('
-      ' SELECT y.*, s.st, CASE'
-      '   WHEN NOT y.has_rv AND NOT y.has_row THEN ''new'''
-      '   WHEN y.has_rv AND y.cw = $8 THEN'
-      '     CASE WHEN ROW(y.e, y.l, y.n) > ROW(y.ce, y.cl, y.cn) THEN ''next'' ELSE ''seen'' END'
-      '   WHEN s.st > coalesce(y.cst, ''-infinity'')'
-      '     OR (s.st = y.cst AND ($12 = ''delete'') > y.cdel)'
-      '     OR (s.st = y.cst AND ($12 = ''delete'') = y.cdel'
-      '         AND $8 COLLATE "C" > coalesce(y.cw, ''legacy'') COLLATE "C")'
-      '     THEN CASE WHEN y.has_rv THEN ''win'' ELSE ''legacy'' END'
-      '   ELSE ''lose'' END AS verdict,'
-      '   CASE WHEN s.st = y.cst AND ($12 = ''delete'') <> y.cdel THEN ''equal stamps: the delete wins'''
-      '        WHEN s.st = y.cst THEN ''equal stamps: higher writer id wins'''
-      '        ELSE ''later updated_at wins'' END AS rule'
-      ' FROM y CROSS JOIN LATERAL'
-      '   (SELECT CASE WHEN y.clamped THEN pg_catalog.now() ELSE y.st_raw END AS st) AS s), '
-      -- an incoming version that lost: logged, and the winner re-emitted into the feed
-      'lost AS ('
-      ' INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
-      '   winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
-      '   loser_image, rule)'
-      ' SELECT $10, $11, z.k, coalesce(z.cw, ''legacy''), z.cst, z.cdel, z.cimg, $8, z.st,'
-      '        $12 = ''delete'', $13->(z.p - 1), z.rule'
-      ' FROM z WHERE z.verdict = ''lose'' AND NOT (z.cdel AND $12 = ''delete'')'
-      ' RETURNING 1), '
-      'reemit AS ('
-      ' UPDATE centrovision_sync.row_version AS v SET xid = pg_catalog.pg_current_xact_id()'
-      ' FROM z WHERE z.verdict = ''lose'' AND z.has_rv'
-      '   AND v.schema_name = $10 AND v.table_name = $11 AND v.pk = z.k'
-      ' RETURNING 1), '
-      'legacy AS ('
-      ' INSERT INTO centrovision_sync.row_version (schema_name, table_name, pk, writer, stamp, version_id)'
-      ' SELECT $10, $11, z.k, ''legacy'', z.cst, pg_catalog.nextval(''centrovision_sync.version_seq'')'
-      ' FROM z WHERE z.verdict = ''lose'' AND NOT z.has_rv'
-      ' ON CONFLICT DO NOTHING RETURNING 1), '
-      -- another writer's version replaced by one whose writer had not downloaded it
-      'over AS ('
-      ' INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
-      '   winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
-      '   loser_image, rule)'
-      ' SELECT $10, $11, z.k, $8, z.st, $12 = ''delete'', $13->(z.p - 1), z.cw, z.cst, z.cdel,'
-      '        z.cimg, z.rule'
-      ' FROM z WHERE z.verdict = ''win'' AND z.cv IS DISTINCT FROM z.b AND NOT (z.cdel AND $12 = ''delete'')'
-      ' RETURNING 1), '
-      'rec AS ('
-      ' INSERT INTO centrovision_sync.row_version AS v (schema_name, table_name, pk, writer, epoch,'
-      '   commit_lsn, ordinal, stamp, deleted, version_id)'
-      ' SELECT $10, $11, z.k, $8, z.e, z.l, z.n, z.st, $12 = ''delete'','
-      '        pg_catalog.nextval(''centrovision_sync.version_seq'')'
-      ' FROM z WHERE z.verdict IN (''new'', ''next'', ''win'', ''legacy'') ORDER BY z.p'
-      ' ON CONFLICT (schema_name, table_name, pk) DO UPDATE SET writer = EXCLUDED.writer,'
-      '   epoch = EXCLUDED.epoch, commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal,'
-      '   stamp = EXCLUDED.stamp, deleted = EXCLUDED.deleted, version_id = EXCLUDED.version_id,'
-      '   xid = pg_catalog.pg_current_xact_id(), recorded_at = pg_catalog.now()'
-      ' RETURNING 1) '
-      'SELECT coalesce(array_agg(z.p ORDER BY z.p) FILTER (WHERE z.verdict IN (''new'', ''next'', ''win'', ''legacy'')), ''{}''),'
-      '       coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.verdict IN (''lose'', ''seen'')), ''{}''),'
-      '       coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.clamped), ''{}''),'
-      '       (SELECT count(*) FROM lost) + (SELECT count(*) FROM reemit) + (SELECT count(*) FROM legacy)'
-      '       + (SELECT count(*) FROM over) + (SELECT count(*) FROM rec) '
-      'FROM z',
-      v_tab, g.pk, g.pktype);
+    -- build the set-based statement for this group
+    -- upsert statements take $1 = jsonb array of the group's "row" objects, $2 = their i's, and
+    -- return (applied i's, kept i's).  Written rows come back from RETURNING (CTE w); when all or
+    -- none were written the answer is immediate, otherwise the PKs are read a second time (ROWS
+    -- FROM zip with the i's) and matched against w.
+    IF g.op = 'upsert' THEN
+      v_classify := pg_catalog.format(
+        'm AS MATERIALIZED ('
+        ' SELECT x.i, w.k IS NOT NULL AS written'
+        ' FROM ROWS FROM (pg_catalog.unnest($2::int[]),'
+        '                 pg_catalog.jsonb_to_recordset($1) AS (%1$I %2$s)) AS x(i, k)'
+        ' LEFT JOIN w ON w.k = x.k) '
+        'SELECT CASE WHEN c.n = pg_catalog.cardinality($2) THEN $2'
+        '            WHEN c.n = 0 THEN ''{}''::int[]'
+        '            ELSE (SELECT coalesce(array_agg(m.i) FILTER (WHERE m.written), ''{}'') FROM m) END,'
+        '       CASE WHEN c.n = pg_catalog.cardinality($2) THEN ''{}''::int[]'
+        '            WHEN c.n = 0 THEN $2'
+        '            ELSE (SELECT coalesce(array_agg(m.i) FILTER (WHERE NOT m.written), ''{}'') FROM m) END '
+        'FROM c',
+        g.pk, g.pktype);
     END IF;
-
     IF g.op = 'upsert' AND v_npresent = g.ncols AND g.pk_immediate THEN
-      -- full rows: single INSERT ... ON CONFLICT DO UPDATE (duplicate keys raise 21000 -> bisect)
+      -- full row: single INSERT ... ON CONFLICT DO UPDATE (duplicate keys raise 21000 -> bisect)
       v_sql := pg_catalog.format(
-        'INSERT INTO %1$s AS d (%2$s) %3$s'
+        'WITH w AS ('
+        ' INSERT INTO %1$s AS d (%2$s) %3$s'
         ' SELECT %4$s FROM pg_catalog.jsonb_to_recordset($1) AS r(%5$s)'
-        ' ON CONFLICT (%6$I) DO UPDATE SET %7$s',
+        ' ON CONFLICT (%6$I) DO UPDATE SET %7$s'
+        ' WHERE d.updated_at IS NULL OR d.updated_at < EXCLUDED.updated_at'
+        ' RETURNING d.%6$I AS k), '
+        'c AS (SELECT count(*) AS n FROM w), ',
         v_tab, v_collist, v_override, v_sel_r, v_coldefs, g.pk,
-        coalesce(v_set_ex, pg_catalog.format('%1$I = d.%1$I', g.pk)));
+        coalesce(v_set_ex, pg_catalog.format('%1$I = d.%1$I', g.pk))) || v_classify;
     ELSIF g.op = 'upsert' THEN
-      -- partial rows (absent columns): INSERT ... ON CONFLICT would check NOT NULL/CHECK on the
+      -- partial row (absent columns): INSERT ... ON CONFLICT would check NOT NULL/CHECK on the
       -- default-filled insert tuple before detecting the conflict, so update existing rows and
       -- insert missing ones separately.  (Also used for a DEFERRABLE primary key, which ON
       -- CONFLICT cannot use as arbiter.)  UPDATE ... FROM would silently apply only one of two
@@ -483,54 +368,39 @@ BEGIN
         'WITH src AS MATERIALIZED ('
         ' SELECT * FROM pg_catalog.jsonb_to_recordset($1) AS r(%5$s)), '
         'upd AS ('
-        ' UPDATE %1$s AS d SET %7$s FROM src WHERE d.%6$I = src.%6$I RETURNING 1), '
+        ' UPDATE %1$s AS d SET %7$s FROM src'
+        ' WHERE d.%6$I = src.%6$I AND (d.updated_at IS NULL OR d.updated_at < src.updated_at)'
+        ' RETURNING d.%6$I AS k), '
         'ins AS ('
         ' INSERT INTO %1$s AS d (%2$s) %3$s'
         ' SELECT %4$s FROM src'
         ' WHERE NOT EXISTS (SELECT 1 FROM %1$s AS e WHERE e.%6$I = src.%6$I)'
-        ' RETURNING 1) '
-        'SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins) +'
-        ' (SELECT CASE WHEN count(src.%6$I) = count(DISTINCT src.%6$I) THEN 0'
-        '         ELSE (''duplicate primary key within one call: '' || count(*))::int END'
-        '  FROM src)',
+        ' RETURNING d.%6$I AS k), '
+        'w AS (SELECT upd.k FROM upd UNION ALL SELECT ins.k FROM ins), '
+        'c AS (SELECT count(*) AS n FROM w'
+        '      WHERE (SELECT CASE WHEN count(src.%6$I) = count(DISTINCT src.%6$I) THEN 0'
+        '                 ELSE (''duplicate primary key within one call: '' || count(*))::int END'
+        '             FROM src) = 0), ',
         v_tab, v_collist, v_override, v_sel_src, v_coldefs, g.pk,
-        coalesce(v_set_src, pg_catalog.format('%1$I = d.%1$I', g.pk)));
+        coalesce(v_set_src, pg_catalog.format('%1$I = d.%1$I', g.pk))) || v_classify;
     ELSIF g.op = 'delete' THEN
       v_sql := pg_catalog.format(
-        'DELETE FROM %1$s AS d WHERE d.%2$I = ANY ($1::text[]::%3$s[])', v_tab, g.pk, g.pktype);
-    ELSIF g.pk IS NULL THEN
-      -- truncate of a table without a primary key (no per-row versions): rows not newer go
-      v_sql := pg_catalog.format(
-        'WITH del AS (DELETE FROM %1$s WHERE updated_at IS NULL OR updated_at <= $7::pg_catalog.timestamptz'
-        ' RETURNING 1) SELECT count(*) FROM del', v_tab);
+        'WITH x AS MATERIALIZED ('
+        ' SELECT u.i, u.k::%3$s AS k, u.ts::pg_catalog.timestamptz AS ts'
+        ' FROM unnest($1::int[], $2::text[], $3::text[]) AS u(i, k, ts)), '
+        'del AS ('
+        ' DELETE FROM %1$s AS d USING x'
+        ' WHERE d.%2$I = x.k AND (d.updated_at IS NULL OR d.updated_at <= x.ts)) '
+        'SELECT coalesce(array_agg(y.i) FILTER (WHERE NOT y.kept), ''{}''),'
+        ' coalesce(array_agg(y.i) FILTER (WHERE y.kept), ''{}'')'
+        ' FROM (SELECT x.i, EXISTS (SELECT 1 FROM %1$s AS d'
+        '                          WHERE d.%2$I = x.k AND d.updated_at > x.ts) AS kept'
+        '       FROM x) AS y',
+        v_tab, g.pk, g.pktype);
     ELSE
-      -- truncate: every row whose current version the truncate beats goes, leaving a tombstone.
-      -- $1 writer, $2 epoch, $3 LSN, $4 ordinal, $5 schema, $6 table, $7 clamped stamp
       v_sql := pg_catalog.format(
-        'WITH c AS MATERIALIZED ('
-        ' SELECT coalesce(d.%2$I::text, rv.pk) AS k, d.%2$I AS dk, rv.pk IS NOT NULL AS has_rv,'
-        '        rv.writer AS cw, rv.epoch AS ce, rv.commit_lsn AS cl, rv.ordinal AS cn,'
-        '        CASE WHEN rv.pk IS NOT NULL THEN rv.stamp ELSE d.updated_at END AS cst'
-        ' FROM %1$s AS d FULL JOIN (SELECT v.* FROM centrovision_sync.row_version AS v'
-        '                           WHERE v.schema_name = $5 AND v.table_name = $6 AND NOT v.deleted) AS rv'
-        '   ON rv.pk = d.%2$I::text), '
-        'w AS MATERIALIZED ('
-        ' SELECT c.* FROM c WHERE CASE'
-        '   WHEN c.has_rv AND c.cw = $1 THEN ROW($2::int, $3::pg_catalog.pg_lsn, $4::int) > ROW(c.ce, c.cl, c.cn)'
-        '   ELSE $7::pg_catalog.timestamptz >= coalesce(c.cst, ''-infinity'') END), '
-        'del AS (DELETE FROM %1$s AS d USING w WHERE d.%2$I = w.dk RETURNING 1), '
-        'rec AS ('
-        ' INSERT INTO centrovision_sync.row_version AS v (schema_name, table_name, pk, writer, epoch,'
-        '   commit_lsn, ordinal, stamp, deleted, version_id)'
-        ' SELECT $5, $6, w.k, $1, $2, $3::pg_catalog.pg_lsn, $4, $7::pg_catalog.timestamptz, true,'
-        '        pg_catalog.nextval(''centrovision_sync.version_seq'') FROM w'
-        ' ON CONFLICT (schema_name, table_name, pk) DO UPDATE SET writer = EXCLUDED.writer,'
-        '   epoch = EXCLUDED.epoch, commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal,'
-        '   stamp = EXCLUDED.stamp, deleted = true, version_id = EXCLUDED.version_id,'
-        '   xid = pg_catalog.pg_current_xact_id(), recorded_at = pg_catalog.now()'
-        ' RETURNING 1) '
-        'SELECT (SELECT count(*) FROM del) + (SELECT count(*) FROM rec)',
-        v_tab, g.pk);
+        'DELETE FROM %1$s WHERE updated_at IS NULL OR updated_at <= $1::pg_catalog.timestamptz',
+        v_tab);
     END IF;
 
     -- run it: whole group first; on failure bisect (array order preserved), row by row when small
@@ -544,67 +414,31 @@ BEGIN
       v_stack_lo := pg_catalog.trim_array(v_stack_lo, 1);
       v_stack_hi := pg_catalog.trim_array(v_stack_hi, 1);
       BEGIN
-        v_ids := g.ids[v_lo:v_hi];
-        IF g.op = 'truncate' THEN
-          v_trunc_ts := (g.tss[1])::pg_catalog.timestamptz;
-          IF v_trunc_ts > pg_catalog.now() + pg_catalog.make_interval(secs => v_skew) THEN
-            v_trunc_ts := pg_catalog.now();
-            v_clamp := v_ids;
+        IF g.op = 'upsert' THEN
+          -- the rows of elements os[lo..hi], picked out of `changes` by a jsonpath of index ranges
+          v_os := g.os[v_lo:v_hi];
+          IF v_os[cardinality(v_os)] - v_os[1] + 1 = cardinality(v_os) THEN
+            v_path := pg_catalog.format('$[%s to %s]."row"', v_os[1] - 1, v_os[cardinality(v_os)] - 1);
           ELSE
-            v_clamp := '{}';
+            SELECT '$[' || string_agg(CASE WHEN r.lo = r.hi THEN r.lo::text ELSE r.lo || ' to ' || r.hi END,
+                                      ',' ORDER BY r.lo) || ']."row"'
+            INTO v_path
+            FROM (SELECT min(q.o) - 1 AS lo, max(q.o) - 1 AS hi
+                  FROM (SELECT u.o, u.o - row_number() OVER (ORDER BY u.o) AS island
+                        FROM unnest(v_os) AS u(o)) AS q
+                  GROUP BY q.island) AS r;
           END IF;
-          EXECUTE pg_catalog.format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', v_tab);
-          EXECUTE v_sql INTO v_n_side
-            USING writer, g.es[1], g.ls[1], g.ns[1], g.s, g.t, v_trunc_ts;
-          v_win  := ARRAY[1];
-          v_lost := '{}';
+          v_rows := pg_catalog.jsonb_path_query_array(changes, v_path::pg_catalog.jsonpath);
+          EXECUTE v_sql INTO v_a, v_k USING v_rows, g.ids[v_lo:v_hi];
+        ELSIF g.op = 'delete' THEN
+          EXECUTE v_sql INTO v_a, v_k USING g.ids[v_lo:v_hi], g.ks[v_lo:v_hi], g.tss[v_lo:v_hi];
         ELSE
-          IF g.op = 'upsert' THEN
-            -- the rows of elements os[lo..hi], picked out of `changes` by a jsonpath of index ranges
-            v_os := g.os[v_lo:v_hi];
-            IF v_os[cardinality(v_os)] - v_os[1] + 1 = cardinality(v_os) THEN
-              v_path := pg_catalog.format('$[%s to %s]."row"', v_os[1] - 1, v_os[cardinality(v_os)] - 1);
-            ELSE
-              SELECT '$[' || string_agg(CASE WHEN r.lo = r.hi THEN r.lo::text ELSE r.lo || ' to ' || r.hi END,
-                                        ',' ORDER BY r.lo) || ']."row"'
-              INTO v_path
-              FROM (SELECT min(q.o) - 1 AS lo, max(q.o) - 1 AS hi
-                    FROM (SELECT u.o, u.o - row_number() OVER (ORDER BY u.o) AS island
-                          FROM unnest(v_os) AS u(o)) AS q
-                    GROUP BY q.island) AS r;
-            END IF;
-            v_rows := pg_catalog.jsonb_path_query_array(changes, v_path::pg_catalog.jsonpath);
-            SELECT array_agg(q.r->>g.pk ORDER BY q.o), array_agg(q.r->>'updated_at' ORDER BY q.o)
-            INTO v_keys, v_sts
-            FROM pg_catalog.jsonb_array_elements(v_rows) WITH ORDINALITY AS q(r, o);
-          ELSE
-            v_rows := NULL;
-            v_keys := g.ks[v_lo:v_hi];
-            v_sts  := g.tss[v_lo:v_hi];
-          END IF;
-          -- lock: the rows that exist (against the cloud app's writes), then every key (against
-          -- other clinics, also for keys with no row), always in one order
-          EXECUTE v_lock INTO v_n_side USING v_keys;
-          PERFORM pg_catalog.pg_advisory_xact_lock(q.h)
-          FROM (SELECT DISTINCT pg_catalog.hashtextextended(v_tab || ':' || k.k, 0) AS h
-                FROM unnest(v_keys) AS k(k) ORDER BY 1) AS q;
-          EXECUTE v_decide INTO v_win, v_lost, v_clamp, v_n_side
-            USING v_ids, v_keys, g.es[v_lo:v_hi], g.ls[v_lo:v_hi], g.ns[v_lo:v_hi], g.bs[v_lo:v_hi],
-                  v_sts, writer, v_skew, g.s, g.t, g.op, v_rows;
-          IF cardinality(v_win) > 0 THEN
-            IF g.op = 'upsert' THEN
-              SELECT pg_catalog.jsonb_agg(q.r ORDER BY q.o) INTO v_wrows
-              FROM pg_catalog.jsonb_array_elements(v_rows) WITH ORDINALITY AS q(r, o)
-              WHERE q.o = ANY (v_win);
-              EXECUTE v_sql USING v_wrows;
-            ELSE
-              EXECUTE v_sql USING ARRAY(SELECT v_keys[p] FROM unnest(v_win) AS p ORDER BY p);
-            END IF;
-          END IF;
+          EXECUTE v_sql USING g.tss[1];
+          v_a := g.ids;
+          v_k := '{}';
         END IF;
-        v_applied := v_applied || ARRAY(SELECT v_ids[p] FROM unnest(v_win) AS p ORDER BY p);
-        v_kept    := v_kept || v_lost;
-        v_clamped := v_clamped || v_clamp;
+        v_applied := v_applied || v_a;
+        v_kept    := v_kept || v_k;
       EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS
           v_state   = RETURNED_SQLSTATE,
@@ -637,17 +471,6 @@ BEGIN
     END LOOP;
   END LOOP;
 
-  -- what upstream has processed of this writer: the call's highest position
-  INSERT INTO centrovision_sync.writer_progress AS w (writer, epoch, journal_id, commit_lsn)
-  SELECT centrovision_sync_apply.writer, q.e, q.j, q.l
-  FROM (SELECT (c->>'e')::int AS e, coalesce((c->>'j')::bigint, 0) AS j, (c->>'l')::pg_catalog.pg_lsn AS l
-        FROM pg_catalog.jsonb_array_elements(changes) AS c
-        WHERE pg_catalog.jsonb_typeof(c) = 'object' AND c ? 'e' AND c ? 'l'
-        ORDER BY 1 DESC, 2 DESC, 3 DESC LIMIT 1) AS q
-  ON CONFLICT (writer) DO UPDATE SET epoch = EXCLUDED.epoch, journal_id = EXCLUDED.journal_id,
-    commit_lsn = EXCLUDED.commit_lsn, updated_at = pg_catalog.now()
-  WHERE ROW(EXCLUDED.epoch, EXCLUDED.journal_id) > ROW(w.epoch, w.journal_id);
-
   -- restore the caller's value (SET LOCAL would otherwise last until the end of its transaction)
   IF v_prev_srr = 'origin' THEN
     SET LOCAL session_replication_role = 'origin';
@@ -658,17 +481,17 @@ BEGIN
   RETURN pg_catalog.jsonb_build_object(
     'applied',  coalesce((SELECT pg_catalog.jsonb_agg(x ORDER BY x) FROM unnest(v_applied) x), '[]'::jsonb),
     'kept',     coalesce((SELECT pg_catalog.jsonb_agg(x ORDER BY x) FROM unnest(v_kept) x), '[]'::jsonb),
-    'clamped',  coalesce((SELECT pg_catalog.jsonb_agg(x ORDER BY x) FROM unnest(v_clamped) x), '[]'::jsonb),
     'rejected', coalesce((SELECT pg_catalog.jsonb_agg(x ORDER BY x->'i') FROM unnest(v_rej) x), '[]'::jsonb));
 END
 $fn$;
 
-COMMENT ON FUNCTION public.centrovision_sync_apply(jsonb, text) IS
-  'centrovision-sync: apply a batch of one clinic''s changes under the conflict rule (see sql/upstream/001_apply.sql, 003_row_state.sql)';
+COMMENT ON FUNCTION public.centrovision_sync_apply(jsonb) IS
+  'centrovision-sync: apply a batch of local changes with last-write-wins on updated_at (see sql/upstream/001_apply.sql)';
 
--- Privileges: only the service role may call it (Supabase grants EXECUTE on new functions in
+-- Privileges: only the service role may call these (Supabase grants EXECUTE on new functions in
 -- public to anon/authenticated by default privileges, hence the explicit revokes).
-REVOKE EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION public.centrovision_sync_version() FROM PUBLIC;
 
 DO $do$
 DECLARE
@@ -676,11 +499,13 @@ DECLARE
 BEGIN
   FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-      EXECUTE format('REVOKE EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb, text) FROM %I', r);
+      EXECUTE format('REVOKE EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb) FROM %I', r);
+      EXECUTE format('REVOKE EXECUTE ON FUNCTION public.centrovision_sync_version() FROM %I', r);
     END IF;
   END LOOP;
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
-    GRANT EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb, text) TO service_role;
+    GRANT EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb) TO service_role;
+    GRANT EXECUTE ON FUNCTION public.centrovision_sync_version() TO service_role;
   END IF;
 END
 $do$;

@@ -14,10 +14,12 @@
 --   the drill-down into buckets that differ.
 -- Both return a single jsonb value so PostgREST's max-rows cap never
 -- truncates them.
--- (The contract version function is generated from upstream::CONTRACT_VERSION,
--- the one definition of the version: see `init --print-upstream-sql`.)
+-- Installing this file raises the contract version to 2 (001 alone is 1).
 BEGIN;
 
+CREATE OR REPLACE FUNCTION public.centrovision_sync_version()
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = ''
+AS $fn$ SELECT 2 $fn$;
 
 -- Pins the output settings that shape a row's text (for the rest of the
 -- calling transaction), then returns the columns hashed and the expression.

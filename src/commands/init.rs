@@ -90,7 +90,6 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         )
         .await
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-    let created_slot = slot.is_none();
     match slot {
         None => {
             local
@@ -128,18 +127,6 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
 
     store.ensure_table_rows(&cfg.sync.tables).await?;
     store.ensure_capture_row(&cfg.sync.slot_name).await?;
-    // Positions of this clinic's changes: tied to this cluster and slot.
-    let sysid = store.system_identifier().await?;
-    let before = store.capture_identity(&cfg.sync.slot_name).await?;
-    let epoch = store.tie_to_cluster(&cfg.sync.slot_name, &sysid, created_slot).await?;
-    match before {
-        Some((Some(old), _)) if old != sysid => tracing::warn!(
-            previous_cluster = %old, cluster = %sysid, epoch,
-            "this database was restored into another cluster: capture starts a new epoch from the new slot"
-        ),
-        Some((_, e)) if e != epoch => tracing::info!(epoch, "new replication slot: capture epoch {epoch}"),
-        _ => {}
-    }
 
     if with_upstream {
         install_upstream(cfg).await?;
@@ -233,17 +220,23 @@ async fn install_upstream(cfg: &Config) -> Result<()> {
             .with_hint("in REST-only setups run `centrovision-sync init --print-upstream-sql` and paste the output into the Supabase SQL editor"));
     }
     let up = upstream::postgres::PgUpstream::new(cfg)?;
-    let files = upstream::UPSTREAM_SQL.iter().map(|(name, sql)| (format!("sql/upstream/{name}"), sql.to_string()));
-    let generated = [
-        ("the contract version".to_string(), upstream::contract_sql()),
-        ("the project's settings and synced tables".to_string(), upstream::project_sql(cfg)),
-    ];
-    for (what, sql) in files.chain(generated) {
+    for (name, sql) in upstream::UPSTREAM_SQL {
         // Each file runs in its own transaction (BEGIN/COMMIT inside it).
-        up.run_batch(&sql).await.map_err(|e| SyncError { message: format!("installing {what}: {}", e.message), ..e })?;
+        up.run_batch(sql)
+            .await
+            .map_err(|e| SyncError { message: format!("installing sql/upstream/{name}: {}", e.message), ..e })?;
     }
     let v = up.contract_version().await?;
-    tracing::info!(version = ?v, tables = cfg.sync.tables.len(), "upstream functions installed and tables enrolled");
+    tracing::info!(version = ?v, "upstream functions installed");
+    // Keyset indexes for the poller (one statement each: CONCURRENTLY cannot
+    // run inside a transaction).
+    let upstream_tables = up.catalog(&cfg.sync.tables).await?;
+    for t in upstream_tables.values() {
+        if let Some(pk) = t.pk().filter(|_| t.has_updated_at()) {
+            up.run_batch(&upstream::keyset_index_sql(&cfg.supabase.schema, &t.name, &pk.name)).await?;
+        }
+    }
+    tracing::info!(tables = upstream_tables.len(), "upstream keyset indexes ready");
     Ok(())
 }
 

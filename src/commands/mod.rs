@@ -9,7 +9,6 @@
 //! Exit codes: 0 success, 1 a runtime failure or (for `doctor`) a problem
 //! found, 2 bad configuration or arguments.
 
-mod conflicts;
 mod doctor;
 mod init;
 mod recovery;
@@ -87,20 +86,6 @@ pub enum Command {
     },
     /// Recreate a lost or missing replication slot and reconcile both sides
     Resync,
-    /// List what the conflict rule decided upstream (the versions that lost)
-    Conflicts {
-        /// Only these tables (repeatable)
-        #[arg(long = "table", value_name = "TABLE")]
-        tables: Vec<String>,
-        /// Only conflicts decided at or after this time, e.g. 2026-12-01 or "2026-12-01 10:00-06"
-        #[arg(long)]
-        since: Option<String>,
-        /// At most this many, newest first
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 pub const EXIT_OK: i32 = 0;
@@ -140,9 +125,16 @@ fn warn_if_config_readable_by_others(path: &std::path::Path) {
 /// Runs a parsed command line and returns the process exit code.
 pub async fn dispatch(cli: Cli) -> i32 {
     if let Command::Init { print_upstream_sql: true, .. } = cli.command {
-        // With a config, also this project's settings and table enrolment.
-        let cfg = Config::load(&config::resolve_path(cli.config.as_deref())).ok();
-        print!("{}", crate::upstream::upstream_script(cfg.as_ref()));
+        for (name, sql) in crate::upstream::UPSTREAM_SQL {
+            println!("-- sql/upstream/{name}\n{sql}");
+        }
+        // With a config, also the poller's keyset indexes for its tables.
+        if let Ok(cfg) = Config::load(&config::resolve_path(cli.config.as_deref())) {
+            println!("-- keyset indexes for the poller (run each statement on its own, outside a transaction)");
+            for t in &cfg.sync.tables {
+                println!("{}", crate::upstream::keyset_index_sql(&cfg.supabase.schema, t, "id"));
+            }
+        }
         return EXIT_OK;
     }
     let path = config::resolve_path(cli.config.as_deref());
@@ -186,13 +178,6 @@ pub async fn dispatch(cli: Cli) -> i32 {
             return finish(recovery::verify(&cfg, tables, json, repair).await);
         }
         Command::Resync => return finish(recovery::resync(&cfg).await),
-        Command::Conflicts { tables, since, limit, json } => {
-            if let Err(e) = recovery::check_tables(&cfg, &tables) {
-                eprintln!("error: {e}");
-                return EXIT_USAGE;
-            }
-            conflicts::conflicts(&cfg, &tables, since.as_deref(), limit, json).await
-        }
     };
     match result {
         Ok(()) => EXIT_OK,

@@ -19,7 +19,6 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
             "the local database is not initialized for sync (control tables or slot missing)",
         ));
     }
-    check_cluster(&crate::store::Store::new(&local, LOCAL), &cfg.sync.slot_name).await?;
     let tables = catalog::load(&local, Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     if let Some(missing) = cfg.sync.tables.iter().find(|t| !tables.contains_key(*t)) {
         return Err(SyncError::new(ErrorKind::MissingObject, format!("configured table {missing} does not exist locally"))
@@ -41,27 +40,5 @@ pub async fn check_contract(up: &upstream::Client) -> Result<()> {
         .with_hint(FIX)),
         None => Err(SyncError::new(ErrorKind::Contract, "the upstream sync functions (public.centrovision_sync_apply) are not installed")
             .with_hint(FIX)),
-    }
-}
-
-/// Capture positions belong to one cluster: bookkeeping from another one (a
-/// restored or moved database) or from before this version needs `init`.
-pub async fn check_cluster(store: &crate::store::Store<'_>, slot: &str) -> Result<()> {
-    let now = store.system_identifier().await?;
-    match store.capture_identity(slot).await? {
-        Some((Some(was), _)) if was == now => Ok(()),
-        Some((Some(was), _)) => Err(SyncError::new(
-            ErrorKind::NotInitialized,
-            format!(
-                "the capture bookkeeping of this database belongs to another PostgreSQL cluster \
-                 (system identifier {was}; this cluster is {now}): the database was restored or moved"
-            ),
-        )
-        .with_hint("run `centrovision-sync init`: it starts a new capture epoch from a new slot; changes already journaled are kept")),
-        _ => Err(SyncError::new(
-            ErrorKind::NotInitialized,
-            "the local database was set up by an earlier centrovision-sync version",
-        )
-        .with_hint("run `centrovision-sync init` and `init --upstream` (or paste `init --print-upstream-sql` into the Supabase SQL editor) to upgrade in place")),
     }
 }

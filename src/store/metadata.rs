@@ -3,7 +3,7 @@
 
 use super::Store;
 use crate::error::Result;
-use crate::feed::Cursor as FeedCursor;
+use crate::upstream::Cursor;
 
 /// One table's progress and pending work, for `status`.
 #[derive(Debug, Clone)]
@@ -28,6 +28,66 @@ impl Store<'_> {
                 "INSERT INTO _sync_metadata (table_name) SELECT unnest($1::text[]) ON CONFLICT (table_name) DO NOTHING",
                 &[&tables],
             )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Where the down path resumes reading `table`: the watermark, or
+    /// `overlap_seconds` before now if that is earlier (then from that time,
+    /// with no id); the start when there is no watermark.
+    pub async fn down_resume_cursor(&self, table: &str, overlap_seconds: u64) -> Result<Cursor> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT CASE WHEN last_sync_from_supabase IS NULL THEN NULL
+                         WHEN last_sync_from_supabase <= now() - make_interval(secs => $2) THEN last_sync_from_supabase::text
+                         ELSE (now() - make_interval(secs => $2))::text END,
+                    CASE WHEN last_sync_from_supabase <= now() - make_interval(secs => $2) THEN last_sync_from_supabase_id END
+             FROM _sync_metadata WHERE table_name = $1",
+                &[&table, &(overlap_seconds as f64)],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row
+            .map(|r| Cursor {
+                updated_at: r.get(0),
+                id: r.get(1),
+            })
+            .unwrap_or_default())
+    }
+
+    /// In the page transaction that applied rows of `table` up to `last`:
+    /// moves the watermark to `last` unless it is already past it (keyset
+    /// order on `(updated_at, id)`, the id compared as `pk_type`), counts
+    /// `applied` rows, and clears the down path's own last error.
+    pub async fn advance_down_watermark(
+        &self,
+        table: &str,
+        pk_type: &str,
+        last: &Cursor,
+        applied: i64,
+    ) -> Result<()> {
+        let advances = format!(
+            "(m.last_sync_from_supabase IS NULL OR EXCLUDED.last_sync_from_supabase > m.last_sync_from_supabase
+                          OR (EXCLUDED.last_sync_from_supabase = m.last_sync_from_supabase
+                              AND (m.last_sync_from_supabase_id IS NULL
+                                   OR EXCLUDED.last_sync_from_supabase_id::{pk_type} > m.last_sync_from_supabase_id::{pk_type})))"
+        );
+        // `last_error`: only the down path's own error is cleared; an
+        // up-path rejection stays visible until that row is dealt with.
+        let sql = format!(
+            "INSERT INTO _sync_metadata AS m (table_name, last_sync_from_supabase, last_sync_from_supabase_id, records_synced_down)
+                     VALUES ($1, $2::text::timestamptz, $3, $4)
+                     ON CONFLICT (table_name) DO UPDATE SET
+                       last_sync_from_supabase = CASE WHEN {advances} THEN EXCLUDED.last_sync_from_supabase ELSE m.last_sync_from_supabase END,
+                       last_sync_from_supabase_id = CASE WHEN {advances} THEN EXCLUDED.last_sync_from_supabase_id ELSE m.last_sync_from_supabase_id END,
+                       records_synced_down = coalesce(m.records_synced_down, 0) + EXCLUDED.records_synced_down,
+                       last_error = CASE WHEN m.last_error LIKE 'down: %' THEN NULL ELSE m.last_error END,
+                       updated_at = now()"
+        );
+        self.client
+            .execute(&sql, &[&table, &last.updated_at, &last.id, &applied])
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -109,48 +169,5 @@ impl Store<'_> {
                 parked: r.get(7),
             })
             .collect())
-    }
-
-    /// Where each of `tables` stands in the upstream change feed, and for a
-    /// table never read through the feed but with a timestamp watermark from
-    /// before (an upgrade), the time to start from: the watermark less
-    /// `overlap_seconds` (timestamptz text).
-    pub async fn feed_cursors(&self, tables: &[String], overlap_seconds: u64) -> Result<Vec<(String, FeedCursor, Option<String>)>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT table_name::text, feed_prev, feed_target, feed_after,
-                        CASE WHEN feed_prev IS NULL AND feed_target IS NULL
-                             THEN (last_sync_from_supabase - make_interval(secs => $2))::text END
-                 FROM _sync_metadata WHERE table_name = ANY($1)",
-                &[&tables, &(overlap_seconds as f64)],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), FeedCursor { prev: r.get(1), target: r.get(2), after: r.get(3) }, r.get(4)))
-            .collect())
-    }
-
-    /// In the page's transaction: moves the feed cursor of `tables` to
-    /// `cursor` and counts the rows each table applied (`applied[i]` for
-    /// `tables[i]`). Clears only the down path's own last error.
-    pub async fn advance_feed(&self, tables: &[String], applied: &[i64], cursor: &FeedCursor) -> Result<()> {
-        self.client
-            .execute(
-                "UPDATE _sync_metadata m SET
-                   feed_prev = $3, feed_target = $4, feed_after = $5,
-                   last_sync_from_supabase = now(),
-                   records_synced_down = coalesce(m.records_synced_down, 0) + u.n,
-                   last_error = CASE WHEN m.last_error LIKE 'down: %' THEN NULL ELSE m.last_error END,
-                   updated_at = now()
-                 FROM unnest($1::text[], $2::bigint[]) AS u(t, n)
-                 WHERE m.table_name = u.t",
-                &[&tables, &applied, &cursor.prev, &cursor.target, &cursor.after],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
     }
 }

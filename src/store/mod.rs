@@ -18,25 +18,22 @@
 //!   only after upstream confirmed them, in the same local transaction as the
 //!   table's up-path progress ([`Store::record_synced_up`]) and its
 //!   rejections ([`Store::record_failure`], which parks). A `DELETE` row is a
-//!   tombstone for `verify --repair` ([`tombstone_after`],
-//!   [`Store::latest_tombstone`]). Synced rows past retention are pruned
+//!   tombstone: the down path consults it inside its page transaction
+//!   ([`tombstone_after`]), `verify --repair` through
+//!   [`Store::latest_tombstone`]. Synced rows past retention are pruned
 //!   ([`Store::prune_journal`]) in the same statement that moves
 //!   `_sync_capture.pruned_through_lsn`.
 //! - `_sync_capture` ([`capture`]), one row per slot. `journaled_lsn` and
-//!   `confirmed_end_lsn` only grow within a capture epoch, and
-//!   `journaled_lsn` moves in the same transaction as the journal rows it
-//!   covers: capture skips re-sent transactions at or below it, which is
-//!   what makes capture idempotent (pruning the journal never re-opens a
-//!   gap). `pruned_through_lsn` moves with pruning; `replay` refuses to
-//!   start at or below it. `system_identifier` names the cluster whose LSNs
-//!   these are; `init` starts a new `epoch` (and restarts both LSNs from
-//!   0/0) when it creates the slot or finds another cluster's bookkeeping
-//!   ([`Store::tie_to_cluster`]); `_sync_epoch` records where each epoch's
-//!   journal ids start, so every journal row keeps its position.
+//!   `confirmed_end_lsn` only grow, and `journaled_lsn` moves in the same
+//!   transaction as the journal rows it covers: capture skips re-sent
+//!   transactions at or below it, which is what makes capture idempotent
+//!   (pruning the journal never re-opens a gap). `pruned_through_lsn` moves
+//!   with pruning; `replay` refuses to start at or below it.
 //! - `_sync_metadata` ([`metadata`]), one row per synced table (created by
-//!   `init`). The down path's feed cursor (`feed_prev`, `feed_target`,
-//!   `feed_after`) moves only in the page transaction that applied the
-//!   page's rows ([`Store::advance_feed`]); the up-path columns move in the
+//!   `init`). The down-path watermark (`last_sync_from_supabase[_id]`, a
+//!   keyset cursor on `(updated_at, id)`) moves only forward and only in the
+//!   page transaction that applied those rows
+//!   ([`Store::advance_down_watermark`]); the up-path columns move in the
 //!   pusher's mark transaction. `last_error` holds the latest table-level
 //!   error ([`Store::record_table_error`]); a successful page clears only the
 //!   down path's own (`down: …`) error.
@@ -76,10 +73,6 @@ pub const SCHEMA: &[(&str, &str)] = &[
     (
         "003_service_state.sql",
         include_str!("../../sql/003_service_state.sql"),
-    ),
-    (
-        "004_writer_state.sql",
-        include_str!("../../sql/004_writer_state.sql"),
     ),
 ];
 

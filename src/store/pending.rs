@@ -129,8 +129,6 @@ pub struct Queued {
     /// The transaction's commit LSN (None for rows from the trigger era or
     /// `init --upload-existing`).
     pub commit_lsn: Option<Lsn>,
-    /// The change's place inside its transaction.
-    pub ordinal: Option<i32>,
 }
 
 /// Which journal rows a batch reads.
@@ -277,7 +275,7 @@ impl Store<'_> {
         only_lsn: Option<Lsn>,
     ) -> Result<Vec<Queued>> {
         const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
-                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn, ordinal FROM _sync_pending";
+                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn FROM _sync_pending";
         let only = only_lsn.map(PgLsn::from);
         let rows = match source {
             // Separate statement text so the partial queue index serves it.
@@ -325,7 +323,6 @@ impl Store<'_> {
                     commit_ts: r.get(5),
                     retry_count: r.get::<_, Option<i32>>(6).unwrap_or(0),
                     commit_lsn: r.get::<_, Option<PgLsn>>(7).map(Lsn::from),
-                    ordinal: r.get(8),
                 })
             })
             .collect()
@@ -484,43 +481,5 @@ impl Store<'_> {
                 max_lsn: r.get(4),
             })
             .collect())
-    }
-
-    /// Keys of `table` among `keys` with a local change upstream has not
-    /// processed yet: journal rows after `processed` = (epoch, journal id)
-    /// as the change feed reported it, or, when upstream has processed
-    /// nothing of this clinic's, rows not yet synced. Parked rows were
-    /// processed (rejected). A pending TRUNCATE of the table holds every key.
-    pub async fn pending_keys(
-        &self,
-        table: &str,
-        keys: &[&str],
-        processed: Option<(i32, i64)>,
-        epochs: &[(i32, i64)],
-    ) -> Result<Vec<String>> {
-        // Journal ids after `processed`: ids above it in its epoch, and every id of a later epoch.
-        let after_id: Option<i64> = processed.map(|(epoch, id)| {
-            let next_epoch_start = epochs.iter().find(|(e, _)| *e > epoch).map(|(_, first)| *first);
-            match next_epoch_start {
-                Some(start) if start <= id => start - 1,
-                _ => id,
-            }
-        });
-        let rows = self
-            .client
-            .query(
-                "SELECT DISTINCT k FROM unnest($2::text[]) AS k
-                 WHERE EXISTS (SELECT 1 FROM _sync_pending p
-                               WHERE p.table_name = $1 AND p.record_id = k AND p.parked_at IS NULL
-                                 AND CASE WHEN $3::bigint IS NULL THEN NOT p.synced ELSE p.id > $3 END)
-                    OR EXISTS (SELECT 1 FROM _sync_pending p
-                               WHERE p.table_name = $1 AND p.record_id IS NULL AND p.operation = 'TRUNCATE'
-                                 AND p.parked_at IS NULL
-                                 AND CASE WHEN $3::bigint IS NULL THEN NOT p.synced ELSE p.id > $3 END)",
-                &[&table, &keys, &after_id],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

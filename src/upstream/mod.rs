@@ -2,20 +2,16 @@
 //! down path reads them.
 //!
 //! [`Upstream`] is the sink/source contract both transports implement:
-//! - `apply` delivers a batch of one clinic's changes at least once;
-//!   duplicates are tolerated because every change carries its commit
-//!   position and upstream applies one writer's changes in that order (a
-//!   re-sent change is a no-op). There is exactly one implementation of the
-//!   conflict rule, the SQL in `sql/upstream/001_apply.sql` and
-//!   `003_row_state.sql`, called directly in postgres mode and via PostgREST
-//!   RPC in REST mode. A batch applies atomically; the outcome says per
-//!   change whether it was applied, kept (it lost, or upstream had it
-//!   already) or rejected (with the SQLSTATE and message).
-//! - `changes` reads one page of the change feed (other writers' versions in
-//!   server commit order, as one JSON document), so the local apply is
-//!   identical in both modes and values are never re-encoded in Rust.
-//! - `pull`/`fetch` read rows by keyset or key (benchmarks, parent repair,
-//!   `verify --repair`).
+//! - `apply` delivers a batch of changes at least once; duplicates are
+//!   tolerated because the upstream apply is last-write-wins and idempotent.
+//!   There is exactly one LWW implementation, the SQL function in
+//!   `sql/upstream/001_apply.sql`, called directly in postgres mode and via
+//!   PostgREST RPC in REST mode. A batch applies atomically; the outcome says
+//!   per change whether it was applied, kept upstream (upstream was newer or
+//!   equal) or rejected (with the SQLSTATE and message).
+//! - `pull` reads one keyset page on `(updated_at, pk)`, returned as the JSON
+//!   array text PostgREST would return, so the local apply is identical in
+//!   both modes and values are never re-encoded in Rust.
 
 pub mod postgres;
 pub mod rest;
@@ -25,92 +21,32 @@ use serde::Deserialize;
 use crate::config::{Config, UpstreamMode};
 use crate::error::{ErrorKind, Result, SyncError};
 
-/// Version of the upstream SQL contract this build expects: the one
-/// definition (`public.centrovision_sync_version()` is generated from it by
-/// [`contract_sql`]). 3: per-row sync state, writers, the change feed.
-pub const CONTRACT_VERSION: i32 = 3;
+/// Version of the upstream SQL contract this build expects
+/// (`public.centrovision_sync_version()`).
+pub const CONTRACT_VERSION: i32 = 2;
 
-/// The upstream SQL files, in install order.
+/// The upstream SQL, in install order (also printed by
+/// `init --print-upstream-sql`).
 pub const UPSTREAM_SQL: &[(&str, &str)] = &[
     ("001_apply.sql", include_str!("../../sql/upstream/001_apply.sql")),
     ("002_verify.sql", include_str!("../../sql/upstream/002_verify.sql")),
-    ("003_row_state.sql", include_str!("../../sql/upstream/003_row_state.sql")),
 ];
-
-/// `public.centrovision_sync_version()`, returning [`CONTRACT_VERSION`].
-pub fn contract_sql() -> String {
-    format!(
-        "BEGIN;
-CREATE OR REPLACE FUNCTION public.centrovision_sync_version()
-RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = ''
-AS $fn$ SELECT {CONTRACT_VERSION} $fn$;
-COMMENT ON FUNCTION public.centrovision_sync_version() IS 'centrovision-sync upstream contract version';
-REVOKE EXECUTE ON FUNCTION public.centrovision_sync_version() FROM PUBLIC;
-DO $do$
-BEGIN
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
-    REVOKE EXECUTE ON FUNCTION public.centrovision_sync_version() FROM anon;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
-    REVOKE EXECUTE ON FUNCTION public.centrovision_sync_version() FROM authenticated;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
-    GRANT EXECUTE ON FUNCTION public.centrovision_sync_version() TO service_role;
-  END IF;
-END
-$do$;
-NOTIFY pgrst, 'reload schema';
-COMMIT;
-"
-    )
-}
-
-/// The per-project statements after the files: the conflict settings from
-/// `[sync]`, and each synced table enrolled (triggers that record other
-/// writers' versions, a version for each existing row).
-pub fn project_sql(cfg: &Config) -> String {
-    use crate::catalog::quote_literal;
-    let s = &cfg.sync;
-    let mut out = format!(
-        "INSERT INTO centrovision_sync.settings (key, value) VALUES
-  ('max_clock_skew_seconds', '{}'), ('tombstone_retention_days', '{}'), ('conflict_retention_days', '{}')
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
-",
-        s.max_clock_skew_seconds, s.tombstone_retention_days, s.conflict_retention_days
-    );
-    for t in &s.tables {
-        out.push_str(&format!(
-            "SELECT centrovision_sync.enroll_table({}, {});\n",
-            quote_literal(&cfg.supabase.schema),
-            quote_literal(t)
-        ));
-    }
-    out
-}
-
-/// Everything `init --upstream` installs, as one script (what
-/// `init --print-upstream-sql` prints for pasting into the SQL editor).
-pub fn upstream_script(cfg: Option<&Config>) -> String {
-    let mut out = String::new();
-    for (name, sql) in UPSTREAM_SQL {
-        out.push_str(&format!("-- sql/upstream/{name}\n{sql}\n"));
-    }
-    out.push_str("-- contract version\n");
-    out.push_str(&contract_sql());
-    match cfg {
-        Some(cfg) => {
-            out.push_str("-- this project's settings and synced tables\n");
-            out.push_str(&project_sql(cfg));
-        }
-        None => out.push_str(
-            "-- then, for each synced table: SELECT centrovision_sync.enroll_table('public', '<table>');\n",
-        ),
-    }
-    out
-}
 
 /// The hash functions, also installed locally so both sides hash alike.
 pub const VERIFY_SQL: &str = include_str!("../../sql/upstream/002_verify.sql");
+
+/// The keyset index the poller needs on each upstream table, so a page is an
+/// index range scan, not a scan and sort of every row sharing a timestamp
+/// (bulk imports do). `CONCURRENTLY`: no long lock on the group's tables.
+pub fn keyset_index_sql(schema: &str, table: &str, pk: &str) -> String {
+    let name = format!("{}_cvsync_keyset_idx", table.chars().take(40).collect::<String>());
+    format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} (updated_at, {});",
+        crate::catalog::quote_ident(&name),
+        crate::catalog::qualified(schema, table),
+        crate::catalog::quote_ident(pk)
+    )
+}
 
 /// Per-change result of a batch, by the caller's index `i`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -119,19 +55,13 @@ pub struct Outcome {
     pub applied: Vec<i64>,
     #[serde(default)]
     pub kept: Vec<i64>,
-    /// Changes whose stamp was too far ahead of the server's clock (they
-    /// were decided with the server's now).
-    #[serde(default)]
-    pub clamped: Vec<i64>,
     #[serde(default)]
     pub rejected: Vec<Rejected>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Rejected {
-    /// The index of the rejected change in the batch.
-    #[serde(rename = "i")]
-    pub index: i64,
+    pub i: i64,
     #[serde(default)]
     pub code: Option<String>,
     #[serde(default)]
@@ -194,46 +124,6 @@ pub trait Upstream: Sync {
     fn bucket_hashes(&self, h: &HashRequest<'_>) -> impl Future<Output = Result<String>> + Send;
     /// `centrovision_sync_row_hashes` for the `wanted` buckets.
     fn row_hashes(&self, h: &HashRequest<'_>, wanted: &[i32]) -> impl Future<Output = Result<String>> + Send;
-    /// One page of the change feed (`centrovision_sync_changes`,
-    /// sql/upstream/003_row_state.sql) for this clinic, as JSON text.
-    fn changes(&self, req: &FeedRequest<'_>) -> impl Future<Output = Result<String>> + Send;
-    /// The conflict log, newest first, as a JSON array text.
-    fn conflicts(&self, q: &ConflictQuery<'_>) -> impl Future<Output = Result<String>> + Send;
-    /// Conflicts decided since a time (timestamptz text; None = all kept).
-    fn conflict_count(&self, since: Option<&str>) -> impl Future<Output = Result<i64>> + Send;
-    /// Drops tombstones and conflicts past their retention; JSON counts.
-    fn prune(&self) -> impl Future<Output = Result<String>> + Send;
-}
-
-/// Arguments of `centrovision_sync_changes` besides the writer (the
-/// transport adds this clinic's id). Field names are the SQL argument names.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FeedRequest<'a> {
-    #[serde(rename = "schema_name")]
-    pub schema: &'a str,
-    pub tables: &'a [String],
-    /// Snapshot text of the last completed window (None: from the start).
-    pub prev: Option<&'a str>,
-    /// Snapshot text of the window being read (None: take a fresh one).
-    pub target: Option<&'a str>,
-    /// Last version_id read inside the window.
-    pub after: i64,
-    #[serde(rename = "lim")]
-    pub limit: i64,
-    /// With `prev` None: skip versions stamped before this (timestamptz text).
-    pub since: Option<&'a str>,
-}
-
-/// Arguments of `centrovision_sync_conflicts`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConflictQuery<'a> {
-    #[serde(rename = "schema_name")]
-    pub schema: &'a str,
-    /// None: every table.
-    pub tables: Option<&'a [String]>,
-    pub since: Option<&'a str>,
-    #[serde(rename = "lim")]
-    pub limit: i64,
 }
 
 /// Arguments of the hash functions (serialized with the parameter names
@@ -308,30 +198,6 @@ impl Upstream for Client {
             Client::Rest(r) => r.row_hashes(h, wanted).await,
         }
     }
-    async fn changes(&self, req: &FeedRequest<'_>) -> Result<String> {
-        match self {
-            Client::Postgres(p) => p.changes(req).await,
-            Client::Rest(r) => r.changes(req).await,
-        }
-    }
-    async fn conflicts(&self, q: &ConflictQuery<'_>) -> Result<String> {
-        match self {
-            Client::Postgres(p) => p.conflicts(q).await,
-            Client::Rest(r) => r.conflicts(q).await,
-        }
-    }
-    async fn conflict_count(&self, since: Option<&str>) -> Result<i64> {
-        match self {
-            Client::Postgres(p) => p.conflict_count(since).await,
-            Client::Rest(r) => r.conflict_count(since).await,
-        }
-    }
-    async fn prune(&self) -> Result<String> {
-        match self {
-            Client::Postgres(p) => p.prune().await,
-            Client::Rest(r) => r.prune().await,
-        }
-    }
 }
 
 /// Number of elements of a JSON array text built by the pusher.
@@ -381,6 +247,6 @@ mod tests {
     fn rejections_are_read_by_their_short_keys() {
         let o = parse_outcome(r#"{"applied":[0],"rejected":[{"i":1,"code":"22P02","message":"bad"}]}"#, 2).unwrap();
         assert_eq!(o.applied, vec![0]);
-        assert_eq!((o.rejected[0].index, o.rejected[0].code.as_deref()), (1, Some("22P02")));
+        assert_eq!((o.rejected[0].i, o.rejected[0].code.as_deref()), (1, Some("22P02")));
     }
 }

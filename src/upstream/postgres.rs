@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{ConflictQuery, Cursor, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
+use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::catalog::{quote_ident, qualified};
 use crate::config::Config;
 use crate::error::{ErrorKind, Result, SyncError};
@@ -24,8 +24,6 @@ pub struct PgUpstream {
     timeout: std::time::Duration,
     tls: MakeRustlsConnect,
     schema: String,
-    /// This clinic's writer id ([sync] clinic_id).
-    writer: String,
     conn: Mutex<Option<tokio_postgres::Client>>,
 }
 
@@ -67,7 +65,6 @@ impl PgUpstream {
             timeout: cfg.supabase.request_timeout,
             tls: tls(cfg)?,
             schema: cfg.supabase.schema.clone(),
-            writer: cfg.sync.clinic_id.clone(),
             conn: Mutex::new(None),
         })
     }
@@ -133,7 +130,7 @@ impl Upstream for PgUpstream {
         let expected = super::count_elements(changes);
         let text: String = self
             .with_client(async |c| {
-                c.query_one("SELECT public.centrovision_sync_apply($1::text::jsonb, $2)::text", &[&changes, &self.writer])
+                c.query_one("SELECT public.centrovision_sync_apply($1::text::jsonb)::text", &[&changes])
                     .await
                     .map(|r| r.get(0))
             })
@@ -177,7 +174,7 @@ impl Upstream for PgUpstream {
             let exists = c
                 .query_one(
                     "SELECT to_regprocedure('public.centrovision_sync_version()') IS NOT NULL
-                        AND to_regprocedure('public.centrovision_sync_apply(jsonb,text)') IS NOT NULL",
+                        AND to_regprocedure('public.centrovision_sync_apply(jsonb)') IS NOT NULL",
                     &[],
                 )
                 .await?
@@ -212,43 +209,5 @@ impl Upstream for PgUpstream {
             .map(|r| r.get(0))
         })
         .await
-    }
-
-    async fn changes(&self, req: &FeedRequest<'_>) -> Result<String> {
-        self.with_client(async |c| {
-            c.query_one(
-                "SELECT public.centrovision_sync_changes($1, $2, $3, $4, $5, $6, $7::int, $8::text::timestamptz)::text",
-                &[&self.writer, &req.schema, &req.tables, &req.prev, &req.target, &req.after, &(req.limit as i32), &req.since],
-            )
-            .await
-            .map(|r| r.get(0))
-        })
-        .await
-    }
-
-    async fn conflicts(&self, q: &ConflictQuery<'_>) -> Result<String> {
-        let tables = q.tables.map(|t| t.to_vec());
-        self.with_client(async |c| {
-            c.query_one(
-                "SELECT public.centrovision_sync_conflicts($1, $2, $3::text::timestamptz, $4::int)::text",
-                &[&q.schema, &tables, &q.since, &(q.limit as i32)],
-            )
-            .await
-            .map(|r| r.get(0))
-        })
-        .await
-    }
-
-    async fn conflict_count(&self, since: Option<&str>) -> Result<i64> {
-        self.with_client(async |c| {
-            c.query_one("SELECT public.centrovision_sync_conflict_count($1, $2::text::timestamptz)", &[&self.schema, &since])
-                .await
-                .map(|r| r.get(0))
-        })
-        .await
-    }
-
-    async fn prune(&self) -> Result<String> {
-        self.with_client(async |c| c.query_one("SELECT public.centrovision_sync_prune()::text", &[]).await.map(|r| r.get(0))).await
     }
 }

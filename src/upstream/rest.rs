@@ -20,7 +20,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::{ConflictQuery, Cursor, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
+use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::config::{Config, Secret};
 use crate::error::{Cause, ErrorKind, Result, Side, SyncError, kind_of_sqlstate};
 
@@ -28,8 +28,6 @@ pub struct RestUpstream {
     http: reqwest::Client,
     base: Url,
     schema: String,
-    /// This clinic's writer id ([sync] clinic_id).
-    writer: String,
 }
 
 /// PostgREST's error body.
@@ -61,7 +59,7 @@ impl RestUpstream {
             .user_agent(concat!("centrovision-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SyncError::new(ErrorKind::Config, format!("cannot build the HTTP client: {e}")))?;
-        Ok(RestUpstream { http, base, schema: cfg.supabase.schema.clone(), writer: cfg.sync.clinic_id.clone() })
+        Ok(RestUpstream { http, base, schema: cfg.supabase.schema.clone() })
     }
 
     fn url(&self, path: &str) -> Url {
@@ -289,10 +287,8 @@ pub fn classify(what: &str, status: StatusCode, body: &str) -> SyncError {
 impl Upstream for RestUpstream {
     async fn apply(&self, changes: &str) -> Result<Outcome> {
         let expected = super::count_elements(changes);
-        let mut body = String::with_capacity(changes.len() + 64);
-        body.push_str("{\"writer\":");
-        body.push_str(&serde_json::to_string(&self.writer).expect("a string serializes"));
-        body.push_str(",\"changes\":");
+        let mut body = String::with_capacity(changes.len() + 16);
+        body.push_str("{\"changes\":");
         body.push_str(changes);
         body.push('}');
         let text = self.rpc("centrovision_sync_apply", body).await?;
@@ -339,28 +335,6 @@ impl Upstream for RestUpstream {
         let mut v = serde_json::to_value(h).expect("serializable");
         v["wanted"] = serde_json::json!(wanted);
         self.rpc("centrovision_sync_row_hashes", v.to_string()).await
-    }
-
-    async fn changes(&self, req: &FeedRequest<'_>) -> Result<String> {
-        let mut v = serde_json::to_value(req).expect("serializable");
-        v["writer"] = serde_json::json!(self.writer);
-        self.rpc("centrovision_sync_changes", v.to_string()).await
-    }
-
-    async fn conflicts(&self, q: &ConflictQuery<'_>) -> Result<String> {
-        self.rpc("centrovision_sync_conflicts", serde_json::to_string(q).expect("serializable")).await
-    }
-
-    async fn conflict_count(&self, since: Option<&str>) -> Result<i64> {
-        let body = serde_json::json!({"schema_name": self.schema, "since": since}).to_string();
-        let text = self.rpc("centrovision_sync_conflict_count", body).await?;
-        text.trim()
-            .parse::<i64>()
-            .map_err(|_| SyncError::new(ErrorKind::Contract, format!("centrovision_sync_conflict_count returned {text:?}")))
-    }
-
-    async fn prune(&self) -> Result<String> {
-        self.rpc("centrovision_sync_prune", "{}".into()).await
     }
 }
 

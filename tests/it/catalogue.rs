@@ -402,11 +402,11 @@ async fn an_upstream_get_answering_malformed_json_is_retried_without_loss() {
         .unwrap();
     let s = pair.standin();
     // `once`: a clear, transient error; nothing applied from the bad answer.
-    s.faults().push("/rest/v1/rpc/centrovision_sync_changes", Fault::MalformedJson);
+    s.faults().push("/rest/v1/services", Fault::MalformedJson);
     let o = pair.exec(&["once"], &[]).await;
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("not JSON") && err.contains("change feed") && err.contains("services"), "{err}");
+    assert!(err.contains("not a JSON array") && err.contains("services"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 0);
     let wm: Option<String> = pair
@@ -419,18 +419,18 @@ async fn an_upstream_get_answering_malformed_json_is_retried_without_loss() {
         .get(0);
     assert_eq!(wm, None, "the watermark must not move past a page that was not applied");
     // `run`: retried with backoff while the portal answers, then everything arrives.
-    s.faults().set_persistent("/rest/v1/rpc/centrovision_sync_changes", Some(Fault::MalformedJson));
-    let before = s.requests("/rest/v1/rpc/centrovision_sync_changes");
+    s.faults().set_persistent("/rest/v1/services", Some(Fault::MalformedJson));
+    let before = s.requests("/rest/v1/services");
     let mut child = pair.spawn_run(&[]);
     wait_for("two more malformed answers", Duration::from_secs(60), || async {
-        (s.requests("/rest/v1/rpc/centrovision_sync_changes") >= before + 2).then_some(())
+        (s.requests("/rest/v1/services") >= before + 2).then_some(())
     })
     .await;
-    s.faults().set_persistent("/rest/v1/rpc/centrovision_sync_changes", None);
+    s.faults().set_persistent("/rest/v1/services", None);
     pair.wait_converged(Duration::from_secs(60)).await;
     kill9(&mut child);
     assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 40);
-    assert!(pair.run_log().contains("not JSON"), "the run log should say why it retried");
+    assert!(pair.run_log().contains("not a JSON array"), "the run log should say why it retried");
 }
 
 // ---------------------------------------------------------------------------

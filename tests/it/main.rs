@@ -20,9 +20,7 @@
 //! - [`security`]: secrets, TLS, least privilege at runtime;
 //! - [`deploy_files`]: installers, unit file, role SQL, config snippets;
 //! - [`upstream_apply`]: `centrovision_sync_apply()` (sql/upstream) case by
-//!   case; [`conflict_rule`]: the multi-writer conflict rule line by line;
-//! - [`multi_clinic`]: two clinics and one upstream, each everyday
-//!   situation of many writers;
+//!   case;
 //! - [`pgoutput_never_panics`]: property tests of the pgoutput codec;
 //! - [`harness_smoke`], [`postgrest_standin`]: the test kit's own promises;
 //! - [`bench_quick`]: the end-to-end benchmark's quick profile, so the
@@ -42,11 +40,9 @@ mod bad_input;
 mod bench_quick;
 mod catalogue;
 mod chaos;
-mod conflict_rule;
 mod deploy_files;
 mod down_path;
 mod harness_smoke;
-mod multi_clinic;
 mod pgoutput_never_panics;
 mod postgrest_standin;
 mod recovery;

@@ -919,7 +919,7 @@ async fn postgres_mode_verifies_the_upstream_certificate() {
     let upstream = up_cluster.create_database("pg_tls_u").await;
     let pair = Pair::on(local, upstream, Mode::Postgres).await;
     // The upstream functions, installed directly (init --upstream would need TLS).
-    pair.install_upstream_sql().await;
+    pair.upstream.connect().await.batch_execute(support::sync::UPSTREAM_SQL).await.unwrap();
     pair.ok(&["init"]).await;
     pair.local.connect().await.batch_execute("INSERT INTO services (name) VALUES ('only over verified TLS')").await.unwrap();
     let config = pair.config_path().to_path_buf();

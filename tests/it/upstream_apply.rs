@@ -27,7 +27,7 @@ use centrovision_sync::upstream::CONTRACT_VERSION;
 use tokio::sync::OnceCell;
 use tokio_postgres::Client;
 
-use crate::support::sync::upstream_sql;
+use crate::support::sync::UPSTREAM_SQL;
 use crate::support::{Cluster, ClusterOptions};
 
 /// A dedicated cluster with Supabase's roles, started by the first test
@@ -67,7 +67,7 @@ async fn run_cases(hint: &str, sections: &[&str]) -> Client {
     let db = supabase_like_cluster().await.create_database(hint).await;
     let client = db.connect().await;
     for load in ["first", "second"] {
-        if let Err(e) = client.batch_execute(&upstream_sql()).await {
+        if let Err(e) = client.batch_execute(UPSTREAM_SQL).await {
             panic!("loading sql/upstream ({load} time) failed: {}", pg_error(&e));
         }
     }
@@ -160,7 +160,7 @@ async fn only_service_role_may_call_it_and_it_runs_as_security_definer_with_an_e
     client.batch_execute("SET ROLE service_role").await.unwrap();
     let called = client
         .query_one(
-            r#"SELECT (public.centrovision_sync_apply(changes => '[{"i":1,"t":"visits","op":"delete","k":"1","ts":"2000-01-01 00:00:00+00","e":1,"l":"0/1","n":0}]', writer => 'clinic-x')->'applied')::text"#,
+            r#"SELECT (public.centrovision_sync_apply(changes => '[{"i":1,"t":"visits","op":"delete","k":"1","ts":"2000-01-01 00:00:00+00"}]')->'applied')::text"#,
             &[],
         )
         .await;
@@ -186,7 +186,7 @@ async fn batches_of_a_thousand_rows_apply_then_their_replay_is_kept_and_triggers
                     &format!(
                         "SELECT jsonb_array_length(r->'applied'), jsonb_array_length(r->'kept'),
                                 jsonb_array_length(r->'rejected'), left(r::text, 500)
-                         FROM (SELECT tst.apply(tst.bench_batch({b}, {BATCH}, '{base}', '{tag}')) AS r) s"
+                         FROM (SELECT public.centrovision_sync_apply(tst.bench_batch({b}, {BATCH}, '{base}', '{tag}')) AS r) s"
                     ),
                     &[],
                 )
@@ -222,30 +222,13 @@ CREATE TABLE tst.res (name text PRIMARY KEY, r jsonb);
 CREATE FUNCTION tst.ok(p_name text, p_ok boolean, p_info text DEFAULT NULL) RETURNS void
 LANGUAGE sql AS $$ INSERT INTO tst.checks (name, ok, info) VALUES (p_name, coalesce(p_ok, false), p_info) $$;
 
--- The cases predate writers (contract 3): each batch is sent as a writer of its own whose id sorts
--- below every earlier one and below "legacy" (rows the fixture inserts directly), with a commit
--- position on each element. So between a batch and what is there, the later updated_at wins and
--- on equal stamps an edit keeps what is there while a delete wins: the cases' rule.
-CREATE SEQUENCE tst.writer_seq;
-CREATE FUNCTION tst.apply(p_changes jsonb) RETURNS jsonb
-LANGUAGE sql AS $$
-  SELECT public.centrovision_sync_apply(
-    CASE WHEN jsonb_typeof(p_changes) = 'array' THEN
-      coalesce((SELECT jsonb_agg(CASE WHEN jsonb_typeof(e) = 'object'
-                                      THEN jsonb_build_object('e', 1, 'l', '0/1', 'n', o) || e ELSE e END
-                                 ORDER BY o)
-                FROM jsonb_array_elements(p_changes) WITH ORDINALITY AS a(e, o)), '[]')
-    ELSE p_changes END,
-    'a' || lpad((999999 - nextval('tst.writer_seq'))::text, 6, '0'))
-$$;
-
 -- run a batch; check the applied/kept/rejected partition (rejected given as 'i:code')
 CREATE FUNCTION tst.expect(p_name text, p_changes jsonb, p_applied int[], p_kept int[],
                            p_rej text[] DEFAULT '{}') RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE r jsonb; a int[]; k int[]; rj text[]; n_all int; n_distinct int;
 BEGIN
-  r := tst.apply(p_changes);
+  r := public.centrovision_sync_apply(p_changes);
   INSERT INTO tst.res VALUES (p_name, r);
   a  := ARRAY(SELECT x::int FROM jsonb_array_elements_text(r->'applied') x ORDER BY 1);
   k  := ARRAY(SELECT x::int FROM jsonb_array_elements_text(r->'kept') x ORDER BY 1);
@@ -463,11 +446,8 @@ SELECT tst.expect('truncate barrier', $j$[
  {"i": 7, "t": "visits", "op": "delete", "k": "101", "ts": "2024-01-31 00:00:00+00"},
  {"i": 8, "t": "Weird \"Table\"", "op": "upsert", "row": {"Id": 51, "select": "w", "updated_at": "2024-01-01 00:00:00+00"}}
 ]$j$, '{1,2,3,4,5,6,7,8}', '{}');
--- 103 was written earlier in the same call, so by the same writer before the truncate (contract 3:
--- one writer's commit order decides, whatever the stamps): the truncate removes it. 100 (no sync
--- state, older than the truncate) goes; 101's own later delete removes it.
 SELECT tst.ok('truncate barrier: old row gone, newer stays, re-insert after truncate stays',
-  (SELECT string_agg(id || '=' || note, ',' ORDER BY id) FROM public.visits) = '102=after,104=after-old',
+  (SELECT string_agg(id || '=' || note, ',' ORDER BY id) FROM public.visits) = '102=after,103=before-newer,104=after-old',
   (SELECT string_agg(id || '=' || note, ',' ORDER BY id) FROM public.visits));
 SELECT tst.expect('truncate of table without PK', $j$[
  {"i": 1, "t": "nopk", "op": "truncate", "ts": "2024-01-20 00:00:00+00"}]$j$, '{1}', '{}');
@@ -541,14 +521,14 @@ DO $$
 DECLARE st text; m text;
 BEGIN
   BEGIN
-    PERFORM public.centrovision_sync_apply('{"changes": []}', 'clinic-x');
+    PERFORM public.centrovision_sync_apply('{"changes": []}');
     PERFORM tst.ok('non-array changes raises 22023', false, 'no error');
   EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT;
     PERFORM tst.ok('non-array changes raises 22023', st = '22023' AND m LIKE '%must be a JSON array%', st || ' ' || m);
   END;
   BEGIN
-    PERFORM public.centrovision_sync_apply(NULL, 'clinic-x');
+    PERFORM public.centrovision_sync_apply(NULL);
     PERFORM tst.ok('NULL changes raises 22023', false, 'no error');
   EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT;
@@ -601,8 +581,6 @@ SELECT tst.ok('quoted identifiers: values, generated + default columns',
 SET session_replication_role = replica;
 UPDATE public."Weird ""Table""" SET updated_at = NULL WHERE "Id" = 2;
 SET session_replication_role = origin;
--- a row with no sync state (written before it existed) is decided on its own updated_at
-DELETE FROM centrovision_sync.row_version WHERE table_name = 'Weird "Table"' AND pk = '2';
 SELECT tst.expect('quoted identifiers: update, NULL upstream updated_at counts as oldest, delete', $j$[
  {"i": 1, "t": "Weird \"Table\"", "op": "upsert", "row": {"Id": 1, "select": "s1b", "Mixed Case": 4, "gen col": 0, "updated_at": "2024-01-02 00:00:00+00"}},
  {"i": 2, "t": "Weird \"Table\"", "op": "upsert", "row": {"Id": 2, "select": "s2b", "Mixed Case": 5, "gen col": 0, "updated_at": "2020-01-01 00:00:00+00"}},
@@ -634,16 +612,14 @@ SELECT tst.expect('identity ALWAYS primary key: update', $j$[
  {"i": 1, "t": "ident", "op": "upsert", "row": {"id": 42, "v": "b", "updated_at": "2024-01-02 00:00:00+00"}}]$j$, '{1}', '{}');
 SELECT tst.ok('identity row', (SELECT v = 'b' FROM public.ident WHERE id = 42));
 
--- One call is one writer, and its elements come in its commit order (the wrapper numbers them):
--- the later element wins whatever its updated_at (contract 3; under contract 2 "older" was kept).
 SELECT tst.expect('same key twice in one call (contract violation) applies sequentially', $j$[
  {"i": 1, "t": "visits", "op": "upsert", "row": {"id": 300, "note": "first", "updated_at": "2024-01-01 00:00:00+00"}},
  {"i": 2, "t": "visits", "op": "upsert", "row": {"id": 300, "note": "second", "updated_at": "2024-01-02 00:00:00+00"}},
  {"i": 3, "t": "visits", "op": "upsert", "row": {"id": 301, "note": "newer", "updated_at": "2024-01-02 00:00:00+00"}},
  {"i": 4, "t": "visits", "op": "upsert", "row": {"id": 301, "note": "older", "updated_at": "2024-01-01 00:00:00+00"}}
-]$j$, '{1,2,3,4}', '{}');
+]$j$, '{1,2,3}', '{4}');
 SELECT tst.ok('sequential duplicates: final values',
-  (SELECT string_agg(note, ',' ORDER BY id) FROM public.visits WHERE id IN (300, 301)) = 'second,older');
+  (SELECT string_agg(note, ',' ORDER BY id) FROM public.visits WHERE id IN (300, 301)) = 'second,newer');
 
 SELECT tst.expect('JSON number keys, numeric i order irrelevant', $j$[
  {"i": 7, "t": "visits", "op": "upsert", "row": {"id": 400, "note": "n", "updated_at": "2024-01-01 00:00:00+00"}},
@@ -679,7 +655,7 @@ SELECT tst.ok('statement-level error: tried once, not bisected', (SELECT last_va
 DO $$
 DECLARE ua timestamptz;
 BEGIN
-  PERFORM tst.apply($j$[{"i": 1, "t": "visits", "op": "upsert", "row": {"id": 500, "note": "x", "updated_at": "2024-01-01 00:00:00+00"}}]$j$);
+  PERFORM public.centrovision_sync_apply($j$[{"i": 1, "t": "visits", "op": "upsert", "row": {"id": 500, "note": "x", "updated_at": "2024-01-01 00:00:00+00"}}]$j$);
   PERFORM tst.ok('session_replication_role restored after the call',
                  current_setting('session_replication_role') = 'origin', current_setting('session_replication_role'));
   UPDATE public.visits SET note = 'y' WHERE id = 500 RETURNING updated_at INTO ua;
@@ -690,16 +666,16 @@ END $$;
 /// Who may execute it, and how it runs.
 const PRIVILEGES: &str = r#"
 SELECT tst.ok('EXECUTE: service_role yes; anon, authenticated, PUBLIC no',
-  has_function_privilege('service_role', 'public.centrovision_sync_apply(jsonb, text)', 'EXECUTE')
-  AND NOT has_function_privilege('anon', 'public.centrovision_sync_apply(jsonb, text)', 'EXECUTE')
-  AND NOT has_function_privilege('authenticated', 'public.centrovision_sync_apply(jsonb, text)', 'EXECUTE')
-  AND NOT has_function_privilege('someone_else', 'public.centrovision_sync_apply(jsonb, text)', 'EXECUTE')
+  has_function_privilege('service_role', 'public.centrovision_sync_apply(jsonb)', 'EXECUTE')
+  AND NOT has_function_privilege('anon', 'public.centrovision_sync_apply(jsonb)', 'EXECUTE')
+  AND NOT has_function_privilege('authenticated', 'public.centrovision_sync_apply(jsonb)', 'EXECUTE')
+  AND NOT has_function_privilege('someone_else', 'public.centrovision_sync_apply(jsonb)', 'EXECUTE')
   AND has_function_privilege('service_role', 'public.centrovision_sync_version()', 'EXECUTE')
   AND NOT has_function_privilege('anon', 'public.centrovision_sync_version()', 'EXECUTE'));
 SELECT tst.ok('SECURITY DEFINER with search_path = ''''',
   (SELECT prosecdef AND proconfig = ARRAY['search_path=""'] FROM pg_proc
-   WHERE oid = 'public.centrovision_sync_apply(jsonb, text)'::regprocedure),
-  (SELECT proconfig::text FROM pg_proc WHERE oid = 'public.centrovision_sync_apply(jsonb, text)'::regprocedure));
+   WHERE oid = 'public.centrovision_sync_apply(jsonb)'::regprocedure),
+  (SELECT proconfig::text FROM pg_proc WHERE oid = 'public.centrovision_sync_apply(jsonb)'::regprocedure));
 "#;
 
 /// A realistic 12-column table (trigger, index on `updated_at`) and a

@@ -38,11 +38,12 @@ pub enum Mode {
     Rest,
 }
 
-/// The upstream SQL without any table enrolled (`init --print-upstream-sql`
-/// with no config).
-pub fn upstream_sql() -> String {
-    centrovision_sync::upstream::upstream_script(None)
-}
+/// The upstream SQL, as `init --print-upstream-sql` prints it.
+pub const UPSTREAM_SQL: &str = concat!(
+    include_str!("../../../sql/upstream/001_apply.sql"),
+    "\n",
+    include_str!("../../../sql/upstream/002_verify.sql")
+);
 
 /// Generates `name::postgres` and `name::rest` tests from `async fn name(mode: Mode)`.
 #[macro_export]
@@ -231,49 +232,12 @@ health_check_seconds = 1
         let mut args = vec!["init"];
         match self.mode {
             Mode::Postgres => args.push("--upstream"),
-            Mode::Rest => self.install_upstream_sql().await,
+            Mode::Rest => {
+                self.upstream.connect().await.batch_execute(UPSTREAM_SQL).await.expect("install upstream SQL");
+            }
         }
         args.extend_from_slice(extra);
         self.ok(&args).await;
-    }
-
-    /// Installs the upstream SQL for this pair's tables directly on the
-    /// upstream database, as a clinic pastes `init --print-upstream-sql`
-    /// into the Supabase SQL editor.
-    pub async fn install_upstream_sql(&self) {
-        let out = self.ok(&["init", "--print-upstream-sql"]).await;
-        let sql = String::from_utf8(out.stdout).expect("UTF-8 SQL");
-        self.upstream.connect().await.batch_execute(&sql).await.expect("install upstream SQL");
-    }
-
-    /// A second clinic on the same upstream as `first`: a fresh local
-    /// database with the sample schema, its own slot, publication, origin
-    /// and config (set `clinic_id` in `sync_extra`).
-    pub async fn joining(hint: &str, first: &Pair) -> Pair {
-        let local = Cluster::shared().create_database(&format!("{hint}_l")).await;
-        local.connect().await.batch_execute(SCHEMA).await.expect("load sample schema");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let slot = format!("s_{}", local.name);
-        let service_key = first.service_key.clone();
-        let rest = match first.mode {
-            Mode::Rest => Some(PostgrestStandIn::start(&first.upstream, &service_key).await),
-            Mode::Postgres => None,
-        };
-        let mut p = Pair {
-            config_path: dir.path().join("config.toml"),
-            local,
-            upstream: first.upstream.clone(),
-            dir,
-            mode: first.mode,
-            tables: first.tables.clone(),
-            sync_extra: String::new(),
-            sections: String::new(),
-            slot,
-            rest,
-            service_key,
-        };
-        p.write_config();
-        p
     }
 
     /// The stand-in (REST mode only).
