@@ -515,7 +515,7 @@ impl Cluster {
              port = {port}\n\
              unix_socket_directories = {socket_dir}\n\
              wal_level = {wal_level}\n\
-             max_replication_slots = 64\n\
+             max_replication_slots = 1024\n\
              max_wal_senders = 64\n\
              max_connections = 300\n\
              fsync = {durable}\n\
