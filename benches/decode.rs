@@ -147,7 +147,11 @@ fn decode(c: &mut Criterion) {
         ),
         (
             "begin",
-            encode(&Message::Begin(Begin { final_lsn: Lsn::from_u64(0x1_6B37_4D48), commit_time_micros: 822_000_000_000_000, xid: 123_456 })),
+            encode(&Message::Begin(Begin {
+                final_lsn: Lsn::from_u64(0x1_6B37_4D48),
+                commit_time_micros: 822_000_000_000_000,
+                xid: 123_456,
+            })),
         ),
         (
             "commit",

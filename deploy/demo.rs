@@ -5,7 +5,7 @@
 
 // The integration tests' kit; the demo uses only part of it.
 #[path = "../tests/it/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, reason = "the demo uses a few pieces of the test kit")]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -101,7 +101,9 @@ level = "info"
     upstream
         .connect()
         .await
-        .batch_execute("INSERT INTO appointments (patient_id, starts_at, reason) SELECT id, now() + interval '1 day', 'control' FROM patients")
+        .batch_execute(
+            "INSERT INTO appointments (patient_id, starts_at, reason) SELECT id, now() + interval '1 day', 'control' FROM patients",
+        )
         .await
         .expect("upstream insert");
     let t = wait_row(&local, "SELECT count(*) FROM appointments WHERE reason = 'control'", Duration::from_secs(60)).await;

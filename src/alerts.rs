@@ -28,10 +28,7 @@ pub struct Alerter {
 impl Alerter {
     pub fn new(cfg: &Config) -> Self {
         let webhook = (!cfg.alerts.webhook_url.is_empty()).then(|| cfg.alerts.webhook_url.expose().to_string());
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_else(|_| reqwest::Client::new());
         Alerter { webhook, http, active: Mutex::new(HashMap::new()), threshold: cfg.alerts.consecutive_errors }
     }
 

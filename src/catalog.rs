@@ -194,11 +194,8 @@ pub fn parents_first(tables: &BTreeMap<String, Table>) -> Vec<String> {
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut order = Vec::new();
     while order.len() < tables.len() {
-        let ready: Vec<&str> = tables
-            .keys()
-            .map(String::as_str)
-            .filter(|n| !done.contains(n) && deps[n].iter().all(|p| done.contains(p)))
-            .collect();
+        let ready: Vec<&str> =
+            tables.keys().map(String::as_str).filter(|n| !done.contains(n) && deps[n].iter().all(|p| done.contains(p))).collect();
         let pick: Vec<&str> = if ready.is_empty() {
             // A cycle: take the first remaining table by name.
             tables.keys().map(String::as_str).filter(|n| !done.contains(n)).take(1).collect()

@@ -305,8 +305,7 @@ impl Config {
     /// Reads and validates the file, applying secret overrides from the
     /// process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut cfg = Config::from_toml(&text, &path.display().to_string(), env)?;
         cfg.source = Some(path.to_path_buf());
@@ -314,11 +313,7 @@ impl Config {
     }
 
     /// Parses and validates config text; `env` looks up secret overrides.
-    pub fn from_toml(
-        text: &str,
-        origin: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_toml(text: &str, origin: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             // toml's message names the key and line; it never includes
@@ -385,12 +380,14 @@ impl Config {
         let Some(rl) = raw.local_postgres else {
             return Err(ConfigError::invalid("[local_postgres]", "section is missing (host, port, database, user, password)"));
         };
-        let database = rl.database.filter(|d| !d.is_empty()).ok_or_else(|| {
-            ConfigError::invalid("[local_postgres] database", "is required (the clinic's local database name)")
-        })?;
-        let user = rl.user.filter(|d| !d.is_empty()).ok_or_else(|| {
-            ConfigError::invalid("[local_postgres] user", "is required (a role with REPLICATION, see deploy/)")
-        })?;
+        let database = rl
+            .database
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| ConfigError::invalid("[local_postgres] database", "is required (the clinic's local database name)"))?;
+        let user = rl
+            .user
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| ConfigError::invalid("[local_postgres] user", "is required (a role with REPLICATION, see deploy/)"))?;
         let port = rl.port.unwrap_or(5432);
         if port == 0 {
             return Err(ConfigError::invalid("[local_postgres] port", "must be between 1 and 65535"));
@@ -418,7 +415,10 @@ impl Config {
                 return Err(ConfigError::invalid("[sync] tables", format!("contains {t:?}: table names must be 1 to 63 bytes")));
             }
             if t.starts_with("_sync_") {
-                return Err(ConfigError::invalid("[sync] tables", format!("contains {t:?}: the service's own control tables cannot be synced")));
+                return Err(ConfigError::invalid(
+                    "[sync] tables",
+                    format!("contains {t:?}: the service's own control tables cannot be synced"),
+                ));
             }
             if !seen.insert(t.as_str()) {
                 return Err(ConfigError::invalid("[sync] tables", format!("lists {t:?} twice")));
@@ -464,15 +464,17 @@ impl Config {
         let rh = raw.http.unwrap_or_default();
         let listen = match rh.listen.filter(|l| !l.is_empty()) {
             None => None,
-            Some(l) => Some(l.parse::<std::net::SocketAddr>().map_err(|_| {
-                ConfigError::invalid("[http] listen", format!("is {l:?}; expected an address like \"127.0.0.1:9187\""))
-            })?),
+            Some(l) => Some(
+                l.parse::<std::net::SocketAddr>()
+                    .map_err(|_| ConfigError::invalid("[http] listen", format!("is {l:?}; expected an address like \"127.0.0.1:9187\"")))?,
+            ),
         };
         let http = Http { listen };
         let daily_at = match raw.audit.unwrap_or_default().daily_at.filter(|d| !d.is_empty()) {
             None => None,
             Some(d) => {
-                let bad = || ConfigError::invalid("[audit] daily_at", format!("is {d:?}; expected local time as \"HH:MM\", e.g. \"01:00\""));
+                let bad =
+                    || ConfigError::invalid("[audit] daily_at", format!("is {d:?}; expected local time as \"HH:MM\", e.g. \"01:00\""));
                 let (h, m) = d.split_once(':').ok_or_else(bad)?;
                 let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
                 if h > 23 || m > 59 {

@@ -67,17 +67,16 @@ pub struct Session {
 impl Session {
     pub async fn open(cfg: &Config) -> Result<Session> {
         let client = connect_local(cfg).await?;
-        client
-            .execute("SELECT pg_replication_origin_session_setup($1)", &[&cfg.sync.origin_name])
-            .await
-            .map_err(|e| {
-                let err = SyncError::from_pg(LOCAL, &e);
-                match err.code.as_deref() {
-                    Some("42704") => err.with_hint("the replication origin does not exist; run `centrovision-sync init`"),
-                    Some("55006") | Some("42P13") => err.with_hint("another process is using the replication origin; is a second centrovision-sync running?"),
-                    _ => err,
+        client.execute("SELECT pg_replication_origin_session_setup($1)", &[&cfg.sync.origin_name]).await.map_err(|e| {
+            let err = SyncError::from_pg(LOCAL, &e);
+            match err.code.as_deref() {
+                Some("42704") => err.with_hint("the replication origin does not exist; run `centrovision-sync init`"),
+                Some("55006") | Some("42P13") => {
+                    err.with_hint("another process is using the replication origin; is a second centrovision-sync running?")
                 }
-            })?;
+                _ => err,
+            }
+        })?;
         Ok(Session { client, reported: Mutex::new(HashSet::new()) })
     }
 
@@ -89,13 +88,10 @@ impl Session {
     /// per table.
     fn shared_columns(&self, table: &Table, upstream_keys: &[String]) -> Vec<String> {
         let local: Vec<&str> = table.columns.iter().filter(|c| !c.generated).map(|c| c.name.as_str()).collect();
-        let shared: Vec<String> =
-            local.iter().filter(|c| upstream_keys.iter().any(|k| k == *c)).map(|c| c.to_string()).collect();
+        let shared: Vec<String> = local.iter().filter(|c| upstream_keys.iter().any(|k| k == *c)).map(|c| c.to_string()).collect();
         let only_up: Vec<&String> = upstream_keys.iter().filter(|k| !local.contains(&k.as_str())).collect();
         let only_local: Vec<&&str> = local.iter().filter(|c| !upstream_keys.iter().any(|k| k == **c)).collect();
-        if (!only_up.is_empty() || !only_local.is_empty())
-            && self.reported.lock().expect("not poisoned").insert(table.name.clone())
-        {
+        if (!only_up.is_empty() || !only_local.is_empty()) && self.reported.lock().expect("not poisoned").insert(table.name.clone()) {
             tracing::warn!(
                 table = %table.name,
                 only_upstream = ?only_up,
@@ -234,16 +230,11 @@ async fn apply_page<U: Upstream>(
     let keys: Vec<String> = head.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
     let last = Cursor { updated_at: head.get(2), id: head.get(3) };
     if !keys.iter().any(|k| k == "updated_at") || !keys.contains(&pk.name) {
-        return Err(SyncError::new(ErrorKind::Contract, format!(
-            "upstream rows of {} lack updated_at or {}",
-            table.name, pk.name
-        )));
+        return Err(SyncError::new(ErrorKind::Contract, format!("upstream rows of {} lack updated_at or {}", table.name, pk.name)));
     }
     let cols = ctx.session.shared_columns(table, &keys);
 
-    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
     let result = async {
         let mut inserted: Inserted = Vec::new();
         let t0 = Instant::now();
@@ -304,11 +295,7 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
     let t = table.qualified();
     let qpk = quote_ident(&pk.name);
     let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-    let updates: Vec<String> = cols
-        .iter()
-        .filter(|c| **c != pk.name)
-        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-        .collect();
+    let updates: Vec<String> = cols.iter().filter(|c| **c != pk.name).map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c))).collect();
     // Text forms: some types (json, point, xml) have no equality operator.
     let distinct_l = cols.iter().map(|c| format!("d.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
     let distinct_r = cols.iter().map(|c| format!("EXCLUDED.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");

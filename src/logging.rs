@@ -36,18 +36,15 @@ pub fn init_console(level: &str) {
 
 /// Console plus the rotating file. Errors say which key to fix.
 pub fn init(cfg: &Logging) -> Result<(), String> {
-    let console = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false);
+    let console =
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false);
     let Some(path) = &cfg.file else {
         let _ = tracing_subscriber::registry().with(filter(&cfg.level)).with(console).try_init();
         return Ok(());
     };
     // file-rotate panics when it cannot create the directory: check first.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("Config key [logging] file: cannot create directory {} ({e})", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("Config key [logging] file: cannot create directory {} ({e})", dir.display()))?;
     }
     OpenOptions::new()
         .create(true)
@@ -55,17 +52,9 @@ pub fn init(cfg: &Logging) -> Result<(), String> {
         .open(path)
         .map_err(|e| format!("Config key [logging] file: cannot write {} ({e})", path.display()))?;
     let bytes = (cfg.max_size_mb * 1024.0 * 1024.0) as usize;
-    let rotating = FileRotate::new(
-        path,
-        AppendCount::new(cfg.max_files),
-        ContentLimit::BytesSurpassed(bytes.max(1)),
-        Compression::None,
-        None,
-    );
-    let file = tracing_subscriber::fmt::layer()
-        .with_writer(Mutex::new(rotating))
-        .with_ansi(false)
-        .with_target(false);
+    let rotating =
+        FileRotate::new(path, AppendCount::new(cfg.max_files), ContentLimit::BytesSurpassed(bytes.max(1)), Compression::None, None);
+    let file = tracing_subscriber::fmt::layer().with_writer(Mutex::new(rotating)).with_ansi(false).with_target(false);
     let _ = tracing_subscriber::registry().with(filter(&cfg.level)).with(console).with(file).try_init();
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Entry point: parse the command line, set up logging, dispatch.
 
-use clap::Parser;
 use centrovision_sync::commands::{Cli, dispatch};
+use clap::Parser;
 
 fn main() {
     let cli = Cli::parse();

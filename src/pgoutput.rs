@@ -354,30 +354,16 @@ pub enum DecodeError {
         "Unexpected tuple marker {} in {within}: expected {expected}",
         show_byte(.found)
     )]
-    UnexpectedTupleMarker {
-        within: MessageKind,
-        found: u8,
-        expected: &'static str,
-    },
+    UnexpectedTupleMarker { within: MessageKind, found: u8, expected: &'static str },
 
     #[error("The {field} of {within} is not valid UTF-8")]
-    InvalidUtf8 {
-        within: MessageKind,
-        field: &'static str,
-    },
+    InvalidUtf8 { within: MessageKind, field: &'static str },
 
     #[error("The {field} of {within} has no terminating NUL byte")]
-    MissingNul {
-        within: MessageKind,
-        field: &'static str,
-    },
+    MissingNul { within: MessageKind, field: &'static str },
 
     #[error("The {field} of {within} is negative ({value})")]
-    NegativeLength {
-        within: MessageKind,
-        field: &'static str,
-        value: i32,
-    },
+    NegativeLength { within: MessageKind, field: &'static str, value: i32 },
 
     #[error(
         "Trailing bytes after the last field of {within}: {extra} {} left over",
@@ -387,11 +373,7 @@ pub enum DecodeError {
 }
 
 fn show_byte(b: &u8) -> String {
-    if b.is_ascii_graphic() {
-        format!("0x{b:02X} ('{}')", char::from(*b))
-    } else {
-        format!("0x{b:02X}")
-    }
+    if b.is_ascii_graphic() { format!("0x{b:02X} ('{}')", char::from(*b)) } else { format!("0x{b:02X}") }
 }
 
 fn bytes_word(n: &usize) -> &'static str {
@@ -417,10 +399,7 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
         b'M' => MessageKind::LogicalMessage,
         other => return Err(DecodeError::UnknownMessageType(other)),
     };
-    let mut r = Reader {
-        buf: body,
-        within: kind,
-    };
+    let mut r = Reader { buf: body, within: kind };
     let msg = match kind {
         MessageKind::Begin => Message::Begin(Begin {
             final_lsn: r.lsn("final LSN")?,
@@ -433,26 +412,18 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
             end_lsn: r.lsn("end LSN")?,
             commit_time_micros: r.i64("commit timestamp")?,
         }),
-        MessageKind::Origin => Message::Origin(Origin {
-            commit_lsn: r.lsn("origin commit LSN")?,
-            name: r.string("origin name")?,
-        }),
+        MessageKind::Origin => Message::Origin(Origin { commit_lsn: r.lsn("origin commit LSN")?, name: r.string("origin name")? }),
         MessageKind::Relation => Message::Relation(r.relation()?),
-        MessageKind::Type => Message::Type(TypeMsg {
-            oid: r.u32("type OID")?,
-            namespace: r.string("type namespace")?,
-            name: r.string("type name")?,
-        }),
+        MessageKind::Type => {
+            Message::Type(TypeMsg { oid: r.u32("type OID")?, namespace: r.string("type namespace")?, name: r.string("type name")? })
+        }
         MessageKind::Insert => {
             let relation_oid = r.u32("relation OID")?;
             match r.u8("new tuple marker")? {
                 b'N' => {}
                 found => return Err(r.unexpected_marker(found, "N (new tuple)")),
             }
-            Message::Insert(Insert {
-                relation_oid,
-                new: r.tuple()?,
-            })
+            Message::Insert(Insert { relation_oid, new: r.tuple()? })
         }
         MessageKind::Update => {
             let relation_oid = r.u32("relation OID")?;
@@ -462,18 +433,10 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
                 other => (None, other),
             };
             if marker != b'N' {
-                let expected = if old.is_some() {
-                    "N (new tuple)"
-                } else {
-                    "K (old key), O (old tuple) or N (new tuple)"
-                };
+                let expected = if old.is_some() { "N (new tuple)" } else { "K (old key), O (old tuple) or N (new tuple)" };
                 return Err(r.unexpected_marker(marker, expected));
             }
-            Message::Update(Update {
-                relation_oid,
-                old,
-                new: r.tuple()?,
-            })
+            Message::Update(Update { relation_oid, old, new: r.tuple()? })
         }
         MessageKind::Delete => {
             let relation_oid = r.u32("relation OID")?;
@@ -490,12 +453,7 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
             let lsn = r.lsn("message LSN")?;
             let prefix = r.str("prefix")?;
             let content = r.len_prefixed("content length", "content")?;
-            Message::LogicalMessage(LogicalMessage {
-                transactional: flags & LOGICAL_MESSAGE_TRANSACTIONAL != 0,
-                lsn,
-                prefix,
-                content,
-            })
+            Message::LogicalMessage(LogicalMessage { transactional: flags & LOGICAL_MESSAGE_TRANSACTIONAL != 0, lsn, prefix, content })
         }
         MessageKind::XLogData | MessageKind::Keepalive => {
             return Err(DecodeError::UnknownMessageType(tag));
@@ -512,10 +470,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, DecodeError> {
     let (&tag, body) = buf.split_first().ok_or(DecodeError::EmptyFrame)?;
     match tag {
         b'w' => {
-            let mut r = Reader {
-                buf: body,
-                within: MessageKind::XLogData,
-            };
+            let mut r = Reader { buf: body, within: MessageKind::XLogData };
             Ok(Frame::XLogData {
                 wal_start: r.lsn("WAL start")?,
                 wal_end: r.lsn("WAL end")?,
@@ -524,10 +479,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Frame<'_>, DecodeError> {
             })
         }
         b'k' => {
-            let mut r = Reader {
-                buf: body,
-                within: MessageKind::Keepalive,
-            };
+            let mut r = Reader { buf: body, within: MessageKind::Keepalive };
             let frame = Frame::Keepalive {
                 wal_end: r.lsn("WAL end")?,
                 server_time_micros: r.i64("server clock")?,
@@ -558,35 +510,21 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn truncated(&self, field: &'static str, size: usize) -> DecodeError {
-        DecodeError::Truncated {
-            within: self.within,
-            field,
-            needed: size.saturating_sub(self.buf.len()),
-        }
+        DecodeError::Truncated { within: self.within, field, needed: size.saturating_sub(self.buf.len()) }
     }
 
     fn unexpected_marker(&self, found: u8, expected: &'static str) -> DecodeError {
-        DecodeError::UnexpectedTupleMarker {
-            within: self.within,
-            found,
-            expected,
-        }
+        DecodeError::UnexpectedTupleMarker { within: self.within, found, expected }
     }
 
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
-        let (head, rest) = self
-            .buf
-            .split_at_checked(n)
-            .ok_or_else(|| self.truncated(field, n))?;
+        let (head, rest) = self.buf.split_at_checked(n).ok_or_else(|| self.truncated(field, n))?;
         self.buf = rest;
         Ok(head)
     }
 
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        let (head, rest) = self
-            .buf
-            .split_first_chunk::<N>()
-            .ok_or_else(|| self.truncated(field, N))?;
+        let (head, rest) = self.buf.split_first_chunk::<N>().ok_or_else(|| self.truncated(field, N))?;
         self.buf = rest;
         Ok(*head)
     }
@@ -612,17 +550,12 @@ impl<'a> Reader<'a> {
     }
 
     fn lsn(&mut self, field: &'static str) -> Result<Lsn, DecodeError> {
-        self.array(field)
-            .map(|b| Lsn::from_u64(u64::from_be_bytes(b)))
+        self.array(field).map(|b| Lsn::from_u64(u64::from_be_bytes(b)))
     }
 
     /// A non-negative count or length; negative is an error, not a wrap.
     fn non_negative(&self, value: i32, field: &'static str) -> Result<usize, DecodeError> {
-        usize::try_from(value).map_err(|_| DecodeError::NegativeLength {
-            within: self.within,
-            field,
-            value,
-        })
+        usize::try_from(value).map_err(|_| DecodeError::NegativeLength { within: self.within, field, value })
     }
 
     /// An Int16 count, as used for columns.
@@ -638,11 +571,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An Int32 length followed by that many bytes.
-    fn len_prefixed(
-        &mut self,
-        len_field: &'static str,
-        field: &'static str,
-    ) -> Result<&'a [u8], DecodeError> {
+    fn len_prefixed(&mut self, len_field: &'static str, field: &'static str) -> Result<&'a [u8], DecodeError> {
         let n = self.count32(len_field)?;
         self.take(n, field)
     }
@@ -652,9 +581,7 @@ impl<'a> Reader<'a> {
         let within = self.within;
         let mut parts = self.buf.splitn(2, |&b| b == 0);
         let text = parts.next().unwrap_or_default();
-        self.buf = parts
-            .next()
-            .ok_or(DecodeError::MissingNul { within, field })?;
+        self.buf = parts.next().ok_or(DecodeError::MissingNul { within, field })?;
         std::str::from_utf8(text).map_err(|_| DecodeError::InvalidUtf8 { within, field })
     }
 
@@ -677,13 +604,7 @@ impl<'a> Reader<'a> {
                 type_modifier: self.i32("column type modifier")?,
             });
         }
-        Ok(Relation {
-            oid,
-            namespace,
-            name,
-            replica_identity,
-            columns,
-        })
+        Ok(Relation { oid, namespace, name, replica_identity, columns })
     }
 
     fn truncate(&mut self) -> Result<Truncate, DecodeError> {
@@ -693,11 +614,7 @@ impl<'a> Reader<'a> {
         for _ in 0..n {
             relation_oids.push(self.u32("relation OID")?);
         }
-        Ok(Truncate {
-            cascade: options & TRUNCATE_CASCADE != 0,
-            restart_identity: options & TRUNCATE_RESTART_IDENTITY != 0,
-            relation_oids,
-        })
+        Ok(Truncate { cascade: options & TRUNCATE_CASCADE != 0, restart_identity: options & TRUNCATE_RESTART_IDENTITY != 0, relation_oids })
     }
 
     /// TupleData: an Int16 column count, then one value per column.
@@ -715,28 +632,14 @@ impl<'a> Reader<'a> {
         match self.u8("column value kind")? {
             b'n' => Ok(Value::Null),
             b'u' => Ok(Value::UnchangedToast),
-            b't' => self
-                .len_prefixed("column value length", "column value")
-                .map(Value::Text),
-            b'b' => self
-                .len_prefixed("column value length", "column value")
-                .map(Value::Binary),
-            found => Err(DecodeError::UnknownTupleKind {
-                within: self.within,
-                found,
-            }),
+            b't' => self.len_prefixed("column value length", "column value").map(Value::Text),
+            b'b' => self.len_prefixed("column value length", "column value").map(Value::Binary),
+            found => Err(DecodeError::UnknownTupleKind { within: self.within, found }),
         }
     }
 
     fn finish(self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes {
-                within: self.within,
-                extra: self.buf.len(),
-            })
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes { within: self.within, extra: self.buf.len() }) }
     }
 }
 
@@ -827,11 +730,7 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
         }
         Message::LogicalMessage(m) => {
             out.push(b'M');
-            out.push(if m.transactional {
-                LOGICAL_MESSAGE_TRANSACTIONAL
-            } else {
-                0
-            });
+            out.push(if m.transactional { LOGICAL_MESSAGE_TRANSACTIONAL } else { 0 });
             put_lsn(out, m.lsn);
             put_str(out, m.prefix);
             put_len32(out, m.content.len());
@@ -845,23 +744,14 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
 #[cfg(any(test, feature = "test-utils"))]
 pub fn encode_frame(frame: &Frame<'_>, out: &mut Vec<u8>) {
     match frame {
-        Frame::XLogData {
-            wal_start,
-            wal_end,
-            server_time_micros,
-            data,
-        } => {
+        Frame::XLogData { wal_start, wal_end, server_time_micros, data } => {
             out.push(b'w');
             put_lsn(out, *wal_start);
             put_lsn(out, *wal_end);
             out.extend_from_slice(&server_time_micros.to_be_bytes());
             out.extend_from_slice(data);
         }
-        Frame::Keepalive {
-            wal_end,
-            server_time_micros,
-            reply_requested,
-        } => {
+        Frame::Keepalive { wal_end, server_time_micros, reply_requested } => {
             out.push(b'k');
             put_lsn(out, *wal_end);
             out.extend_from_slice(&server_time_micros.to_be_bytes());
@@ -877,10 +767,7 @@ fn put_lsn(out: &mut Vec<u8>, lsn: Lsn) {
 
 #[cfg(any(test, feature = "test-utils"))]
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    assert!(
-        !s.contains('\0'),
-        "pgoutput strings are NUL-terminated and cannot contain NUL: {s:?}"
-    );
+    assert!(!s.contains('\0'), "pgoutput strings are NUL-terminated and cannot contain NUL: {s:?}");
     out.extend_from_slice(s.as_bytes());
     out.push(0);
 }
@@ -1006,9 +893,7 @@ mod tests {
             0x00, 0x02, 0xD0, 0x3A, 0x6C, 0x5D, 0x31, 0x80, // commit time
             0x00, 0x00, 0x02, 0xE6, // xid 742
         ];
-        let Message::Begin(b) = decode_exact(&bytes) else {
-            panic!("not a Begin")
-        };
+        let Message::Begin(b) = decode_exact(&bytes) else { panic!("not a Begin") };
         assert_eq!(b.final_lsn, lsn(1, 0x016B_3748));
         assert_eq!(b.final_lsn.to_string(), "1/16B3748");
         assert_eq!(b.commit_time_micros, 0x0002_D03A_6C5D_3180);
@@ -1017,16 +902,8 @@ mod tests {
 
     #[test]
     fn commit_decodes_field_by_field() {
-        let bytes = Wire::default()
-            .byte(b'C')
-            .byte(0)
-            .uint64(0x16B_3748)
-            .uint64(0x16B_3778)
-            .int64(-5)
-            .0;
-        let Message::Commit(c) = decode_exact(&bytes) else {
-            panic!("not a Commit")
-        };
+        let bytes = Wire::default().byte(b'C').byte(0).uint64(0x16B_3748).uint64(0x16B_3778).int64(-5).0;
+        let Message::Commit(c) = decode_exact(&bytes) else { panic!("not a Commit") };
         assert_eq!(c.flags, 0);
         assert_eq!(c.commit_lsn, lsn(0, 0x16B_3748));
         assert_eq!(c.end_lsn, lsn(0, 0x16B_3778));
@@ -1035,14 +912,8 @@ mod tests {
 
     #[test]
     fn origin_decodes_field_by_field() {
-        let bytes = Wire::default()
-            .byte(b'O')
-            .uint64(0xAB_0000_0001)
-            .string("pg_17")
-            .0;
-        let Message::Origin(o) = decode_exact(&bytes) else {
-            panic!("not an Origin")
-        };
+        let bytes = Wire::default().byte(b'O').uint64(0xAB_0000_0001).string("pg_17").0;
+        let Message::Origin(o) = decode_exact(&bytes) else { panic!("not an Origin") };
         assert_eq!(o.commit_lsn, lsn(0xAB, 1));
         assert_eq!(o.name, "pg_17");
     }
@@ -1069,9 +940,7 @@ mod tests {
             .uint32(25)
             .int32(-1)
             .0;
-        let Message::Relation(r) = decode_exact(&bytes) else {
-            panic!("not a Relation")
-        };
+        let Message::Relation(r) = decode_exact(&bytes) else { panic!("not a Relation") };
         assert_eq!(r.oid, 16_385);
         assert_eq!(r.namespace, "public");
         assert_eq!(r.name, "patients");
@@ -1079,24 +948,9 @@ mod tests {
         assert_eq!(
             r.columns,
             [
-                RelationColumn {
-                    is_key: true,
-                    name: "id".into(),
-                    type_oid: 2950,
-                    type_modifier: -1
-                },
-                RelationColumn {
-                    is_key: false,
-                    name: "name".into(),
-                    type_oid: 1043,
-                    type_modifier: 64
-                },
-                RelationColumn {
-                    is_key: false,
-                    name: "née".into(),
-                    type_oid: 25,
-                    type_modifier: -1
-                },
+                RelationColumn { is_key: true, name: "id".into(), type_oid: 2950, type_modifier: -1 },
+                RelationColumn { is_key: false, name: "name".into(), type_oid: 1043, type_modifier: 64 },
+                RelationColumn { is_key: false, name: "née".into(), type_oid: 25, type_modifier: -1 },
             ]
         );
     }
@@ -1118,45 +972,20 @@ mod tests {
                 .int32(-1)
         };
         let before = visits_with_columns(1);
-        let after = visits_with_columns(2)
-            .byte(0)
-            .string("notes")
-            .uint32(25)
-            .int32(-1);
-        let Message::Relation(old) = decode_exact(&before.0) else {
-            panic!()
-        };
-        let Message::Relation(new) = decode_exact(&after.0) else {
-            panic!()
-        };
+        let after = visits_with_columns(2).byte(0).string("notes").uint32(25).int32(-1);
+        let Message::Relation(old) = decode_exact(&before.0) else { panic!() };
+        let Message::Relation(new) = decode_exact(&after.0) else { panic!() };
         assert_eq!(old.replica_identity, ReplicaIdentity::Full);
         assert_eq!(old.columns.len(), 1);
         assert_eq!(new.columns.len(), 2);
         assert_eq!(new.columns[..1], old.columns[..]);
-        assert_eq!(
-            new.columns[1],
-            RelationColumn {
-                is_key: false,
-                name: "notes".into(),
-                type_oid: 25,
-                type_modifier: -1
-            }
-        );
+        assert_eq!(new.columns[1], RelationColumn { is_key: false, name: "notes".into(), type_oid: 25, type_modifier: -1 });
     }
 
     #[test]
     fn relation_with_unknown_replica_identity_keeps_the_byte() {
-        let bytes = Wire::default()
-            .byte(b'R')
-            .uint32(1)
-            .string("")
-            .string("t")
-            .byte(b'x')
-            .int16(0)
-            .0;
-        let Message::Relation(r) = decode_exact(&bytes) else {
-            panic!()
-        };
+        let bytes = Wire::default().byte(b'R').uint32(1).string("").string("t").byte(b'x').int16(0).0;
+        let Message::Relation(r) = decode_exact(&bytes) else { panic!() };
         assert_eq!(r.namespace, "", "pg_catalog is sent as an empty namespace");
         assert_eq!(r.replica_identity, ReplicaIdentity::Unknown(b'x'));
         assert!(r.columns.is_empty());
@@ -1166,116 +995,45 @@ mod tests {
             (b'd', ReplicaIdentity::Default),
             (b'f', ReplicaIdentity::Full),
         ] {
-            let bytes = Wire::default()
-                .byte(b'R')
-                .uint32(1)
-                .string("")
-                .string("t")
-                .byte(byte)
-                .int16(0)
-                .0;
-            let Message::Relation(r) = decode_exact(&bytes) else {
-                panic!()
-            };
+            let bytes = Wire::default().byte(b'R').uint32(1).string("").string("t").byte(byte).int16(0).0;
+            let Message::Relation(r) = decode_exact(&bytes) else { panic!() };
             assert_eq!(r.replica_identity, identity);
         }
     }
 
     #[test]
     fn type_message_decodes_field_by_field() {
-        let bytes = Wire::default()
-            .byte(b'Y')
-            .uint32(16_400)
-            .string("clinic")
-            .string("visit_status")
-            .0;
-        let Message::Type(t) = decode_exact(&bytes) else {
-            panic!("not a Type")
-        };
-        assert_eq!(
-            t,
-            TypeMsg {
-                oid: 16_400,
-                namespace: "clinic".into(),
-                name: "visit_status".into()
-            }
-        );
+        let bytes = Wire::default().byte(b'Y').uint32(16_400).string("clinic").string("visit_status").0;
+        let Message::Type(t) = decode_exact(&bytes) else { panic!("not a Type") };
+        assert_eq!(t, TypeMsg { oid: 16_400, namespace: "clinic".into(), name: "visit_status".into() });
     }
 
     #[test]
     fn insert_with_null_text_and_unchanged_toast_values_decodes() {
-        let bytes = Wire::default()
-            .byte(b'I')
-            .uint32(16_385)
-            .byte(b'N')
-            .int16(4)
-            .text("42")
-            .byte(b'n')
-            .byte(b'u')
-            .text("")
-            .0;
-        let Message::Insert(i) = decode_exact(&bytes) else {
-            panic!("not an Insert")
-        };
+        let bytes = Wire::default().byte(b'I').uint32(16_385).byte(b'N').int16(4).text("42").byte(b'n').byte(b'u').text("").0;
+        let Message::Insert(i) = decode_exact(&bytes) else { panic!("not an Insert") };
         assert_eq!(i.relation_oid, 16_385);
-        assert_eq!(
-            i.new.columns,
-            [
-                Value::Text(b"42"),
-                Value::Null,
-                Value::UnchangedToast,
-                Value::Text(b"")
-            ]
-        );
+        assert_eq!(i.new.columns, [Value::Text(b"42"), Value::Null, Value::UnchangedToast, Value::Text(b"")]);
     }
 
     #[test]
     fn binary_values_decode_without_interpretation() {
-        let bytes = Wire::default()
-            .byte(b'I')
-            .uint32(7)
-            .byte(b'N')
-            .int16(1)
-            .byte(b'b')
-            .int32(4)
-            .raw(&[0, 0, 0, 42])
-            .0;
-        let Message::Insert(i) = decode_exact(&bytes) else {
-            panic!()
-        };
+        let bytes = Wire::default().byte(b'I').uint32(7).byte(b'N').int16(1).byte(b'b').int32(4).raw(&[0, 0, 0, 42]).0;
+        let Message::Insert(i) = decode_exact(&bytes) else { panic!() };
         assert_eq!(i.new.columns, [Value::Binary(&[0, 0, 0, 42])]);
     }
 
     #[test]
     fn text_values_are_not_required_to_be_utf8() {
-        let bytes = Wire::default()
-            .byte(b'I')
-            .uint32(7)
-            .byte(b'N')
-            .int16(1)
-            .byte(b't')
-            .int32(1)
-            .byte(0xE9)
-            .0;
-        let Message::Insert(i) = decode_exact(&bytes) else {
-            panic!()
-        };
+        let bytes = Wire::default().byte(b'I').uint32(7).byte(b'N').int16(1).byte(b't').int32(1).byte(0xE9).0;
+        let Message::Insert(i) = decode_exact(&bytes) else { panic!() };
         assert_eq!(i.new.columns, [Value::Text(&[0xE9])]);
     }
 
     #[test]
     fn update_without_old_tuple_decodes() {
-        let bytes = Wire::default()
-            .byte(b'U')
-            .uint32(9)
-            .byte(b'N')
-            .int16(2)
-            .text("1")
-            .text("b")
-            .0;
-        let Message::Update(u) = decode_exact(&bytes) else {
-            panic!("not an Update")
-        };
+        let bytes = Wire::default().byte(b'U').uint32(9).byte(b'N').int16(2).text("1").text("b").0;
+        let Message::Update(u) = decode_exact(&bytes) else { panic!("not an Update") };
         assert_eq!(u.relation_oid, 9);
         assert_eq!(u.old, None);
         assert_eq!(u.new.columns, [Value::Text(b"1"), Value::Text(b"b")]);
@@ -1283,21 +1041,9 @@ mod tests {
 
     #[test]
     fn update_of_the_key_carries_the_old_key() {
-        let bytes = Wire::default()
-            .byte(b'U')
-            .uint32(9)
-            .byte(b'K')
-            .int16(2)
-            .text("1")
-            .byte(b'n')
-            .byte(b'N')
-            .int16(2)
-            .text("2")
-            .byte(b'u')
-            .0;
-        let Message::Update(u) = decode_exact(&bytes) else {
-            panic!()
-        };
+        let bytes =
+            Wire::default().byte(b'U').uint32(9).byte(b'K').int16(2).text("1").byte(b'n').byte(b'N').int16(2).text("2").byte(b'u').0;
+        let Message::Update(u) = decode_exact(&bytes) else { panic!() };
         let old = u.old.expect("old key");
         assert!(matches!(old, OldTuple::Key(_)));
         assert_eq!(old.tuple().columns, [Value::Text(b"1"), Value::Null]);
@@ -1306,126 +1052,48 @@ mod tests {
 
     #[test]
     fn update_with_replica_identity_full_carries_the_old_row() {
-        let bytes = Wire::default()
-            .byte(b'U')
-            .uint32(9)
-            .byte(b'O')
-            .int16(1)
-            .text("old")
-            .byte(b'N')
-            .int16(1)
-            .text("new")
-            .0;
-        let Message::Update(u) = decode_exact(&bytes) else {
-            panic!()
-        };
-        assert_eq!(
-            u.old,
-            Some(OldTuple::Full(Tuple {
-                columns: vec![Value::Text(b"old")]
-            }))
-        );
-        assert_eq!(
-            u.new,
-            Tuple {
-                columns: vec![Value::Text(b"new")]
-            }
-        );
+        let bytes = Wire::default().byte(b'U').uint32(9).byte(b'O').int16(1).text("old").byte(b'N').int16(1).text("new").0;
+        let Message::Update(u) = decode_exact(&bytes) else { panic!() };
+        assert_eq!(u.old, Some(OldTuple::Full(Tuple { columns: vec![Value::Text(b"old")] })));
+        assert_eq!(u.new, Tuple { columns: vec![Value::Text(b"new")] });
     }
 
     #[test]
     fn delete_decodes_with_key_or_full_old_row() {
-        let key = Wire::default()
-            .byte(b'D')
-            .uint32(11)
-            .byte(b'K')
-            .int16(2)
-            .text("5")
-            .byte(b'n')
-            .0;
-        let Message::Delete(d) = decode_exact(&key) else {
-            panic!("not a Delete")
-        };
+        let key = Wire::default().byte(b'D').uint32(11).byte(b'K').int16(2).text("5").byte(b'n').0;
+        let Message::Delete(d) = decode_exact(&key) else { panic!("not a Delete") };
         assert_eq!(d.relation_oid, 11);
-        assert_eq!(
-            d.old,
-            OldTuple::Key(Tuple {
-                columns: vec![Value::Text(b"5"), Value::Null]
-            })
-        );
+        assert_eq!(d.old, OldTuple::Key(Tuple { columns: vec![Value::Text(b"5"), Value::Null] }));
 
-        let full = Wire::default()
-            .byte(b'D')
-            .uint32(11)
-            .byte(b'O')
-            .int16(1)
-            .text("5")
-            .0;
-        let Message::Delete(d) = decode_exact(&full) else {
-            panic!()
-        };
-        assert_eq!(
-            d.old,
-            OldTuple::Full(Tuple {
-                columns: vec![Value::Text(b"5")]
-            })
-        );
+        let full = Wire::default().byte(b'D').uint32(11).byte(b'O').int16(1).text("5").0;
+        let Message::Delete(d) = decode_exact(&full) else { panic!() };
+        assert_eq!(d.old, OldTuple::Full(Tuple { columns: vec![Value::Text(b"5")] }));
     }
 
     #[test]
     fn truncate_decodes_options_and_relations() {
-        let bytes = Wire::default()
-            .byte(b'T')
-            .int32(2)
-            .byte(1 | 2)
-            .uint32(16_385)
-            .uint32(16_390)
-            .0;
-        let Message::Truncate(t) = decode_exact(&bytes) else {
-            panic!("not a Truncate")
-        };
+        let bytes = Wire::default().byte(b'T').int32(2).byte(1 | 2).uint32(16_385).uint32(16_390).0;
+        let Message::Truncate(t) = decode_exact(&bytes) else { panic!("not a Truncate") };
         assert!(t.cascade);
         assert!(t.restart_identity);
         assert_eq!(t.relation_oids, [16_385, 16_390]);
 
         let bytes = Wire::default().byte(b'T').int32(1).byte(2).uint32(5).0;
-        let Message::Truncate(t) = decode_exact(&bytes) else {
-            panic!()
-        };
-        assert_eq!(
-            (t.cascade, t.restart_identity, t.relation_oids),
-            (false, true, vec![5])
-        );
+        let Message::Truncate(t) = decode_exact(&bytes) else { panic!() };
+        assert_eq!((t.cascade, t.restart_identity, t.relation_oids), (false, true, vec![5]));
     }
 
     #[test]
     fn logical_message_decodes_field_by_field() {
-        let bytes = Wire::default()
-            .byte(b'M')
-            .byte(1)
-            .uint64(0x16B_3748)
-            .string("centrovision")
-            .int32(3)
-            .raw(b"hi\0")
-            .0;
-        let Message::LogicalMessage(m) = decode_exact(&bytes) else {
-            panic!("not a Message")
-        };
+        let bytes = Wire::default().byte(b'M').byte(1).uint64(0x16B_3748).string("centrovision").int32(3).raw(b"hi\0").0;
+        let Message::LogicalMessage(m) = decode_exact(&bytes) else { panic!("not a Message") };
         assert!(m.transactional);
         assert_eq!(m.lsn, lsn(0, 0x16B_3748));
         assert_eq!(m.prefix, "centrovision");
         assert_eq!(m.content, b"hi\0");
 
-        let bytes = Wire::default()
-            .byte(b'M')
-            .byte(0)
-            .uint64(1)
-            .string("p")
-            .int32(0)
-            .0;
-        let Message::LogicalMessage(m) = decode_exact(&bytes) else {
-            panic!()
-        };
+        let bytes = Wire::default().byte(b'M').byte(0).uint64(1).string("p").int32(0).0;
+        let Message::LogicalMessage(m) = decode_exact(&bytes) else { panic!() };
         assert!(!m.transactional);
         assert_eq!(m.content, b"");
     }
@@ -1439,18 +1107,8 @@ mod tests {
     #[test]
     fn truncated_begin_is_an_error_not_a_panic() {
         let err = decode(b"B").unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::Truncated {
-                within: MessageKind::Begin,
-                field: "final LSN",
-                needed: 8
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "Truncated pgoutput message: needed 8 more bytes for the final LSN of a Begin message"
-        );
+        assert_eq!(err, DecodeError::Truncated { within: MessageKind::Begin, field: "final LSN", needed: 8 });
+        assert_eq!(err.to_string(), "Truncated pgoutput message: needed 8 more bytes for the final LSN of a Begin message");
         let bytes = Wire::default().byte(b'B').uint64(1).int64(2).byte(0).0;
         assert_eq!(
             decode(&bytes).unwrap_err().to_string(),
@@ -1460,23 +1118,10 @@ mod tests {
 
     #[test]
     fn every_strict_prefix_of_a_message_is_an_error() {
-        let bytes = Wire::default()
-            .byte(b'U')
-            .uint32(9)
-            .byte(b'K')
-            .int16(1)
-            .text("1")
-            .byte(b'N')
-            .int16(2)
-            .text("two")
-            .byte(b'n')
-            .0;
+        let bytes = Wire::default().byte(b'U').uint32(9).byte(b'K').int16(1).text("1").byte(b'N').int16(2).text("two").byte(b'n').0;
         assert!(decode(&bytes).is_ok());
         for end in 0..bytes.len() {
-            assert!(
-                decode(&bytes[..end]).is_err(),
-                "prefix of {end} bytes decoded"
-            );
+            assert!(decode(&bytes[..end]).is_err(), "prefix of {end} bytes decoded");
         }
     }
 
@@ -1490,15 +1135,8 @@ mod tests {
     fn streaming_messages_are_unknown_in_protocol_version_1() {
         let err = decode(b"S\0\0\0\x01\x01").unwrap_err();
         assert_eq!(err, DecodeError::UnknownMessageType(b'S'));
-        assert!(
-            err.to_string()
-                .starts_with("Unknown pgoutput message type 0x53 ('S')"),
-            "{err}"
-        );
-        assert_eq!(
-            decode(b"w").unwrap_err(),
-            DecodeError::UnknownMessageType(b'w')
-        );
+        assert!(err.to_string().starts_with("Unknown pgoutput message type 0x53 ('S')"), "{err}");
+        assert_eq!(decode(b"w").unwrap_err(), DecodeError::UnknownMessageType(b'w'));
         assert_eq!(
             decode(&[0]).unwrap_err().to_string(),
             "Unknown pgoutput message type 0x00: only protocol version 1 messages \
@@ -1508,276 +1146,103 @@ mod tests {
 
     #[test]
     fn trailing_bytes_after_a_complete_commit_are_an_error() {
-        let bytes = Wire::default()
-            .byte(b'C')
-            .byte(0)
-            .uint64(1)
-            .uint64(2)
-            .int64(3)
-            .byte(0)
-            .0;
+        let bytes = Wire::default().byte(b'C').byte(0).uint64(1).uint64(2).int64(3).byte(0).0;
         let err = decode(&bytes).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::TrailingBytes {
-                within: MessageKind::Commit,
-                extra: 1
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "Trailing bytes after the last field of a Commit message: 1 byte left over"
-        );
+        assert_eq!(err, DecodeError::TrailingBytes { within: MessageKind::Commit, extra: 1 });
+        assert_eq!(err.to_string(), "Trailing bytes after the last field of a Commit message: 1 byte left over");
     }
 
     #[test]
     fn negative_value_length_is_an_error() {
-        let bytes = Wire::default()
-            .byte(b'I')
-            .uint32(1)
-            .byte(b'N')
-            .int16(1)
-            .byte(b't')
-            .int32(-1)
-            .0;
+        let bytes = Wire::default().byte(b'I').uint32(1).byte(b'N').int16(1).byte(b't').int32(-1).0;
         let err = decode(&bytes).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::NegativeLength {
-                within: MessageKind::Insert,
-                field: "column value length",
-                value: -1
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "The column value length of an Insert message is negative (-1)"
-        );
+        assert_eq!(err, DecodeError::NegativeLength { within: MessageKind::Insert, field: "column value length", value: -1 });
+        assert_eq!(err.to_string(), "The column value length of an Insert message is negative (-1)");
     }
 
     #[test]
     fn oversized_value_length_is_a_truncation_not_an_allocation() {
-        let bytes = Wire::default()
-            .byte(b'I')
-            .uint32(1)
-            .byte(b'N')
-            .int16(1)
-            .byte(b't')
-            .int32(i32::MAX)
-            .raw(b"ab")
-            .0;
+        let bytes = Wire::default().byte(b'I').uint32(1).byte(b'N').int16(1).byte(b't').int32(i32::MAX).raw(b"ab").0;
         assert_eq!(
             decode(&bytes).unwrap_err(),
-            DecodeError::Truncated {
-                within: MessageKind::Insert,
-                field: "column value",
-                needed: usize::try_from(i32::MAX).unwrap() - 2
-            }
+            DecodeError::Truncated { within: MessageKind::Insert, field: "column value", needed: usize::try_from(i32::MAX).unwrap() - 2 }
         );
     }
 
     #[test]
     fn oversized_counts_with_little_input_are_truncations() {
-        let tuple = Wire::default()
-            .byte(b'D')
-            .uint32(1)
-            .byte(b'K')
-            .int16(i16::MAX)
-            .byte(b'n')
-            .0;
+        let tuple = Wire::default().byte(b'D').uint32(1).byte(b'K').int16(i16::MAX).byte(b'n').0;
         assert!(matches!(
             decode(&tuple),
-            Err(DecodeError::Truncated {
-                within: MessageKind::Delete,
-                field: "column value kind",
-                needed: 1
-            })
+            Err(DecodeError::Truncated { within: MessageKind::Delete, field: "column value kind", needed: 1 })
         ));
-        let relation = Wire::default()
-            .byte(b'R')
-            .uint32(1)
-            .string("s")
-            .string("t")
-            .byte(b'd')
-            .int16(i16::MAX)
-            .0;
-        assert!(matches!(
-            decode(&relation),
-            Err(DecodeError::Truncated {
-                within: MessageKind::Relation,
-                field: "column flags",
-                ..
-            })
-        ));
-        let truncate = Wire::default()
-            .byte(b'T')
-            .int32(i32::MAX)
-            .byte(0)
-            .uint32(1)
-            .0;
+        let relation = Wire::default().byte(b'R').uint32(1).string("s").string("t").byte(b'd').int16(i16::MAX).0;
+        assert!(matches!(decode(&relation), Err(DecodeError::Truncated { within: MessageKind::Relation, field: "column flags", .. })));
+        let truncate = Wire::default().byte(b'T').int32(i32::MAX).byte(0).uint32(1).0;
         assert!(matches!(
             decode(&truncate),
-            Err(DecodeError::Truncated {
-                within: MessageKind::Truncate,
-                field: "relation OID",
-                needed: 4
-            })
+            Err(DecodeError::Truncated { within: MessageKind::Truncate, field: "relation OID", needed: 4 })
         ));
     }
 
     #[test]
     fn negative_counts_are_errors() {
         let tuple = Wire::default().byte(b'I').uint32(1).byte(b'N').int16(-1).0;
-        assert!(matches!(
-            decode(&tuple),
-            Err(DecodeError::NegativeLength {
-                field: "column count",
-                value: -1,
-                ..
-            })
-        ));
+        assert!(matches!(decode(&tuple), Err(DecodeError::NegativeLength { field: "column count", value: -1, .. })));
         let truncate = Wire::default().byte(b'T').int32(i32::MIN).byte(0).0;
-        assert!(matches!(
-            decode(&truncate),
-            Err(DecodeError::NegativeLength {
-                field: "relation count",
-                value: i32::MIN,
-                ..
-            })
-        ));
+        assert!(matches!(decode(&truncate), Err(DecodeError::NegativeLength { field: "relation count", value: i32::MIN, .. })));
     }
 
     #[test]
     fn relation_name_that_is_not_utf8_is_an_error() {
-        let bytes = Wire::default()
-            .byte(b'R')
-            .uint32(1)
-            .string("public")
-            .raw(b"p\xE9\0")
-            .byte(b'd')
-            .int16(0)
-            .0;
+        let bytes = Wire::default().byte(b'R').uint32(1).string("public").raw(b"p\xE9\0").byte(b'd').int16(0).0;
         let err = decode(&bytes).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::InvalidUtf8 {
-                within: MessageKind::Relation,
-                field: "relation name"
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "The relation name of a Relation message is not valid UTF-8"
-        );
+        assert_eq!(err, DecodeError::InvalidUtf8 { within: MessageKind::Relation, field: "relation name" });
+        assert_eq!(err.to_string(), "The relation name of a Relation message is not valid UTF-8");
     }
 
     #[test]
     fn string_without_nul_is_an_error() {
         let bytes = Wire::default().byte(b'O').uint64(1).raw(b"no terminator").0;
         let err = decode(&bytes).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::MissingNul {
-                within: MessageKind::Origin,
-                field: "origin name"
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "The origin name of an Origin message has no terminating NUL byte"
-        );
+        assert_eq!(err, DecodeError::MissingNul { within: MessageKind::Origin, field: "origin name" });
+        assert_eq!(err.to_string(), "The origin name of an Origin message has no terminating NUL byte");
     }
 
     #[test]
     fn unknown_tuple_value_kind_is_an_error() {
-        let bytes = Wire::default()
-            .byte(b'I')
-            .uint32(1)
-            .byte(b'N')
-            .int16(1)
-            .byte(b'x')
-            .0;
+        let bytes = Wire::default().byte(b'I').uint32(1).byte(b'N').int16(1).byte(b'x').0;
         let err = decode(&bytes).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::UnknownTupleKind {
-                within: MessageKind::Insert,
-                found: b'x'
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "Unknown tuple value kind 0x78 ('x') in an Insert message: expected n, u, t or b"
-        );
+        assert_eq!(err, DecodeError::UnknownTupleKind { within: MessageKind::Insert, found: b'x' });
+        assert_eq!(err.to_string(), "Unknown tuple value kind 0x78 ('x') in an Insert message: expected n, u, t or b");
     }
 
     #[test]
     fn wrong_tuple_markers_are_errors() {
         let insert = Wire::default().byte(b'I').uint32(1).byte(b'K').int16(0).0;
-        assert!(matches!(
-            decode(&insert),
-            Err(DecodeError::UnexpectedTupleMarker {
-                within: MessageKind::Insert,
-                found: b'K',
-                ..
-            })
-        ));
-        let update = Wire::default()
-            .byte(b'U')
-            .uint32(1)
-            .byte(b'K')
-            .int16(0)
-            .byte(b'O')
-            .int16(0)
-            .0;
+        assert!(matches!(decode(&insert), Err(DecodeError::UnexpectedTupleMarker { within: MessageKind::Insert, found: b'K', .. })));
+        let update = Wire::default().byte(b'U').uint32(1).byte(b'K').int16(0).byte(b'O').int16(0).0;
         assert!(matches!(
             decode(&update),
-            Err(DecodeError::UnexpectedTupleMarker {
-                within: MessageKind::Update,
-                found: b'O',
-                expected: "N (new tuple)"
-            })
+            Err(DecodeError::UnexpectedTupleMarker { within: MessageKind::Update, found: b'O', expected: "N (new tuple)" })
         ));
         let update = Wire::default().byte(b'U').uint32(1).byte(b'X').0;
-        assert!(matches!(
-            decode(&update),
-            Err(DecodeError::UnexpectedTupleMarker {
-                within: MessageKind::Update,
-                found: b'X',
-                ..
-            })
-        ));
+        assert!(matches!(decode(&update), Err(DecodeError::UnexpectedTupleMarker { within: MessageKind::Update, found: b'X', .. })));
         let delete = Wire::default().byte(b'D').uint32(1).byte(b'N').int16(0).0;
         let err = decode(&delete).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "Unexpected tuple marker 0x4E ('N') in a Delete message: expected K (old key) or O (old tuple)"
-        );
+        assert_eq!(err.to_string(), "Unexpected tuple marker 0x4E ('N') in a Delete message: expected K (old key) or O (old tuple)");
     }
 
     #[test]
     fn xlogdata_frame_decodes_and_its_data_decodes_as_a_message() {
         let message = Wire::default().byte(b'T').int32(0).byte(0).0;
-        let bytes = Wire::default()
-            .byte(b'w')
-            .uint64(0x16B_3748)
-            .uint64(0x16B_3800)
-            .int64(789)
-            .raw(&message)
-            .0;
+        let bytes = Wire::default().byte(b'w').uint64(0x16B_3748).uint64(0x16B_3800).int64(789).raw(&message).0;
         let frame = decode_frame(&bytes).unwrap();
         assert_eq!(
             frame,
-            Frame::XLogData {
-                wal_start: lsn(0, 0x16B_3748),
-                wal_end: lsn(0, 0x16B_3800),
-                server_time_micros: 789,
-                data: &message,
-            }
+            Frame::XLogData { wal_start: lsn(0, 0x16B_3748), wal_end: lsn(0, 0x16B_3800), server_time_micros: 789, data: &message }
         );
-        let Frame::XLogData { data, .. } = frame else {
-            panic!()
-        };
+        let Frame::XLogData { data, .. } = frame else { panic!() };
         assert_eq!(decode(data).unwrap().kind(), MessageKind::Truncate);
         let mut out = Vec::new();
         encode_frame(&frame, &mut out);
@@ -1786,66 +1251,30 @@ mod tests {
 
     #[test]
     fn keepalive_frame_decodes_field_by_field() {
-        let bytes = Wire::default()
-            .byte(b'k')
-            .uint64(0x2_0000_0010)
-            .int64(-1)
-            .byte(1)
-            .0;
+        let bytes = Wire::default().byte(b'k').uint64(0x2_0000_0010).int64(-1).byte(1).0;
         let frame = decode_frame(&bytes).unwrap();
-        assert_eq!(
-            frame,
-            Frame::Keepalive {
-                wal_end: lsn(2, 0x10),
-                server_time_micros: -1,
-                reply_requested: true
-            }
-        );
+        assert_eq!(frame, Frame::Keepalive { wal_end: lsn(2, 0x10), server_time_micros: -1, reply_requested: true });
         let mut out = Vec::new();
         encode_frame(&frame, &mut out);
         assert_eq!(out, bytes);
 
         let quiet = Wire::default().byte(b'k').uint64(0).int64(0).byte(0).0;
-        assert!(matches!(
-            decode_frame(&quiet),
-            Ok(Frame::Keepalive {
-                reply_requested: false,
-                ..
-            })
-        ));
+        assert!(matches!(decode_frame(&quiet), Ok(Frame::Keepalive { reply_requested: false, .. })));
     }
 
     #[test]
     fn malformed_frames_are_errors() {
-        let long = Wire::default()
-            .byte(b'k')
-            .uint64(0)
-            .int64(0)
-            .byte(0)
-            .byte(0)
-            .0;
-        assert_eq!(
-            decode_frame(&long),
-            Err(DecodeError::TrailingBytes {
-                within: MessageKind::Keepalive,
-                extra: 1
-            })
-        );
+        let long = Wire::default().byte(b'k').uint64(0).int64(0).byte(0).byte(0).0;
+        assert_eq!(decode_frame(&long), Err(DecodeError::TrailingBytes { within: MessageKind::Keepalive, extra: 1 }));
         let err = decode_frame(b"w\0\0").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "Truncated replication frame: needed 6 more bytes for the WAL start of an XLogData frame"
-        );
+        assert_eq!(err.to_string(), "Truncated replication frame: needed 6 more bytes for the WAL start of an XLogData frame");
         assert_eq!(decode_frame(b"r"), Err(DecodeError::UnknownFrameType(b'r')));
     }
 
     #[test]
     #[should_panic(expected = "cannot contain NUL")]
     fn encoding_a_string_with_nul_panics_rather_than_writing_a_different_message() {
-        let msg = Message::Origin(Origin {
-            commit_lsn: Lsn::ZERO,
-            name: "a\0b".into(),
-        });
+        let msg = Message::Origin(Origin { commit_lsn: Lsn::ZERO, name: "a\0b".into() });
         encoded(&msg);
     }
 }

@@ -119,10 +119,12 @@ pub(crate) fn build(rows: &[Queued], schema: Option<&str>) -> Result<Built> {
         let row: Option<&RawValue> = match (&slot.merged, q.op) {
             (Some(m), _) => Some(m),
             (None, Operation::Insert | Operation::Update) => {
-                let data = q.data.as_deref().ok_or_else(|| SyncError::new(ErrorKind::Decode, format!("journal row {} has no data", q.id)))?;
-                parsed.push(RawValue::from_string(data.to_string()).map_err(|e| {
-                    SyncError::new(ErrorKind::Decode, format!("journal row {} holds invalid JSON: {e}", q.id))
-                })?);
+                let data =
+                    q.data.as_deref().ok_or_else(|| SyncError::new(ErrorKind::Decode, format!("journal row {} has no data", q.id)))?;
+                parsed.push(
+                    RawValue::from_string(data.to_string())
+                        .map_err(|e| SyncError::new(ErrorKind::Decode, format!("journal row {} holds invalid JSON: {e}", q.id)))?,
+                );
                 parsed.last().map(|b| &**b)
             }
             _ => None,

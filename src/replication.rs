@@ -139,13 +139,8 @@ pub async fn capture(
     client.wait_started().await.map_err(wire_error)?;
     tracing::info!(slot = %cfg.sync.slot_name, journaled = %journaled_lsn, "capture started");
 
-    let mut dec = Decoder {
-        tables,
-        schema: &cfg.local_postgres.schema,
-        origin: &cfg.sync.origin_name,
-        relations: HashMap::new(),
-        txn: None,
-    };
+    let mut dec =
+        Decoder { tables, schema: &cfg.local_postgres.schema, origin: &cfg.sync.origin_name, relations: HashMap::new(), txn: None };
     let mut report = CaptureReport::default();
     // Commits received but not yet journaled durably.
     let mut pending: Option<(Lsn, Lsn)> = None; // (last commit lsn, last end lsn)
@@ -173,19 +168,13 @@ pub async fn capture(
             match event {
                 ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                     let final_lsn = Lsn::from(final_lsn);
-                    dec.txn = Some(Txn {
-                        final_lsn,
-                        commit_time_micros,
-                        xid,
-                        skip: final_lsn <= journaled_lsn,
-                        echo: false,
-                        ordinal: 0,
-                    });
+                    dec.txn = Some(Txn { final_lsn, commit_time_micros, xid, skip: final_lsn <= journaled_lsn, echo: false, ordinal: 0 });
                 }
                 ReplicationEvent::XLogData { data, .. } => {
                     let msg = pgoutput::decode(&data).map_err(|e| {
-                        SyncError::new(ErrorKind::Decode, format!("cannot decode a pgoutput message: {e}"))
-                            .with_hint("this is a bug or an unsupported server version; the slot has not advanced past it, so nothing is lost")
+                        SyncError::new(ErrorKind::Decode, format!("cannot decode a pgoutput message: {e}")).with_hint(
+                            "this is a bug or an unsupported server version; the slot has not advanced past it, so nothing is lost",
+                        )
                     })?;
                     dec.handle(msg, &mut writer, &mut report).await?;
                 }
@@ -306,17 +295,15 @@ impl Decoder<'_> {
                     .map(|c| RelColumn { name: c.name.clone(), json: c.type_oid == JSON_OID || c.type_oid == JSONB_OID })
                     .collect();
                 let pk = tables.get(&r.name).and_then(|t| t.pk()).map(|c| c.name.clone());
-                let key = pk
-                    .and_then(|pk| columns.iter().position(|c| c.name == pk))
-                    .or_else(|| r.columns.iter().position(|c| c.is_key));
+                let key = pk.and_then(|pk| columns.iter().position(|c| c.name == pk)).or_else(|| r.columns.iter().position(|c| c.is_key));
                 relations.insert(r.oid, Relation { name: r.name, synced, columns, key });
             }
             Message::Origin(o) => {
-                if let Some(t) = txn.as_mut() {
-                    if o.name == *origin {
-                        t.skip = true;
-                        t.echo = true;
-                    }
+                if let Some(t) = txn.as_mut()
+                    && o.name == *origin
+                {
+                    t.skip = true;
+                    t.echo = true;
                 }
             }
             Message::Insert(i) => {
@@ -405,16 +392,11 @@ fn change_context<'a>(
     Ok((Some(t), Some(rel)))
 }
 
-async fn write_change(
-    writer: &mut Writer,
-    mut change: Change,
-    tables: &BTreeMap<String, Table>,
-    report: &mut CaptureReport,
-) -> Result<()> {
-    if !change.unchanged.is_empty() {
-        if let Some(t) = tables.get(&change.table) {
-            writer.fill_unchanged(&mut change, t).await?;
-        }
+async fn write_change(writer: &mut Writer, mut change: Change, tables: &BTreeMap<String, Table>, report: &mut CaptureReport) -> Result<()> {
+    if !change.unchanged.is_empty()
+        && let Some(t) = tables.get(&change.table)
+    {
+        writer.fill_unchanged(&mut change, t).await?;
     }
     report.changes += 1;
     writer.append(change).await
@@ -437,10 +419,7 @@ fn image(t: &mut Txn, rel: &Relation, op: Operation, tuple: &Tuple<'_>, old_full
     let mut first = true;
     for (n, v) in tuple.columns.iter().enumerate() {
         let Some(col) = rel.columns.get(n) else {
-            return Err(SyncError::new(ErrorKind::Decode, format!(
-                "tuple for {} has more columns than its relation message",
-                rel.name
-            )));
+            return Err(SyncError::new(ErrorKind::Decode, format!("tuple for {} has more columns than its relation message", rel.name)));
         };
         let v = match v {
             Value::UnchangedToast => match old_full.and_then(|o| o.columns.get(n)) {
@@ -544,10 +523,7 @@ async fn confirm_released(cfg: &Config, lsn: Lsn) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let row = local
-            .query_opt(
-                "SELECT active, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
-                &[&cfg.sync.slot_name],
-            )
+            .query_opt("SELECT active, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.sync.slot_name])
             .await
             .map_err(|e| SyncError::from_pg(crate::error::LOCAL, &e))?;
         let Some(row) = row else { return Ok(()) };

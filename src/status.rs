@@ -147,7 +147,8 @@ pub fn render(cfg: &Config, st: &Status) -> String {
             "journal: {} pending, {} parked, oldest pending {}",
             st.backlog,
             st.parked,
-            st.oldest_pending_seconds.map_or("-".to_string(), |s| crate::connectivity::human(std::time::Duration::from_secs_f64(s.max(0.0))) + " ago")
+            st.oldest_pending_seconds
+                .map_or("-".to_string(), |s| crate::connectivity::human(std::time::Duration::from_secs_f64(s.max(0.0))) + " ago")
         ),
     );
     match &st.slot {
@@ -171,12 +172,21 @@ pub fn render(cfg: &Config, st: &Status) -> String {
         None => w(&mut o, "upstream: unknown (the service has not run yet)".into()),
     }
     if let Some(l) = &st.journaled_lsn {
-        w(&mut o, format!("journaled through LSN {l}; replayable from {} (note these before restoring upstream)", st.oldest_replayable_lsn.as_deref().unwrap_or("-")));
+        w(
+            &mut o,
+            format!(
+                "journaled through LSN {l}; replayable from {} (note these before restoring upstream)",
+                st.oldest_replayable_lsn.as_deref().unwrap_or("-")
+            ),
+        );
     }
     if !st.alerts.is_empty() {
         w(&mut o, format!("ALERTS: {}", st.alerts.join("; ")));
     }
-    let in_sync = st.backlog == 0 && st.parked == 0 && st.alerts.is_empty() && st.slot.as_ref().is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
+    let in_sync = st.backlog == 0
+        && st.parked == 0
+        && st.alerts.is_empty()
+        && st.slot.as_ref().is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
     w(&mut o, if in_sync { "in sync: yes".into() } else { "in sync: NO (see above)".to_string() });
     o
 }

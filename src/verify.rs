@@ -121,8 +121,14 @@ pub async fn compare<U: Upstream>(cfg: &Config, local: &Client, up: &U, table: &
         cols = used;
         parse(
             "upstream bucket hashes",
-            &up.bucket_hashes(&HashRequest { schema: &cfg.supabase.schema, table: &table.name, key_column: &pk.name, cols: &cols, buckets })
-                .await?,
+            &up.bucket_hashes(&HashRequest {
+                schema: &cfg.supabase.schema,
+                table: &table.name,
+                key_column: &pk.name,
+                cols: &cols,
+                buckets,
+            })
+            .await?,
         )?
     } else {
         up_v
@@ -228,8 +234,7 @@ impl<U: Upstream> Repairer<'_, U> {
             match tomb {
                 Some(ts) => delete_up.push((id.clone(), ts)),
                 None if passed => {
-                    let now: String =
-                        local.query_one("SELECT now()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
+                    let now: String = local.query_one("SELECT now()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
                     delete_up.push((id.clone(), now));
                 }
                 None => pull_ids.push(id.clone()),
@@ -239,8 +244,7 @@ impl<U: Upstream> Repairer<'_, U> {
         // Up: local images (shared columns only) and tombstones, through the
         // same last-write-wins apply as the pusher.
         // Columns upstream lacks stay out of the images (apply would reject them).
-        let only_local_cols: Vec<String> =
-            table.columns.iter().map(|c| c.name.clone()).filter(|c| !diff.shared.contains(c)).collect();
+        let only_local_cols: Vec<String> = table.columns.iter().map(|c| c.name.clone()).filter(|c| !diff.shared.contains(c)).collect();
         for chunk in push_ids.chunks(cfg.sync.batch_size) {
             let changes: String = local
                 .query_one(

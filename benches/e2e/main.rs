@@ -11,10 +11,9 @@
 //! prints the markdown table.
 
 // The integration tests' kit (clusters, the PostgREST stand-in), which the
-// harness runs on. The benchmark uses only part of it, and this crate is
-// not where the rest is exercised (tests/it is), hence the allow.
+// harness runs on.
 #[path = "../../tests/it/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, reason = "the benchmark uses part of the kit; tests/it exercises the rest")]
 mod support;
 
 mod harness;
@@ -49,11 +48,7 @@ fn main() {
         opts.n_down,
         opts.out_dir.display()
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let report = rt.block_on(harness::run(&opts));
     println!("{}", report.markdown());
     eprintln!("e2e: report written to {}", opts.out_dir.display());

@@ -33,7 +33,10 @@ pub async fn doctor(cfg: &Config) -> i32 {
             Some(c)
         }
         Err(e) => {
-            r.fail(&format!("cannot connect: {e}"), "check [local_postgres] host, port, database, user and password, and that PostgreSQL is running");
+            r.fail(
+                &format!("cannot connect: {e}"),
+                "check [local_postgres] host, port, database, user and password, and that PostgreSQL is running",
+            );
             None
         }
     };
@@ -81,10 +84,7 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         if level == "logical" {
             r.ok("wal_level = logical");
         } else {
-            r.fail(
-                &format!("wal_level = {level}"),
-                "ALTER SYSTEM SET wal_level = logical;   -- as a superuser, then restart PostgreSQL",
-            );
+            r.fail(&format!("wal_level = {level}"), "ALTER SYSTEM SET wal_level = logical;   -- as a superuser, then restart PostgreSQL");
         }
         let enc: String = row.get(1);
         if enc == "UTF8" {
@@ -102,10 +102,7 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         }
     }
     let user = &cfg.local_postgres.user;
-    if let Ok(row) = local
-        .query_one("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user", &[])
-        .await
-    {
+    if let Ok(row) = local.query_one("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user", &[]).await {
         let (sup, repl): (bool, bool) = (row.get(0), row.get(1));
         if sup || repl {
             r.ok("role can stream replication");
@@ -124,14 +121,13 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
                     &[&cfg.local_postgres.schema, &cfg.sync.tables],
                 )
                 .await
+                && !rows.is_empty()
             {
-                if !rows.is_empty() {
-                    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                    r.fail(
-                        &format!("row-level security is on for {} and the role cannot bypass it (rows would be invisible)", names.join(", ")),
-                        &format!("ALTER ROLE {} BYPASSRLS;   -- as a superuser", quote_ident(user)),
-                    );
-                }
+                let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                r.fail(
+                    &format!("row-level security is on for {} and the role cannot bypass it (rows would be invisible)", names.join(", ")),
+                    &format!("ALTER ROLE {} BYPASSRLS;   -- as a superuser", quote_ident(user)),
+                );
             }
         }
         if !sup {
@@ -169,12 +165,7 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
             r.fail("control tables missing", "centrovision-sync init");
         }
     }
-    match local
-        .query_opt(
-            "SELECT plugin, wal_status, active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.sync.slot_name],
-        )
-        .await
+    match local.query_opt("SELECT plugin, wal_status, active FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.sync.slot_name]).await
     {
         Ok(Some(row)) => {
             let plugin: Option<String> = row.get(0);
@@ -193,34 +184,30 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         Ok(None) => r.fail(&format!("slot {} does not exist", cfg.sync.slot_name), "centrovision-sync init"),
         Err(_) => {}
     }
-    match local
+    if let Ok(row) = local
         .query_one(
             "SELECT coalesce(array_agg(tablename::text), '{}') FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2",
             &[&cfg.sync.publication_name, &cfg.local_postgres.schema],
         )
         .await
     {
-        Ok(row) => {
-            let published: Vec<String> = row.get(0);
-            let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !published.contains(t)).collect();
-            if missing.is_empty() {
-                r.ok(&format!("publication {} covers the {} tables", cfg.sync.publication_name, cfg.sync.tables.len()));
-            } else {
-                r.fail(
-                    &format!(
-                        "publication {} lacks: {}",
-                        cfg.sync.publication_name,
-                        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                    "centrovision-sync init",
-                );
-            }
+        let published: Vec<String> = row.get(0);
+        let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !published.contains(t)).collect();
+        if missing.is_empty() {
+            r.ok(&format!("publication {} covers the {} tables", cfg.sync.publication_name, cfg.sync.tables.len()));
+        } else {
+            r.fail(
+                &format!(
+                    "publication {} lacks: {}",
+                    cfg.sync.publication_name,
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                "centrovision-sync init",
+            );
         }
-        Err(_) => {}
     }
-    if let Ok(row) = local
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", &[&cfg.sync.origin_name])
-        .await
+    if let Ok(row) =
+        local.query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", &[&cfg.sync.origin_name]).await
     {
         if row.get::<_, bool>(0) {
             r.ok(&format!("replication origin {}", quote_literal(&cfg.sync.origin_name)));

@@ -22,11 +22,14 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     let tables = catalog::load(&local, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !tables.contains_key(*t)).collect();
     if !missing.is_empty() {
-        return Err(SyncError::new(ErrorKind::MissingObject, format!(
-            "these [sync] tables do not exist in the local database (schema {}): {}",
-            cfg.local_postgres.schema,
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        ))
+        return Err(SyncError::new(
+            ErrorKind::MissingObject,
+            format!(
+                "these [sync] tables do not exist in the local database (schema {}): {}",
+                cfg.local_postgres.schema,
+                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )
         .with_hint("create them, or remove them from [sync] tables in config.toml"));
     }
     let problems: Vec<String> = tables.values().filter_map(|t| t.unsyncable_reason()).collect();
@@ -38,7 +41,7 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     store.install_schema().await?;
     // The verify hash functions, so both sides hash alike (own BEGIN/COMMIT).
     local
-        .batch_execute(crate::upstream::VERIFY_SQL)
+        .batch_execute(upstream::VERIFY_SQL)
         .await
         .map_err(|e| SyncError::from_pg(LOCAL.doing("applying sql/upstream/002_verify.sql"), &e))?;
     tracing::info!("control tables ready");
@@ -58,13 +61,7 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         .map(|r| r.get(0));
     let mut wanted: Vec<String> = cfg.sync.tables.clone();
     wanted.sort();
-    let list = cfg
-        .sync
-        .tables
-        .iter()
-        .map(|t| catalog::qualified(&cfg.local_postgres.schema, t))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = cfg.sync.tables.iter().map(|t| catalog::qualified(&cfg.local_postgres.schema, t)).collect::<Vec<_>>().join(", ");
     let sql = match &published {
         Some(p) if *p == wanted => None,
         Some(_) => Some(format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(&cfg.sync.publication_name))),
@@ -84,10 +81,7 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
 
     // Slot.
     let slot = local
-        .query_opt(
-            "SELECT plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.sync.slot_name],
-        )
+        .query_opt("SELECT plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.sync.slot_name])
         .await
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
     match slot {
@@ -102,16 +96,22 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
             let plugin: Option<String> = r.get(0);
             let db: Option<String> = r.get(1);
             if plugin.as_deref() != Some("pgoutput") || db.as_deref() != Some(cfg.local_postgres.database.as_str()) {
-                return Err(SyncError::new(ErrorKind::Config, format!(
-                    "replication slot {} exists but belongs to another plugin or database ({:?} on {:?})",
-                    cfg.sync.slot_name, plugin, db
-                ))
+                return Err(SyncError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "replication slot {} exists but belongs to another plugin or database ({:?} on {:?})",
+                        cfg.sync.slot_name, plugin, db
+                    ),
+                )
                 .with_hint("choose another [sync] slot_name, or drop that slot if it is unused"));
             }
             let status: Option<String> = r.get(2);
             if status.as_deref() == Some("lost") {
-                return Err(SyncError::new(ErrorKind::SlotInvalidated, format!("replication slot {} is invalidated (wal_status = lost)", cfg.sync.slot_name))
-                    .with_hint("run `centrovision-sync resync` to recreate it and reconcile both sides"));
+                return Err(SyncError::new(
+                    ErrorKind::SlotInvalidated,
+                    format!("replication slot {} is invalidated (wal_status = lost)", cfg.sync.slot_name),
+                )
+                .with_hint("run `centrovision-sync resync` to recreate it and reconcile both sides"));
             }
         }
     }
@@ -216,15 +216,14 @@ async fn upload_existing_rows(
 
 async fn install_upstream(cfg: &Config) -> Result<()> {
     if cfg.supabase.mode != UpstreamMode::Postgres {
-        return Err(SyncError::new(ErrorKind::Config, "init --upstream needs [supabase] mode = \"postgres\" and db_url")
-            .with_hint("in REST-only setups run `centrovision-sync init --print-upstream-sql` and paste the output into the Supabase SQL editor"));
+        return Err(SyncError::new(ErrorKind::Config, "init --upstream needs [supabase] mode = \"postgres\" and db_url").with_hint(
+            "in REST-only setups run `centrovision-sync init --print-upstream-sql` and paste the output into the Supabase SQL editor",
+        ));
     }
     let up = upstream::postgres::PgUpstream::new(cfg)?;
     for (name, sql) in upstream::UPSTREAM_SQL {
         // Each file runs in its own transaction (BEGIN/COMMIT inside it).
-        up.run_batch(sql)
-            .await
-            .map_err(|e| SyncError { message: format!("installing sql/upstream/{name}: {}", e.message), ..e })?;
+        up.run_batch(sql).await.map_err(|e| SyncError { message: format!("installing sql/upstream/{name}: {}", e.message), ..e })?;
     }
     let v = up.contract_version().await?;
     tracing::info!(version = ?v, "upstream functions installed");
@@ -241,14 +240,16 @@ async fn install_upstream(cfg: &Config) -> Result<()> {
 }
 
 pub(crate) async fn check_wal_level(local: &tokio_postgres::Client) -> Result<()> {
-    let level: String = local
-        .query_one("SELECT current_setting('wal_level')", &[])
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-        .get(0);
+    let level: String =
+        local.query_one("SELECT current_setting('wal_level')", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
     if level != "logical" {
-        return Err(SyncError::new(ErrorKind::Config, format!("the local PostgreSQL runs with wal_level = {level}; logical replication needs wal_level = logical"))
-            .with_hint("run ALTER SYSTEM SET wal_level = logical; as a superuser, then restart PostgreSQL (see deploy/postgresql.conf.snippet)"));
+        return Err(SyncError::new(
+            ErrorKind::Config,
+            format!("the local PostgreSQL runs with wal_level = {level}; logical replication needs wal_level = logical"),
+        )
+        .with_hint(
+            "run ALTER SYSTEM SET wal_level = logical; as a superuser, then restart PostgreSQL (see deploy/postgresql.conf.snippet)",
+        ));
     }
     Ok(())
 }

@@ -110,14 +110,14 @@ fn warn_if_config_readable_by_others(path: &std::path::Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(m) = std::fs::metadata(path) {
-            if m.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    "the config file is readable by other users and holds secrets; run: chmod 600 {}",
-                    path.display()
-                );
-            }
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "the config file is readable by other users and holds secrets; run: chmod 600 {}",
+                path.display()
+            );
         }
     }
 }
@@ -158,9 +158,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run => service::run(&cfg).await,
         Command::Once => service::once(&cfg).await,
-        Command::Init { upstream, upload_existing, force, .. } => {
-            init::init(&cfg, upstream, upload_existing.then_some(force)).await
-        }
+        Command::Init { upstream, upload_existing, force, .. } => init::init(&cfg, upstream, upload_existing.then_some(force)).await,
         Command::Doctor => return doctor::doctor(&cfg).await,
         Command::Status { json } => status::status(&cfg, json).await,
         Command::Replay { from_lsn, to_lsn, tables, dry_run } => {
@@ -196,9 +194,9 @@ mod tests {
     /// A compile-time check, not a test to run: the demo (and any service
     /// wrapper) spawns `dispatch` on a runtime, so its future must stay
     /// `Send`.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a compile-time check, never called")]
     fn dispatch_can_be_spawned(cli: Cli) {
-        fn spawnable<F: std::future::Future + Send + 'static>(_: F) {}
+        fn spawnable<F: Future + Send + 'static>(_: F) {}
         spawnable(dispatch(cli));
     }
 }

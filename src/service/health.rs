@@ -95,7 +95,11 @@ async fn thresholds(rt: &Runtime, st: &Status) {
         Some(age) if age > age_limit => {
             al.raise(
                 "pending_age",
-                &format!("the oldest unsent change is {} old (limit {} min)", crate::connectivity::human(Duration::from_secs_f64(age)), a.max_pending_age_minutes),
+                &format!(
+                    "the oldest unsent change is {} old (limit {} min)",
+                    crate::connectivity::human(Duration::from_secs_f64(age)),
+                    a.max_pending_age_minutes
+                ),
                 json!({ "oldest_seconds": age, "limit_minutes": a.max_pending_age_minutes }),
             )
             .await
@@ -112,12 +116,17 @@ async fn thresholds(rt: &Runtime, st: &Status) {
     match &st.slot {
         None => {
             rt.slot_ok.send_replace(false);
-            al.raise("slot_missing", &format!("replication slot {slot} is missing. {steps}"), json!({ "slot": slot, "steps": steps })).await;
+            al.raise("slot_missing", &format!("replication slot {slot} is missing. {steps}"), json!({ "slot": slot, "steps": steps }))
+                .await;
         }
         Some(s) if s.wal_status.as_deref() == Some("lost") => {
             rt.slot_ok.send_replace(false);
-            al.raise("slot_lost", &format!("replication slot {slot} was invalidated (wal_status = lost). {steps}"), json!({ "slot": slot, "steps": steps }))
-                .await;
+            al.raise(
+                "slot_lost",
+                &format!("replication slot {slot} was invalidated (wal_status = lost). {steps}"),
+                json!({ "slot": slot, "steps": steps }),
+            )
+            .await;
         }
         Some(s) => {
             rt.slot_ok.send_replace(true);

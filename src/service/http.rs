@@ -120,9 +120,17 @@ fn render_metrics(rt: &Runtime, st: &status::Status) -> prometheus::Result<Strin
     gauge("journal_parked_rows", "Journal rows parked with an error", st.parked)?;
     gauge("journal_oldest_pending_seconds", "Age of the oldest unsynced change", st.oldest_pending_seconds.unwrap_or(0.0) as i64)?;
     let slot = st.slot.as_ref();
-    gauge("slot_lag_bytes", "WAL between the current position and the slot's confirmed position", slot.and_then(|s| s.lag_bytes).unwrap_or(0))?;
+    gauge(
+        "slot_lag_bytes",
+        "WAL between the current position and the slot's confirmed position",
+        slot.and_then(|s| s.lag_bytes).unwrap_or(0),
+    )?;
     gauge("slot_retained_bytes", "WAL the slot keeps on disk", slot.and_then(|s| s.retained_bytes).unwrap_or(0))?;
-    gauge("slot_healthy", "1 when the slot exists and is not lost", i64::from(slot.is_some_and(|s| s.wal_status.as_deref() != Some("lost"))))?;
+    gauge(
+        "slot_healthy",
+        "1 when the slot exists and is not lost",
+        i64::from(slot.is_some_and(|s| s.wal_status.as_deref() != Some("lost"))),
+    )?;
     gauge("upstream_online", "1 when upstream answered the last check", i64::from(rt.upstream_link.is_online()))?;
     gauge("alerts_active", "Alerts currently raised", rt.alerter.active().len() as i64)?;
     let pending = IntGaugeVec::new(Opts::new("table_pending_rows", "Unsynced journal rows per table"), &["table"])?;

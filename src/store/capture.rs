@@ -21,15 +21,10 @@ impl Store<'_> {
     pub async fn journaled_lsn(&self, slot: &str) -> Result<Lsn> {
         let row = self
             .client
-            .query_opt(
-                "SELECT journaled_lsn FROM _sync_capture WHERE slot_name = $1",
-                &[&slot],
-            )
+            .query_opt("SELECT journaled_lsn FROM _sync_capture WHERE slot_name = $1", &[&slot])
             .await
             .map_err(|e| self.err(e))?;
-        Ok(row
-            .map(|r| Lsn::from(r.get::<_, PgLsn>(0)))
-            .unwrap_or(Lsn::ZERO))
+        Ok(row.map(|r| Lsn::from(r.get::<_, PgLsn>(0))).unwrap_or(Lsn::ZERO))
     }
 
     /// Records, in the transaction that committed the journal rows, the
@@ -58,10 +53,7 @@ impl Store<'_> {
     pub async fn uploaded_existing_at(&self, slot: &str) -> Result<Option<String>> {
         let row = self
             .client
-            .query_one(
-                "SELECT uploaded_existing_at::text FROM _sync_capture WHERE slot_name = $1",
-                &[&slot],
-            )
+            .query_one("SELECT uploaded_existing_at::text FROM _sync_capture WHERE slot_name = $1", &[&slot])
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))
@@ -71,10 +63,7 @@ impl Store<'_> {
     /// were uploaded.
     pub async fn mark_uploaded_existing(&self, slot: &str) -> Result<()> {
         self.client
-            .execute(
-                "UPDATE _sync_capture SET uploaded_existing_at = now() WHERE slot_name = $1",
-                &[&slot],
-            )
+            .execute("UPDATE _sync_capture SET uploaded_existing_at = now() WHERE slot_name = $1", &[&slot])
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -92,10 +81,7 @@ impl Store<'_> {
             )
             .await
             .map_err(|e| self.err(e))?;
-        Ok((
-            r.get::<_, Option<PgLsn>>(0).map(Lsn::from),
-            r.get::<_, Option<PgLsn>>(1).map(Lsn::from),
-        ))
+        Ok((r.get::<_, Option<PgLsn>>(0).map(Lsn::from), r.get::<_, Option<PgLsn>>(1).map(Lsn::from)))
     }
 
     /// For `status`: the last journaled commit LSN and the oldest LSN the

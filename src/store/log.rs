@@ -38,11 +38,7 @@ pub struct LogEntry<'a> {
 impl Store<'_> {
     /// Appends one `_sync_log` row.
     pub async fn log_sync(&self, entry: &LogEntry<'_>) -> Result<()> {
-        let status = if entry.error.is_some() {
-            "ERROR"
-        } else {
-            "SUCCESS"
-        };
+        let status = if entry.error.is_some() { "ERROR" } else { "SUCCESS" };
         self.client
             .execute(
                 "INSERT INTO _sync_log (direction, table_name, records_affected, status, error_message, duration_ms)

@@ -24,10 +24,7 @@ impl Store<'_> {
     /// Creates the rows of `tables` that are missing (`init`).
     pub async fn ensure_table_rows(&self, tables: &[String]) -> Result<()> {
         self.client
-            .execute(
-                "INSERT INTO _sync_metadata (table_name) SELECT unnest($1::text[]) ON CONFLICT (table_name) DO NOTHING",
-                &[&tables],
-            )
+            .execute("INSERT INTO _sync_metadata (table_name) SELECT unnest($1::text[]) ON CONFLICT (table_name) DO NOTHING", &[&tables])
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -49,25 +46,14 @@ impl Store<'_> {
             )
             .await
             .map_err(|e| self.err(e))?;
-        Ok(row
-            .map(|r| Cursor {
-                updated_at: r.get(0),
-                id: r.get(1),
-            })
-            .unwrap_or_default())
+        Ok(row.map(|r| Cursor { updated_at: r.get(0), id: r.get(1) }).unwrap_or_default())
     }
 
     /// In the page transaction that applied rows of `table` up to `last`:
     /// moves the watermark to `last` unless it is already past it (keyset
     /// order on `(updated_at, id)`, the id compared as `pk_type`), counts
     /// `applied` rows, and clears the down path's own last error.
-    pub async fn advance_down_watermark(
-        &self,
-        table: &str,
-        pk_type: &str,
-        last: &Cursor,
-        applied: i64,
-    ) -> Result<()> {
+    pub async fn advance_down_watermark(&self, table: &str, pk_type: &str, last: &Cursor, applied: i64) -> Result<()> {
         let advances = format!(
             "(m.last_sync_from_supabase IS NULL OR EXCLUDED.last_sync_from_supabase > m.last_sync_from_supabase
                           OR (EXCLUDED.last_sync_from_supabase = m.last_sync_from_supabase
@@ -86,10 +72,7 @@ impl Store<'_> {
                        last_error = CASE WHEN m.last_error LIKE 'down: %' THEN NULL ELSE m.last_error END,
                        updated_at = now()"
         );
-        self.client
-            .execute(&sql, &[&table, &last.updated_at, &last.id, &applied])
-            .await
-            .map_err(|e| self.err(e))?;
+        self.client.execute(&sql, &[&table, &last.updated_at, &last.id, &applied]).await.map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -98,10 +81,7 @@ impl Store<'_> {
     pub async fn down_watermark(&self, table: &str) -> Result<Option<String>> {
         let row = self
             .client
-            .query_opt(
-                "SELECT last_sync_from_supabase::text FROM _sync_metadata WHERE table_name = $1",
-                &[&table],
-            )
+            .query_opt("SELECT last_sync_from_supabase::text FROM _sync_metadata WHERE table_name = $1", &[&table])
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.and_then(|r| r.get(0)))

@@ -55,25 +55,14 @@ use crate::error::{At, Result, SyncError};
 
 pub use log::{Direction, LogEntry};
 pub use metadata::TableProgress;
-pub use pending::{
-    JournalRow, JournalSummary, Operation, Queued, ReplayStat, Source, tombstone_after,
-};
+pub use pending::{JournalRow, JournalSummary, Operation, Queued, ReplayStat, Source, tombstone_after};
 pub use state::StateEntry;
 
 /// The local control schema, in order (`init` applies it; idempotent).
 pub const SCHEMA: &[(&str, &str)] = &[
-    (
-        "001_control_tables.sql",
-        include_str!("../../sql/001_control_tables.sql"),
-    ),
-    (
-        "002_capture_state.sql",
-        include_str!("../../sql/002_capture_state.sql"),
-    ),
-    (
-        "003_service_state.sql",
-        include_str!("../../sql/003_service_state.sql"),
-    ),
+    ("001_control_tables.sql", include_str!("../../sql/001_control_tables.sql")),
+    ("002_capture_state.sql", include_str!("../../sql/002_capture_state.sql")),
+    ("003_service_state.sql", include_str!("../../sql/003_service_state.sql")),
 ];
 
 /// The control tables as one component sees them: its local connection,
@@ -104,9 +93,10 @@ impl<'c> Store<'c> {
     pub async fn install_schema(&self) -> Result<()> {
         for (name, sql) in SCHEMA {
             let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
-            self.client.batch_execute(&wrapped).await.map_err(|e| {
-                SyncError::from_pg(self.at.doing(format_args!("applying sql/{name}")), &e)
-            })?;
+            self.client
+                .batch_execute(&wrapped)
+                .await
+                .map_err(|e| SyncError::from_pg(self.at.doing(format_args!("applying sql/{name}")), &e))?;
         }
         Ok(())
     }

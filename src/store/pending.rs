@@ -68,11 +68,7 @@ impl std::fmt::Debug for JsonText<'_> {
 }
 
 impl ToSql for JsonText<'_> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         if *ty == Type::JSONB {
             out.put_u8(1);
         }
@@ -91,11 +87,7 @@ impl ToSql for JsonText<'_> {
 pub struct PgMicros(pub i64);
 
 impl ToSql for PgMicros {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         out.put_i64(self.0);
         Ok(IsNull::No)
     }
@@ -138,11 +130,7 @@ pub enum Source {
     Queue,
     /// Every row with a commit LSN in `[from, to]` (optionally some tables),
     /// synced or not: `replay`.
-    Range {
-        from: Lsn,
-        to: Option<Lsn>,
-        tables: Vec<String>,
-    },
+    Range { from: Lsn, to: Option<Lsn>, tables: Vec<String> },
 }
 
 /// Totals over the unsynced journal, for `status`.
@@ -174,26 +162,18 @@ pub struct ReplayStat {
 /// (`table_name, record_id`).
 pub fn tombstone_after(table: &str, record_id: &str, ts: &str, and: Option<&str>) -> String {
     let and = and.map(|c| format!(" AND {c}")).unwrap_or_default();
-    format!(
-        "EXISTS (SELECT 1 FROM _sync_pending p WHERE {}{and})",
-        tombstone_predicate(table, record_id, ts)
-    )
+    format!("EXISTS (SELECT 1 FROM _sync_pending p WHERE {}{and})", tombstone_predicate(table, record_id, ts))
 }
 
 /// The one definition of a tombstone match on journal rows aliased `p`.
 fn tombstone_predicate(table: &str, record_id: &str, ts: &str) -> String {
-    format!(
-        "p.table_name = {table} AND p.record_id = {record_id} AND p.operation = 'DELETE' AND p.commit_ts >= {ts}"
-    )
+    format!("p.table_name = {table} AND p.record_id = {record_id} AND p.operation = 'DELETE' AND p.commit_ts >= {ts}")
 }
 
 impl Store<'_> {
     /// Writes `rows` to the journal with binary COPY, in the caller's open
     /// transaction (see the module invariants). Returns the rows written.
-    pub async fn journal_batch<'r>(
-        &self,
-        rows: impl IntoIterator<Item = JournalRow<'r>>,
-    ) -> Result<u64> {
+    pub async fn journal_batch<'r>(&self, rows: impl IntoIterator<Item = JournalRow<'r>>) -> Result<u64> {
         let sink = self
             .client
             .copy_in(
@@ -223,17 +203,7 @@ impl Store<'_> {
             let xid = r.xid.map(i64::from);
             writer
                 .as_mut()
-                .write(&[
-                    &r.table,
-                    &r.record_id,
-                    &r.op.as_str(),
-                    &data,
-                    &lsn,
-                    &r.ordinal,
-                    &ts,
-                    &xid,
-                    &unchanged,
-                ])
+                .write(&[&r.table, &r.record_id, &r.op.as_str(), &data, &lsn, &r.ordinal, &ts, &xid, &unchanged])
                 .await
                 .map_err(|e| self.err(e))?;
             n += 1;
@@ -244,12 +214,7 @@ impl Store<'_> {
 
     /// The latest journaled value of each of `columns` for a record, as a
     /// JSON object text (columns no image carries are absent).
-    pub async fn latest_journaled_values(
-        &self,
-        table: &str,
-        record_id: &str,
-        columns: &[String],
-    ) -> Result<Option<String>> {
+    pub async fn latest_journaled_values(&self, table: &str, record_id: &str, columns: &[String]) -> Result<Option<String>> {
         let row = self
             .client
             .query_opt(
@@ -267,13 +232,7 @@ impl Store<'_> {
 
     /// Up to `limit` `source` rows after journal id `after_id`, in journal
     /// order; with `only_lsn`, only rows of that transaction.
-    pub async fn journal_rows(
-        &self,
-        source: &Source,
-        limit: i64,
-        after_id: i64,
-        only_lsn: Option<Lsn>,
-    ) -> Result<Vec<Queued>> {
+    pub async fn journal_rows(&self, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
         const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
                     coalesce(commit_ts, created_at)::text, retry_count, commit_lsn FROM _sync_pending";
         let only = only_lsn.map(PgLsn::from);
@@ -314,10 +273,10 @@ impl Store<'_> {
                     table: r.get(1),
                     record_id: r.get(2),
                     op: Operation::parse(&op).ok_or_else(|| {
-                        SyncError::new(crate::error::ErrorKind::Decode, format!(
-                            "journal row {} has unknown operation {op:?}",
-                            r.get::<_, i64>(0)
-                        ))
+                        SyncError::new(
+                            crate::error::ErrorKind::Decode,
+                            format!("journal row {} has unknown operation {op:?}", r.get::<_, i64>(0)),
+                        )
                     })?,
                     data: r.get(4),
                     commit_ts: r.get(5),
@@ -335,10 +294,7 @@ impl Store<'_> {
             return Ok(());
         }
         self.client
-            .execute(
-                "UPDATE _sync_pending SET synced = TRUE, synced_at = now(), error = NULL WHERE id = ANY($1)",
-                &[&ids],
-            )
+            .execute("UPDATE _sync_pending SET synced = TRUE, synced_at = now(), error = NULL WHERE id = ANY($1)", &[&ids])
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -366,10 +322,7 @@ impl Store<'_> {
     pub async fn backlog(&self) -> Result<i64> {
         let r = self
             .client
-            .query_one(
-                "SELECT count(*) FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL", &[])
             .await
             .map_err(|e| self.err(e))?;
         Ok(r.get(0))
@@ -379,10 +332,7 @@ impl Store<'_> {
     pub async fn parked(&self) -> Result<i64> {
         let r = self
             .client
-            .query_one(
-                "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL AND synced = FALSE",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL AND synced = FALSE", &[])
             .await
             .map_err(|e| self.err(e))?;
         Ok(r.get(0))
@@ -401,31 +351,18 @@ impl Store<'_> {
             )
             .await
             .map_err(|e| self.err(e))?;
-        Ok(JournalSummary {
-            backlog: r.get(0),
-            parked: r.get(1),
-            oldest_pending_seconds: r.get(2),
-        })
+        Ok(JournalSummary { backlog: r.get(0), parked: r.get(1), oldest_pending_seconds: r.get(2) })
     }
 
     /// The commit time (timestamptz text) of the latest tombstone of a
     /// record — a journaled local DELETE — at or after `not_before`
     /// (timestamptz text; None: any).
-    pub async fn latest_tombstone(
-        &self,
-        table: &str,
-        record_id: &str,
-        not_before: Option<&str>,
-    ) -> Result<Option<String>> {
+    pub async fn latest_tombstone(&self, table: &str, record_id: &str, not_before: Option<&str>) -> Result<Option<String>> {
         let sql = format!(
             "SELECT max(p.commit_ts)::text FROM _sync_pending p WHERE {}",
             tombstone_predicate("$1", "$2", "coalesce($3::text::timestamptz, '-infinity')")
         );
-        let row = self
-            .client
-            .query_opt(&sql, &[&table, &record_id, &not_before])
-            .await
-            .map_err(|e| self.err(e))?;
+        let row = self.client.query_opt(&sql, &[&table, &record_id, &not_before]).await.map_err(|e| self.err(e))?;
         Ok(row.and_then(|r| r.get(0)))
     }
 
@@ -453,12 +390,7 @@ impl Store<'_> {
 
     /// Journal rows per table and operation with a commit LSN in
     /// `[from, to]` (optionally only `tables`).
-    pub async fn replay_summary(
-        &self,
-        from: Lsn,
-        to: Option<Lsn>,
-        tables: &[String],
-    ) -> Result<Vec<ReplayStat>> {
+    pub async fn replay_summary(&self, from: Lsn, to: Option<Lsn>, tables: &[String]) -> Result<Vec<ReplayStat>> {
         let rows = self
             .client
             .query(
@@ -473,13 +405,7 @@ impl Store<'_> {
             .map_err(|e| self.err(e))?;
         Ok(rows
             .iter()
-            .map(|r| ReplayStat {
-                table: r.get(0),
-                operation: r.get(1),
-                rows: r.get(2),
-                min_lsn: r.get(3),
-                max_lsn: r.get(4),
-            })
+            .map(|r| ReplayStat { table: r.get(0), operation: r.get(1), rows: r.get(2), min_lsn: r.get(3), max_lsn: r.get(4) })
             .collect())
     }
 }

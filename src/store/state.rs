@@ -36,14 +36,8 @@ impl Store<'_> {
     /// error is returned.
     pub async fn set_alerts(&self, active: &[(String, DateTime<Utc>)]) -> Result<()> {
         let keys: Vec<String> = active.iter().map(|(k, _)| format!("alert:{k}")).collect();
-        let mut first_err = self
-            .client
-            .execute(
-                "DELETE FROM _sync_state WHERE key LIKE 'alert:%' AND NOT (key = ANY($1))",
-                &[&keys],
-            )
-            .await
-            .err();
+        let mut first_err =
+            self.client.execute("DELETE FROM _sync_state WHERE key LIKE 'alert:%' AND NOT (key = ANY($1))", &[&keys]).await.err();
         for (key, (_, since)) in keys.iter().zip(active) {
             let r = self
                 .client
@@ -62,18 +56,7 @@ impl Store<'_> {
 
     /// Every `_sync_state` row.
     pub async fn service_state(&self) -> Result<Vec<StateEntry>> {
-        let rows = self
-            .client
-            .query("SELECT key, value, since::text FROM _sync_state", &[])
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(rows
-            .iter()
-            .map(|r| StateEntry {
-                key: r.get(0),
-                value: r.get(1),
-                since: r.get(2),
-            })
-            .collect())
+        let rows = self.client.query("SELECT key, value, since::text FROM _sync_state", &[]).await.map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| StateEntry { key: r.get(0), value: r.get(1), since: r.get(2) }).collect())
     }
 }

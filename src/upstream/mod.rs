@@ -141,6 +141,7 @@ pub struct HashRequest<'a> {
 }
 
 /// The configured transport.
+#[allow(clippy::large_enum_variant, reason = "one per process, built once and never moved on a hot path")]
 pub enum Client {
     Postgres(postgres::PgUpstream),
     Rest(rest::RestUpstream),
@@ -209,11 +210,14 @@ pub(crate) fn count_elements(changes: &str) -> usize {
 pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
     if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
         // Not upstream answering: unreachable, as far as sync can tell.
-        return Err(SyncError::new(ErrorKind::UpstreamUnreachable, format!(
-            "upstream answered the apply call with something that is not JSON ({} bytes, starting {:?})",
-            text.len(),
-            text.chars().take(40).collect::<String>()
-        ))
+        return Err(SyncError::new(
+            ErrorKind::UpstreamUnreachable,
+            format!(
+                "upstream answered the apply call with something that is not JSON ({} bytes, starting {:?})",
+                text.len(),
+                text.chars().take(40).collect::<String>()
+            ),
+        )
         .with_hint("a proxy or captive portal may be in the way; the batch will be retried"));
     }
     let o: Outcome = serde_json::from_str(text)
@@ -222,9 +226,7 @@ pub(crate) fn parse_outcome(text: &str, expected: usize) -> Result<Outcome> {
         ))?;
     let n = o.applied.len() + o.kept.len() + o.rejected.len();
     if n != expected {
-        return Err(SyncError::new(ErrorKind::Contract, format!(
-            "upstream apply reported {n} outcomes for {expected} changes"
-        )));
+        return Err(SyncError::new(ErrorKind::Contract, format!("upstream apply reported {n} outcomes for {expected} changes")));
     }
     Ok(o)
 }
@@ -237,10 +239,7 @@ mod tests {
     fn hash_requests_carry_the_parameter_names_of_the_sql_functions() {
         let cols = vec!["id".to_string(), "name".to_string()];
         let h = HashRequest { schema: "public", table: "patients", key_column: "id", cols: &cols, buckets: 16 };
-        assert_eq!(
-            serde_json::to_string(&h).unwrap(),
-            r#"{"s":"public","t":"patients","pk":"id","cols":["id","name"],"buckets":16}"#
-        );
+        assert_eq!(serde_json::to_string(&h).unwrap(), r#"{"s":"public","t":"patients","pk":"id","cols":["id","name"],"buckets":16}"#);
     }
 
     #[test]

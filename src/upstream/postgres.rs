@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Cursor, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
-use crate::catalog::{quote_ident, qualified};
+use crate::catalog::{qualified, quote_ident};
 use crate::config::Config;
 use crate::error::{ErrorKind, Result, SyncError};
 
@@ -40,9 +40,7 @@ fn tls(cfg: &Config) -> Result<MakeRustlsConnect> {
                 .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
                 .map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] db_ca_file {}: {e}", path.display())))?;
             for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] db_ca_file {}: {e}", path.display())))?;
+                roots.add(c).map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] db_ca_file {}: {e}", path.display())))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -88,10 +86,10 @@ impl PgUpstream {
             Ok(a) => a,
             Err(_) => {
                 *guard = None;
-                return Err(SyncError::new(ErrorKind::Timeout, format!(
-                    "{CTX}: no answer within {} s (request_timeout_seconds); reconnecting",
-                    self.timeout.as_secs()
-                )));
+                return Err(SyncError::new(
+                    ErrorKind::Timeout,
+                    format!("{CTX}: no answer within {} s (request_timeout_seconds); reconnecting", self.timeout.as_secs()),
+                ));
             }
         };
         match answer {
@@ -130,9 +128,7 @@ impl Upstream for PgUpstream {
         let expected = super::count_elements(changes);
         let text: String = self
             .with_client(async |c| {
-                c.query_one("SELECT public.centrovision_sync_apply($1::text::jsonb)::text", &[&changes])
-                    .await
-                    .map(|r| r.get(0))
+                c.query_one("SELECT public.centrovision_sync_apply($1::text::jsonb)::text", &[&changes]).await.map(|r| r.get(0))
             })
             .await?;
         parse_outcome(&text, expected)
@@ -151,8 +147,7 @@ impl Upstream for PgUpstream {
             ty = table.pk_type
         );
         let limit = limit as i64;
-        self.with_client(async |c| c.query_one(&sql, &[&after.updated_at, &after.id, &limit]).await.map(|r| r.get(0)))
-            .await
+        self.with_client(async |c| c.query_one(&sql, &[&after.updated_at, &after.id, &limit]).await.map(|r| r.get(0))).await
     }
 
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {

@@ -41,11 +41,8 @@ struct ErrorBody {
 
 impl RestUpstream {
     pub fn new(cfg: &Config) -> Result<Self> {
-        let url = cfg
-            .supabase
-            .url
-            .as_deref()
-            .ok_or_else(|| SyncError::new(ErrorKind::Config, "[supabase] url is required in REST mode"))?;
+        let url =
+            cfg.supabase.url.as_deref().ok_or_else(|| SyncError::new(ErrorKind::Config, "[supabase] url is required in REST mode"))?;
         let mut base = Url::parse(url).map_err(|e| SyncError::new(ErrorKind::Config, format!("[supabase] url is not a valid URL: {e}")))?;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -75,11 +72,8 @@ impl RestUpstream {
     }
 
     async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<String> {
-        let req = if self.schema != "public" {
-            req.header("Accept-Profile", &self.schema).header("Content-Profile", &self.schema)
-        } else {
-            req
-        };
+        let req =
+            if self.schema != "public" { req.header("Accept-Profile", &self.schema).header("Content-Profile", &self.schema) } else { req };
         let resp = req.send().await.map_err(|e| transport_error(what, &e))?;
         let status = resp.status();
         let retry_after = resp
@@ -142,8 +136,7 @@ fn auth_headers(key: &Secret) -> Result<HeaderMap> {
 
 fn looks_like_jwt(key: &str) -> bool {
     let parts: Vec<&str> = key.split('.').collect();
-    parts.len() == 3
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// Quotes a value for a PostgREST filter when it holds reserved characters.
@@ -170,10 +163,7 @@ fn keyset_query(pk: &str, after: &Cursor, limit: usize) -> Vec<(String, String)>
     match (&after.updated_at, &after.id) {
         (Some(ts), Some(id)) => {
             let ts = filter_value(ts);
-            q.push((
-                "or".into(),
-                format!("(updated_at.gt.{ts},and(updated_at.eq.{ts},{}.gt.{}))", column(pk), filter_value(id)),
-            ));
+            q.push(("or".into(), format!("(updated_at.gt.{ts},and(updated_at.eq.{ts},{}.gt.{}))", column(pk), filter_value(id))));
         }
         (Some(ts), None) => q.push(("updated_at".into(), format!("gte.{}", filter_value(ts)))),
         _ => {}
@@ -188,11 +178,14 @@ fn check_json_array(what: &str, body: String) -> Result<String> {
         Ok(body)
     } else {
         // Not upstream answering: unreachable, as far as sync can tell.
-        Err(SyncError::new(ErrorKind::UpstreamUnreachable, format!(
-            "{what}: upstream answered with something that is not a JSON array ({} bytes, starting {:?})",
-            body.len(),
-            body.chars().take(60).collect::<String>()
-        ))
+        Err(SyncError::new(
+            ErrorKind::UpstreamUnreachable,
+            format!(
+                "{what}: upstream answered with something that is not a JSON array ({} bytes, starting {:?})",
+                body.len(),
+                body.chars().take(60).collect::<String>()
+            ),
+        )
         .with_hint("a proxy or captive portal may be in the way; the request will be retried"))
     }
 }
@@ -421,11 +414,7 @@ mod tests {
 
     #[test]
     fn keyset_filters_quote_timestamps_and_ids() {
-        let q = keyset_query(
-            "id",
-            &Cursor { updated_at: Some("2026-01-01T10:00:00.123456+00:00".into()), id: Some("8c1e".into()) },
-            100,
-        );
+        let q = keyset_query("id", &Cursor { updated_at: Some("2026-01-01T10:00:00.123456+00:00".into()), id: Some("8c1e".into()) }, 100);
         assert_eq!(
             q[0].1,
             r#"(updated_at.gt."2026-01-01T10:00:00.123456+00:00",and(updated_at.eq."2026-01-01T10:00:00.123456+00:00",id.gt.8c1e))"#

@@ -107,10 +107,7 @@ async fn wal_level_replica_is_refused_with_the_fix() {
 async fn tables_without_a_primary_key_or_updated_at_or_missing_are_named() {
     let mut pair = Pair::new("bad_tables", Mode::Postgres).await;
     let local = pair.local.connect().await;
-    local
-        .batch_execute("CREATE TABLE no_pk (id uuid, updated_at timestamptz); CREATE TABLE no_ts (id uuid PRIMARY KEY)")
-        .await
-        .unwrap();
+    local.batch_execute("CREATE TABLE no_pk (id uuid, updated_at timestamptz); CREATE TABLE no_ts (id uuid PRIMARY KEY)").await.unwrap();
     for (table, needle) in [("no_pk", "no primary key"), ("no_ts", "no updated_at"), ("not_there", "not_there")] {
         pair.tables = vec!["branches".into(), table.into()];
         pair.write_config();
@@ -118,11 +115,7 @@ async fn tables_without_a_primary_key_or_updated_at_or_missing_are_named() {
         assert_clean_failure(&o, 1, &[table, needle]);
     }
     // Nothing was created by the refused init.
-    let slots: i64 = local
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&pair.slot])
-        .await
-        .unwrap()
-        .get(0);
+    let slots: i64 = local.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&pair.slot]).await.unwrap().get(0);
     assert_eq!(slots, 0);
 }
 

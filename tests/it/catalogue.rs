@@ -32,10 +32,7 @@ fn quote_ident(s: &str) -> String {
 
 /// Every row of a table (any name), as JSON ordered by id.
 async fn rows(db: &TestDb, table: &str) -> String {
-    let sql = format!(
-        "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {} t",
-        quote_ident(table)
-    );
+    let sql = format!("SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {} t", quote_ident(table));
     db.connect().await.query_one(sql.as_str(), &[]).await.unwrap().get(0)
 }
 
@@ -145,11 +142,8 @@ async fn identifiers_that_need_quoting_sync_both_ways(mode: Mode) {
         .unwrap()
         .get(0);
     assert_eq!(v, 20);
-    let s: String = local
-        .query_one(r#"SELECT "select" FROM "order" WHERE id = '00000000-0000-0000-0000-0000000000a3'"#, &[])
-        .await
-        .unwrap()
-        .get(0);
+    let s: String =
+        local.query_one(r#"SELECT "select" FROM "order" WHERE id = '00000000-0000-0000-0000-0000000000a3'"#, &[]).await.unwrap().get(0);
     assert_eq!(s, "still text");
     assert_eq!(count(&pair.upstream, r#"SELECT count(*) FROM "Pacientes""#).await, 1, "the local delete reached upstream");
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await, 0);
@@ -171,12 +165,7 @@ async fn identifiers_that_need_quoting_sync_both_ways(mode: Mode) {
 /// into numeric cleanly.
 async fn a_numeric_price_into_an_integer_column_is_parked_with_the_reason(mode: Mode) {
     let pair = Pair::new("type_int", mode).await;
-    pair.upstream
-        .connect()
-        .await
-        .batch_execute("ALTER TABLE services ALTER COLUMN price TYPE integer USING price::integer")
-        .await
-        .unwrap();
+    pair.upstream.connect().await.batch_execute("ALTER TABLE services ALTER COLUMN price TYPE integer USING price::integer").await.unwrap();
     pair.init().await;
     let local = pair.local.connect().await;
     local
@@ -207,11 +196,7 @@ async fn a_numeric_price_into_an_integer_column_is_parked_with_the_reason(mode: 
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services WHERE name = 'consulta'").await, 0);
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM branches").await, 1, "other tables flow");
     // Down: integer 7 arrives as numeric 7.00.
-    let price: String = local
-        .query_one("SELECT price::text FROM services WHERE name = 'examen'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let price: String = local.query_one("SELECT price::text FROM services WHERE name = 'examen'", &[]).await.unwrap().get(0);
     assert_eq!(price, "7.00");
     // The parked row is kept, and `status` shows it.
     assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'consulta'").await, 1);
@@ -246,11 +231,8 @@ async fn a_text_price_that_is_not_a_number_fails_the_download_clearly_and_arrive
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("services") && err.contains("22P02") && err.contains("gratis"), "{err}");
-    let last_error: String = local
-        .query_one("SELECT last_error FROM _sync_metadata WHERE table_name = 'services'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let last_error: String =
+        local.query_one("SELECT last_error FROM _sync_metadata WHERE table_name = 'services'", &[]).await.unwrap().get(0);
     assert!(last_error.contains("invalid input syntax for type numeric"), "{last_error}");
     assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'gratis'").await, 0);
 
@@ -267,12 +249,7 @@ async fn a_text_price_that_is_not_a_number_fails_the_download_clearly_and_arrive
 /// its own errors).
 async fn the_reason_for_a_parked_row_stays_visible_in_status(mode: Mode) {
     let pair = Pair::new("parked_reason", mode).await;
-    pair.upstream
-        .connect()
-        .await
-        .batch_execute("ALTER TABLE services ALTER COLUMN price TYPE integer USING price::integer")
-        .await
-        .unwrap();
+    pair.upstream.connect().await.batch_execute("ALTER TABLE services ALTER COLUMN price TYPE integer USING price::integer").await.unwrap();
     pair.init().await;
     pair.local.connect().await.batch_execute("INSERT INTO services (name, price) VALUES ('consulta', 12.50)").await.unwrap();
     pair.once().await;
@@ -283,7 +260,10 @@ async fn the_reason_for_a_parked_row_stays_visible_in_status(mode: Mode) {
     pair.upstream.connect().await.batch_execute("INSERT INTO services (name, price) VALUES ('examen', 7)").await.unwrap();
     pair.once().await;
     let after = shown(pair.ok(&["status"]).await);
-    assert!(after.contains("22P02") || after.contains("invalid input syntax"), "the row is still parked, but status no longer says why:\n{after}");
+    assert!(
+        after.contains("22P02") || after.contains("invalid input syntax"),
+        "the row is still parked, but status no longer says why:\n{after}"
+    );
 }
 
 mod the_reason_for_a_parked_row_stays_visible_in_status {
@@ -310,16 +290,12 @@ async fn a_column_on_one_side_only_is_left_alone_and_reported_once(mode: Mode) {
     up.batch_execute("ALTER TABLE branches ADD COLUMN cloud_note text").await.unwrap();
     // The same branch on both sides before the slot exists (not captured).
     local
-        .batch_execute(&format!(
-            "INSERT INTO branches (id, name, updated_at, local_note) VALUES ('{ID}', 'v1', '2020-01-01', 'keep me')"
-        ))
+        .batch_execute(&format!("INSERT INTO branches (id, name, updated_at, local_note) VALUES ('{ID}', 'v1', '2020-01-01', 'keep me')"))
         .await
         .unwrap();
-    up.batch_execute(&format!(
-        "INSERT INTO branches (id, name, updated_at, cloud_note) VALUES ('{ID}', 'v1', '2020-01-01', 'cloud only')"
-    ))
-    .await
-    .unwrap();
+    up.batch_execute(&format!("INSERT INTO branches (id, name, updated_at, cloud_note) VALUES ('{ID}', 'v1', '2020-01-01', 'cloud only')"))
+        .await
+        .unwrap();
     pair.init().await;
     let mut child = pair.spawn_run(&[]);
     for v in ["v2", "v3", "v4"] {
@@ -332,11 +308,7 @@ async fn a_column_on_one_side_only_is_left_alone_and_reported_once(mode: Mode) {
         .await;
     }
     kill9(&mut child);
-    let note: Option<String> = local
-        .query_one(&format!("SELECT local_note FROM branches WHERE id = '{ID}'"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let note: Option<String> = local.query_one(&format!("SELECT local_note FROM branches WHERE id = '{ID}'"), &[]).await.unwrap().get(0);
     assert_eq!(note.as_deref(), Some("keep me"), "the local-only column lost its value");
     let cloud: String = up.query_one(&format!("SELECT cloud_note FROM branches WHERE id = '{ID}'"), &[]).await.unwrap().get(0);
     assert_eq!(cloud, "cloud only");

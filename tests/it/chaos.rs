@@ -102,7 +102,7 @@ use tokio_postgres::Client;
 const WORKAROUNDS: &[Workaround] = &[];
 
 #[derive(Debug)]
-#[allow(dead_code)] // kept for the next bug chaos finds
+#[allow(dead_code, reason = "kept for the next bug chaos finds")]
 enum Workaround {
     /// Run this on the local database before `init`.
     Sql { bug: &'static str, sql: &'static str },
@@ -303,13 +303,12 @@ fn gen_op(rng: &mut StdRng, side: Side) -> Op {
                 1 => ("phone_only", format!("UPDATE patients SET phone = '+56 9 {r}' WHERE id = '{id}'")),
                 _ => (
                     "update",
-                    format!("UPDATE patients SET metadata = coalesce(metadata, '{{}}') || '{{\"v\": {r}, \"s\": \"ü {r}\"}}', tags = ARRAY['u{r}', 'x y'] WHERE id = '{id}'"),
+                    format!(
+                        "UPDATE patients SET metadata = coalesce(metadata, '{{}}') || '{{\"v\": {r}, \"s\": \"ü {r}\"}}', tags = ARRAY['u{r}', 'x y'] WHERE id = '{id}'"
+                    ),
                 ),
             },
-            _ => (
-                "update",
-                format!("UPDATE appointments SET status = '{}', reason = 'motivo {r}' WHERE id = '{id}'", pick_status(rng)),
-            ),
+            _ => ("update", format!("UPDATE appointments SET status = '{}', reason = 'motivo {r}' WHERE id = '{id}'", pick_status(rng))),
         }
     } else {
         let sql = match table {
@@ -419,10 +418,8 @@ async fn run_txn(conn: &mut Conn, side: Side, ops: &[Op], seq: usize, history: &
         }
         let mut images = Vec::new();
         for (t, id) in &touched {
-            let img: Option<String> = c
-                .query_opt(&format!("SELECT to_jsonb(x)::text FROM {t} x WHERE id = $1::text::uuid"), &[id])
-                .await?
-                .map(|r| r.get(0));
+            let img: Option<String> =
+                c.query_opt(&format!("SELECT to_jsonb(x)::text FROM {t} x WHERE id = $1::text::uuid"), &[id]).await?.map(|r| r.get(0));
             images.push((*t, id.clone(), img.map(|s| serde_json::from_str::<Value>(&s).unwrap())));
         }
         let at: String = c.query_one("SELECT clock_timestamp()::text", &[]).await?.get(0);
@@ -508,8 +505,10 @@ async fn workload(local: TestDb, upstream: TestDb, seed: u64, mut stop: watch::R
             _ = stop.changed() => {}
         }
     }
-    out.ambiguous_committed = history.0.lock().unwrap().iter().filter(|v| v["kind"] == "ambiguous_commit" && v["status"] == "committed").count();
-    out.ambiguous_aborted = history.0.lock().unwrap().iter().filter(|v| v["kind"] == "ambiguous_commit" && v["status"] != "committed").count();
+    out.ambiguous_committed =
+        history.0.lock().unwrap().iter().filter(|v| v["kind"] == "ambiguous_commit" && v["status"] == "committed").count();
+    out.ambiguous_aborted =
+        history.0.lock().unwrap().iter().filter(|v| v["kind"] == "ambiguous_commit" && v["status"] != "committed").count();
     out
 }
 
@@ -896,16 +895,12 @@ async fn chaos(mode: Mode) {
             .await
             .unwrap()
             .get(0);
-        let capture: String = l
-            .query_one("SELECT coalesce(string_agg(t::text, ' '), '') FROM _sync_capture t", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let capture: String = l.query_one("SELECT coalesce(string_agg(t::text, ' '), '') FROM _sync_capture t", &[]).await.unwrap().get(0);
         history.push(json!({"kind": "unsynced_after_once", "once_started": once_started, "rows": detail, "capture": capture}));
         failures.push(format!(
             "{unsynced} journal rows unsynced and {parked} parked after the final once (started {once_started}); errors: {:?}\n{}\n_sync_capture: {capture}",
             left.get::<_, Option<String>>(2),
-            support::sync::tail(&detail, 10)
+            tail(&detail, 10)
         ));
     }
 
@@ -1115,7 +1110,7 @@ async fn a_local_restart_under_run_does_not_stop_pushing(mode: Mode) {
         let why: Vec<&str> = log.lines().filter(|l| l.contains("ALERT") || l.contains("push failed") || l.contains("offline")).collect();
         panic!(
             "the change made after the local restart never reached upstream (130 s); the service said:\n{}",
-            why.iter().take(8).map(|l| support::sync::tail(l, 1)).collect::<Vec<_>>().join("\n")
+            why.iter().take(8).map(|l| tail(l, 1)).collect::<Vec<_>>().join("\n")
         );
     }
 }

@@ -6,9 +6,8 @@ use crate::support;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::sync::{count, Mode, Pair};
+use support::sync::{Mode, Pair, count};
 use tokio_postgres::Client;
-
 
 /// Writes on `up` as another clinic would: triggers on, now() timestamps.
 async fn upstream_writes(up: &Client, n: usize, tag: &str) {
@@ -77,10 +76,7 @@ async fn both_sides_converge_under_a_random_two_way_workload(mode: Mode) {
                     ),
                     false,
                 ),
-                4..=6 => (
-                    format!("UPDATE services SET price = price + 1 WHERE id = '{id}' RETURNING clock_timestamp()::text"),
-                    false,
-                ),
+                4..=6 => (format!("UPDATE services SET price = price + 1 WHERE id = '{id}' RETURNING clock_timestamp()::text"), false),
                 7 => (format!("UPDATE services SET deleted_at = now() WHERE id = '{id}' RETURNING clock_timestamp()::text"), false),
                 _ if on_local => (format!("DELETE FROM services WHERE id = '{id}' RETURNING clock_timestamp()::text"), true),
                 _ => (format!("UPDATE services SET deleted_at = now() WHERE id = '{id}' RETURNING clock_timestamp()::text"), false),
@@ -103,11 +99,8 @@ async fn both_sides_converge_under_a_random_two_way_workload(mode: Mode) {
     pair.assert_converged().await;
     // Every row is its latest write (row-level last-write-wins).
     for (id, w) in &latest {
-        let now: Option<String> = local
-            .query_opt("SELECT to_jsonb(s)::text FROM services s WHERE id = $1::text::uuid", &[id])
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
+        let now: Option<String> =
+            local.query_opt("SELECT to_jsonb(s)::text FROM services s WHERE id = $1::text::uuid", &[id]).await.unwrap().map(|r| r.get(0));
         let parse = |s: &Option<String>| s.as_ref().map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap());
         assert_eq!(parse(&now), parse(&w.image), "row {id}: latest write at {} not kept", w.at);
     }
@@ -118,13 +111,22 @@ async fn a_conflicted_row_ends_as_its_latest_write_on_both_sides(mode: Mode) {
     pair.init().await;
     let local = pair.local.connect().await;
     let up = pair.upstream.connect().await;
-    local.batch_execute("INSERT INTO services (id, name, updated_at) VALUES
+    local
+        .batch_execute(
+            "INSERT INTO services (id, name, updated_at) VALUES
         ('00000000-0000-0000-0000-00000000000a', 'local old', '2026-01-01'),
-        ('00000000-0000-0000-0000-00000000000b', 'local new', '2026-01-03')").await.unwrap();
-    up.batch_execute("SET session_replication_role = replica;
+        ('00000000-0000-0000-0000-00000000000b', 'local new', '2026-01-03')",
+        )
+        .await
+        .unwrap();
+    up.batch_execute(
+        "SET session_replication_role = replica;
         INSERT INTO services (id, name, updated_at) VALUES
         ('00000000-0000-0000-0000-00000000000a', 'up new', '2026-01-02'),
-        ('00000000-0000-0000-0000-00000000000b', 'up old', '2026-01-02')").await.unwrap();
+        ('00000000-0000-0000-0000-00000000000b', 'up old', '2026-01-02')",
+    )
+    .await
+    .unwrap();
     pair.once().await;
     pair.assert_converged().await;
     let names: Vec<String> = local.query("SELECT name FROM services ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
@@ -164,9 +166,12 @@ async fn children_whose_parents_are_missing_locally_are_applied_with_their_paren
     .unwrap();
     // Move the branches watermark past the old branch without applying it,
     // as if the branch had been missed.
-    pair.local.connect().await.batch_execute(
-        "UPDATE _sync_metadata SET last_sync_from_supabase = '2025-01-01' WHERE table_name = 'branches'",
-    ).await.unwrap();
+    pair.local
+        .connect()
+        .await
+        .batch_execute("UPDATE _sync_metadata SET last_sync_from_supabase = '2025-01-01' WHERE table_name = 'branches'")
+        .await
+        .unwrap();
     pair.once().await;
     assert_eq!(count(&pair.local, "SELECT count(*) FROM branches WHERE name = 'old branch'").await, 1);
     assert_eq!(count(&pair.local, "SELECT count(*) FROM patients WHERE full_name = 'child'").await, 1);
@@ -203,10 +208,7 @@ async fn a_crash_mid_download_loses_nothing_and_applies_nothing_twice(mode: Mode
     pair.once().await;
     pair.assert_converged().await;
     // Exactly the rows, each once, and the counter agrees.
-    assert_eq!(
-        count(&pair.local, "SELECT records_synced_down FROM _sync_metadata WHERE table_name = 'services'").await,
-        2600
-    );
+    assert_eq!(count(&pair.local, "SELECT records_synced_down FROM _sync_metadata WHERE table_name = 'services'").await, 2600);
 }
 
 both_modes!(

@@ -10,9 +10,8 @@ use std::ops::Range;
 
 use centrovision_sync::lsn::Lsn;
 use centrovision_sync::pgoutput::{
-    Begin, Commit, Delete, Frame, Insert, LogicalMessage, Message, OldTuple, Origin, Relation,
-    RelationColumn, ReplicaIdentity, Truncate, Tuple, TypeMsg, Update, Value, decode, decode_frame,
-    encode, encode_frame,
+    Begin, Commit, Delete, Frame, Insert, LogicalMessage, Message, OldTuple, Origin, Relation, RelationColumn, ReplicaIdentity, Truncate,
+    Tuple, TypeMsg, Update, Value, decode, decode_frame, encode, encode_frame,
 };
 use proptest::prelude::*;
 
@@ -75,45 +74,21 @@ fn tuple_of(values: &[OwnedValue]) -> Tuple<'_> {
 }
 
 fn old_tuple_of((full, values): &(bool, Vec<OwnedValue>)) -> OldTuple<'_> {
-    if *full {
-        OldTuple::Full(tuple_of(values))
-    } else {
-        OldTuple::Key(tuple_of(values))
-    }
+    if *full { OldTuple::Full(tuple_of(values)) } else { OldTuple::Key(tuple_of(values)) }
 }
 
 impl Spec {
     fn message(&self) -> Message<'_> {
         match self {
             Spec::Owned(m) => m.clone(),
-            Spec::Insert { relation_oid, new } => Message::Insert(Insert {
-                relation_oid: *relation_oid,
-                new: tuple_of(new),
-            }),
-            Spec::Update {
-                relation_oid,
-                old,
-                new,
-            } => Message::Update(Update {
-                relation_oid: *relation_oid,
-                old: old.as_ref().map(old_tuple_of),
-                new: tuple_of(new),
-            }),
-            Spec::Delete { relation_oid, old } => Message::Delete(Delete {
-                relation_oid: *relation_oid,
-                old: old_tuple_of(old),
-            }),
-            Spec::LogicalMessage {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            } => Message::LogicalMessage(LogicalMessage {
-                transactional: *transactional,
-                lsn: *lsn,
-                prefix,
-                content,
-            }),
+            Spec::Insert { relation_oid, new } => Message::Insert(Insert { relation_oid: *relation_oid, new: tuple_of(new) }),
+            Spec::Update { relation_oid, old, new } => {
+                Message::Update(Update { relation_oid: *relation_oid, old: old.as_ref().map(old_tuple_of), new: tuple_of(new) })
+            }
+            Spec::Delete { relation_oid, old } => Message::Delete(Delete { relation_oid: *relation_oid, old: old_tuple_of(old) }),
+            Spec::LogicalMessage { transactional, lsn, prefix, content } => {
+                Message::LogicalMessage(LogicalMessage { transactional: *transactional, lsn: *lsn, prefix, content })
+            }
         }
     }
 
@@ -147,9 +122,7 @@ impl Spec {
             Spec::Delete { old: (_, old), .. } => {
                 tuple_length_fields(1 + 4 + 1, old, &mut fields);
             }
-            Spec::LogicalMessage {
-                prefix, content, ..
-            } => {
+            Spec::LogicalMessage { prefix, content, .. } => {
                 let at = 1 + 1 + 8 + prefix.len() + 1;
                 fields.push((at..at + 4, content.len()));
             }
@@ -160,11 +133,7 @@ impl Spec {
 
 /// Records the length fields of TupleData starting at `at`; returns where
 /// the tuple ends.
-fn tuple_length_fields(
-    mut at: usize,
-    values: &[OwnedValue],
-    fields: &mut Vec<(Range<usize>, usize)>,
-) -> usize {
+fn tuple_length_fields(mut at: usize, values: &[OwnedValue], fields: &mut Vec<(Range<usize>, usize)>) -> usize {
     fields.push((at..at + 2, values.len()));
     at += 2;
     for v in values {
@@ -192,10 +161,7 @@ fn replica_identity() -> impl Strategy<Value = ReplicaIdentity> {
         Just(ReplicaIdentity::Nothing),
         Just(ReplicaIdentity::Full),
         Just(ReplicaIdentity::Index),
-        any::<u8>()
-            .prop_filter("known bytes decode to the named variants", |b| !b"dnfi"
-                .contains(b))
-            .prop_map(ReplicaIdentity::Unknown),
+        any::<u8>().prop_filter("known bytes decode to the named variants", |b| !b"dnfi".contains(b)).prop_map(ReplicaIdentity::Unknown),
     ]
 }
 
@@ -212,95 +178,39 @@ fn values(content: BoxedStrategy<Vec<u8>>) -> impl Strategy<Value = Vec<OwnedVal
 /// Any message, with value and content bytes drawn from `content`.
 fn spec(content: BoxedStrategy<Vec<u8>>) -> impl Strategy<Value = Spec> {
     let owned = |m: Message<'static>| Spec::Owned(m);
-    let begin = (lsn(), any::<i64>(), any::<u32>()).prop_map(move |(final_lsn, t, xid)| {
-        owned(Message::Begin(Begin {
-            final_lsn,
-            commit_time_micros: t,
-            xid,
-        }))
+    let begin = (lsn(), any::<i64>(), any::<u32>())
+        .prop_map(move |(final_lsn, t, xid)| owned(Message::Begin(Begin { final_lsn, commit_time_micros: t, xid })));
+    let commit = (any::<u8>(), lsn(), lsn(), any::<i64>())
+        .prop_map(move |(flags, c, e, t)| owned(Message::Commit(Commit { flags, commit_lsn: c, end_lsn: e, commit_time_micros: t })));
+    let origin = (lsn(), name()).prop_map(move |(commit_lsn, name)| owned(Message::Origin(Origin { commit_lsn, name })));
+    let column = (any::<bool>(), name(), any::<u32>(), any::<i32>()).prop_map(|(is_key, name, type_oid, type_modifier)| RelationColumn {
+        is_key,
+        name,
+        type_oid,
+        type_modifier,
     });
-    let commit = (any::<u8>(), lsn(), lsn(), any::<i64>()).prop_map(move |(flags, c, e, t)| {
-        owned(Message::Commit(Commit {
-            flags,
-            commit_lsn: c,
-            end_lsn: e,
-            commit_time_micros: t,
-        }))
-    });
-    let origin = (lsn(), name())
-        .prop_map(move |(commit_lsn, name)| owned(Message::Origin(Origin { commit_lsn, name })));
-    let column = (any::<bool>(), name(), any::<u32>(), any::<i32>()).prop_map(
-        |(is_key, name, type_oid, type_modifier)| RelationColumn {
-            is_key,
-            name,
-            type_oid,
-            type_modifier,
+    let relation = (any::<u32>(), name(), name(), replica_identity(), prop::collection::vec(column, 0..8)).prop_map(
+        move |(oid, namespace, name, replica_identity, columns)| {
+            owned(Message::Relation(Relation { oid, namespace, name, replica_identity, columns }))
         },
     );
-    let relation = (
-        any::<u32>(),
-        name(),
-        name(),
-        replica_identity(),
-        prop::collection::vec(column, 0..8),
-    )
-        .prop_map(move |(oid, namespace, name, replica_identity, columns)| {
-            owned(Message::Relation(Relation {
-                oid,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            }))
-        });
-    let type_msg = (any::<u32>(), name(), name()).prop_map(move |(oid, namespace, name)| {
-        owned(Message::Type(TypeMsg {
-            oid,
-            namespace,
-            name,
-        }))
+    let type_msg =
+        (any::<u32>(), name(), name()).prop_map(move |(oid, namespace, name)| owned(Message::Type(TypeMsg { oid, namespace, name })));
+    let truncate = (any::<bool>(), any::<bool>(), prop::collection::vec(any::<u32>(), 0..8)).prop_map(
+        move |(cascade, restart_identity, relation_oids)| owned(Message::Truncate(Truncate { cascade, restart_identity, relation_oids })),
+    );
+    let insert = (any::<u32>(), values(content.clone())).prop_map(|(relation_oid, new)| Spec::Insert { relation_oid, new });
+    let update = (any::<u32>(), prop::option::of((any::<bool>(), values(content.clone()))), values(content.clone()))
+        .prop_map(|(relation_oid, old, new)| Spec::Update { relation_oid, old, new });
+    let delete = (any::<u32>(), any::<bool>(), values(content.clone()))
+        .prop_map(|(relation_oid, full, old)| Spec::Delete { relation_oid, old: (full, old) });
+    let logical = (any::<bool>(), lsn(), name(), content).prop_map(|(transactional, lsn, prefix, content)| Spec::LogicalMessage {
+        transactional,
+        lsn,
+        prefix,
+        content,
     });
-    let truncate = (
-        any::<bool>(),
-        any::<bool>(),
-        prop::collection::vec(any::<u32>(), 0..8),
-    )
-        .prop_map(move |(cascade, restart_identity, relation_oids)| {
-            owned(Message::Truncate(Truncate {
-                cascade,
-                restart_identity,
-                relation_oids,
-            }))
-        });
-    let insert = (any::<u32>(), values(content.clone()))
-        .prop_map(|(relation_oid, new)| Spec::Insert { relation_oid, new });
-    let update = (
-        any::<u32>(),
-        prop::option::of((any::<bool>(), values(content.clone()))),
-        values(content.clone()),
-    )
-        .prop_map(|(relation_oid, old, new)| Spec::Update {
-            relation_oid,
-            old,
-            new,
-        });
-    let delete = (any::<u32>(), any::<bool>(), values(content.clone())).prop_map(
-        |(relation_oid, full, old)| Spec::Delete {
-            relation_oid,
-            old: (full, old),
-        },
-    );
-    let logical = (any::<bool>(), lsn(), name(), content).prop_map(
-        |(transactional, lsn, prefix, content)| Spec::LogicalMessage {
-            transactional,
-            lsn,
-            prefix,
-            content,
-        },
-    );
-    prop_oneof![
-        begin, commit, origin, relation, type_msg, truncate, insert, update, delete, logical
-    ]
+    prop_oneof![begin, commit, origin, relation, type_msg, truncate, insert, update, delete, logical]
 }
 
 fn any_content() -> BoxedStrategy<Vec<u8>> {
@@ -319,14 +229,7 @@ fn unambiguous_content() -> BoxedStrategy<Vec<u8>> {
 }
 
 fn frame() -> impl Strategy<Value = (Lsn, Lsn, i64, bool, Vec<u8>, bool)> {
-    (
-        lsn(),
-        lsn(),
-        any::<i64>(),
-        any::<bool>(),
-        any_content(),
-        any::<bool>(),
-    )
+    (lsn(), lsn(), any::<i64>(), any::<bool>(), any_content(), any::<bool>())
 }
 
 proptest! {

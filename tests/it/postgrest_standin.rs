@@ -51,20 +51,13 @@ $$;
 
 async fn setup(hint: &str) -> (TestDb, PostgrestStandIn) {
     let db = Cluster::shared().create_database(hint).await;
-    db.connect()
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .expect("test schema");
+    db.connect().await.batch_execute(SCHEMA).await.expect("test schema");
     let standin = PostgrestStandIn::start(&db, KEY).await;
     (db, standin)
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("reqwest client")
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("reqwest client")
 }
 
 /// GET with a raw (already encoded) path and query.
@@ -85,30 +78,18 @@ async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
 }
 
 fn names(rows: &Value) -> Vec<&str> {
-    rows.as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {rows}"))
-        .iter()
-        .map(|r| r["name"].as_str().expect("name"))
-        .collect()
+    rows.as_array().unwrap_or_else(|| panic!("expected an array, got {rows}")).iter().map(|r| r["name"].as_str().expect("name")).collect()
 }
 
 async fn rpc(s: &PostgrestStandIn, func: &str, body: Value) -> (u16, Value) {
-    let resp = client()
-        .post(format!("{}/rest/v1/rpc/{func}", s.url()))
-        .header("apikey", KEY)
-        .json(&body)
-        .send()
-        .await
-        .expect("POST rpc");
+    let resp = client().post(format!("{}/rest/v1/rpc/{func}", s.url())).header("apikey", KEY).json(&body).send().await.expect("POST rpc");
     status_and_json(resp).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyset_page_with_or_and_quoted_microsecond_timestamps_returns_the_next_rows_in_order() {
     let (_db, s) = setup("standin keyset page").await;
-    let or = format!(
-        "(updated_at.gt.\"{CURSOR_TS}\",and(updated_at.eq.\"{CURSOR_TS}\",id.gt.\"{CURSOR_ID}\"))"
-    );
+    let or = format!("(updated_at.gt.\"{CURSOR_TS}\",and(updated_at.eq.\"{CURSOR_TS}\",id.gt.\"{CURSOR_ID}\"))");
     let page = |limit: &'static str| {
         let or = or.clone();
         let url = format!("{}/rest/v1/patients", s.url());
@@ -116,19 +97,11 @@ async fn keyset_page_with_or_and_quoted_microsecond_timestamps_returns_the_next_
             let resp = client()
                 .get(url)
                 .header("apikey", KEY)
-                .query(&[
-                    ("select", "*"),
-                    ("or", or.as_str()),
-                    ("order", "updated_at.asc,id.asc"),
-                    ("limit", limit),
-                ])
+                .query(&[("select", "*"), ("or", or.as_str()), ("order", "updated_at.asc,id.asc"), ("limit", limit)])
                 .send()
                 .await
                 .expect("GET page");
-            assert_eq!(
-                resp.headers()["content-type"],
-                "application/json; charset=utf-8"
-            );
+            assert_eq!(resp.headers()["content-type"], "application/json; charset=utf-8");
             status_and_json(resp).await
         }
     };
@@ -156,49 +129,23 @@ async fn an_unencoded_plus_in_a_timestamp_fails_with_22007_while_percent_2b_work
     let (_db, s) = setup("standin plus sign").await;
 
     // `+` decodes to a space, as in real PostgREST: PostgreSQL rejects it.
-    let (status, err) = status_and_json(
-        get_raw(
-            &s,
-            "/rest/v1/patients?updated_at=gt.2024-01-01T10:00:00.123456+00:00",
-        )
-        .await,
-    )
-    .await;
+    let (status, err) = status_and_json(get_raw(&s, "/rest/v1/patients?updated_at=gt.2024-01-01T10:00:00.123456+00:00").await).await;
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["code"], "22007", "{err}");
-    assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("2024-01-01T10:00:00.123456 00:00"),
-        "{err}"
-    );
+    assert!(err["message"].as_str().unwrap().contains("2024-01-01T10:00:00.123456 00:00"), "{err}");
 
-    let (status, rows) = status_and_json(
-        get_raw(
-            &s,
-            "/rest/v1/patients?updated_at=gt.2024-01-01T10:00:00.123456%2B00:00&order=updated_at.asc",
-        )
-        .await,
-    )
-    .await;
+    let (status, rows) =
+        status_and_json(get_raw(&s, "/rest/v1/patients?updated_at=gt.2024-01-01T10:00:00.123456%2B00:00&order=updated_at.asc").await).await;
     assert_eq!(status, 200, "{rows}");
     assert_eq!(names(&rows), ["e", "f"]);
 
     // Outside logic trees and `in` lists, double quotes are part of the value.
-    let (status, rows) =
-        status_and_json(get_raw(&s, "/rest/v1/patients?name=eq.%22d%22").await).await;
+    let (status, rows) = status_and_json(get_raw(&s, "/rest/v1/patients?name=eq.%22d%22").await).await;
     assert_eq!((status, rows), (200, json!([])));
     let (status, rows) = status_and_json(get_raw(&s, "/rest/v1/patients?name=eq.d").await).await;
     assert_eq!((status, names(&rows)), (200, vec!["d"]));
-    let (status, err) =
-        status_and_json(get_raw(&s, &format!("/rest/v1/patients?id=eq.%22{CURSOR_ID}%22")).await)
-            .await;
-    assert_eq!(
-        (status, err["code"].as_str()),
-        (400, Some("22P02")),
-        "{err}"
-    );
+    let (status, err) = status_and_json(get_raw(&s, &format!("/rest/v1/patients?id=eq.%22{CURSOR_ID}%22")).await).await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("22P02")), "{err}");
     s.stop().await;
 }
 
@@ -208,13 +155,7 @@ async fn in_with_quoted_uuids_returns_exactly_those_rows() {
     let resp = client()
         .get(format!("{}/rest/v1/patients", s.url()))
         .header("apikey", KEY)
-        .query(&[
-            (
-                "id",
-                "in.(\"99999999-9999-4999-8999-999999999999\",\"22222222-2222-4222-8222-222222222222\")",
-            ),
-            ("order", "id.desc"),
-        ])
+        .query(&[("id", "in.(\"99999999-9999-4999-8999-999999999999\",\"22222222-2222-4222-8222-222222222222\")"), ("order", "id.desc")])
         .send()
         .await
         .expect("GET in");
@@ -222,14 +163,7 @@ async fn in_with_quoted_uuids_returns_exactly_those_rows() {
     assert_eq!(status, 200, "{rows}");
     assert_eq!(names(&rows), ["d", "b"]);
 
-    let (status, rows) = status_and_json(
-        get_raw(
-            &s,
-            "/rest/v1/patients?name=not.in.(a,b,c,d)&order=name.desc",
-        )
-        .await,
-    )
-    .await;
+    let (status, rows) = status_and_json(get_raw(&s, "/rest/v1/patients?name=not.in.(a,b,c,d)&order=name.desc").await).await;
     assert_eq!(status, 200, "{rows}");
     assert_eq!(names(&rows), ["f", "e"]);
     s.stop().await;
@@ -248,24 +182,14 @@ async fn limit_applies_and_max_rows_caps_it_silently() {
             (rows.as_array().unwrap().len(), range)
         }
     };
-    assert_eq!(
-        count("/rest/v1/items?limit=5&order=n").await,
-        (5, "0-4/*".to_owned())
-    );
+    assert_eq!(count("/rest/v1/items?limit=5&order=n").await, (5, "0-4/*".to_owned()));
     assert_eq!(count("/rest/v1/items").await.0, 30);
 
     s.set_max_rows(10);
     assert_eq!(count("/rest/v1/items").await, (10, "0-9/*".to_owned()));
-    assert_eq!(
-        count("/rest/v1/items?limit=20").await.0,
-        10,
-        "capped, no error"
-    );
+    assert_eq!(count("/rest/v1/items?limit=20").await.0, 10, "capped, no error");
     assert_eq!(count("/rest/v1/items?limit=3").await.0, 3);
-    assert_eq!(
-        count("/rest/v1/items?n=gt.100").await,
-        (0, "*/*".to_owned())
-    );
+    assert_eq!(count("/rest/v1/items?n=gt.100").await, (0, "*/*".to_owned()));
     s.stop().await;
 }
 
@@ -287,23 +211,14 @@ async fn rpc_passes_named_arguments_and_returns_the_bare_result() {
     let (status, body) = rpc(&s, "numbers", json!({"n": 3})).await;
     assert_eq!((status, body), (200, json!([1, 2])), "capped by max rows");
 
-    let resp = client()
-        .post(format!("{}/rest/v1/rpc/touch", s.url()))
-        .header("apikey", KEY)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(format!("{}/rest/v1/rpc/touch", s.url())).header("apikey", KEY).json(&json!({})).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 204, "void → 204");
     assert_eq!(resp.text().await.unwrap(), "");
 
     // RAISE EXCEPTION → P0001 → 400 with PostgreSQL's fields.
     let (status, body) = rpc(&s, "fail_with", json!({"msg": "nope"})).await;
     assert_eq!(status, 400);
-    assert_eq!(
-        body,
-        json!({"code": "P0001", "details": "some detail", "hint": "some hint", "message": "nope"})
-    );
+    assert_eq!(body, json!({"code": "P0001", "details": "some detail", "hint": "some hint", "message": "nope"}));
     s.stop().await;
 }
 
@@ -313,10 +228,7 @@ async fn a_missing_table_is_404_pgrst205() {
     let (status, err) = status_and_json(get_raw(&s, "/rest/v1/nope?select=*").await).await;
     assert_eq!(status, 404);
     assert_eq!(err["code"], "PGRST205");
-    assert_eq!(
-        err["message"],
-        "Could not find the table 'public.nope' in the schema cache"
-    );
+    assert_eq!(err["message"], "Could not find the table 'public.nope' in the schema cache");
     s.stop().await;
 }
 
@@ -326,25 +238,15 @@ async fn a_missing_function_or_unknown_argument_is_404_pgrst202() {
     let (status, err) = rpc(&s, "nope", json!({"x": 1})).await;
     assert_eq!(status, 404, "{err}");
     assert_eq!(err["code"], "PGRST202");
-    assert_eq!(
-        err["message"],
-        "Could not find the function public.nope(x) in the schema cache"
-    );
+    assert_eq!(err["message"], "Could not find the function public.nope(x) in the schema cache");
     assert_eq!(
         err["details"],
         "Searched for the function public.nope with parameter x or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache."
     );
 
     let (status, err) = rpc(&s, "apply_batch", json!({"chnges": []})).await;
-    assert_eq!(
-        (status, err["code"].as_str()),
-        (404, Some("PGRST202")),
-        "{err}"
-    );
-    assert_eq!(
-        err["hint"],
-        "Perhaps you meant to call the function public.apply_batch(changes)"
-    );
+    assert_eq!((status, err["code"].as_str()), (404, Some("PGRST202")), "{err}");
+    assert_eq!(err["hint"], "Perhaps you meant to call the function public.apply_batch(changes)");
     s.stop().await;
 }
 
@@ -353,32 +255,18 @@ async fn a_wrong_or_missing_api_key_is_401_from_the_gateway() {
     let (_db, s) = setup("standin api key").await;
     let url = format!("{}/rest/v1/patients", s.url());
 
-    let resp = client()
-        .get(&url)
-        .header("apikey", "wrong")
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(&url).header("apikey", "wrong").send().await.unwrap();
     let (status, body) = status_and_json(resp).await;
     assert_eq!(status, 401);
     assert_eq!(body["message"], "Invalid API key");
-    assert!(
-        body.get("code").is_none(),
-        "the gateway sends no code: {body}"
-    );
+    assert!(body.get("code").is_none(), "the gateway sends no code: {body}");
 
     let (status, body) = status_and_json(client().get(&url).send().await.unwrap()).await;
     assert_eq!(status, 401);
     assert_eq!(body["message"], "No API key found in request");
 
     // A non-JWT key sent as a Bearer token reaches PostgREST, which refuses it.
-    let resp = client()
-        .get(&url)
-        .header("apikey", KEY)
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(&url).header("apikey", KEY).bearer_auth(KEY).send().await.unwrap();
     let (status, body) = status_and_json(resp).await;
     assert_eq!(status, 401);
     assert_eq!(body["code"], "PGRST301");
@@ -390,14 +278,7 @@ async fn a_wrong_or_missing_api_key_is_401_from_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_429_with_retry_after_is_served_once_then_service_resumes() {
     let (_db, s) = setup("standin queued 429").await;
-    s.faults().push(
-        "/rest/v1/",
-        Fault::Status {
-            code: 429,
-            retry_after_secs: Some(7),
-            body: None,
-        },
-    );
+    s.faults().push("/rest/v1/", Fault::Status { code: 429, retry_after_secs: Some(7), body: None });
     let resp = get_raw(&s, "/rest/v1/patients").await;
     assert_eq!(resp.status().as_u16(), 429);
     assert_eq!(resp.headers()["retry-after"], "7");
@@ -408,17 +289,9 @@ async fn a_queued_429_with_retry_after_is_served_once_then_service_resumes() {
 
     // A fault for another route does not touch this one.
     s.faults().push("/rest/v1/rpc/", Fault::MalformedJson);
-    assert_eq!(
-        get_raw(&s, "/rest/v1/patients").await.status().as_u16(),
-        200
-    );
-    let resp = client()
-        .post(format!("{}/rest/v1/rpc/add_them", s.url()))
-        .header("apikey", KEY)
-        .json(&json!({"a": 1}))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(get_raw(&s, "/rest/v1/patients").await.status().as_u16(), 200);
+    let resp =
+        client().post(format!("{}/rest/v1/rpc/add_them", s.url())).header("apikey", KEY).json(&json!({"a": 1})).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert!(serde_json::from_str::<Value>(&resp.text().await.unwrap()).is_err());
     s.stop().await;
@@ -427,26 +300,15 @@ async fn a_queued_429_with_retry_after_is_served_once_then_service_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_faults_and_delays_apply_until_cleared() {
     let (_db, s) = setup("standin persistent fault").await;
-    s.faults().set_persistent(
-        "/rest/v1/",
-        Some(Fault::Status {
-            code: 503,
-            retry_after_secs: None,
-            body: None,
-        }),
-    );
+    s.faults().set_persistent("/rest/v1/", Some(Fault::Status { code: 503, retry_after_secs: None, body: None }));
     for _ in 0..3 {
         let (status, body) = status_and_json(get_raw(&s, "/rest/v1/items").await).await;
-        assert_eq!(
-            (status, body),
-            (503, json!({"message": "Service Unavailable"}))
-        );
+        assert_eq!((status, body), (503, json!({"message": "Service Unavailable"})));
     }
     s.faults().set_persistent("/rest/v1/", None);
     assert_eq!(get_raw(&s, "/rest/v1/items").await.status().as_u16(), 200);
 
-    s.faults()
-        .push("/rest/v1/items", Fault::Delay(Duration::from_millis(300)));
+    s.faults().push("/rest/v1/items", Fault::Delay(Duration::from_millis(300)));
     let started = Instant::now();
     assert_eq!(get_raw(&s, "/rest/v1/items").await.status().as_u16(), 200);
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -460,16 +322,10 @@ async fn drop_connection_closes_the_connection_without_a_response() {
     // One client throughout: the dropped connection is a pooled keep-alive
     // one, and the client must still see the failure (no silent retry).
     let http = client();
-    let get = || {
-        http.get(format!("{}/rest/v1/patients", s.url()))
-            .header("apikey", KEY)
-            .send()
-    };
+    let get = || http.get(format!("{}/rest/v1/patients", s.url())).header("apikey", KEY).send();
     assert_eq!(get().await.unwrap().status().as_u16(), 200);
     s.faults().push("/rest/v1/patients", Fault::DropConnection);
-    let err = get()
-        .await
-        .expect_err("the connection is closed before any response");
+    let err = get().await.expect_err("the connection is closed before any response");
     assert!(err.status().is_none(), "{err:?}");
     assert!(!err.is_timeout(), "{err:?}");
     assert_eq!(get().await.unwrap().status().as_u16(), 200);
@@ -493,17 +349,12 @@ async fn a_stopped_database_is_503_pgrst000_until_it_is_back() {
     let (status, err) = status_and_json(get_raw(&s, "/rest/v1/items").await).await;
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["code"], "PGRST000");
-    assert_eq!(
-        err["message"],
-        "Database connection error. Retrying the connection."
-    );
+    assert_eq!(err["message"], "Database connection error. Retrying the connection.");
 
     cluster.start_again();
-    wait_for(
-        "the stand-in to serve again",
-        Duration::from_secs(30),
-        || async { (get_raw(&s, "/rest/v1/items").await.status().as_u16() == 200).then_some(()) },
-    )
+    wait_for("the stand-in to serve again", Duration::from_secs(30), || async {
+        (get_raw(&s, "/rest/v1/items").await.status().as_u16() == 200).then_some(())
+    })
     .await;
     s.stop().await;
 }
@@ -545,11 +396,7 @@ async fn malformed_or_invalid_requests_get_postgrest_errors_and_never_break_the_
                "message": "\"failed to parse filter (not.zz.1)\" (line 1, column 8)"})
     );
     let (status, err) = status_and_json(get_raw(&s, "/rest/v1/patients?nope=eq.1").await).await;
-    assert_eq!(
-        (status, err["code"].as_str()),
-        (400, Some("42703")),
-        "{err}"
-    );
+    assert_eq!((status, err["code"].as_str()), (400, Some("42703")), "{err}");
     assert_eq!(err["message"], "column patients.nope does not exist");
 
     let cases: &[(&str, u16, &str)] = &[
@@ -596,16 +443,8 @@ async fn malformed_or_invalid_requests_get_postgrest_errors_and_never_break_the_
         .await
         .unwrap();
     let (status, err) = status_and_json(resp).await;
-    assert_eq!(
-        (status, err["code"].as_str()),
-        (400, Some("PGRST102")),
-        "{err}"
-    );
+    assert_eq!((status, err["code"].as_str()), (400, Some("PGRST102")), "{err}");
     let (status, err) = rpc(&s, "add_them", json!({"a": "x"})).await;
-    assert_eq!(
-        (status, err["code"].as_str()),
-        (400, Some("22P02")),
-        "{err}"
-    );
+    assert_eq!((status, err["code"].as_str()), (400, Some("22P02")), "{err}");
     s.stop().await;
 }

@@ -6,9 +6,8 @@ use crate::support;
 
 use std::time::Duration;
 
-use support::sync::{count, Mode, Pair, terminate};
+use support::sync::{Mode, Pair, count, terminate};
 use support::{Cluster, ClusterOptions, wait_for};
-
 
 async fn status_json(pair: &Pair) -> serde_json::Value {
     let o = pair.ok(&["status", "--json"]).await;
@@ -36,11 +35,9 @@ async fn replay_after_an_upstream_restore_makes_both_sides_equal_and_twice_chang
     pair.once().await;
     pair.assert_converged().await;
     // Upstream is restored from the backup: the later changes are gone.
-    up.batch_execute(
-        "SET session_replication_role = replica; DELETE FROM services; INSERT INTO services SELECT * FROM services_backup;",
-    )
-    .await
-    .unwrap();
+    up.batch_execute("SET session_replication_role = replica; DELETE FROM services; INSERT INTO services SELECT * FROM services_backup;")
+        .await
+        .unwrap();
     assert_ne!(Pair::rows(&pair.local, "services").await, Pair::rows(&pair.upstream, "services").await);
     let dry = pair.ok(&["replay", "--from-lsn", &saved, "--dry-run"]).await;
     let text = String::from_utf8_lossy(&dry.stdout);
@@ -62,12 +59,7 @@ async fn replay_refuses_an_lsn_older_than_the_retained_history() {
     pair.local.connect().await.batch_execute("INSERT INTO services (name) VALUES ('x')").await.unwrap();
     pair.once().await;
     // Retention pruned everything up to the current position.
-    pair.local
-        .connect()
-        .await
-        .batch_execute("UPDATE _sync_capture SET pruned_through_lsn = journaled_lsn")
-        .await
-        .unwrap();
+    pair.local.connect().await.batch_execute("UPDATE _sync_capture SET pruned_through_lsn = journaled_lsn").await.unwrap();
     let o = pair.exec(&["replay", "--from-lsn", "0/1"], &[]).await;
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -111,7 +103,9 @@ async fn verify_finds_single_differences_in_100k_rows_and_repair_fixes_them(mode
     let up = pair.upstream.connect().await;
     let local = pair.local.connect().await;
     // One column of one row changed upstream (a manual edit, same updated_at).
-    up.batch_execute("SET session_replication_role = replica; UPDATE services SET name = 'edited' WHERE id = md5('500')::uuid").await.unwrap();
+    up.batch_execute("SET session_replication_role = replica; UPDATE services SET name = 'edited' WHERE id = md5('500')::uuid")
+        .await
+        .unwrap();
     // A row missing on each side.
     up.batch_execute("DELETE FROM services WHERE id = md5('700')::uuid").await.unwrap();
     local.batch_execute("DELETE FROM services WHERE id = md5('900')::uuid").await.unwrap();
@@ -144,11 +138,7 @@ struct UuidText(String);
 
 impl std::fmt::LowerHex for UuidText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf %s '{}' | md5sum", self.0))
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("sh").arg("-c").arg(format!("printf %s '{}' | md5sum", self.0)).output().unwrap();
         let h = String::from_utf8_lossy(&out.stdout)[..32].to_string();
         write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
     }
@@ -210,7 +200,12 @@ async fn resync_after_the_slot_was_dropped_loses_no_local_change(mode: Mode) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_after_the_slot_was_invalidated_by_max_slot_wal_keep_size() {
     let local_cluster = Cluster::start(ClusterOptions {
-        extra_conf: vec!["max_slot_wal_keep_size = 1MB".into(), "wal_keep_size = 0".into(), "max_wal_size = 32MB".into(), "min_wal_size = 32MB".into()],
+        extra_conf: vec![
+            "max_slot_wal_keep_size = 1MB".into(),
+            "wal_keep_size = 0".into(),
+            "max_wal_size = 32MB".into(),
+            "min_wal_size = 32MB".into(),
+        ],
         ..Default::default()
     });
     let local = local_cluster.create_database("resync_lost_l").await;
@@ -223,15 +218,14 @@ async fn resync_after_the_slot_was_invalidated_by_max_slot_wal_keep_size() {
     // The service is down for long: WAL piles up past the limit.
     c.batch_execute("INSERT INTO services (name) VALUES ('during the outage')").await.unwrap();
     for _ in 0..4 {
-        c.batch_execute("INSERT INTO audit_trail (what) SELECT repeat('w', 500) FROM generate_series(1, 5000); SELECT pg_switch_wal(); CHECKPOINT;")
-            .await
-            .unwrap();
-    }
-    let status: Option<String> = c
-        .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&pair.slot])
+        c.batch_execute(
+            "INSERT INTO audit_trail (what) SELECT repeat('w', 500) FROM generate_series(1, 5000); SELECT pg_switch_wal(); CHECKPOINT;",
+        )
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    }
+    let status: Option<String> =
+        c.query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&pair.slot]).await.unwrap().get(0);
     assert_eq!(status.as_deref(), Some("lost"), "the test did not invalidate the slot");
     let st = status_json(&pair).await;
     assert_eq!(st["slot"]["wal_status"], "lost");

@@ -7,9 +7,8 @@ use crate::support;
 use std::time::Duration;
 
 use support::postgrest::Fault;
-use support::sync::{count, Mode, Pair, kill9};
+use support::sync::{Mode, Pair, count, kill9};
 use support::wait_for;
-
 
 const APPLY: &str = "/rest/v1/rpc/centrovision_sync_apply";
 

@@ -163,10 +163,10 @@ async fn a_self_signed_certificate_is_refused() {
     // (Best effort: reqwest's own "accept invalid certs" switch is not
     // available with every rustls verifier; the TCP listener is checked by
     // the server helper itself.)
-    if let Ok(insecure) = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build() {
-        if let Ok(page) = insecure.get(&url).send().await {
-            assert!(page.status().is_success());
-        }
+    if let Ok(insecure) = reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build()
+        && let Ok(page) = insecure.get(&url).send().await
+    {
+        assert!(page.status().is_success());
     }
 
     let mut pair = Pair::new("tls_self_signed", Mode::Rest).await;
@@ -220,14 +220,7 @@ async fn a_server_that_does_not_speak_tls_is_an_error_not_a_success() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("could not connect") || err.contains("connection failed"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let synced: i64 = pair
-        .local
-        .connect()
-        .await
-        .query_one("SELECT count(*) FROM _sync_pending WHERE synced", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let synced: i64 = pair.local.connect().await.query_one("SELECT count(*) FROM _sync_pending WHERE synced", &[]).await.unwrap().get(0);
     assert_eq!(synced, 0);
     assert_eq!(pair.standin().requests("/rest/v1/"), 0);
 }
@@ -315,7 +308,12 @@ fn set_line(config: &Path, key: &str, value: &str) {
 }
 
 /// Where a secret could end up, by name.
-async fn gather_outputs(pair: &Pair, log_dir: &Path, hook: &Arc<Mutex<Vec<String>>>, extra: Vec<(String, String)>) -> Vec<(String, String)> {
+async fn gather_outputs(
+    pair: &Pair,
+    log_dir: &Path,
+    hook: &Arc<Mutex<Vec<String>>>,
+    extra: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     let mut out = extra;
     out.push(("run log (console)".into(), pair.run_log()));
     for e in std::fs::read_dir(log_dir).unwrap() {
@@ -391,10 +389,9 @@ async fn secrets_never_reach_logs_status_or_control_tables(mode: Mode) {
     pair.write_config();
     if mode == Mode::Rest {
         // Also present in REST mode (unused there): must not be printed either.
-        let text = std::fs::read_to_string(pair.config_path()).unwrap().replace(
-            "[supabase]\n",
-            &format!("[supabase]\ndb_url = \"host=127.0.0.1 port=1 user=u password={} dbname=d\"\n", s.db_pw),
-        );
+        let text = std::fs::read_to_string(pair.config_path())
+            .unwrap()
+            .replace("[supabase]\n", &format!("[supabase]\ndb_url = \"host=127.0.0.1 port=1 user=u password={} dbname=d\"\n", s.db_pw));
         std::fs::write(pair.config_path(), text).unwrap();
     }
     pair.init().await;
@@ -456,7 +453,10 @@ async fn secrets_never_reach_logs_status_or_control_tables(mode: Mode) {
     extra.push(("`run` with a wrong local password, stdout".into(), String::from_utf8_lossy(&o.stdout).into_owned()));
     for args in [&["status"][..], &["doctor"]] {
         let o = pair.exec(args, &[]).await;
-        extra.push((format!("`{}` with a wrong local password", args.join(" ")), format!("{}\n{}", String::from_utf8_lossy(&o.stdout), stderr(&o))));
+        extra.push((
+            format!("`{}` with a wrong local password", args.join(" ")),
+            format!("{}\n{}", String::from_utf8_lossy(&o.stdout), stderr(&o)),
+        ));
     }
     set_line(&config, "password", &s.local_pw);
 
@@ -568,9 +568,7 @@ fn skip_literal(s: &[u8], i: usize) -> Option<usize> {
             let end = s[i + 2..].iter().position(|&c| c == b'\'')?;
             return Some(i + 2 + end + 1);
         }
-        let ch_len = std::str::from_utf8(&s[i + 1..(i + 5).min(s.len())])
-            .map(|t| t.chars().next().map_or(1, char::len_utf8))
-            .unwrap_or(1);
+        let ch_len = std::str::from_utf8(&s[i + 1..(i + 5).min(s.len())]).map(|t| t.chars().next().map_or(1, char::len_utf8)).unwrap_or(1);
         if i + 1 + ch_len < s.len() && s[i + 1 + ch_len] == b'\'' {
             return Some(i + 2 + ch_len);
         }
@@ -630,7 +628,11 @@ fn format_sites(src: &str) -> Vec<FormatSite> {
                 _ => {}
             }
             // Push the whole UTF-8 character.
-            let len = std::str::from_utf8(&s[i..(i + 4).min(s.len())]).ok().or_else(|| std::str::from_utf8(&s[i..i + 1]).ok()).and_then(|t| t.chars().next()).map_or(1, char::len_utf8);
+            let len = std::str::from_utf8(&s[i..(i + 4).min(s.len())])
+                .ok()
+                .or_else(|| std::str::from_utf8(&s[i..i + 1]).ok())
+                .and_then(|t| t.chars().next())
+                .map_or(1, char::len_utf8);
             cur.push_str(&src[i..i + len]);
             i += len;
         }
@@ -766,7 +768,13 @@ fn unquoted_identifiers(file: &str, src: &str) -> Vec<String> {
                 (is_ident(n.trim()) && !e.starts_with('=')).then(|| (n.trim().to_string(), e.trim().to_string()))
             })
             .collect();
-        let positional: Vec<&String> = site.args.iter().filter(|a| !named.iter().any(|(n, _)| a.trim_start().starts_with(&format!("{n} =")) || a.trim_start().starts_with(&format!("{n}=")))).collect();
+        let positional: Vec<&String> = site
+            .args
+            .iter()
+            .filter(|a| {
+                !named.iter().any(|(n, _)| a.trim_start().starts_with(&format!("{n} =")) || a.trim_start().starts_with(&format!("{n}=")))
+            })
+            .collect();
         let mut next_positional = 0;
         for (at, name) in placeholders(&site.literal) {
             let expr: Option<String> = if name.is_empty() {
@@ -876,8 +884,21 @@ fn server_certificate(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     )
     .unwrap();
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile",
-        "server.ext", "-out", "server.crt",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
     ]);
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(p("server.crt"), std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -908,11 +929,7 @@ async fn postgres_mode_verifies_the_upstream_certificate() {
         return;
     };
     let up_cluster = Cluster::start(support::ClusterOptions {
-        extra_conf: vec![
-            "ssl = on".into(),
-            format!("ssl_cert_file = '{}'", cert.display()),
-            format!("ssl_key_file = '{}'", key.display()),
-        ],
+        extra_conf: vec!["ssl = on".into(), format!("ssl_cert_file = '{}'", cert.display()), format!("ssl_key_file = '{}'", key.display())],
         ..Default::default()
     });
     let local = Cluster::shared().create_database("pg_tls_l").await;
@@ -935,7 +952,9 @@ async fn postgres_mode_verifies_the_upstream_certificate() {
         }
         std::fs::write(&config, text).unwrap();
     };
-    for (extra, what) in [(" sslmode=require", "sslmode=require"), ("", "the default sslmode (prefer)"), (" sslmode=verify-full", "sslmode=verify-full")] {
+    for (extra, what) in
+        [(" sslmode=require", "sslmode=require"), ("", "the default sslmode (prefer)"), (" sslmode=verify-full", "sslmode=verify-full")]
+    {
         with(extra, None);
         let o = pair.exec(&["once"], &[]).await;
         let err = stderr(&o);

@@ -6,9 +6,8 @@ use crate::support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::sync::{count, Mode, Pair, kill9, terminate};
+use support::sync::{Mode, Pair, count, kill9, terminate};
 use support::{Cluster, StopMode, wait_for};
-
 
 /// A webhook receiver on 127.0.0.1 that records every JSON body.
 async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
@@ -79,11 +78,9 @@ async fn a_restart_of_the_local_database_under_the_service_resumes_from_the_righ
     let mut child = pair.spawn_run(&[]);
     for round in 0..3 {
         let c = pair.local.connect().await;
-        c.batch_execute(&format!(
-            "INSERT INTO services (name, price) SELECT 'r{round} ' || g, g FROM generate_series(1, 200) g"
-        ))
-        .await
-        .unwrap();
+        c.batch_execute(&format!("INSERT INTO services (name, price) SELECT 'r{round} ' || g, g FROM generate_series(1, 200) g"))
+            .await
+            .unwrap();
         drop(c);
         local_cluster.restart(StopMode::Immediate);
     }
@@ -127,7 +124,14 @@ async fn status_json_and_metrics_report_the_backlog_and_slot_lag() {
         .await
         .unwrap();
     // Journal the rows but keep them unsent: upstream refuses the key.
-    pair.upstream.connect().await.batch_execute("REVOKE ALL ON FUNCTION public.centrovision_sync_apply(jsonb) FROM PUBLIC; DROP FUNCTION public.centrovision_sync_apply(jsonb)").await.unwrap();
+    pair.upstream
+        .connect()
+        .await
+        .batch_execute(
+            "REVOKE ALL ON FUNCTION public.centrovision_sync_apply(jsonb) FROM PUBLIC; DROP FUNCTION public.centrovision_sync_apply(jsonb)",
+        )
+        .await
+        .unwrap();
     let before = pair.exec(&["status", "--json"], &[]).await;
     let st: serde_json::Value = serde_json::from_slice(&before.stdout).expect("status --json is JSON");
     assert!(st["slot"]["lag_bytes"].as_i64().unwrap() > 0, "{st}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::sync::{count, Mode, Pair, kill9};
+use support::sync::{Mode, Pair, count, kill9};
 use support::{Cluster, wait_for};
 use tokio_postgres::Client;
 
@@ -74,8 +74,14 @@ async fn diagnose_missing(pair: &Pair, table: &str) {
         for r in rows {
             eprintln!(
                 "   j{} {} synced={} lsn={} ord={} parked={} err={:?} xid={}",
-                r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, bool>(2), r.get::<_, String>(3),
-                r.get::<_, i32>(4), r.get::<_, bool>(5), r.get::<_, Option<String>>(6), r.get::<_, i64>(7)
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, bool>(2),
+                r.get::<_, String>(3),
+                r.get::<_, i32>(4),
+                r.get::<_, bool>(5),
+                r.get::<_, Option<String>>(6),
+                r.get::<_, i64>(7)
             );
         }
         let xmin: String = l.query_one(&format!("SELECT xmin::text FROM {table} WHERE id = $1::text::uuid"), &[id]).await.unwrap().get(0);
@@ -84,7 +90,6 @@ async fn diagnose_missing(pair: &Pair, table: &str) {
     let cap = l.query_one("SELECT journaled_lsn::text, confirmed_end_lsn::text FROM _sync_capture", &[]).await.unwrap();
     eprintln!("capture state: journaled {} confirmed_end {}", cap.get::<_, String>(0), cap.get::<_, String>(1));
 }
-
 
 async fn ten_thousand_mixed_changes_reach_upstream_identically(mode: Mode) {
     let pair = Pair::new("ten_thousand", mode).await;
@@ -97,10 +102,7 @@ async fn ten_thousand_mixed_changes_reach_upstream_identically(mode: Mode) {
     assert!(patients > 1000, "workload too small: {patients} patients");
     // Everything journaled is synced, and nothing was journaled twice.
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
-    assert_eq!(
-        count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await,
-        0
-    );
+    assert_eq!(count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await, 0);
 }
 
 async fn each_row_change_is_journaled_exactly_once_across_crashes(mode: Mode) {
@@ -108,19 +110,12 @@ async fn each_row_change_is_journaled_exactly_once_across_crashes(mode: Mode) {
     pair.init().await;
     let local = pair.local.connect().await;
     // Count row changes exactly with a per-statement workload we control.
-    local
-        .batch_execute("INSERT INTO branches (name) SELECT 'b' || g FROM generate_series(1, 3) g")
-        .await
-        .unwrap();
+    local.batch_execute("INSERT INTO branches (name) SELECT 'b' || g FROM generate_series(1, 3) g").await.unwrap();
     let mut expected = 3i64;
-    for (round, point) in [
-        "capture.mid_transaction",
-        "capture.after_journal_commit",
-        "push.after_upstream_apply",
-        "push.after_upstream_apply:2",
-    ]
-    .iter()
-    .enumerate()
+    for (round, point) in
+        ["capture.mid_transaction", "capture.after_journal_commit", "push.after_upstream_apply", "push.after_upstream_apply:2"]
+            .iter()
+            .enumerate()
     {
         for txn in 0..20 {
             local
@@ -163,10 +158,7 @@ async fn sigkill_of_a_running_service_loses_nothing(mode: Mode) {
     pair.once().await;
     diagnose_missing(&pair, "patients").await;
     pair.assert_converged().await;
-    assert_eq!(
-        count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await,
-        0
-    );
+    assert_eq!(count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await, 0);
 }
 
 async fn an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upstream(mode: Mode) {
@@ -188,11 +180,8 @@ async fn an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upst
     pair.once().await;
     pair.assert_converged().await;
     let up = pair.upstream.connect().await;
-    let len: i32 = up
-        .query_one("SELECT length(notes) FROM patients WHERE full_name = 'toasted' AND phone = '555'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let len: i32 =
+        up.query_one("SELECT length(notes) FROM patients WHERE full_name = 'toasted' AND phone = '555'", &[]).await.unwrap().get(0);
     assert_eq!(len, 600 * 32);
 
     // Upstream restored without the row: the update alone must recreate it whole.
@@ -223,10 +212,7 @@ async fn a_column_added_mid_stream_is_carried_or_parked_by_name(mode: Mode) {
     local.batch_execute("INSERT INTO branches (name, manager) VALUES ('lacking', 'ana')").await.unwrap();
     let error: String = wait_for("the row parked", Duration::from_secs(60), || async {
         let c = pair.local.connect().await;
-        c.query_opt("SELECT error FROM _sync_pending WHERE parked_at IS NOT NULL", &[])
-            .await
-            .unwrap()
-            .map(|r| r.get(0))
+        c.query_opt("SELECT error FROM _sync_pending WHERE parked_at IS NOT NULL", &[]).await.unwrap().map(|r| r.get(0))
     })
     .await;
     kill9(&mut child);
@@ -286,20 +272,10 @@ async fn a_newer_upstream_row_is_kept_and_an_older_one_replaced(mode: Mode) {
     .await
     .unwrap();
     pair.once().await;
-    let names: Vec<String> = up
-        .query("SELECT name FROM branches ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let names: Vec<String> = up.query("SELECT name FROM branches ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(names, vec!["local newer".to_string(), "upstream newer".to_string()]);
     // updated_at is preserved exactly despite the upstream trigger.
-    let ts: String = up
-        .query_one("SELECT updated_at::text FROM branches WHERE name = 'local newer'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let ts: String = up.query_one("SELECT updated_at::text FROM branches WHERE name = 'local newer'", &[]).await.unwrap().get(0);
     assert!(ts.starts_with("2026-01-02"), "{ts}");
 }
 

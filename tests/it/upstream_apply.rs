@@ -56,7 +56,13 @@ async fn supabase_like_cluster() -> &'static Cluster {
 /// tokio-postgres' Display of a server error is just "db error".
 fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{} {}: {}{}", db.severity(), db.code().code(), db.message(), db.where_().map(|w| format!("\n  where: {w}")).unwrap_or_default()),
+        Some(db) => format!(
+            "{} {}: {}{}",
+            db.severity(),
+            db.code().code(),
+            db.message(),
+            db.where_().map(|w| format!("\n  where: {w}")).unwrap_or_default()
+        ),
         None => format!("{e:?}"),
     }
 }

@@ -111,8 +111,7 @@ pub struct Options {
     pub out_dir: PathBuf,
     pub sections: Vec<Section>,
     /// Re-render report.md/report.svg from this report.json instead of running.
-    // Read by benches/e2e/main.rs only; tests/it/bench_quick.rs never re-renders.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "read by benches/e2e/main.rs only; tests/it/bench_quick.rs never re-renders")]
     pub render: Option<PathBuf>,
 }
 
@@ -136,8 +135,7 @@ impl Options {
     }
 
     // The full profile and the command line are benches/e2e/main.rs's only;
-    // tests/it/bench_quick.rs builds Options::quick directly.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "tests/it/bench_quick.rs builds Options::quick directly")]
     pub fn full(out_dir: impl Into<PathBuf>) -> Options {
         Options {
             quick: false,
@@ -159,7 +157,7 @@ impl Options {
     /// Command line of `benches/e2e/main.rs`. `cargo bench` passes `--bench`;
     /// without it (e.g. `cargo test --benches`, or running the binary by
     /// hand) the quick profile runs unless `--full` is given.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "the bench binary's command line; tests/it/bench_quick.rs builds Options::quick directly")]
     pub fn from_args(args: &[String], default_out: &Path) -> R<Options> {
         let has = |f: &str| args.iter().any(|a| a == f);
         let quick = has("--quick") || (!has("--bench") && !has("--full"));
@@ -187,10 +185,9 @@ impl Options {
                     o.sections = list
                         .split(',')
                         .map(|s| {
-                            Section::ALL
-                                .into_iter()
-                                .find(|x| x.name() == s.trim())
-                                .ok_or_else(|| format!("--only: unknown section {s:?} (sections: drain, trigger, rest, latency, down, idle, pgbench)"))
+                            Section::ALL.into_iter().find(|x| x.name() == s.trim()).ok_or_else(|| {
+                                format!("--only: unknown section {s:?} (sections: drain, trigger, rest, latency, down, idle, pgbench)")
+                            })
                         })
                         .collect::<R<Vec<_>>>()?;
                 }
@@ -217,7 +214,13 @@ impl Options {
 /// tokio-postgres' Display for server errors is just "db error".
 pub fn pg(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{} {}: {}{}", db.severity(), db.code().code(), db.message(), db.detail().map(|d| format!(" ({d})")).unwrap_or_default()),
+        Some(db) => format!(
+            "{} {}: {}{}",
+            db.severity(),
+            db.code().code(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
         None => e.to_string(),
     }
 }
@@ -580,8 +583,7 @@ pub struct Bench {
 
 /// Reads a report.json written by [`run`] and writes its markdown and SVG
 /// again (e.g. after a change to the rendering) into `out_dir`.
-// `--render` of benches/e2e/main.rs only.
-#[allow(dead_code)]
+#[allow(dead_code, reason = "`--render` of benches/e2e/main.rs only")]
 pub fn render(json: &Path, out_dir: &Path) -> R<Report> {
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
     let report: Report = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
@@ -594,11 +596,8 @@ pub fn render(json: &Path, out_dir: &Path) -> R<Report> {
 /// still run.
 pub async fn run(opts: &Options) -> Report {
     let started = Instant::now();
-    let mut report = Report {
-        started_at: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        git: git_describe(),
-        ..Default::default()
-    };
+    let mut report =
+        Report { started_at: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC").to_string(), git: git_describe(), ..Default::default() };
     let pgss = pg_stat_statements_available();
     let mut extra: Vec<String> = Vec::new();
     if !opts.quick {
@@ -669,7 +668,11 @@ pub async fn run(opts: &Options) -> Report {
             format!("section {}", s.name()),
             secs(t.elapsed()),
             "s",
-            format!("wall time incl. setup; load average {} at start, {} at end (other processes on this machine compete for its cores)", load0, loadavg()),
+            format!(
+                "wall time incl. setup; load average {} at start, {} at end (other processes on this machine compete for its cores)",
+                load0,
+                loadavg()
+            ),
         );
         if let Err(e) = r {
             eprintln!("e2e: section {} failed: {e}", s.name());
@@ -806,9 +809,20 @@ impl Bench {
         self.step(&format!("{made} changes written; pg_recvlogical"));
         self.res.made = Some(made);
         self.res.write_wal = Some(took);
-        self.report.stage("drain: workload written (WAL capture slots present)", secs(took), "s", format!("{made} row changes, {:.0} changes/s", rate(made, took)));
+        self.report.stage(
+            "drain: workload written (WAL capture slots present)",
+            secs(took),
+            "s",
+            format!("{made} row changes, {:.0} changes/s", rate(made, took)),
+        );
         let endpos = one_text(&local, "SELECT pg_current_wal_lsn()::text").await?;
-        let wal_bytes = one_f64(&local, &format!("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8 FROM pg_replication_slots WHERE slot_name = '{recv_slot}'")).await?;
+        let wal_bytes = one_f64(
+            &local,
+            &format!(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8 FROM pg_replication_slots WHERE slot_name = '{recv_slot}'"
+            ),
+        )
+        .await?;
         self.report.stage("drain: WAL to decode", wal_bytes / 1048576.0, "MB", "from the slots' start to the end of the workload");
 
         // 4a: pg_recvlogical on the same WAL, to /dev/null.
@@ -823,7 +837,12 @@ impl Bench {
         if !u.success() {
             return Err(format!("pg_recvlogical failed: {}", w.tail(20)));
         }
-        self.report.stage("4a: pg_recvlogical to /dev/null", secs(u.wall), "s", format!("{:.0} rows/s, client CPU {:.2} s", rate(made, u.wall), secs(u.cpu)));
+        self.report.stage(
+            "4a: pg_recvlogical to /dev/null",
+            secs(u.wall),
+            "s",
+            format!("{:.0} rows/s, client CPU {:.2} s", rate(made, u.wall), secs(u.cpu)),
+        );
         self.res.recv = Some(u);
         drop_slot(&local, &recv_slot).await?;
 
@@ -879,9 +898,18 @@ impl Bench {
         if unsynced != 0 {
             return Err(format!("{unsynced} journal rows are still unsynced after `once`"));
         }
-        self.report.stage("1: once (postgres mode), up path", secs(up), "s", format!("spawn to \"up path drained\": startup + capture + push of {made} changes"));
-        self.report.stage("1: once (postgres mode), whole command", secs(u.wall), "s",
-            format!("incl. the down cycle that re-reads the {rows} rows now upstream ({:.1} s after the up path)", secs(u.wall - up)));
+        self.report.stage(
+            "1: once (postgres mode), up path",
+            secs(up),
+            "s",
+            format!("spawn to \"up path drained\": startup + capture + push of {made} changes"),
+        );
+        self.report.stage(
+            "1: once (postgres mode), whole command",
+            secs(u.wall),
+            "s",
+            format!("incl. the down cycle that re-reads the {rows} rows now upstream ({:.1} s after the up path)", secs(u.wall - up)),
+        );
         self.res.drain_pg = Some(Drain { rows: made, stage: up, total: u.wall, usage: u });
         Ok(())
     }
@@ -896,7 +924,12 @@ impl Bench {
         let (made, took) = self.write_workload(&site.local, n).await?;
         self.res.trig_made = Some(made);
         self.res.write_trig = Some(took);
-        self.report.stage("4b: workload written (spec triggers)", secs(took), "s", format!("{made} row changes, {:.0} changes/s", rate(made, took)));
+        self.report.stage(
+            "4b: workload written (spec triggers)",
+            secs(took),
+            "s",
+            format!("{made} row changes, {:.0} changes/s", rate(made, took)),
+        );
         let queued = one_i64(&local, "SELECT count(*) FROM _sync_pending_trigger").await? as u64;
         if queued != made {
             return Err(format!("the triggers queued {queued} rows for {made} changes"));
@@ -907,7 +940,12 @@ impl Bench {
         let rows = poller.drain().await?;
         let took = t.elapsed();
         site.check_converged("trigger design").await?;
-        self.report.stage("4b: trigger design, poller drain", secs(took), "s", format!("{rows} queued rows, batch {TRIGGER_BATCH}, {:.0} rows/s", rate(rows, took)));
+        self.report.stage(
+            "4b: trigger design, poller drain",
+            secs(took),
+            "s",
+            format!("{rows} queued rows, batch {TRIGGER_BATCH}, {:.0} rows/s", rate(rows, took)),
+        );
         self.res.trig_drain = Some(took);
         Ok(())
     }
@@ -956,9 +994,19 @@ impl Bench {
         self.step("service stopped; trigger baseline");
         let (lat, parts) = r.map_err(|e| format!("{e}\n{}", w.tail(20)))?;
         for (name, q) in parts {
-            self.report.stage(format!("2: latency part: {name}"), q[1], "ms", format!("p50; p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms", q[2], q[3], q[4]));
+            self.report.stage(
+                format!("2: latency part: {name}"),
+                q[1],
+                "ms",
+                format!("p50; p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms", q[2], q[3], q[4]),
+            );
         }
-        self.report.stage("2: service RSS during the latency run", u.peak_rss_mb(), "MB", format!("CPU {:.2} s over {:.1} s", secs(u.cpu), secs(u.wall)));
+        self.report.stage(
+            "2: service RSS during the latency run",
+            u.peak_rss_mb(),
+            "MB",
+            format!("CPU {:.2} s over {:.1} s", secs(u.cpu), secs(u.wall)),
+        );
         self.res.latency_wal = Some(lat);
 
         // Baseline: the spec's triggers + a poller that sleeps 50 ms when idle.
@@ -1063,8 +1111,12 @@ impl Bench {
         let up_done = w.line_at("up path drained").ok_or("no \"up path drained\" line")?;
         let down_done = w.line_at("down cycle done").ok_or("no \"down cycle done\" line")?;
         let stage = down_done.saturating_sub(up_done);
-        self.report.stage("3: initial download, down cycle", secs(stage), "s",
-            format!("{rows} upstream rows; from \"up path drained\" to \"down cycle done\" (`once` took {:.2} s in all)", secs(u.wall)));
+        self.report.stage(
+            "3: initial download, down cycle",
+            secs(stage),
+            "s",
+            format!("{rows} upstream rows; from \"up path drained\" to \"down cycle done\" (`once` took {:.2} s in all)", secs(u.wall)),
+        );
         self.res.down = Some(Drain { rows: rows as u64, stage, total: u.wall, usage: u });
 
         // Baseline: the spec's down algorithm as a bare keyset poller.
@@ -1073,7 +1125,12 @@ impl Bench {
         let t = Instant::now();
         let copied = naive_download(&site.upstream, &plain, &SAMPLE_TABLES).await?;
         let took = t.elapsed();
-        self.report.stage("3: naive keyset poller (baseline)", secs(took), "s", format!("{copied} rows, pages of {BATCH_SIZE}, plain upsert"));
+        self.report.stage(
+            "3: naive keyset poller (baseline)",
+            secs(took),
+            "s",
+            format!("{copied} rows, pages of {BATCH_SIZE}, plain upsert"),
+        );
         self.res.down_naive = Some((copied, took));
         Ok(())
     }
@@ -1156,7 +1213,10 @@ impl Bench {
         let mut cursors = Vec::new();
         for t in &tables {
             let r = local
-                .query_one("SELECT last_sync_from_supabase::text, last_sync_from_supabase_id FROM _sync_metadata WHERE table_name = $1", &[t])
+                .query_one(
+                    "SELECT last_sync_from_supabase::text, last_sync_from_supabase_id FROM _sync_metadata WHERE table_name = $1",
+                    &[t],
+                )
                 .await
                 .ctx("watermark")?;
             cursors.push(centrovision_sync::upstream::Cursor { updated_at: r.get(0), id: r.get(1) });
@@ -1331,7 +1391,9 @@ impl Bench {
                 )
                 .await
                 .ctx("pg_stat_statements")?;
-            out.push_str(&format!("\n## {name} cluster\n\n| total ms | calls | mean ms | max ms | rows | db | query |\n|---:|---:|---:|---:|---:|---|---|\n"));
+            out.push_str(&format!(
+                "\n## {name} cluster\n\n| total ms | calls | mean ms | max ms | rows | db | query |\n|---:|---:|---:|---:|---:|---|---|\n"
+            ));
             for r in rows {
                 out.push_str(&format!(
                     "| {:.0} | {} | {:.3} | {:.1} | {} | {} | `{}` |\n",
@@ -1361,22 +1423,72 @@ impl Bench {
             (Some(m), Some(d)) => Some(rate(m, d)),
             _ => None,
         };
-        let trig_base = |v: Option<f64>| v.map(|v| Baseline { label: format!("spec triggers + poller, batch {TRIGGER_BATCH}"), value: v, measured: true });
+        let trig_base = |v: Option<f64>| {
+            v.map(|v| Baseline { label: format!("spec triggers + poller, batch {TRIGGER_BATCH}"), value: v, measured: true })
+        };
 
         // 1. Backlog drain.
         if let Some(d) = &r.drain_pg {
-            self.push(fig("drain_pg_up", "1", "Backlog drain, postgres mode: `once` up path (capture + push)", rate(d.rows, d.stage), "rows/s", true,
-                trig_base(trig_rate), None, None, format!("N = {}", d.rows)));
-            self.push(fig("drain_pg_total", "1", "Backlog drain, postgres mode: whole `once` (incl. down cycle)", rate(d.rows, d.total), "rows/s", true,
-                trig_base(trig_rate), None, None, format!("{:.1} s", secs(d.total))));
+            self.push(fig(
+                "drain_pg_up",
+                "1",
+                "Backlog drain, postgres mode: `once` up path (capture + push)",
+                rate(d.rows, d.stage),
+                "rows/s",
+                true,
+                trig_base(trig_rate),
+                None,
+                None,
+                format!("N = {}", d.rows),
+            ));
+            self.push(fig(
+                "drain_pg_total",
+                "1",
+                "Backlog drain, postgres mode: whole `once` (incl. down cycle)",
+                rate(d.rows, d.total),
+                "rows/s",
+                true,
+                trig_base(trig_rate),
+                None,
+                None,
+                format!("{:.1} s", secs(d.total)),
+            ));
         }
         if let Some(d) = &r.drain_rest {
-            let pg_up = r.drain_pg.as_ref().map(|p| Baseline { label: "postgres mode, same run".into(), value: rate(p.rows, p.stage), measured: true });
+            let pg_up = r.drain_pg.as_ref().map(|p| Baseline {
+                label: "postgres mode, same run".into(),
+                value: rate(p.rows, p.stage),
+                measured: true,
+            });
             let same_n = r.drain_pg.as_ref().is_some_and(|p| p.rows.abs_diff(d.rows) < 10);
-            self.push(fig("drain_rest_up", "1", "Backlog drain, REST mode (stand-in): `once` up path", rate(d.rows, d.stage), "rows/s", true,
-                pg_up, None, None, if same_n { format!("N = {}", d.rows) } else { format!("N = {} (postgres mode: N = {})", d.rows, r.drain_pg.as_ref().map_or(0, |p| p.rows)) }));
-            self.push(fig("drain_rest_total", "1", "Backlog drain, REST mode: whole `once`", rate(d.rows, d.total), "rows/s", true,
-                trig_base(trig_rate), None, None, format!("{:.1} s", secs(d.total))));
+            self.push(fig(
+                "drain_rest_up",
+                "1",
+                "Backlog drain, REST mode (stand-in): `once` up path",
+                rate(d.rows, d.stage),
+                "rows/s",
+                true,
+                pg_up,
+                None,
+                None,
+                if same_n {
+                    format!("N = {}", d.rows)
+                } else {
+                    format!("N = {} (postgres mode: N = {})", d.rows, r.drain_pg.as_ref().map_or(0, |p| p.rows))
+                },
+            ));
+            self.push(fig(
+                "drain_rest_total",
+                "1",
+                "Backlog drain, REST mode: whole `once`",
+                rate(d.rows, d.total),
+                "rows/s",
+                true,
+                trig_base(trig_rate),
+                None,
+                None,
+                format!("{:.1} s", secs(d.total)),
+            ));
         }
         // 2. Latency.
         if let Some(l) = &r.latency_wal {
@@ -1389,7 +1501,18 @@ impl Bench {
                 ("latency_max", "Steady-state latency max", l.max, t.map(|t| t.max)),
             ] {
                 let base = b.map(|v| Baseline { label: "spec triggers + poller (50 ms idle sleep)".into(), value: v, measured: true });
-                self.push(fig(id, "2", label, v, "ms", false, base, None, None, if id == "latency_p50" { note.clone() } else { String::new() }));
+                self.push(fig(
+                    id,
+                    "2",
+                    label,
+                    v,
+                    "ms",
+                    false,
+                    base,
+                    None,
+                    None,
+                    if id == "latency_p50" { note.clone() } else { String::new() },
+                ));
             }
             self.report.latency_quantiles.push(("centrovision-sync (WAL capture)".into(), l.quantiles.clone()));
         }
@@ -1398,40 +1521,110 @@ impl Bench {
         }
         // 3. Down path.
         if let Some(d) = &r.down {
-            let base = r.down_naive.map(|(n, t)| Baseline { label: "naive keyset poller + plain upsert".into(), value: rate(n, t), measured: true });
-            self.push(fig("down_initial", "3", "Initial download (down cycle of `once`)", rate(d.rows, d.stage), "rows/s", true, base, None, None,
-                format!("{} rows", d.rows)));
+            let base = r.down_naive.map(|(n, t)| Baseline {
+                label: "naive keyset poller + plain upsert".into(),
+                value: rate(n, t),
+                measured: true,
+            });
+            self.push(fig(
+                "down_initial",
+                "3",
+                "Initial download (down cycle of `once`)",
+                rate(d.rows, d.stage),
+                "rows/s",
+                true,
+                base,
+                None,
+                None,
+                format!("{} rows", d.rows),
+            ));
         }
         for (mode, i) in &r.idle {
             let m = if *mode == Mode::Rest { "REST" } else { "postgres" };
             let base = Some(Baseline { label: "23 bare keyset pulls (library transport)".into(), value: i.floor_ms, measured: true });
-            self.push(fig(&format!("idle_cycle_{}", m.to_lowercase()), "3", &format!("Idle down cycle, 23 tables, {m} mode"), i.cycle_ms, "ms", false,
-                base, None, None, format!("median of {} cycles", i.span_cycles)));
+            self.push(fig(
+                &format!("idle_cycle_{}", m.to_lowercase()),
+                "3",
+                &format!("Idle down cycle, 23 tables, {m} mode"),
+                i.cycle_ms,
+                "ms",
+                false,
+                base,
+                None,
+                None,
+                format!("median of {} cycles", i.span_cycles),
+            ));
         }
         // 4a. Capture vs pg_recvlogical.
         if let (Some(made), Some((cap, cu)), Some(ru)) = (r.made, &r.capture, &r.recv) {
             let recv_rate = rate(made, ru.wall);
             let v = rate(made, *cap);
             let ratio = v / recv_rate;
-            self.push(fig("capture_rate", "4a", "Capture stage alone (decode + journal)", v, "rows/s", true,
+            self.push(fig(
+                "capture_rate",
+                "4a",
+                "Capture stage alone (decode + journal)",
+                v,
+                "rows/s",
+                true,
                 Some(Baseline { label: "pg_recvlogical → /dev/null".into(), value: recv_rate, measured: true }),
-                Some("≥ 0.90× pg_recvlogical".into()), Some(ratio >= 0.90), String::new()));
-            self.push(fig("capture_cpu", "5", "Service CPU per 100k changes, capture alone", secs(cu.cpu) / made as f64 * 1e5, "s", false,
-                Some(Baseline { label: "pg_recvlogical CPU".into(), value: secs(ru.cpu) / made as f64 * 1e5, measured: true }), None, None,
-                "client processes only; the walsender's decoding is server-side".into()));
-            self.push(fig("capture_rss", "5", "Peak RSS, capture alone", cu.peak_rss_mb(), "MB", false,
-                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }), Some("< 150 MB".into()), Some(cu.peak_rss_mb() < 150.0), String::new()));
+                Some("≥ 0.90× pg_recvlogical".into()),
+                Some(ratio >= 0.90),
+                String::new(),
+            ));
+            self.push(fig(
+                "capture_cpu",
+                "5",
+                "Service CPU per 100k changes, capture alone",
+                secs(cu.cpu) / made as f64 * 1e5,
+                "s",
+                false,
+                Some(Baseline { label: "pg_recvlogical CPU".into(), value: secs(ru.cpu) / made as f64 * 1e5, measured: true }),
+                None,
+                None,
+                "client processes only; the walsender's decoding is server-side".into(),
+            ));
+            self.push(fig(
+                "capture_rss",
+                "5",
+                "Peak RSS, capture alone",
+                cu.peak_rss_mb(),
+                "MB",
+                false,
+                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }),
+                Some("< 150 MB".into()),
+                Some(cu.peak_rss_mb() < 150.0),
+                String::new(),
+            ));
         }
         // 4b. Trigger design (write cost).
         if let (Some(tw), Some(ww), Some(tm), Some(wm)) = (r.write_trig, r.write_wal, r.trig_made, r.made) {
-            self.push(fig("bulk_write_triggers", "4b", "Bulk workload write rate with the spec's triggers", rate(tm, tw), "changes/s", true,
-                Some(Baseline { label: "same workload, WAL capture (3 slots)".into(), value: rate(wm, ww), measured: true }), None, None,
-                "the trigger design pays its capture at write time".into()));
+            self.push(fig(
+                "bulk_write_triggers",
+                "4b",
+                "Bulk workload write rate with the spec's triggers",
+                rate(tm, tw),
+                "changes/s",
+                true,
+                Some(Baseline { label: "same workload, WAL capture (3 slots)".into(), value: rate(wm, ww), measured: true }),
+                None,
+                None,
+                "the trigger design pays its capture at write time".into(),
+            ));
         }
         if let Some(tr) = trig_rate {
-            self.push(fig("trigger_e2e", "4b", "Spec trigger design: poller drain (push only)", tr, "rows/s", true,
+            self.push(fig(
+                "trigger_e2e",
+                "4b",
+                "Spec trigger design: poller drain (push only)",
+                tr,
+                "rows/s",
+                true,
                 r.drain_pg.as_ref().map(|d| Baseline { label: "our `once` up path".into(), value: rate(d.rows, d.stage), measured: true }),
-                None, None, "capture already paid by the triggers".into()));
+                None,
+                None,
+                "capture already paid by the triggers".into(),
+            ));
         }
         // 4c. pgbench.
         if let Some((_, none)) = r.pgbench.first().filter(|(_, v)| !v.is_empty()) {
@@ -1449,35 +1642,77 @@ impl Bench {
                 };
                 let id = format!(
                     "pgbench_{}",
-                    k.split_whitespace().take(3).collect::<Vec<_>>().join("_").to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                    k.split_whitespace()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join("_")
+                        .to_lowercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
                 );
                 // Each round's variant against the same round's no-capture
                 // run: robust to drift between rounds.
                 let paired = v.iter().zip(none).map(|(t, n)| format!("{:.2}", t / n)).collect::<Vec<_>>().join(" / ");
-                self.push(fig(&id, "4c", &format!("pgbench TPS: {k}"), m, "TPS", true,
+                self.push(fig(
+                    &id,
+                    "4c",
+                    &format!("pgbench TPS: {k}"),
+                    m,
+                    "TPS",
+                    true,
                     Some(Baseline { label: format!("no capture (median of {})", list(none)), value: base, measured: true }),
-                    target, met, format!("median of {} runs: {}; per-round ratio to that round's no-capture run: {paired}", v.len(), list(v))));
+                    target,
+                    met,
+                    format!("median of {} runs: {}; per-round ratio to that round's no-capture run: {paired}", v.len(), list(v)),
+                ));
             }
         }
         // 5. Resources during the drain.
         if let Some(d) = &r.drain_pg {
             let mb = d.usage.peak_rss_mb();
-            self.push(fig("drain_rss", "5", "Peak RSS of `once` during the drain", mb, "MB", false,
-                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }), Some("< 150 MB".into()), Some(mb < 150.0),
-                format!("N = {}", d.rows)));
-            self.push(fig("drain_cpu", "5", "CPU time of `once` during the drain", secs(d.usage.cpu), "s", false, None, None, None,
-                format!("{:.2} s per 100k changes; wall {:.1} s", secs(d.usage.cpu) / d.rows as f64 * 1e5, secs(d.total))));
+            self.push(fig(
+                "drain_rss",
+                "5",
+                "Peak RSS of `once` during the drain",
+                mb,
+                "MB",
+                false,
+                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }),
+                Some("< 150 MB".into()),
+                Some(mb < 150.0),
+                format!("N = {}", d.rows),
+            ));
+            self.push(fig(
+                "drain_cpu",
+                "5",
+                "CPU time of `once` during the drain",
+                secs(d.usage.cpu),
+                "s",
+                false,
+                None,
+                None,
+                None,
+                format!("{:.2} s per 100k changes; wall {:.1} s", secs(d.usage.cpu) / d.rows as f64 * 1e5, secs(d.total)),
+            ));
         }
         if let Some(d) = &r.drain_rest {
-            self.push(fig("drain_rest_rss", "5", "Peak RSS of `once` during the REST drain", d.usage.peak_rss_mb(), "MB", false,
-                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }), Some("< 150 MB".into()), Some(d.usage.peak_rss_mb() < 150.0),
-                format!("N = {}; CPU {:.1} s", d.rows, secs(d.usage.cpu))));
+            self.push(fig(
+                "drain_rest_rss",
+                "5",
+                "Peak RSS of `once` during the REST drain",
+                d.usage.peak_rss_mb(),
+                "MB",
+                false,
+                Some(Baseline { label: "150 MB".into(), value: 150.0, measured: false }),
+                Some("< 150 MB".into()),
+                Some(d.usage.peak_rss_mb() < 150.0),
+                format!("N = {}; CPU {:.1} s", d.rows, secs(d.usage.cpu)),
+            ));
         }
         self.res = r;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one figure's columns, named at each call site of the report table")]
 fn fig(
     id: &str,
     section: &str,
@@ -1584,7 +1819,10 @@ async fn latency_parts(site: &Site) -> R<Vec<(String, [f64; 5])>> {
     let slow: usize = slow_windows.values().sum();
     let windows = slow_windows.iter().map(|(s, n)| format!("{s}s:{n}")).collect::<Vec<_>>().join(" ");
     Ok(vec![
-        (format!("local commit -> journal transaction (capture); {slow} rows over 100 ms, by second of the load: {windows}"), q(&mut capture)),
+        (
+            format!("local commit -> journal transaction (capture); {slow} rows over 100 ms, by second of the load: {windows}"),
+            q(&mut capture),
+        ),
         ("journal transaction -> applied upstream (pusher)".into(), q(&mut push)),
     ])
 }
@@ -1719,7 +1957,7 @@ impl TriggerPoller {
 /// own query shape), upserted locally with a plain ON CONFLICT.
 /// The baselines' plain upsert (no last-write-wins) of a JSON array of rows
 /// into `t`, with the table's columns read from `client`'s catalog.
-async fn plain_upsert_sql(client: &tokio_postgres::Client, t: &str) -> R<String> {
+async fn plain_upsert_sql(client: &Client, t: &str) -> R<String> {
     let cols: Vec<String> = client
         .query_one(
             "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns

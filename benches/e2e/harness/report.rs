@@ -88,8 +88,7 @@ impl Report {
         self.stages.push(Stage { name: name.into(), value, unit: unit.into(), note: note.into() });
     }
 
-    // For tests/it/bench_quick.rs's checks; the bench binary only prints.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "for tests/it/bench_quick.rs's checks; the bench binary only prints")]
     pub fn figure(&self, id: &str) -> Option<&Figure> {
         self.figures.iter().find(|f| f.id == id)
     }
@@ -116,12 +115,29 @@ impl Report {
         let _ = writeln!(
             s,
             "- Machine: {} cores ({}), {:.1} GB RAM, {}\n- PostgreSQL: {}\n- Service: `{}` ({}), git {}\n- Started {}, took {:.0} s",
-            m.cores, m.cpu_model, m.memory_gb, m.kernel, m.postgres, p.service_binary, p.service_build, self.git, self.started_at, self.total_seconds
+            m.cores,
+            m.cpu_model,
+            m.memory_gb,
+            m.kernel,
+            m.postgres,
+            p.service_binary,
+            p.service_build,
+            self.git,
+            self.started_at,
+            self.total_seconds
         );
         let _ = writeln!(
             s,
             "- N = {} changes (postgres mode drain, capture, trigger design), {} (REST drain), {} upstream rows (initial download); batch_size = {}; latency load {} rows/s for {} s; pgbench -c 2 -j 2 -T {}, {} interleaved round(s); {} idle down cycles per mode",
-            p.n, p.n_rest, p.n_down, p.batch_size, p.latency_rate, p.latency_seconds, p.pgbench_seconds, p.pgbench_rounds.max(1), p.idle_cycles
+            p.n,
+            p.n_rest,
+            p.n_down,
+            p.batch_size,
+            p.latency_rate,
+            p.latency_seconds,
+            p.pgbench_seconds,
+            p.pgbench_rounds.max(1),
+            p.idle_cycles
         );
         let _ = writeln!(s, "- Both clusters on this machine (local and upstream): {}\n", p.cluster_settings.join(", "));
         let _ = writeln!(s, "| # | Measure | Value | Baseline (same run) | Ratio | Target | Met |");
@@ -192,22 +208,13 @@ impl Report {
         let max = bars.iter().filter_map(|f| f.ratio).fold(1.2f64, f64::max).min(CAP) * 1.05;
         let n = bars.len().max(1) as f64;
         let mut chart = ChartBuilder::on(&upper)
-            .caption(
-                format!("centrovision-sync vs same-run baselines ({}): value / baseline", self.params.profile),
-                ("sans-serif", 20),
-            )
+            .caption(format!("centrovision-sync vs same-run baselines ({}): value / baseline", self.params.profile), ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(30)
             .y_label_area_size(10)
             .build_cartesian_2d(0f64..max, 0f64..n)
             .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(0)
-            .x_desc("ratio (1.0 = baseline)")
-            .draw()
-            .map_err(|e| err(&e))?;
+        chart.configure_mesh().disable_y_mesh().y_labels(0).x_desc("ratio (1.0 = baseline)").draw().map_err(|e| err(&e))?;
         for (i, f) in bars.iter().enumerate() {
             let y = n - i as f64 - 1.0;
             let r = f.ratio.unwrap_or(0.0).min(max);
@@ -216,11 +223,10 @@ impl Report {
                 Some(true) => RGBColor(46, 139, 87),
                 None => RGBColor(70, 130, 180),
             };
-            chart
-                .draw_series(std::iter::once(Rectangle::new([(0.0, y + 0.06), (r, y + 0.44)], color.filled())))
-                .map_err(|e| err(&e))?;
+            chart.draw_series(std::iter::once(Rectangle::new([(0.0, y + 0.06), (r, y + 0.44)], color.filled()))).map_err(|e| err(&e))?;
             let better = if f.higher_is_better { "higher is better" } else { "lower is better" };
-            let base = f.baseline.as_ref().map(|b| if b.measured { b.label.clone() } else { format!("target {}", b.label) }).unwrap_or_default();
+            let base =
+                f.baseline.as_ref().map(|b| if b.measured { b.label.clone() } else { format!("target {}", b.label) }).unwrap_or_default();
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!(
@@ -237,17 +243,11 @@ impl Report {
                 )))
                 .map_err(|e| err(&e))?;
         }
-        chart
-            .draw_series(LineSeries::new(vec![(1.0, 0.0), (1.0, n)], BLACK.stroke_width(1)))
-            .map_err(|e| err(&e))?;
+        chart.draw_series(LineSeries::new(vec![(1.0, 0.0), (1.0, n)], BLACK.stroke_width(1))).map_err(|e| err(&e))?;
 
         // Steady-state latency distribution.
         let series: Vec<&(String, Vec<(f64, f64)>)> = self.latency_quantiles.iter().filter(|(_, q)| !q.is_empty()).collect();
-        let xmax = series
-            .iter()
-            .flat_map(|(_, q)| q.iter().filter(|(p, _)| *p <= 99.0).map(|(_, ms)| *ms))
-            .fold(10.0f64, f64::max)
-            * 1.2;
+        let xmax = series.iter().flat_map(|(_, q)| q.iter().filter(|(p, _)| *p <= 99.0).map(|(_, ms)| *ms)).fold(10.0f64, f64::max) * 1.2;
         let mut lc = ChartBuilder::on(&lower)
             .caption("Steady-state latency, local commit -> visible upstream (quantiles up to p99)", ("sans-serif", 18))
             .margin(12)

@@ -83,11 +83,7 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions {
-            wal_level: "logical",
-            extra_conf: Vec::new(),
-            fsync: false,
-        }
+        ClusterOptions { wal_level: "logical", extra_conf: Vec::new(), fsync: false }
     }
 }
 
@@ -178,8 +174,7 @@ impl Cluster {
             .tempdir_in(temp_base()?)
             .map_err(|e| format!("cannot create a temp dir for the test cluster: {e}"))?
             .keep();
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("chmod {}: {e}", root.display()))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(|e| format!("chmod {}: {e}", root.display()))?;
         give_to_server_user(&root)?;
         let data_dir = root.join("data");
         let log_file = data_dir.join("server.log");
@@ -188,10 +183,7 @@ impl Cluster {
         // watchdog, which removes `root`.
         let watchdog = Watchdog::spawn(&bin_dir, &data_dir, &root, keep)?;
         if keep {
-            eprintln!(
-                "[test cluster] PG_TEST_KEEP set: keeping {}",
-                root.display()
-            );
+            eprintln!("[test cluster] PG_TEST_KEEP set: keeping {}", root.display());
         }
 
         let password = random_password();
@@ -232,20 +224,14 @@ impl Cluster {
             attempt += 1;
             cluster.port = free_port();
             cluster.write_conf(&base_conf, &opts)?;
-            let log_len_before = fs::metadata(&cluster.log_file)
-                .map(|m| m.len())
-                .unwrap_or(0);
+            let log_len_before = fs::metadata(&cluster.log_file).map(|m| m.len()).unwrap_or(0);
             match cluster.pg_ctl_start() {
                 Ok(()) => break,
                 Err(reason) => {
                     let new_log = read_log_from(&cluster.log_file, log_len_before);
-                    let bind_race = [
-                        "could not bind",
-                        "Address already in use",
-                        "could not create any TCP/IP sockets",
-                    ]
-                    .iter()
-                    .any(|needle| new_log.contains(needle));
+                    let bind_race = ["could not bind", "Address already in use", "could not create any TCP/IP sockets"]
+                        .iter()
+                        .any(|needle| new_log.contains(needle));
                     if !(bind_race && attempt < PORT_ATTEMPTS) {
                         return Err(reason);
                     }
@@ -297,21 +283,14 @@ impl Cluster {
     pub fn kill_postmaster(&self) {
         self.refuse_if_shared("kill_postmaster");
         let _guard = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = self
-            .postmaster_pid()
-            .expect("kill_postmaster: the cluster is not running");
-        let killed = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .output();
+        let pid = self.postmaster_pid().expect("kill_postmaster: the cluster is not running");
+        let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
         if let Err(reason) = check_output(&format!("kill -KILL {pid}"), killed) {
             panic!("{reason}");
         }
         let deadline = Instant::now() + Duration::from_secs(PG_CTL_TIMEOUT_SECS.into());
         while !matches!(process_state(pid), None | Some('Z' | 'X')) {
-            assert!(
-                Instant::now() < deadline,
-                "postmaster {pid} survived SIGKILL"
-            );
+            assert!(Instant::now() < deadline, "postmaster {pid} survived SIGKILL");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -338,13 +317,7 @@ impl Cluster {
             .arg("stop")
             .arg("-D")
             .arg(&self.data_dir)
-            .args([
-                "-m",
-                mode.as_arg(),
-                "-w",
-                "-t",
-                &PG_CTL_TIMEOUT_SECS.to_string(),
-            ])
+            .args(["-m", mode.as_arg(), "-w", "-t", &PG_CTL_TIMEOUT_SECS.to_string()])
             .output();
         if let Err(reason) = check_output("pg_ctl stop", out) {
             panic!("{reason}\n{}", self.log_tail_section());
@@ -356,10 +329,7 @@ impl Cluster {
     pub fn start_again(&self) {
         self.refuse_if_shared("start_again");
         let _guard = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(reason) = self
-            .clear_stale_lock_file()
-            .and_then(|()| self.pg_ctl_start())
-        {
+        if let Err(reason) = self.clear_stale_lock_file().and_then(|()| self.pg_ctl_start()) {
             panic!("{reason}");
         }
     }
@@ -396,16 +366,9 @@ impl Cluster {
         // FILE_COPY (PG 15+; older versions only do that) writes ~1 kB of
         // WAL where the default WAL_LOG writes the whole template (~4 MB):
         // noise for WAL- or slot-size tests sharing the cluster. Same speed.
-        let strategy = if self.server_version_num >= 150_000 {
-            " STRATEGY = FILE_COPY"
-        } else {
-            ""
-        };
+        let strategy = if self.server_version_num >= 150_000 { " STRATEGY = FILE_COPY" } else { "" };
         let admin = self.connect("postgres").await;
-        if let Err(e) = admin
-            .batch_execute(&format!("CREATE DATABASE {}{strategy}", quote_ident(&name)))
-            .await
-        {
+        if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {}{strategy}", quote_ident(&name))).await {
             panic!(
                 "CREATE DATABASE {name} failed on test cluster {HOST}:{}: {}\n{}",
                 self.port,
@@ -501,10 +464,7 @@ impl Cluster {
     fn write_conf(&self, base_conf: &str, opts: &ClusterOptions) -> Result<(), String> {
         let socket = self.root.join(format!(".s.PGSQL.{}", self.port));
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(format!(
-                "socket path {} is too long for a Unix socket; set PG_TEST_TMPDIR to a shorter dir",
-                socket.display()
-            ));
+            return Err(format!("socket path {} is too long for a Unix socket; set PG_TEST_TMPDIR to a shorter dir", socket.display()));
         }
         let durable = if opts.fsync { "on" } else { "off" };
         let mut conf = base_conf.to_owned();
@@ -554,23 +514,15 @@ impl Cluster {
             .output();
         check_output(&format!("pg_ctl start (port {})", self.port), out)
             .map(drop)
-            .map_err(|reason| {
-                format!(
-                    "test cluster did not start: {reason}\n{}",
-                    self.log_tail_section()
-                )
-            })
+            .map_err(|reason| format!("test cluster did not start: {reason}\n{}", self.log_tail_section()))
     }
 
     /// From `postgres -V`, e.g. "postgres (PostgreSQL) 15.18 (Debian ...)".
     fn read_server_version(&self) -> Result<u32, String> {
-        let out = pg_command(self.bin_dir.join("postgres"), &self.root)
-            .arg("-V")
-            .output();
+        let out = pg_command(self.bin_dir.join("postgres"), &self.root).arg("-V").output();
         let out = check_output("postgres -V", out)?;
         let text = String::from_utf8_lossy(&out.stdout);
-        parse_version_num(&text)
-            .ok_or_else(|| format!("cannot parse the server version from {text:?}"))
+        parse_version_num(&text).ok_or_else(|| format!("cannot parse the server version from {text:?}"))
     }
 }
 
@@ -602,11 +554,7 @@ impl TestDb {
     /// The same database reached with other credentials (a role the test
     /// created, or a wrong password).
     pub fn with_credentials(&self, user: &str, password: &str) -> TestDb {
-        TestDb {
-            user: user.to_owned(),
-            password: password.to_owned(),
-            ..self.clone()
-        }
+        TestDb { user: user.to_owned(), password: password.to_owned(), ..self.clone() }
     }
 
     /// Connect and spawn the connection task on the current tokio runtime.
@@ -636,10 +584,7 @@ impl TestDb {
             if let Err(e) = connection.await {
                 // Shown only for failing tests (captured output); expected
                 // after restarts and terminated backends.
-                eprintln!(
-                    "[test db {name}] connection ended: {}",
-                    describe_pg_error(&e)
-                );
+                eprintln!("[test db {name}] connection ended: {}", describe_pg_error(&e));
             }
         });
         Ok(client)
@@ -666,10 +611,7 @@ impl TestDb {
 /// Racy by nature: whoever binds it must be ready to retry.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind((HOST, 0)).expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    listener.local_addr().expect("local_addr of a bound listener").port()
 }
 
 /// Stops the server and removes the temp dir when this process ends (pipe
@@ -762,9 +704,7 @@ fn id_number(args: &[&str]) -> Result<u32, String> {
     let out = Command::new("id").args(args).output();
     let out = check_output(&format!("id {}", args.join(" ")), out)?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .parse()
-        .map_err(|e| format!("`id {}` printed {text:?}: {e}", args.join(" ")))
+    text.trim().parse().map_err(|e| format!("`id {}` printed {text:?}: {e}", args.join(" ")))
 }
 
 /// A command for a server-side program (initdb, pg_ctl, postgres, the
@@ -816,8 +756,7 @@ fn scrub_pg_env(cmd: &mut Command) {
 /// chown to the server user when we are root (no-op otherwise).
 fn give_to_server_user(path: &Path) -> Result<(), String> {
     if let ServerUser::Other { uid, gid } = server_user()? {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(|e| format!("chown {} to uid {uid}: {e}", path.display()))?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("chown {} to uid {uid}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -829,9 +768,7 @@ fn write_private_file(path: &Path, contents: &str) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("creating {}: {e}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    file.write_all(contents.as_bytes()).and_then(|()| file.write_all(b"\n")).map_err(|e| format!("writing {}: {e}", path.display()))?;
     give_to_server_user(path)
 }
 
@@ -845,10 +782,7 @@ fn temp_base() -> Result<PathBuf, String> {
     let dir = std::env::temp_dir();
     if let ServerUser::Other { .. } = server_user()? {
         let usable = fs::metadata(&dir).is_ok_and(|m| m.permissions().mode() & 0o003 == 0o003)
-            && dir
-                .ancestors()
-                .skip(1)
-                .all(|a| fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+            && dir.ancestors().skip(1).all(|a| fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
         if !usable {
             return Ok(PathBuf::from("/tmp"));
         }
@@ -873,11 +807,7 @@ fn bin_dir() -> Result<&'static Path, String> {
         if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let Ok(version) = name
-                    .split('.')
-                    .map(str::parse::<u32>)
-                    .collect::<Result<Vec<_>, _>>()
-                else {
+                let Ok(version) = name.split('.').map(str::parse::<u32>).collect::<Result<Vec<_>, _>>() else {
                     continue;
                 };
                 let bin = entry.path().join("bin");
@@ -897,11 +827,9 @@ fn bin_dir() -> Result<&'static Path, String> {
                 return Ok(dir);
             }
         }
-        Err(
-            "no PostgreSQL server binaries found: install postgresql (initdb under \
+        Err("no PostgreSQL server binaries found: install postgresql (initdb under \
              /usr/lib/postgresql/<version>/bin) or set PG_BIN_DIR"
-                .to_owned(),
-        )
+            .to_owned())
     });
     found.as_deref().map_err(Clone::clone)
 }
@@ -954,9 +882,7 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 fn read_log_from(path: &Path, offset: u64) -> String {
     let bytes = fs::read(path).unwrap_or_default();
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(bytes.len());
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
@@ -964,22 +890,11 @@ fn read_log_from(path: &Path, offset: u64) -> String {
 /// "17beta1" -> 170000.
 fn parse_version_num(text: &str) -> Option<u32> {
     let after = text.split("(PostgreSQL)").nth(1)?.trim_start();
-    let version: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let parts: Vec<u32> = version
-        .split('.')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
+    let version: String = after.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let parts: Vec<u32> = version.split('.').filter(|p| !p.is_empty()).map(|p| p.parse().ok()).collect::<Option<_>>()?;
     match parts.as_slice() {
-        [major, rest @ ..] if *major >= 10 => {
-            Some(major * 10000 + rest.first().copied().unwrap_or(0))
-        }
-        [major, minor, rest @ ..] => {
-            Some(major * 10000 + minor * 100 + rest.first().copied().unwrap_or(0))
-        }
+        [major, rest @ ..] if *major >= 10 => Some(major * 10000 + rest.first().copied().unwrap_or(0)),
+        [major, minor, rest @ ..] => Some(major * 10000 + minor * 100 + rest.first().copied().unwrap_or(0)),
         _ => None,
     }
 }
@@ -987,11 +902,7 @@ fn parse_version_num(text: &str) -> Option<u32> {
 fn random_password() -> String {
     use rand::Rng;
     use rand::distr::Alphanumeric;
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect()
+    rand::rng().sample_iter(Alphanumeric).take(24).map(char::from).collect()
 }
 
 fn unique_db_name(hint: &str) -> String {
@@ -999,11 +910,7 @@ fn unique_db_name(hint: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut base = String::new();
     for c in hint.chars() {
-        let c = if c.is_ascii_alphanumeric() {
-            c.to_ascii_lowercase()
-        } else {
-            '_'
-        };
+        let c = if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' };
         if !(c == '_' && (base.is_empty() || base.ends_with('_'))) {
             base.push(c);
         }

@@ -115,10 +115,7 @@ pub(crate) fn join() {
 pub fn alone() -> Alone {
     assert!(is_test_thread(), "floor::alone() must be called from the test's own thread");
     SEAT.with(|seat| {
-        assert!(
-            seat.borrow().is_none(),
-            "floor::alone() must come before the test touches a cluster"
-        );
+        assert!(seat.borrow().is_none(), "floor::alone() must come before the test touches a cluster");
         let asked = Instant::now();
         let mut f = floor();
         f.waiting_alone += 1;

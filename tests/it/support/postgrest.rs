@@ -136,19 +136,11 @@ impl PostgrestStandIn {
     pub async fn start(db: &TestDb, service_key: &str) -> PostgrestStandIn {
         let mut config = db.config();
         // Supabase sessions run in UTC: timestamptz renders as +00:00.
-        config
-            .options("-c TimeZone=UTC")
-            .application_name("postgrest-standin");
-        let pool = Pool {
-            config,
-            idle: Mutex::new(Vec::new()),
-        };
+        config.options("-c TimeZone=UTC").application_name("postgrest-standin");
+        let pool = Pool { config, idle: Mutex::new(Vec::new()) };
         match pool.get().await {
             Ok(client) => pool.put(client),
-            Err(e) => panic!(
-                "PostgREST stand-in: cannot connect to test database {}: {e}",
-                db.name
-            ),
+            Err(e) => panic!("PostgREST stand-in: cannot connect to test database {}: {e}", db.name),
         }
         let shared = Arc::new(Shared {
             key: service_key.to_owned(),
@@ -157,12 +149,8 @@ impl PostgrestStandIn {
             requests: Mutex::new(Vec::new()),
             max_rows: AtomicUsize::new(DEFAULT_MAX_ROWS),
         });
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("PostgREST stand-in: bind 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("local_addr of a bound listener");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("PostgREST stand-in: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr of a bound listener");
         let app = Router::new()
             .fallback(handle)
             .with_state(shared.clone())
@@ -172,23 +160,15 @@ impl PostgrestStandIn {
             .layer(axum::middleware::map_response(restore_content_range));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let server = axum::serve(
-                KillableListener { inner: listener },
-                app.into_make_service_with_connect_info::<ConnHandle>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            });
+            let server = axum::serve(KillableListener { inner: listener }, app.into_make_service_with_connect_info::<ConnHandle>())
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                });
             if let Err(e) = server.await {
                 eprintln!("[postgrest stand-in] server ended: {e}");
             }
         });
-        PostgrestStandIn {
-            shared,
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+        PostgrestStandIn { shared, addr, shutdown: Some(tx), task: Some(task) }
     }
 
     /// `http://127.0.0.1:PORT`; the client appends `/rest/v1/...`.
@@ -203,10 +183,7 @@ impl PostgrestStandIn {
     /// How many requests whose (raw, undecoded) path starts with
     /// `route_prefix` were received, including faulted and refused ones.
     pub fn requests(&self, route_prefix: &str) -> usize {
-        lock(&self.shared.requests)
-            .iter()
-            .filter(|p| p.starts_with(route_prefix))
-            .count()
+        lock(&self.shared.requests).iter().filter(|p| p.starts_with(route_prefix)).count()
     }
 
     /// PostgREST's `db-max-rows` (default 1000): reads and set-returning RPCs
@@ -221,9 +198,7 @@ impl PostgrestStandIn {
             let _ = tx.send(());
         }
         if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err()
         {
             task.abort();
         }
@@ -274,18 +249,11 @@ impl Faults {
     fn take(&self, path: &str) -> Option<Fault> {
         {
             let mut queued = lock(&self.queued);
-            if let Some(i) = queued
-                .iter()
-                .position(|(p, _)| path.starts_with(p.as_str()))
-            {
+            if let Some(i) = queued.iter().position(|(p, _)| path.starts_with(p.as_str())) {
                 return queued.remove(i).map(|(_, f)| f);
             }
         }
-        lock(&self.persistent)
-            .iter()
-            .filter(|(p, _)| path.starts_with(p.as_str()))
-            .max_by_key(|(p, _)| p.len())
-            .map(|(_, f)| f.clone())
+        lock(&self.persistent).iter().filter(|(p, _)| path.starts_with(p.as_str())).max_by_key(|(p, _)| p.len()).map(|(_, f)| f.clone())
     }
 }
 
@@ -293,11 +261,7 @@ impl Faults {
 pub enum Fault {
     /// Answer this status instead of serving: `Retry-After: N` when given;
     /// body as given, else `{"message":"<reason phrase>"}`.
-    Status {
-        code: u16,
-        retry_after_secs: Option<u64>,
-        body: Option<String>,
-    },
+    Status { code: u16, retry_after_secs: Option<u64>, body: Option<String> },
     /// Sleep, then serve normally.
     Delay(Duration),
     /// Close the TCP connection without sending any response byte.
@@ -393,13 +357,7 @@ impl Listener for KillableListener {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
                     let kill = Arc::new(KillSwitch::default());
-                    return (
-                        KillableStream {
-                            inner: stream,
-                            kill: kill.clone(),
-                        },
-                        ConnHandle { kill },
-                    );
+                    return (KillableStream { inner: stream, kill: kill.clone() }, ConnHandle { kill });
                 }
                 // e.g. EMFILE: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -409,9 +367,7 @@ impl Listener for KillableListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.inner.local_addr()?;
-        Ok(ConnHandle {
-            kill: Arc::default(),
-        })
+        Ok(ConnHandle { kill: Arc::default() })
     }
 }
 
@@ -435,18 +391,11 @@ impl KillableStream {
 }
 
 fn aborted() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "dropped by fault injection",
-    )
+    io::Error::new(io::ErrorKind::ConnectionAborted, "dropped by fault injection")
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.killed() {
             return Poll::Ready(Err(aborted()));
         }
@@ -455,22 +404,14 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.killed() {
             return Poll::Ready(Err(aborted()));
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         if self.killed() {
             return Poll::Ready(Err(aborted()));
         }
@@ -511,17 +452,8 @@ fn json_response(status: u16, body: &Value) -> Response {
 }
 
 /// A PostgREST error body, with its `Proxy-Status` header.
-fn pgrst_error(
-    status: u16,
-    code: &str,
-    message: &str,
-    details: Option<&str>,
-    hint: Option<&str>,
-) -> Response {
-    let mut resp = json_response(
-        status,
-        &json!({"code": code, "details": details, "hint": hint, "message": message}),
-    );
+fn pgrst_error(status: u16, code: &str, message: &str, details: Option<&str>, hint: Option<&str>) -> Response {
+    let mut resp = json_response(status, &json!({"code": code, "details": details, "hint": hint, "message": message}));
     if let Ok(v) = HeaderValue::from_str(&format!("PostgREST; error={code}")) {
         resp.headers_mut().insert("proxy-status", v);
     }
@@ -569,11 +501,7 @@ fn http_status_for_sqlstate(code: &str, message: &str) -> u16 {
         "42883" | "42P01" => 404,
         "42P17" => 500,
         "42501" => 403,
-        _ if starts("PT") => code[2..]
-            .parse::<u16>()
-            .ok()
-            .filter(|s| (100..600).contains(s))
-            .unwrap_or(500),
+        _ if starts("PT") => code[2..].parse::<u16>().ok().filter(|s| (100..600).contains(s)).unwrap_or(500),
         _ => 400,
     }
 }
@@ -585,21 +513,9 @@ fn db_error_response(e: &tokio_postgres::Error) -> (Response, bool) {
         let code = db.code().code();
         let status = http_status_for_sqlstate(code, db.message());
         let broken = e.is_closed() || code.starts_with("57P") || code.starts_with("08");
-        (
-            pgrst_error(status, code, db.message(), db.detail(), db.hint()),
-            broken,
-        )
+        (pgrst_error(status, code, db.message(), db.detail(), db.hint()), broken)
     } else {
-        (
-            pgrst_error(
-                503,
-                "PGRST001",
-                "Database client error. Retrying the connection.",
-                Some(&e.to_string()),
-                None,
-            ),
-            true,
-        )
+        (pgrst_error(503, "PGRST001", "Database client error. Retrying the connection.", Some(&e.to_string()), None), true)
     }
 }
 
@@ -608,35 +524,21 @@ fn connection_error_response(e: &tokio_postgres::Error) -> Response {
         Some(db) => db.message().to_owned(),
         None => e.to_string(),
     };
-    pgrst_error(
-        503,
-        "PGRST000",
-        "Database connection error. Retrying the connection.",
-        Some(&details),
-        None,
-    )
+    pgrst_error(503, "PGRST000", "Database connection error. Retrying the connection.", Some(&details), None)
 }
 
 fn fault_response(fault: Fault, conn: &ConnHandle) -> Option<Response> {
     match fault {
-        Fault::Status {
-            code,
-            retry_after_secs,
-            body,
-        } => {
+        Fault::Status { code, retry_after_secs, body } => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let (ct, body) = match body {
                 Some(b) if serde_json::from_str::<Value>(&b).is_ok() => (JSON_CT, b),
                 Some(b) => ("text/plain; charset=utf-8", b),
-                None => (
-                    JSON_CT,
-                    json!({"message": status.canonical_reason().unwrap_or("Error")}).to_string(),
-                ),
+                None => (JSON_CT, json!({"message": status.canonical_reason().unwrap_or("Error")}).to_string()),
             };
             let mut resp = response(status.as_u16(), ct, body);
             if let Some(secs) = retry_after_secs {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             Some(resp)
         }
@@ -664,11 +566,7 @@ async fn restore_content_range(mut resp: Response) -> Response {
     resp
 }
 
-async fn handle(
-    State(st): State<Arc<Shared>>,
-    ConnectInfo(conn): ConnectInfo<ConnHandle>,
-    req: Request,
-) -> Response {
+async fn handle(State(st): State<Arc<Shared>>, ConnectInfo(conn): ConnectInfo<ConnHandle>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     lock(&st.requests).push(path.clone());
     if let Some(fault) = st.faults.take(&path) {
@@ -686,10 +584,7 @@ async fn serve(st: &Shared, req: Request) -> Response {
     let query = req.uri().query().unwrap_or("").to_owned();
     let Some(rest) = path.strip_prefix("/rest/v1/") else {
         // Supabase's gateway (Kong) for unknown routes, before any auth.
-        return json_response(
-            404,
-            &json!({"message": "no Route matched with those values"}),
-        );
+        return json_response(404, &json!({"message": "no Route matched with those values"}));
     };
     let params = parse_query(&query);
     if let Some(resp) = check_auth(&st.key, req.headers(), &params) {
@@ -718,13 +613,7 @@ async fn serve(st: &Shared, req: Request) -> Response {
                 _ => not_implemented("writes on tables (POST/PATCH/PUT/DELETE)"),
             }
         }
-        _ => pgrst_error(
-            404,
-            "PGRST125",
-            "Invalid path specified in request URL",
-            None,
-            None,
-        ),
+        _ => pgrst_error(404, "PGRST125", "Invalid path specified in request URL", None, None),
     }
 }
 
@@ -733,12 +622,7 @@ fn check_auth(key: &str, headers: &HeaderMap, params: &[(String, String)]) -> Op
     let apikey = headers
         .get("apikey")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .or_else(|| {
-            params
-                .iter()
-                .find(|(k, _)| k == "apikey")
-                .map(|(_, v)| v.clone())
-        });
+        .or_else(|| params.iter().find(|(k, _)| k == "apikey").map(|(_, v)| v.clone()));
     match apikey {
         None => {
             return Some(json_response(
@@ -784,9 +668,7 @@ fn check_auth(key: &str, headers: &HeaderMap, params: &[(String, String)]) -> Op
 /// `application/x-www-form-urlencoded` decoding, as PostgREST does
 /// (`parseQueryReplacePlus True`): `+` is a space.
 fn parse_query(query: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+    url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 /// Path segment decoding (`+` stays a plus in paths).
@@ -829,14 +711,8 @@ struct ReadRequest {
 }
 
 fn parse_read_request(params: &[(String, String)]) -> Result<ReadRequest, Rejection> {
-    let mut req = ReadRequest {
-        select: vec!["*".to_owned()],
-        filters: Vec::new(),
-        logic: Vec::new(),
-        order: Vec::new(),
-        limit: None,
-        offset: None,
-    };
+    let mut req =
+        ReadRequest { select: vec!["*".to_owned()], filters: Vec::new(), logic: Vec::new(), order: Vec::new(), limit: None, offset: None };
     for (k, v) in params {
         if k == "apikey" {
             continue;
@@ -852,9 +728,7 @@ fn parse_read_request(params: &[(String, String)]) -> Result<ReadRequest, Reject
         if RESERVED_EMBEDDABLE.contains(&last) {
             let embedded = k.split('.').any(|s| s != "not" && s != last);
             if embedded {
-                return Err(Box::new(not_implemented(
-                    "order/limit/offset/logic on embedded resources",
-                )));
+                return Err(Box::new(not_implemented("order/limit/offset/logic on embedded resources")));
             }
             match last {
                 "order" => req.order = parse_order(v)?,
@@ -871,11 +745,7 @@ fn parse_read_request(params: &[(String, String)]) -> Result<ReadRequest, Reject
                 }
                 _ => {
                     debug_assert!(LOGIC_KEYS.contains(&last));
-                    let op = if k.split('.').any(|s| s == "not") {
-                        format!("not.{last}")
-                    } else {
-                        last.to_owned()
-                    };
+                    let op = if k.split('.').any(|s| s == "not") { format!("not.{last}") } else { last.to_owned() };
                     req.logic.push(parse_logic_param(&op, v)?);
                 }
             }
@@ -934,13 +804,7 @@ async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head:
         Ok(Some(_)) => {}
         Ok(None) => {
             st.pool.put(client);
-            return pgrst_error(
-                404,
-                "PGRST205",
-                &format!("Could not find the table 'public.{table}' in the schema cache"),
-                None,
-                None,
-            );
+            return pgrst_error(404, "PGRST205", &format!("Could not find the table 'public.{table}' in the schema cache"), None, None);
         }
         Err(e) => {
             let (resp, broken) = db_error_response(&e);
@@ -957,13 +821,7 @@ async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head:
     let select = req
         .select
         .iter()
-        .map(|c| {
-            if c == "*" {
-                format!("{t}.*")
-            } else {
-                format!("{t}.{}", quote_ident(c))
-            }
-        })
+        .map(|c| if c == "*" { format!("{t}.*") } else { format!("{t}.{}", quote_ident(c)) })
         .collect::<Vec<_>>()
         .join(", ");
     let mut conds: Vec<String> = Vec::new();
@@ -1013,11 +871,7 @@ async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head:
             st.pool.put(client);
             let body: String = row.get(0);
             let count: i64 = row.get(1);
-            let range = if count == 0 {
-                "*/*".to_owned()
-            } else {
-                format!("{offset}-{}/*", offset + count - 1)
-            };
+            let range = if count == 0 { "*/*".to_owned() } else { format!("{offset}-{}/*", offset + count - 1) };
             let mut resp = response(200, JSON_CT, if head { String::new() } else { body });
             if let Ok(v) = HeaderValue::from_str(&range) {
                 resp.headers_mut().insert(CONTENT_RANGE_LATER, v);
@@ -1045,11 +899,7 @@ async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head:
 struct UnknownText(String);
 
 impl ToSql for UnknownText {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         out.extend_from_slice(self.0.as_bytes());
         Ok(IsNull::No)
     }
@@ -1076,15 +926,7 @@ fn quote_ident(s: &str) -> String {
 
 /// `{"a","b"}`, every element quoted and escaped, for `= ANY($n)`.
 fn array_literal(values: &[String]) -> String {
-    let elems: Vec<String> = values
-        .iter()
-        .map(|v| {
-            format!(
-                "\"{}\"",
-                trim_nul(v).replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        })
-        .collect();
+    let elems: Vec<String> = values.iter().map(|v| format!("\"{}\"", trim_nul(v).replace('\\', "\\\\").replace('"', "\\\""))).collect();
     format!("{{{}}}", elems.join(","))
 }
 
@@ -1100,21 +942,14 @@ impl SqlBuilder {
     }
 
     fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params
-            .iter()
-            .map(|p| p as &(dyn ToSql + Sync))
-            .collect()
+        self.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
     }
 
     fn filter(&mut self, table: &str, f: &Filter) -> String {
         let col = format!("{table}.{}", quote_ident(&f.field));
         let expr = match &f.expr.op {
             Operation::Simple { sql, value, like } => {
-                let value = if *like {
-                    value.replace('*', "%")
-                } else {
-                    value.clone()
-                };
+                let value = if *like { value.replace('*', "%") } else { value.clone() };
                 format!("{col} {sql} {}", self.param(&value))
             }
             Operation::In(values) => {
@@ -1122,29 +957,17 @@ impl SqlBuilder {
             }
             Operation::Is(t) => format!("{col} IS {}", t.sql()),
         };
-        if f.expr.negated {
-            format!("NOT ({expr})")
-        } else {
-            expr
-        }
+        if f.expr.negated { format!("NOT ({expr})") } else { expr }
     }
 
     fn logic(&mut self, table: &str, tree: &LogicTree) -> String {
         match tree {
             LogicTree::Stmnt(f) => self.filter(table, f),
-            LogicTree::Expr {
-                negated,
-                and,
-                children,
-            } => {
+            LogicTree::Expr { negated, and, children } => {
                 let joiner = if *and { " AND " } else { " OR " };
                 let parts: Vec<String> = children.iter().map(|c| self.logic(table, c)).collect();
                 let expr = format!("({})", parts.join(joiner));
-                if *negated {
-                    format!("NOT {expr}")
-                } else {
-                    expr
-                }
+                if *negated { format!("NOT {expr}") } else { expr }
             }
         }
     }
@@ -1201,11 +1024,7 @@ impl Trilean {
 
 #[derive(Debug)]
 enum Operation {
-    Simple {
-        sql: &'static str,
-        value: String,
-        like: bool,
-    },
+    Simple { sql: &'static str, value: String, like: bool },
     In(Vec<String>),
     Is(Trilean),
 }
@@ -1225,11 +1044,7 @@ struct Filter {
 #[derive(Debug)]
 enum LogicTree {
     Stmnt(Filter),
-    Expr {
-        negated: bool,
-        and: bool,
-        children: Vec<LogicTree>,
-    },
+    Expr { negated: bool, and: bool, children: Vec<LogicTree> },
 }
 
 #[derive(Debug)]
@@ -1257,11 +1072,7 @@ impl ParseFail {
 
     /// Parsec keeps the error that got furthest.
     fn furthest(self, other: ParseFail) -> ParseFail {
-        if other.pos() > self.pos() {
-            other
-        } else {
-            self
-        }
+        if other.pos() > self.pos() { other } else { self }
     }
 
     /// The PGRST100 response: `"failed to parse <what> (<input>)" (line 1,
@@ -1276,10 +1087,7 @@ impl ParseFail {
             ParseFail::Syntax { pos, details } => pgrst_error(
                 400,
                 "PGRST100",
-                &format!(
-                    "\"failed to parse {what} ({input})\" (line 1, column {})",
-                    pos + 1
-                ),
+                &format!("\"failed to parse {what} ({input})\" (line 1, column {})", pos + 1),
                 Some(&details),
                 None,
             ),
@@ -1296,10 +1104,7 @@ struct Cursor {
 
 impl Cursor {
     fn new(s: &str) -> Cursor {
-        Cursor {
-            s: s.chars().collect(),
-            pos: 0,
-        }
+        Cursor { s: s.chars().collect(), pos: 0 }
     }
 
     fn peek(&self) -> Option<char> {
@@ -1351,10 +1156,7 @@ impl Cursor {
             Some(c) => format!("unexpected {c:?}"),
             None => "unexpected end of input".to_owned(),
         };
-        ParseFail::Syntax {
-            pos: self.pos,
-            details: format!("{got} expecting {expecting}"),
-        }
+        ParseFail::Syntax { pos: self.pos, details: format!("{got} expecting {expecting}") }
     }
 
     fn expect(&mut self, c: char, expecting: &str) -> PResult<()> {
@@ -1393,8 +1195,7 @@ fn field_name(c: &mut Cursor) -> PResult<String> {
     let mut parts: Vec<String> = Vec::new();
     loop {
         let start = c.pos;
-        while matches!(c.peek(), Some(ch) if ch.is_alphanumeric() || matches!(ch, '_' | ' ' | '$'))
-        {
+        while matches!(c.peek(), Some(ch) if ch.is_alphanumeric() || matches!(ch, '_' | ' ' | '$')) {
             c.pos += 1;
         }
         if c.pos == start {
@@ -1445,10 +1246,7 @@ fn op_expr(c: &mut Cursor, ctx: ValueCtx) -> PResult<OpExpr> {
             }
         }
     }
-    Ok(OpExpr {
-        negated: false,
-        op: operation(c, ctx)?,
-    })
+    Ok(OpExpr { negated: false, op: operation(c, ctx)? })
 }
 
 fn operation(c: &mut Cursor, ctx: ValueCtx) -> PResult<Operation> {
@@ -1456,12 +1254,7 @@ fn operation(c: &mut Cursor, ctx: ValueCtx) -> PResult<Operation> {
         return list_value(c).map(Operation::In);
     }
     if c.eat("is.") {
-        for (word, t) in [
-            ("null", Trilean::Null),
-            ("unknown", Trilean::Unknown),
-            ("true", Trilean::True),
-            ("false", Trilean::False),
-        ] {
+        for (word, t) in [("null", Trilean::Null), ("unknown", Trilean::Unknown), ("true", Trilean::True), ("false", Trilean::False)] {
             let n = word.len();
             let candidate: String = c.s.iter().skip(c.pos).take(n).collect();
             if candidate.eq_ignore_ascii_case(word) {
@@ -1472,10 +1265,7 @@ fn operation(c: &mut Cursor, ctx: ValueCtx) -> PResult<Operation> {
         return Err(c.unexpected("null or trilean value (unknown, true, false)"));
     }
     // Full-text search: `fts.`, `fts(lang).`
-    let word: String = c.s[c.pos..]
-        .iter()
-        .take_while(|ch| **ch != '.' && **ch != '(')
-        .collect();
+    let word: String = c.s[c.pos..].iter().take_while(|ch| **ch != '.' && **ch != '(').collect();
     if FTS_OPS.contains(&word.as_str()) {
         return Err(ParseFail::Unsupported("full-text search operators"));
     }
@@ -1490,10 +1280,7 @@ fn operation(c: &mut Cursor, ctx: ValueCtx) -> PResult<Operation> {
         if op.ends_with(')') && op.contains('(') {
             return Err(ParseFail::Unsupported("operator modifiers such as eq(any)"));
         }
-        return Err(ParseFail::Syntax {
-            pos: c.pos,
-            details: format!("unknown single value operator {op}"),
-        });
+        return Err(ParseFail::Syntax { pos: c.pos, details: format!("unknown single value operator {op}") });
     };
     let value = match ctx {
         ValueCtx::TopLevel => c.rest(),
@@ -1570,10 +1357,7 @@ fn list_value(c: &mut Cursor) -> PResult<Vec<String>> {
 
 fn logic_tree(c: &mut Cursor, depth: usize) -> PResult<LogicTree> {
     if depth > 64 {
-        return Err(ParseFail::Syntax {
-            pos: c.pos,
-            details: "logic tree nested too deeply".to_owned(),
-        });
+        return Err(ParseFail::Syntax { pos: c.pos, details: "logic tree nested too deeply".to_owned() });
     }
     let save = c.pos;
     let filter_fail = match logic_filter(c) {
@@ -1614,11 +1398,7 @@ fn logic_tree(c: &mut Cursor, depth: usize) -> PResult<LogicTree> {
     }
     c.expect(')', "\",\" or \")\"")?;
     c.ws();
-    Ok(LogicTree::Expr {
-        negated,
-        and,
-        children,
-    })
+    Ok(LogicTree::Expr { negated, and, children })
 }
 
 fn logic_filter(c: &mut Cursor) -> PResult<Filter> {
@@ -1639,9 +1419,7 @@ fn parse_filter_param(k: &str, v: &str) -> Result<Filter, Rejection> {
     let mut kc = Cursor::new(k);
     let field = field_name(&mut kc).map_err(|e| e.reject("tree path", k))?;
     if kc.peek() == Some('.') {
-        return Err(Box::new(not_implemented(
-            "filters on embedded resources (a.b=...)",
-        )));
+        return Err(Box::new(not_implemented("filters on embedded resources (a.b=...)")));
     }
     if kc.starts_with("->") {
         return Err(Box::new(not_implemented("JSON paths (->, ->>)")));
@@ -1684,11 +1462,7 @@ fn parse_order(v: &str) -> Result<Vec<OrderTerm>, Rejection> {
                 };
                 return Err(c.unexpected(expecting));
             }
-            terms.push(OrderTerm {
-                field,
-                desc,
-                nulls_first,
-            });
+            terms.push(OrderTerm { field, desc, nulls_first });
             if c.eat(",") {
                 continue;
             }
@@ -1720,9 +1494,7 @@ fn parse_select(v: &str) -> Result<Vec<String>, Rejection> {
                     c.pos += 1;
                 }
                 Some(_) => {
-                    return Err(ParseFail::Unsupported(
-                        "select beyond `*` and plain column names (aliases, casts, embeds, JSON paths)",
-                    ));
+                    return Err(ParseFail::Unsupported("select beyond `*` and plain column names (aliases, casts, embeds, JSON paths)"));
                 }
             }
         }
@@ -1758,17 +1530,11 @@ impl Routine {
             return false;
         }
         let required = self.in_names.len().saturating_sub(self.n_defaults);
-        keys.iter().all(|k| self.in_names.contains(k))
-            && self.in_names[..required].iter().all(|n| keys.contains(n))
+        keys.iter().all(|k| self.in_names.contains(k)) && self.in_names[..required].iter().all(|n| keys.contains(n))
     }
 
     fn signature(&self) -> String {
-        let args: Vec<String> = self
-            .in_names
-            .iter()
-            .zip(&self.in_types)
-            .map(|(n, t)| format!("{n} => {t}"))
-            .collect();
+        let args: Vec<String> = self.in_names.iter().zip(&self.in_types).map(|(n, t)| format!("{n} => {t}")).collect();
         args.join(", ")
     }
 }
@@ -1843,33 +1609,20 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
     let chosen: Result<(&Routine, Option<&str>), Response> = if named.len() == 1 {
         Ok((named[0], None))
     } else if named.len() > 1 {
-        let candidates: Vec<String> = named
-            .iter()
-            .map(|r| format!("public.{func}({})", r.signature()))
-            .collect();
+        let candidates: Vec<String> = named.iter().map(|r| format!("public.{func}({})", r.signature())).collect();
         Err(pgrst_error(
             300,
             "PGRST203",
-            &format!(
-                "Could not choose the best candidate function between: {}",
-                candidates.join(", ")
-            ),
+            &format!("Could not choose the best candidate function between: {}", candidates.join(", ")),
             None,
-            Some(
-                "Try renaming the parameters or the function itself in the database so function overloading can be resolved",
-            ),
+            Some("Try renaming the parameters or the function itself in the database so function overloading can be resolved"),
         ))
-    } else if let Some((r, ty)) = routines
-        .iter()
-        .find_map(|r| r.single_unnamed_json().map(|ty| (r, ty)))
-    {
+    } else if let Some((r, ty)) = routines.iter().find_map(|r| r.single_unnamed_json().map(|ty| (r, ty))) {
         Ok((r, Some(ty)))
     } else if let Some(keys) = &keys {
         Err(no_rpc_error(func, keys, &routines))
     } else {
-        Err(not_implemented(
-            "RPC with a non-object JSON body (bulk calls)",
-        ))
+        Err(not_implemented("RPC with a non-object JSON body (bulk calls)"))
     };
     let (routine, single_json) = match chosen {
         Ok(c) => c,
@@ -1900,25 +1653,14 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
                     cols.push(format!("{q} {ty}"));
                 }
             }
-            (
-                format!("{fn_ident}({})", args.join(", ")),
-                format!("json_to_record({p}::json) AS _x({})", cols.join(", ")),
-            )
+            (format!("{fn_ident}({})", args.join(", ")), format!("json_to_record({p}::json) AS _x({})", cols.join(", ")))
         }
     };
-    let from_args_clause = if from_args.is_empty() {
-        String::new()
-    } else {
-        format!(" FROM {from_args}")
-    };
+    let from_args_clause = if from_args.is_empty() { String::new() } else { format!(" FROM {from_args}") };
     let sql = if routine.returns_void {
         format!("SELECT {call}{from_args_clause}")
     } else if routine.returns_composite {
-        let from = if from_args.is_empty() {
-            format!("{call} AS _r")
-        } else {
-            format!("{from_args}, {call} AS _r")
-        };
+        let from = if from_args.is_empty() { format!("{call} AS _r") } else { format!("{from_args}, {call} AS _r") };
         if routine.returns_set {
             format!(
                 "SELECT coalesce(json_agg(_postgrest_t), '[]')::text \
@@ -1951,10 +1693,7 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
                 resp.headers_mut().remove(header::CONTENT_TYPE);
                 return resp;
             }
-            let body: String = rows
-                .first()
-                .map(|r| r.get(0))
-                .unwrap_or_else(|| "null".to_owned());
+            let body: String = rows.first().map(|r| r.get(0)).unwrap_or_else(|| "null".to_owned());
             response(200, JSON_CT, body)
         }
         Err(e) => {
@@ -1988,21 +1727,10 @@ fn no_rpc_error(func: &str, keys: &BTreeSet<String>, routines: &[Routine]) -> Re
     );
     // With overloads of that name, PostgREST suggests the closest parameter
     // list; here: the one sharing the most names with the request.
-    let hint = routines
-        .iter()
-        .max_by_key(|r| {
-            r.in_names
-                .iter()
-                .filter(|n| keys.contains(&n.as_str()))
-                .count()
-        })
-        .map(|r| {
-            let mut names: Vec<&str> = r.in_names.iter().map(String::as_str).collect();
-            names.sort_unstable();
-            format!(
-                "Perhaps you meant to call the function public.{func}({})",
-                names.join(", ")
-            )
-        });
+    let hint = routines.iter().max_by_key(|r| r.in_names.iter().filter(|n| keys.contains(&n.as_str())).count()).map(|r| {
+        let mut names: Vec<&str> = r.in_names.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        format!("Perhaps you meant to call the function public.{func}({})", names.join(", "))
+    });
     pgrst_error(404, "PGRST202", &message, Some(&details), hint.as_deref())
 }

@@ -98,11 +98,7 @@ struct Conn {
 
 impl Conn {
     fn new() -> Arc<Conn> {
-        Arc::new(Conn {
-            drop_to_server: AtomicBool::new(false),
-            drop_to_client: AtomicBool::new(false),
-            kill: watch::channel(false).0,
-        })
+        Arc::new(Conn { drop_to_server: AtomicBool::new(false), drop_to_client: AtomicBool::new(false), kill: watch::channel(false).0 })
     }
     fn poisoned(&self) -> bool {
         self.drop_to_server.load(Ordering::SeqCst) || self.drop_to_client.load(Ordering::SeqCst)

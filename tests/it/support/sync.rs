@@ -16,18 +16,14 @@ use super::wait::wait_for;
 
 pub const SCHEMA: &str = include_str!("centrovision_schema.sql");
 /// The synced sample tables, parents first.
-pub const TABLES: [&str; 6] = [
-    "branches",
-    "patients",
-    "services",
-    "appointments",
-    "invoices",
-    "invoice_items",
-];
+pub const TABLES: [&str; 6] = ["branches", "patients", "services", "appointments", "invoices", "invoice_items"];
 
 pub fn binary() -> PathBuf {
     // Set for integration tests and benches (not for the demo example).
-    PathBuf::from(option_env!("CARGO_BIN_EXE_centrovision-sync").expect("the centrovision-sync binary path"))
+    match option_env!("CARGO_BIN_EXE_centrovision-sync") {
+        Some(path) => PathBuf::from(path),
+        None => panic!("CARGO_BIN_EXE_centrovision-sync is unset: only integration tests and benches know the binary path"),
+    }
 }
 
 /// How the service reaches upstream.
@@ -39,11 +35,8 @@ pub enum Mode {
 }
 
 /// The upstream SQL, as `init --print-upstream-sql` prints it.
-pub const UPSTREAM_SQL: &str = concat!(
-    include_str!("../../../sql/upstream/001_apply.sql"),
-    "\n",
-    include_str!("../../../sql/upstream/002_verify.sql")
-);
+pub const UPSTREAM_SQL: &str =
+    concat!(include_str!("../../../sql/upstream/001_apply.sql"), "\n", include_str!("../../../sql/upstream/002_verify.sql"));
 
 /// Generates `name::postgres` and `name::rest` tests from `async fn name(mode: Mode)`.
 #[macro_export]
@@ -53,11 +46,11 @@ macro_rules! both_modes {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    super::$name(crate::support::sync::Mode::Postgres).await
+                    super::$name($crate::support::sync::Mode::Postgres).await
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn rest() {
-                    super::$name(crate::support::sync::Mode::Rest).await
+                    super::$name($crate::support::sync::Mode::Rest).await
                 }
             }
         )*
@@ -96,11 +89,7 @@ impl Pair {
     /// A pair on given databases (e.g. an upstream on a dedicated cluster).
     pub async fn on(local: TestDb, upstream: TestDb, mode: Mode) -> Pair {
         for db in [&local, &upstream] {
-            db.connect()
-                .await
-                .batch_execute(SCHEMA)
-                .await
-                .expect("load sample schema");
+            db.connect().await.batch_execute(SCHEMA).await.expect("load sample schema");
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let slot = format!("s_{}", local.name);
@@ -127,21 +116,9 @@ impl Pair {
     }
 
     pub fn write_config(&mut self) {
-        let tables = self
-            .tables
-            .iter()
-            .map(|t| format!("{t:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let tables = self.tables.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
         let up = &self.upstream;
-        let db_url = format!(
-            "host={} port={} user={} password={} dbname={}",
-            up.host(),
-            up.port(),
-            up.user(),
-            up.password(),
-            up.name
-        );
+        let db_url = format!("host={} port={} user={} password={} dbname={}", up.host(), up.port(), up.user(), up.password(), up.name);
         let supabase = match &self.rest {
             Some(r) => format!("mode = \"rest\"\nurl = \"{}\"\nservice_key = \"{}\"", r.url(), self.service_key),
             None => format!("mode = \"postgres\"\ndb_url = \"{db_url}\""),
@@ -190,8 +167,7 @@ health_check_seconds = 1
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(binary());
         c.arg("--config").arg(&self.config_path).args(args);
-        c.env("RUST_LOG", "debug")
-            .env_remove("CENTROVISION_SYNC_CRASH_AT");
+        c.env("RUST_LOG", "debug").env_remove("CENTROVISION_SYNC_CRASH_AT");
         c.stdin(Stdio::null());
         c
     }
@@ -202,9 +178,7 @@ health_check_seconds = 1
         for (k, v) in env {
             c.env(k, v);
         }
-        tokio::task::spawn_blocking(move || c.output().expect("run centrovision-sync"))
-            .await
-            .expect("join")
+        tokio::task::spawn_blocking(move || c.output().expect("run centrovision-sync")).await.expect("join")
     }
 
     /// Runs a command and asserts it exits 0.
@@ -253,11 +227,7 @@ health_check_seconds = 1
     /// Starts `run` in the background, logging to a file in the temp dir.
     /// The process is killed when the guard drops (also when a test fails).
     pub fn spawn_run(&self, env: &[(&str, &str)]) -> Running {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("run.log"))
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("run.log")).expect("log file");
         let mut c = self.command(&["run"]);
         for (k, v) in env {
             c.env(k, v);
@@ -273,13 +243,8 @@ health_check_seconds = 1
     /// Every row of `table` on `db`, as JSON, ordered by id.
     pub async fn rows(db: &TestDb, table: &str) -> String {
         let c = db.connect().await;
-        let sql = format!(
-            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {table} t"
-        );
-        c.query_one(sql.as_str(), &[])
-            .await
-            .expect("read rows")
-            .get(0)
+        let sql = format!("SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {table} t");
+        c.query_one(sql.as_str(), &[]).await.expect("read rows").get(0)
     }
 
     /// Asserts every synced table is identical on both sides.
@@ -338,9 +303,7 @@ pub fn diff_rows(local: &str, upstream: &str) -> String {
             }
             Some(other) if other != row && n < 5 => {
                 n += 1;
-                out.push_str(&format!(
-                    "  differs: local    {row}\n           upstream {other}\n"
-                ));
+                out.push_str(&format!("  differs: local    {row}\n           upstream {other}\n"));
             }
             _ => {}
         }
@@ -353,11 +316,12 @@ pub fn diff_rows(local: &str, upstream: &str) -> String {
     }
     let only_l = l.keys().filter(|k| !u.contains_key(*k)).count();
     let only_u = u.keys().filter(|k| !l.contains_key(*k)).count();
-    let differ = l
-        .iter()
-        .filter(|(k, v)| u.get(*k).is_some_and(|o| o != *v))
-        .count();
-    out.push_str(&format!("  ({} local rows, {} upstream rows; {only_l} only local, {only_u} only upstream, {differ} differ)", l.len(), u.len()));
+    let differ = l.iter().filter(|(k, v)| u.get(*k).is_some_and(|o| o != *v)).count();
+    out.push_str(&format!(
+        "  ({} local rows, {} upstream rows; {only_l} only local, {only_u} only upstream, {differ} differ)",
+        l.len(),
+        u.len()
+    ));
     out
 }
 
@@ -401,20 +365,19 @@ pub fn kill9(child: &mut Child) {
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id() as i32;
     // SAFETY-free: use the kill(1) utility rather than libc.
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     child.wait().expect("wait for run to exit")
 }
 
 impl Drop for Pair {
     /// A failing test shows what the service logged. And a finished test's
-    /// replication slot on the shared cluster goes: that cluster lives as
-    /// long as the test process, which runs every integration test, so
-    /// leftover slots would reach `max_replication_slots` and keep all WAL
-    /// written after them. (Only if nothing streams from it any more; a
-    /// dedicated cluster goes away with its slots anyway.)
+    /// replication slot and replication origin on the shared cluster go:
+    /// that cluster lives as long as the test process, which runs every
+    /// integration test, so leftover slots would keep all WAL written after
+    /// them, and leftover origins would use up `max_replication_slots`
+    /// (origins are tracked in the same slots: SQLSTATE 53400). (Only if
+    /// nothing uses them any more; a dedicated cluster goes away with its
+    /// slots and origins anyway.)
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.run_log();
@@ -430,10 +393,15 @@ impl Drop for Pair {
                  WHERE slot_name = '{}' AND NOT active",
                 self.slot.replace('\'', "''")
             );
-            // Best effort: the slot may not exist (no `init`) or be busy.
+            let origin = format!(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = 'o_{}'",
+                self.local.name.replace('\'', "''")
+            );
+            // Best effort: the slot or origin may not exist (no `init`) or
+            // be busy; psql runs each `-c` whatever the previous one did.
             let _ = shared
                 .tool("psql")
-                .args(["-X", "-q", "-d", "postgres", "-c", &sql])
+                .args(["-X", "-q", "-d", "postgres", "-c", &sql, "-c", &origin])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
