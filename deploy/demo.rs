@@ -5,7 +5,7 @@
 
 // The integration tests' kit; the demo uses only part of it.
 #[path = "../tests/it/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, reason = "the demo uses a few pieces of the test kit")]
 mod support;
 
 use std::time::{Duration, Instant};

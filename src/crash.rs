@@ -45,11 +45,12 @@ fn armed() -> Option<&'static Armed> {
 /// Aborts the process if this point is armed and reached its N-th hit.
 #[cfg(feature = "crash-points")]
 pub fn point(name: &str) {
-    if let Some(a) = armed() {
-        if a.name == name && a.hits.fetch_add(1, Ordering::Relaxed) + 1 >= a.nth {
-            eprintln!("crash point {name} reached: aborting");
-            std::process::abort();
-        }
+    if let Some(a) = armed()
+        && a.name == name
+        && a.hits.fetch_add(1, Ordering::Relaxed) + 1 >= a.nth
+    {
+        eprintln!("crash point {name} reached: aborting");
+        std::process::abort();
     }
 }
 

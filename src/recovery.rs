@@ -88,7 +88,7 @@ pub async fn replay(cfg: &Config, range: &ReplayRange) -> Result<Replayed> {
     let source = Source::Range { from: range.from, to: range.to, tables: range.tables.clone() };
     let mut done = Replayed::default();
     let mut after = 0i64;
-    let epochs = crate::store::Store::new(&local, crate::error::LOCAL).epochs().await?;
+    let epochs = Store::new(&local, LOCAL).epochs().await?;
     loop {
         let rows = journal::next_batch(&local, &source, cfg.sync.batch_size as i64, after).await?;
         let Some(last) = rows.last() else { break };

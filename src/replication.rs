@@ -299,11 +299,11 @@ impl Decoder<'_> {
                 relations.insert(r.oid, Relation { name: r.name, synced, columns, key });
             }
             Message::Origin(o) => {
-                if let Some(t) = txn.as_mut() {
-                    if o.name == *origin {
-                        t.skip = true;
-                        t.echo = true;
-                    }
+                if let Some(t) = txn.as_mut()
+                    && o.name == *origin
+                {
+                    t.skip = true;
+                    t.echo = true;
                 }
             }
             Message::Insert(i) => {
@@ -393,10 +393,10 @@ fn change_context<'a>(
 }
 
 async fn write_change(writer: &mut Writer, mut change: Change, tables: &BTreeMap<String, Table>, report: &mut CaptureReport) -> Result<()> {
-    if !change.unchanged.is_empty() {
-        if let Some(t) = tables.get(&change.table) {
-            writer.fill_unchanged(&mut change, t).await?;
-        }
+    if !change.unchanged.is_empty()
+        && let Some(t) = tables.get(&change.table)
+    {
+        writer.fill_unchanged(&mut change, t).await?;
     }
     report.changes += 1;
     writer.append(change).await

@@ -11,10 +11,9 @@
 //! prints the markdown table.
 
 // The integration tests' kit (clusters, the PostgREST stand-in), which the
-// harness runs on. The benchmark uses only part of it, and this crate is
-// not where the rest is exercised (tests/it is), hence the allow.
+// harness runs on.
 #[path = "../../tests/it/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(dead_code, unused_imports, reason = "the benchmark uses part of the kit; tests/it exercises the rest")]
 mod support;
 
 mod harness;

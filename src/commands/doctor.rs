@@ -121,17 +121,13 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
                     &[&cfg.local_postgres.schema, &cfg.sync.tables],
                 )
                 .await
+                && !rows.is_empty()
             {
-                if !rows.is_empty() {
-                    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                    r.fail(
-                        &format!(
-                            "row-level security is on for {} and the role cannot bypass it (rows would be invisible)",
-                            names.join(", ")
-                        ),
-                        &format!("ALTER ROLE {} BYPASSRLS;   -- as a superuser", quote_ident(user)),
-                    );
-                }
+                let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                r.fail(
+                    &format!("row-level security is on for {} and the role cannot bypass it (rows would be invisible)", names.join(", ")),
+                    &format!("ALTER ROLE {} BYPASSRLS;   -- as a superuser", quote_ident(user)),
+                );
             }
         }
         if !sup {
@@ -188,30 +184,27 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         Ok(None) => r.fail(&format!("slot {} does not exist", cfg.sync.slot_name), "centrovision-sync init"),
         Err(_) => {}
     }
-    match local
+    if let Ok(row) = local
         .query_one(
             "SELECT coalesce(array_agg(tablename::text), '{}') FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2",
             &[&cfg.sync.publication_name, &cfg.local_postgres.schema],
         )
         .await
     {
-        Ok(row) => {
-            let published: Vec<String> = row.get(0);
-            let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !published.contains(t)).collect();
-            if missing.is_empty() {
-                r.ok(&format!("publication {} covers the {} tables", cfg.sync.publication_name, cfg.sync.tables.len()));
-            } else {
-                r.fail(
-                    &format!(
-                        "publication {} lacks: {}",
-                        cfg.sync.publication_name,
-                        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                    "centrovision-sync init",
-                );
-            }
+        let published: Vec<String> = row.get(0);
+        let missing: Vec<&String> = cfg.sync.tables.iter().filter(|t| !published.contains(t)).collect();
+        if missing.is_empty() {
+            r.ok(&format!("publication {} covers the {} tables", cfg.sync.publication_name, cfg.sync.tables.len()));
+        } else {
+            r.fail(
+                &format!(
+                    "publication {} lacks: {}",
+                    cfg.sync.publication_name,
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                "centrovision-sync init",
+            );
         }
-        Err(_) => {}
     }
     if let Ok(row) =
         local.query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", &[&cfg.sync.origin_name]).await

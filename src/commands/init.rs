@@ -41,7 +41,7 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     store.install_schema().await?;
     // The verify hash functions, so both sides hash alike (own BEGIN/COMMIT).
     local
-        .batch_execute(crate::upstream::VERIFY_SQL)
+        .batch_execute(upstream::VERIFY_SQL)
         .await
         .map_err(|e| SyncError::from_pg(LOCAL.doing("applying sql/upstream/002_verify.sql"), &e))?;
     tracing::info!("control tables ready");

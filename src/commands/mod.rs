@@ -125,14 +125,14 @@ fn warn_if_config_readable_by_others(path: &std::path::Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(m) = std::fs::metadata(path) {
-            if m.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    "the config file is readable by other users and holds secrets; run: chmod 600 {}",
-                    path.display()
-                );
-            }
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "the config file is readable by other users and holds secrets; run: chmod 600 {}",
+                path.display()
+            );
         }
     }
 }
@@ -209,9 +209,9 @@ mod tests {
     /// A compile-time check, not a test to run: the demo (and any service
     /// wrapper) spawns `dispatch` on a runtime, so its future must stay
     /// `Send`.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a compile-time check, never called")]
     fn dispatch_can_be_spawned(cli: Cli) {
-        fn spawnable<F: std::future::Future + Send + 'static>(_: F) {}
+        fn spawnable<F: Future + Send + 'static>(_: F) {}
         spawnable(dispatch(cli));
     }
 }

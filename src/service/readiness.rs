@@ -19,7 +19,7 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
             "the local database is not initialized for sync (control tables or slot missing)",
         ));
     }
-    check_cluster(&crate::store::Store::new(&local, LOCAL), &cfg.sync.slot_name).await?;
+    check_cluster(&Store::new(&local, LOCAL), &cfg.sync.slot_name).await?;
     let tables = catalog::load(&local, Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     if let Some(missing) = cfg.sync.tables.iter().find(|t| !tables.contains_key(*t)) {
         return Err(SyncError::new(ErrorKind::MissingObject, format!("configured table {missing} does not exist locally"))
@@ -46,7 +46,7 @@ pub async fn check_contract(up: &upstream::Client) -> Result<()> {
 
 /// Capture positions belong to one cluster: bookkeeping from another one (a
 /// restored or moved database) or from before this version needs `init`.
-pub async fn check_cluster(store: &crate::store::Store<'_>, slot: &str) -> Result<()> {
+pub async fn check_cluster(store: &Store<'_>, slot: &str) -> Result<()> {
     let now = store.system_identifier().await?;
     match store.capture_identity(slot).await? {
         Some((Some(was), _)) if was == now => Ok(()),

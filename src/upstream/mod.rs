@@ -245,6 +245,7 @@ pub struct HashRequest<'a> {
 }
 
 /// The configured transport.
+#[allow(clippy::large_enum_variant, reason = "one per process, built once and never moved on a hot path")]
 pub enum Client {
     Postgres(postgres::PgUpstream),
     Rest(rest::RestUpstream),

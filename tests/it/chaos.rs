@@ -102,7 +102,7 @@ use tokio_postgres::Client;
 const WORKAROUNDS: &[Workaround] = &[];
 
 #[derive(Debug)]
-#[allow(dead_code)] // kept for the next bug chaos finds
+#[allow(dead_code, reason = "kept for the next bug chaos finds")]
 enum Workaround {
     /// Run this on the local database before `init`.
     Sql { bug: &'static str, sql: &'static str },
@@ -900,7 +900,7 @@ async fn chaos(mode: Mode) {
         failures.push(format!(
             "{unsynced} journal rows unsynced and {parked} parked after the final once (started {once_started}); errors: {:?}\n{}\n_sync_capture: {capture}",
             left.get::<_, Option<String>>(2),
-            support::sync::tail(&detail, 10)
+            tail(&detail, 10)
         ));
     }
 
@@ -1110,7 +1110,7 @@ async fn a_local_restart_under_run_does_not_stop_pushing(mode: Mode) {
         let why: Vec<&str> = log.lines().filter(|l| l.contains("ALERT") || l.contains("push failed") || l.contains("offline")).collect();
         panic!(
             "the change made after the local restart never reached upstream (130 s); the service said:\n{}",
-            why.iter().take(8).map(|l| support::sync::tail(l, 1)).collect::<Vec<_>>().join("\n")
+            why.iter().take(8).map(|l| tail(l, 1)).collect::<Vec<_>>().join("\n")
         );
     }
 }

@@ -111,8 +111,7 @@ pub struct Options {
     pub out_dir: PathBuf,
     pub sections: Vec<Section>,
     /// Re-render report.md/report.svg from this report.json instead of running.
-    // Read by benches/e2e/main.rs only; tests/it/bench_quick.rs never re-renders.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "read by benches/e2e/main.rs only; tests/it/bench_quick.rs never re-renders")]
     pub render: Option<PathBuf>,
 }
 
@@ -136,8 +135,7 @@ impl Options {
     }
 
     // The full profile and the command line are benches/e2e/main.rs's only;
-    // tests/it/bench_quick.rs builds Options::quick directly.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "tests/it/bench_quick.rs builds Options::quick directly")]
     pub fn full(out_dir: impl Into<PathBuf>) -> Options {
         Options {
             quick: false,
@@ -159,7 +157,7 @@ impl Options {
     /// Command line of `benches/e2e/main.rs`. `cargo bench` passes `--bench`;
     /// without it (e.g. `cargo test --benches`, or running the binary by
     /// hand) the quick profile runs unless `--full` is given.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "the bench binary's command line; tests/it/bench_quick.rs builds Options::quick directly")]
     pub fn from_args(args: &[String], default_out: &Path) -> R<Options> {
         let has = |f: &str| args.iter().any(|a| a == f);
         let quick = has("--quick") || (!has("--bench") && !has("--full"));
@@ -585,8 +583,7 @@ pub struct Bench {
 
 /// Reads a report.json written by [`run`] and writes its markdown and SVG
 /// again (e.g. after a change to the rendering) into `out_dir`.
-// `--render` of benches/e2e/main.rs only.
-#[allow(dead_code)]
+#[allow(dead_code, reason = "`--render` of benches/e2e/main.rs only")]
 pub fn render(json: &Path, out_dir: &Path) -> R<Report> {
     let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
     let report: Report = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
@@ -1715,7 +1712,7 @@ impl Bench {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one figure's columns, named at each call site of the report table")]
 fn fig(
     id: &str,
     section: &str,
@@ -1960,7 +1957,7 @@ impl TriggerPoller {
 /// own query shape), upserted locally with a plain ON CONFLICT.
 /// The baselines' plain upsert (no last-write-wins) of a JSON array of rows
 /// into `t`, with the table's columns read from `client`'s catalog.
-async fn plain_upsert_sql(client: &tokio_postgres::Client, t: &str) -> R<String> {
+async fn plain_upsert_sql(client: &Client, t: &str) -> R<String> {
     let cols: Vec<String> = client
         .query_one(
             "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns

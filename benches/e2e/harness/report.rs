@@ -88,8 +88,7 @@ impl Report {
         self.stages.push(Stage { name: name.into(), value, unit: unit.into(), note: note.into() });
     }
 
-    // For tests/it/bench_quick.rs's checks; the bench binary only prints.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "for tests/it/bench_quick.rs's checks; the bench binary only prints")]
     pub fn figure(&self, id: &str) -> Option<&Figure> {
         self.figures.iter().find(|f| f.id == id)
     }

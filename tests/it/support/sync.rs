@@ -20,7 +20,10 @@ pub const TABLES: [&str; 6] = ["branches", "patients", "services", "appointments
 
 pub fn binary() -> PathBuf {
     // Set for integration tests and benches (not for the demo example).
-    PathBuf::from(option_env!("CARGO_BIN_EXE_centrovision-sync").expect("the centrovision-sync binary path"))
+    match option_env!("CARGO_BIN_EXE_centrovision-sync") {
+        Some(path) => PathBuf::from(path),
+        None => panic!("CARGO_BIN_EXE_centrovision-sync is unset: only integration tests and benches know the binary path"),
+    }
 }
 
 /// How the service reaches upstream.
@@ -45,11 +48,11 @@ macro_rules! both_modes {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    super::$name(crate::support::sync::Mode::Postgres).await
+                    super::$name($crate::support::sync::Mode::Postgres).await
                 }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn rest() {
-                    super::$name(crate::support::sync::Mode::Rest).await
+                    super::$name($crate::support::sync::Mode::Rest).await
                 }
             }
         )*
@@ -407,11 +410,13 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
 
 impl Drop for Pair {
     /// A failing test shows what the service logged. And a finished test's
-    /// replication slot on the shared cluster goes: that cluster lives as
-    /// long as the test process, which runs every integration test, so
-    /// leftover slots would reach `max_replication_slots` and keep all WAL
-    /// written after them. (Only if nothing streams from it any more; a
-    /// dedicated cluster goes away with its slots anyway.)
+    /// replication slot and replication origin on the shared cluster go:
+    /// that cluster lives as long as the test process, which runs every
+    /// integration test, so leftover slots would keep all WAL written after
+    /// them, and leftover origins would use up `max_replication_slots`
+    /// (origins are tracked in the same slots: SQLSTATE 53400). (Only if
+    /// nothing uses them any more; a dedicated cluster goes away with its
+    /// slots and origins anyway.)
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.run_log();
@@ -427,9 +432,18 @@ impl Drop for Pair {
                  WHERE slot_name = '{}' AND NOT active",
                 self.slot.replace('\'', "''")
             );
-            // Best effort: the slot may not exist (no `init`) or be busy.
-            let _ =
-                shared.tool("psql").args(["-X", "-q", "-d", "postgres", "-c", &sql]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let origin = format!(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = 'o_{}'",
+                self.local.name.replace('\'', "''")
+            );
+            // Best effort: the slot or origin may not exist (no `init`) or
+            // be busy; psql runs each `-c` whatever the previous one did.
+            let _ = shared
+                .tool("psql")
+                .args(["-X", "-q", "-d", "postgres", "-c", &sql, "-c", &origin])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
