@@ -314,8 +314,7 @@ async fn apply_feed_page<U: Upstream>(
                 let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
                 let pk = table.pk().expect("syncable");
                 let all: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
-                let pending: HashSet<String> =
-                    store.pending_keys(name, &all, processed, &epochs).await?.into_iter().collect();
+                let pending: HashSet<String> = store.pending_keys(name, &all, processed, &epochs).await?.into_iter().collect();
                 if !pending.is_empty() {
                     tracing::debug!(table = %name, rows = pending.len(), "left alone: local changes upstream has not processed yet");
                 }
