@@ -28,7 +28,7 @@ async fn shared_cluster_runs_with_logical_wal_level() {
     let client = first.connect().await;
     assert_eq!(show(&client, "wal_level").await, "logical");
     assert_eq!(show(&client, "listen_addresses").await, "127.0.0.1");
-    assert_eq!(show(&client, "max_replication_slots").await, "64");
+    assert_eq!(show(&client, "max_replication_slots").await, "1024");
     assert_eq!(show(&client, "max_wal_senders").await, "64");
     assert_eq!(show(&client, "max_connections").await, "300");
     assert_eq!(show(&client, "synchronous_commit").await, "on");
