@@ -255,6 +255,12 @@ async fn read_group<U: Upstream>(
                  may be missing here; run `centrovision-sync verify --repair`"
             );
         }
+        if page.restarted {
+            tracing::warn!(
+                "the change feed's cursor is ahead of the upstream database (it was restored from a backup): \
+                 reading the feed from the beginning again"
+            );
+        }
         let next = cursor.advanced(&page);
         apply_feed_page(ctx, &page, group, &next, reports).await?;
         cursor = next;

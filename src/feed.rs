@@ -41,6 +41,10 @@ pub struct Page {
     pub after: i64,
     #[serde(default)]
     pub horizon_passed: bool,
+    /// The cursor was ahead of the server (a restored database): this page
+    /// starts the window from the beginning.
+    #[serde(default)]
+    pub restarted: bool,
     /// What upstream has processed of this clinic's changes, in the same snapshot.
     pub progress: Option<Processed>,
     pub changes: Vec<Change>,
@@ -95,7 +99,8 @@ impl Cursor {
         if page.complete {
             Cursor { prev: Some(page.target.clone()), target: None, after: 0 }
         } else {
-            Cursor { prev: self.prev.clone(), target: Some(page.target.clone()), after: page.after }
+            let prev = if page.restarted { None } else { self.prev.clone() };
+            Cursor { prev, target: Some(page.target.clone()), after: page.after }
         }
     }
 }
@@ -159,6 +164,14 @@ mod tests {
                            {{"t":"patients","k":"b","op":"delete","w":"clinic-b","v":7}}]}}"#
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn a_restarted_window_drops_the_previous_snapshot() {
+        let c = Cursor { prev: Some("5:5:".into()), target: Some("9:9:".into()), after: 3 };
+        let mut p = page(false);
+        p.restarted = true;
+        assert_eq!(c.advanced(&p), Cursor { prev: None, target: Some("10:12:11".into()), after: 7 });
     }
 
     #[test]

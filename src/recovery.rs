@@ -3,8 +3,9 @@
 //! (prove both sides equal, or put them back), and `resync` (recreate a lost
 //! slot and reconcile).
 //!
-//! All of them go through the same last-write-wins apply as normal sync, so
-//! they are idempotent and never overwrite newer upstream data. This module
+//! All of them go through the same apply and conflict rule as normal sync
+//! (sql/upstream/001_apply.sql), so they are idempotent and never overwrite
+//! a version the rule says is newer. This module
 //! does the work and returns what happened; the CLI (`commands`) prints it.
 
 use crate::config::{Config, connect_local};
@@ -144,6 +145,11 @@ async fn verify_with(cfg: &Config, only: Vec<String>, repair: bool, after_lost_s
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
     let local = connect_local(cfg).await?;
+    let store = Store::new(&local, LOCAL);
+    // The repair's place in this clinic's commit order: taken before the
+    // rows are compared and read (see verify::Position).
+    let started_at: String =
+        local.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
     let names: Vec<String> = if only.is_empty() { crate::catalog::parents_first(&tables) } else { only };
     let diffs = compare_tables(cfg, &local, &up, &tables, &names).await?;
     let equal = diffs.iter().all(TableDiff::is_equal);
@@ -157,12 +163,17 @@ async fn verify_with(cfg: &Config, only: Vec<String>, repair: bool, after_lost_s
             e
         }
     })?;
-    let repairer = verify::Repairer { cfg, local: &local, session: &session, up: &up, tables: &tables, after_lost_slot };
+    let position = verify::Position { epoch: store.capture_identity(&cfg.sync.slot_name).await?.map_or(1, |(_, e)| e), lsn: started_at };
+    let repairer =
+        verify::Repairer { cfg, local: &local, session: &session, up: &up, tables: &tables, position: &position, after_lost_slot };
     let mut repaired = Vec::new();
     for d in diffs.iter().filter(|d| !d.is_equal()) {
         let r = repairer.repair(&tables[&d.table], d).await?;
         repaired.push((d.table.clone(), r));
     }
+    // The winners of versions that lost upstream come back through the feed.
+    let (_tx, no_wait) = tokio::sync::watch::channel(Lsn::from_u64(u64::MAX));
+    down::cycle(cfg, &session, &up, &tables, &no_wait).await?;
     // Prove it: compare again.
     let after_repair = compare_tables(cfg, &local, &up, &tables, &names).await?;
     let equal = after_repair.iter().all(TableDiff::is_equal);

@@ -8,19 +8,29 @@
 //! columns both sides have are compared.
 //!
 //! Repair (after a full sync pass has journaled every local change) resolves
-//! each remaining difference by the sync's own rules:
-//! - a row on both sides that differs: the newer `updated_at` wins (upstream
-//!   on ties), through the same apply paths as normal sync;
-//! - a row only local: pushed up (upstream never had it, or lost it);
+//! each remaining difference from the per-row state upstream
+//! (`centrovision_sync_row_versions`: the row's current writer and whether
+//! this clinic's change feed had already passed that version), never from a
+//! clock watermark:
+//! - a row only local, or on both sides but different: sent upstream as this
+//!   clinic's version, positioned at the repair's start in its commit order,
+//!   and the conflict rule decides there — except a row whose upstream
+//!   version is another writer's that this clinic has not downloaded yet,
+//!   which is brought down;
 //! - a row only upstream: deleted upstream when the journal holds a local
-//!   DELETE at least as new (a tombstone), else brought down. During
-//!   `resync` only, a row the down path had already passed (its `updated_at`
-//!   at or before the table's watermark) counts as deleted locally too,
-//!   because deletes made while the slot was lost left no tombstone.
+//!   DELETE at least as new (a tombstone; the rule decides), else brought
+//!   down. During `resync` only, a row this clinic wrote, or had downloaded,
+//!   counts as deleted locally too, because deletes made while the slot was
+//!   lost left no tombstone. A row another writer created that this clinic
+//!   never had is never deleted as "deleted locally".
+//!
+//! A version that loses upstream is logged there as a conflict and its winner
+//! re-emitted into the change feed; the caller reads the feed once after the
+//! repair so the winners land here.
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -192,92 +202,176 @@ pub struct Repaired {
     pub rejected: Vec<String>,
 }
 
+/// Where a repair's own versions stand in this clinic's commit order: the
+/// current capture epoch and the local WAL position when the repair began
+/// (every local commit before it is in the images the repair reads later,
+/// every commit after it comes later in the order).
+#[derive(Debug, Clone)]
+pub struct Position {
+    pub epoch: i32,
+    pub lsn: String,
+}
+
 /// What a repair run works with: the configuration, the local connection
-/// and the down path's session, the upstream, the synced tables, and
-/// whether the run follows a lost slot (see the module docs).
+/// and the down path's session, the upstream, the synced tables, the
+/// repair's position, and whether the run follows a lost slot (see the
+/// module docs).
 pub struct Repairer<'a, U> {
     pub cfg: &'a Config,
     pub local: &'a Client,
     pub session: &'a down::Session,
     pub up: &'a U,
     pub tables: &'a BTreeMap<String, Table>,
+    pub position: &'a Position,
     pub after_lost_slot: bool,
+}
+
+/// A row's current version upstream (`centrovision_sync_row_versions`).
+#[derive(Debug, Deserialize)]
+struct Version {
+    #[serde(rename = "k")]
+    key: String,
+    #[serde(rename = "w")]
+    writer: String,
+    #[serde(rename = "v")]
+    version_id: i64,
+    /// The version's transaction was visible in this clinic's last completed
+    /// feed window: the clinic had it.
+    seen: bool,
+}
+
+/// What the repair does with one differing row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    /// Send the local row upstream as this clinic's version (the conflict
+    /// rule decides there); `base` when the clinic had upstream's version.
+    Push { base: Option<i64> },
+    /// Send a delete stamped `ts` (the conflict rule decides there).
+    Delete { ts: String },
+    /// Bring upstream's row down.
+    Pull,
+}
+
+/// The repair rules (pure; see the module docs). `me` is this clinic's
+/// writer id; `tombstone` the commit time of a journaled local DELETE at
+/// least as new as the upstream row; `now` the local clock.
+fn decide(kind: Kind, version: Option<&Version>, me: &str, tombstone: Option<&str>, after_lost_slot: bool, now: &str) -> Decision {
+    let mine = version.is_some_and(|v| v.writer == me);
+    let legacy = version.is_none_or(|v| v.writer == "legacy");
+    let seen = version.is_some_and(|v| v.seen);
+    let base = version.filter(|v| v.seen && !mine).map(|v| v.version_id);
+    match kind {
+        Kind::OnlyLocal => Decision::Push { base },
+        Kind::Differ if mine || legacy || seen || after_lost_slot => Decision::Push { base },
+        // Another writer's version this clinic has not downloaded yet.
+        Kind::Differ => Decision::Pull,
+        Kind::OnlyUpstream => match tombstone {
+            Some(ts) => Decision::Delete { ts: ts.to_string() },
+            // Deletes made while the slot was lost left no tombstone: a row
+            // this clinic wrote, or had downloaded, and no longer has was
+            // deleted here. Another writer's row it never had is never
+            // deleted as "deleted locally".
+            None if after_lost_slot && (mine || (seen && !legacy)) => Decision::Delete { ts: now.to_string() },
+            None => Decision::Pull,
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    OnlyLocal,
+    OnlyUpstream,
+    Differ,
 }
 
 impl<U: Upstream> Repairer<'_, U> {
     /// Resolves `diff` of `table` by the sync's rules (see the module docs).
+    /// Versions that lose upstream are re-emitted into the change feed, so
+    /// the caller reads the feed once after repairing every table.
     pub async fn repair(&self, table: &Table, diff: &TableDiff) -> Result<Repaired> {
-        let Repairer { cfg, local, session, up, tables, after_lost_slot } = *self;
+        let Repairer { cfg, local, session, up, tables, position, after_lost_slot } = *self;
         let store = Store::new(local, LOCAL);
         let pk = table.pk().expect("syncable");
         let mut out = Repaired::default();
-        let mut push_ids: Vec<String> = diff.only_local.clone();
-        let mut pull_ids: Vec<String> = Vec::new();
-        let mut delete_up: Vec<(String, String)> = Vec::new();
-        for id in &diff.differ {
-            let (l, u) = diff.updated.get(id).cloned().unwrap_or_default();
-            // Newer wins; upstream wins ties. Compare as timestamps in SQL below
-            // when both exist: collect candidates first.
-            match (l, u) {
-                (Some(l), Some(u)) if newer(local, &l, &u).await? => push_ids.push(id.clone()),
-                _ => pull_ids.push(id.clone()),
-            }
+        let keyed = diff
+            .only_local
+            .iter()
+            .map(|k| (k, Kind::OnlyLocal))
+            .chain(diff.only_upstream.iter().map(|k| (k, Kind::OnlyUpstream)))
+            .chain(diff.differ.iter().map(|k| (k, Kind::Differ)));
+        let keys: Vec<String> = keyed.clone().map(|(k, _)| k.clone()).collect();
+        let seen_in = store.feed_cursors(std::slice::from_ref(&table.name), 0).await?.into_iter().next().and_then(|(_, c, _)| c.prev);
+        let mut versions: HashMap<String, Version> = HashMap::new();
+        for chunk in keys.chunks(cfg.sync.batch_size.max(1)) {
+            let text = up.row_versions(&table.name, chunk, seen_in.as_deref()).await?;
+            let list: Vec<Version> = serde_json::from_str(&text).map_err(|e| {
+                SyncError::new(ErrorKind::Contract, format!("centrovision_sync_row_versions answered something unexpected ({e})"))
+            })?;
+            versions.extend(list.into_iter().map(|v| (v.key.clone(), v)));
         }
-        let watermark = store.down_watermark(&table.name).await?;
-        for id in &diff.only_upstream {
-            let uts = diff.updated.get(id).and_then(|(_, u)| u.clone());
-            let tomb = store.latest_tombstone(&table.name, id, uts.as_deref()).await?;
-            let passed = match (&watermark, &uts, after_lost_slot) {
-                (Some(w), Some(u), true) => !newer(local, u, w).await?,
-                _ => false,
-            };
-            match tomb {
-                Some(ts) => delete_up.push((id.clone(), ts)),
-                None if passed => {
-                    let now: String = local.query_one("SELECT now()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
-                    delete_up.push((id.clone(), now));
+        let now: String = local.query_one("SELECT now()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
+        let mut push: Vec<(String, Option<i64>)> = Vec::new();
+        let mut delete_up: Vec<(String, String)> = Vec::new();
+        let mut pull_ids: Vec<String> = Vec::new();
+        for (id, kind) in keyed {
+            let tomb = match kind {
+                Kind::OnlyUpstream => {
+                    let uts = diff.updated.get(id).and_then(|(_, u)| u.clone());
+                    store.latest_tombstone(&table.name, id, uts.as_deref()).await?
                 }
-                None => pull_ids.push(id.clone()),
+                _ => None,
+            };
+            match decide(kind, versions.get(id), &cfg.sync.clinic_id, tomb.as_deref(), after_lost_slot, &now) {
+                Decision::Push { base } => push.push((id.clone(), base)),
+                Decision::Delete { ts } => delete_up.push((id.clone(), ts)),
+                Decision::Pull => pull_ids.push(id.clone()),
             }
         }
 
-        // Up: local images (shared columns only) and tombstones, through the
-        // same last-write-wins apply as the pusher.
-        // Columns upstream lacks stay out of the images (apply would reject them).
+        // Up: local images (shared columns only) and deletes as this
+        // clinic's versions at the repair's position, through the same
+        // apply as the pusher. Columns upstream lacks stay out of the images
+        // (apply would reject them).
         let only_local_cols: Vec<String> = table.columns.iter().map(|c| c.name.clone()).filter(|c| !diff.shared.contains(c)).collect();
-        for chunk in push_ids.chunks(cfg.sync.batch_size) {
+        for chunk in push.chunks(cfg.sync.batch_size) {
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            let bases: Vec<Option<i64>> = chunk.iter().map(|(_, b)| *b).collect();
             let changes: String = local
                 .query_one(
                     &format!(
-                        "SELECT coalesce(jsonb_agg(jsonb_build_object('i', u.ord - 1, 's', $2::text, 't', $3::text, 'op', 'upsert',
-                                                                  'row', to_jsonb(x) - $4::text[]) ORDER BY u.ord), '[]')::text
-                     FROM unnest($1::text[]) WITH ORDINALITY u(id, ord)
+                        "SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object('i', u.ord - 1, 's', $2::text, 't', $3::text,
+                                    'op', 'upsert', 'e', $5::int, 'l', $6::text, 'n', 0, 'b', u.base))
+                                    || jsonb_build_object('row', to_jsonb(x) - $4::text[]) ORDER BY u.ord), '[]')::text
+                     FROM unnest($1::text[], $7::bigint[]) WITH ORDINALITY u(id, base, ord)
                      JOIN {t} x ON x.{pk} = u.id::{ty}",
                         t = table.qualified(),
                         pk = quote_ident(&pk.name),
                         ty = pk.type_name
                     ),
-                    &[&chunk, &cfg.supabase.schema, &table.name, &only_local_cols],
+                    &[&ids, &cfg.supabase.schema, &table.name, &only_local_cols, &position.epoch, &position.lsn, &bases],
                 )
                 .await
                 .map_err(|e| SyncError::from_pg(LOCAL, &e))?
                 .get(0);
             let o = up.apply(&changes).await?;
-            for id in chunk {
-                tracing::info!(table = %table.name, id = %id, "repair: pushed the local row upstream");
+            for id in &ids {
+                tracing::info!(table = %table.name, id = %id, "repair: sent the local row upstream");
             }
-            tally(&mut out, &o, chunk, false);
+            tally(&mut out, &o, &ids, false);
         }
         for chunk in delete_up.chunks(cfg.sync.batch_size) {
             let els: Vec<Value> = chunk
                 .iter()
                 .enumerate()
-                .map(|(i, (id, ts))| serde_json::json!({"i": i, "s": cfg.supabase.schema, "t": table.name, "op": "delete", "k": id, "ts": ts}))
+                .map(|(i, (id, ts))| {
+                    serde_json::json!({"i": i, "s": cfg.supabase.schema, "t": table.name, "op": "delete", "k": id, "ts": ts,
+                                       "e": position.epoch, "l": position.lsn, "n": 0})
+                })
                 .collect();
             let o = up.apply(&Value::Array(els).to_string()).await?;
             let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
             for id in &ids {
-                tracing::info!(table = %table.name, id = %id, "repair: deleted upstream (deleted locally)");
+                tracing::info!(table = %table.name, id = %id, "repair: sent the local delete upstream");
             }
             tally(&mut out, &o, &ids, true);
         }
@@ -309,11 +403,50 @@ fn tally(out: &mut Repaired, o: &Outcome, ids: &[String], deletes: bool) {
     }
 }
 
-/// Whether timestamptz text `a` is strictly newer than `b`.
-async fn newer(local: &Client, a: &str, b: &str) -> Result<bool> {
-    local
-        .query_one("SELECT $1::text::timestamptz > $2::text::timestamptz", &[&a, &b])
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(writer: &str, seen: bool) -> Version {
+        Version { key: "k".into(), writer: writer.into(), version_id: 7, seen }
+    }
+
+    const NOW: &str = "2026-12-02 10:00:00+00";
+
+    #[test]
+    fn a_row_another_writer_created_that_this_clinic_never_had_is_never_deleted_upstream() {
+        for lost in [false, true] {
+            assert_eq!(decide(Kind::OnlyUpstream, Some(&v("clinic-b", false)), "clinic-a", None, lost, NOW), Decision::Pull);
+            assert_eq!(decide(Kind::OnlyUpstream, Some(&v("legacy", true)), "clinic-a", None, lost, NOW), Decision::Pull);
+            assert_eq!(decide(Kind::OnlyUpstream, None, "clinic-a", None, lost, NOW), Decision::Pull);
+        }
+    }
+
+    #[test]
+    fn after_a_lost_slot_a_row_this_clinic_wrote_or_had_and_no_longer_has_is_deleted_upstream() {
+        let del = Decision::Delete { ts: NOW.into() };
+        assert_eq!(decide(Kind::OnlyUpstream, Some(&v("clinic-a", false)), "clinic-a", None, true, NOW), del);
+        assert_eq!(decide(Kind::OnlyUpstream, Some(&v("clinic-b", true)), "clinic-a", None, true, NOW), del);
+        // Without a lost slot every local delete is journaled: no tombstone, no delete.
+        assert_eq!(decide(Kind::OnlyUpstream, Some(&v("clinic-a", false)), "clinic-a", None, false, NOW), Decision::Pull);
+    }
+
+    #[test]
+    fn a_journaled_delete_is_sent_with_its_own_commit_time() {
+        let ts = "2026-12-01 09:00:00+00";
+        assert_eq!(
+            decide(Kind::OnlyUpstream, Some(&v("clinic-b", false)), "clinic-a", Some(ts), false, NOW),
+            Decision::Delete { ts: ts.into() }
+        );
+    }
+
+    #[test]
+    fn a_different_row_is_pushed_unless_it_is_another_writers_version_not_yet_downloaded() {
+        assert_eq!(decide(Kind::Differ, Some(&v("clinic-a", false)), "clinic-a", None, false, NOW), Decision::Push { base: None });
+        assert_eq!(decide(Kind::Differ, Some(&v("clinic-b", true)), "clinic-a", None, false, NOW), Decision::Push { base: Some(7) });
+        assert_eq!(decide(Kind::Differ, Some(&v("clinic-b", false)), "clinic-a", None, false, NOW), Decision::Pull);
+        // After a lost slot the local row may hold an edit that was never journaled: the rule decides.
+        assert_eq!(decide(Kind::Differ, Some(&v("clinic-b", false)), "clinic-a", None, true, NOW), Decision::Push { base: None });
+        assert_eq!(decide(Kind::OnlyLocal, None, "clinic-a", None, false, NOW), Decision::Push { base: None });
+    }
 }

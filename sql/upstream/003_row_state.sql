@@ -47,6 +47,9 @@
 -- version for a row whose local change upstream has not processed yet (it will be decided
 -- upstream, and re-emitted if the local change loses).
 --
+-- `public.centrovision_sync_row_versions` answers the current version of given rows, for
+-- `verify --repair` and `resync`.
+--
 -- Retention: tombstones and conflict rows older than their retention are pruned by
 -- `public.centrovision_sync_prune()` (the service calls it daily).  A clinic offline for longer
 -- than tombstone_retention_days may bring back a row deleted meanwhile; the feed answers
@@ -235,7 +238,8 @@ REVOKE EXECUTE ON FUNCTION centrovision_sync.enroll_table(text, text) FROM PUBLI
 --   since         only with prev NULL: skip versions stamped before it (upgrade from a
 --                 timestamp watermark: what the clinic already has is not downloaded again)
 -- Returns {"target": snapshot, "complete": bool, "after": last version_id,
---          "horizon_passed": bool, "progress": {"epoch": n, "journal_id": n, "lsn": "X/Y"} | null,
+--          "horizon_passed": bool, "restarted": bool (the cursor was ahead of this server — a
+--          restored database — and the window starts again from the beginning), "progress": {"epoch": n, "journal_id": n, "lsn": "X/Y"} | null,
 --          "changes": [{"t", "k", "op": "upsert"|"delete", "w", "v", "ts", "row"}]}
 -- as one jsonb value (never cut by PostgREST's max-rows).
 CREATE OR REPLACE FUNCTION public.centrovision_sync_changes(
@@ -263,9 +267,21 @@ DECLARE
   v_part    jsonb;
   v_prog    jsonb;
   v_horizon boolean;
+  v_restart boolean := false;
 BEGIN
   IF writer IS NULL OR writer = '' THEN
     RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'centrovision_sync_changes: writer is required';
+  END IF;
+  -- A cursor ahead of this server's transaction counter: the database was restored from a backup
+  -- taken before the cursor (point-in-time recovery), and new transactions reuse xids the cursor
+  -- counts as seen.  Read from the start again instead of skipping them.
+  IF pg_catalog.pg_snapshot_xmax(coalesce(target::pg_catalog.pg_snapshot, v_prev))
+       > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot()) THEN
+    v_prev := NULL;
+    v_target := pg_catalog.pg_current_snapshot();
+    v_floor := '0'::xid8;
+    v_last := 0;
+    v_restart := true;
   END IF;
   -- the page's versions, ordered by version_id
   SELECT coalesce(array_agg(q.o ORDER BY q.o), '{}'), array_agg(q.table_name ORDER BY q.o),
@@ -324,8 +340,28 @@ BEGIN
 
   RETURN pg_catalog.jsonb_build_object(
     'target', v_target::text, 'complete', v_n < v_lim, 'after', v_last,
-    'horizon_passed', coalesce(v_horizon, false), 'progress', v_prog, 'changes', v_changes);
+    'horizon_passed', coalesce(v_horizon, false), 'restarted', v_restart, 'progress', v_prog,
+    'changes', v_changes);
 END
+$fn$;
+
+-- The current version of some rows of one table, for `verify --repair` and `resync` (they decide
+-- from it, never from a clock watermark): [{"k": key, "w": writer, "v": version_id, "ts": stamp,
+-- "del": tombstone?, "seen": the version's transaction is visible in the snapshot `seen_in`, i.e.
+-- the clinic's feed had already passed it (its last completed window, `_sync_metadata.feed_prev`)}].
+-- Keys with no recorded version are absent.
+CREATE OR REPLACE FUNCTION public.centrovision_sync_row_versions(
+  schema_name text, table_name text, keys text[], seen_in text)
+RETURNS jsonb LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+AS $fn$
+  SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+           'k', r.pk, 'w', r.writer, 'v', r.version_id, 'ts', r.stamp, 'del', r.deleted,
+           'seen', coalesce(pg_catalog.pg_visible_in_snapshot(r.xid, seen_in::pg_catalog.pg_snapshot), false))
+         ORDER BY r.pk), '[]')
+  FROM centrovision_sync.row_version r
+  WHERE r.schema_name = centrovision_sync_row_versions.schema_name
+    AND r.table_name = centrovision_sync_row_versions.table_name
+    AND r.pk = ANY (keys)
 $fn$;
 
 -- The conflict log, newest first: [{id, table, key, winner:{writer,stamp,deleted,image},
@@ -408,6 +444,7 @@ BEGIN
       'public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz)',
       'public.centrovision_sync_conflicts(text, text[], timestamptz, integer)',
       'public.centrovision_sync_conflict_count(text, timestamptz)',
+      'public.centrovision_sync_row_versions(text, text, text[], text)',
       'public.centrovision_sync_prune()'] LOOP
     FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
       IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN

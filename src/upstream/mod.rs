@@ -197,6 +197,10 @@ pub trait Upstream: Sync {
     fn conflict_count(&self, since: Option<&str>) -> impl Future<Output = Result<i64>> + Send;
     /// Drops tombstones and conflicts past their retention; JSON counts.
     fn prune(&self) -> impl Future<Output = Result<String>> + Send;
+    /// The current version of rows `keys` of `table`
+    /// (`centrovision_sync_row_versions`), each marked whether its
+    /// transaction is visible in the snapshot `seen_in`; a JSON array text.
+    fn row_versions(&self, table: &str, keys: &[String], seen_in: Option<&str>) -> impl Future<Output = Result<String>> + Send;
 }
 
 /// Arguments of `centrovision_sync_changes` besides the writer (the
@@ -325,6 +329,12 @@ impl Upstream for Client {
         match self {
             Client::Postgres(p) => p.prune().await,
             Client::Rest(r) => r.prune().await,
+        }
+    }
+    async fn row_versions(&self, table: &str, keys: &[String], seen_in: Option<&str>) -> Result<String> {
+        match self {
+            Client::Postgres(p) => p.row_versions(table, keys, seen_in).await,
+            Client::Rest(r) => r.row_versions(table, keys, seen_in).await,
         }
     }
 }

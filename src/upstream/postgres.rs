@@ -248,4 +248,13 @@ impl Upstream for PgUpstream {
     async fn prune(&self) -> Result<String> {
         self.with_client(async |c| c.query_one("SELECT public.centrovision_sync_prune()::text", &[]).await.map(|r| r.get(0))).await
     }
+
+    async fn row_versions(&self, table: &str, keys: &[String], seen_in: Option<&str>) -> Result<String> {
+        self.with_client(async |c| {
+            c.query_one("SELECT public.centrovision_sync_row_versions($1, $2, $3, $4)::text", &[&self.schema, &table, &keys, &seen_in])
+                .await
+                .map(|r| r.get(0))
+        })
+        .await
+    }
 }

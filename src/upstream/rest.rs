@@ -355,6 +355,11 @@ impl Upstream for RestUpstream {
     async fn prune(&self) -> Result<String> {
         self.rpc("centrovision_sync_prune", "{}".into()).await
     }
+
+    async fn row_versions(&self, table: &str, keys: &[String], seen_in: Option<&str>) -> Result<String> {
+        let body = serde_json::json!({"schema_name": self.schema, "table_name": table, "keys": keys, "seen_in": seen_in});
+        self.rpc("centrovision_sync_row_versions", body.to_string()).await
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,13 @@ async fn replay_after_an_upstream_restore_makes_both_sides_equal_and_twice_chang
     pair.once().await;
     // The operator notes the LSN before the upstream backup is taken.
     let saved = status_json(&pair).await["journaled_lsn"].as_str().unwrap().to_string();
-    up.batch_execute("CREATE TABLE services_backup AS SELECT * FROM services").await.unwrap();
+    // (A backup of the Supabase database holds the sync state with the rows.)
+    up.batch_execute(
+        "CREATE TABLE services_backup AS SELECT * FROM services;
+         CREATE TABLE versions_backup AS SELECT * FROM centrovision_sync.row_version WHERE table_name = 'services';",
+    )
+    .await
+    .unwrap();
     local
         .batch_execute(
             "INSERT INTO services (name, price) SELECT 'b' || g, g FROM generate_series(1, 50) g;
@@ -35,9 +41,13 @@ async fn replay_after_an_upstream_restore_makes_both_sides_equal_and_twice_chang
     pair.once().await;
     pair.assert_converged().await;
     // Upstream is restored from the backup: the later changes are gone.
-    up.batch_execute("SET session_replication_role = replica; DELETE FROM services; INSERT INTO services SELECT * FROM services_backup;")
-        .await
-        .unwrap();
+    up.batch_execute(
+        "SET session_replication_role = replica; DELETE FROM services; INSERT INTO services SELECT * FROM services_backup;
+         DELETE FROM centrovision_sync.row_version WHERE table_name = 'services';
+         INSERT INTO centrovision_sync.row_version SELECT * FROM versions_backup;",
+    )
+    .await
+    .unwrap();
     assert_ne!(Pair::rows(&pair.local, "services").await, Pair::rows(&pair.upstream, "services").await);
     let dry = pair.ok(&["replay", "--from-lsn", &saved, "--dry-run"]).await;
     let text = String::from_utf8_lossy(&dry.stdout);
@@ -98,33 +108,42 @@ async fn verify_finds_single_differences_in_100k_rows_and_repair_fixes_them(mode
     let report: serde_json::Value = serde_json::from_slice(&equal.stdout).unwrap();
     assert_eq!(report["equal"], true);
 
-    let changed = "00000000-0000-0000-0000-000000000000";
-    let _ = changed;
     let up = pair.upstream.connect().await;
     let local = pair.local.connect().await;
-    // One column of one row changed upstream (a manual edit, same updated_at).
-    up.batch_execute("SET session_replication_role = replica; UPDATE services SET name = 'edited' WHERE id = md5('500')::uuid")
-        .await
-        .unwrap();
-    // A row missing on each side.
+    // One column of one row edited upstream in the SQL editor (same
+    // updated_at), one row deleted there: both are versions of the cloud
+    // writer, which the change feed brings down.
+    up.batch_execute("UPDATE services SET name = 'edited' WHERE id = md5('500')::uuid").await.unwrap();
     up.batch_execute("DELETE FROM services WHERE id = md5('700')::uuid").await.unwrap();
+    // One row lost upstream without a trace (row and sync state gone, as
+    // after a partial restore).
+    up.batch_execute(
+        "SET session_replication_role = replica; DELETE FROM services WHERE id = md5('800')::uuid;
+         DELETE FROM centrovision_sync.row_version WHERE table_name = 'services' AND pk = md5('800')::uuid::text;",
+    )
+    .await
+    .unwrap();
+    // One row deleted locally.
     local.batch_execute("DELETE FROM services WHERE id = md5('900')::uuid").await.unwrap();
     let drift = pair.exec(&["verify", "--json"], &[]).await;
     assert_eq!(drift.status.code(), Some(1));
     let r: serde_json::Value = serde_json::from_slice(&drift.stdout).unwrap();
     let svc = r["tables"].as_array().unwrap().iter().find(|t| t["table"] == "services").unwrap();
     let id = |g: &str| -> String { format!("{:x}", md5_uuid(g)) };
+    let mut only_local = vec![id("700"), id("800")];
+    only_local.sort();
     assert_eq!(svc["differ"], serde_json::json!([id("500")]), "{svc}");
-    assert_eq!(svc["only_local"], serde_json::json!([id("700")]), "{svc}");
+    assert_eq!(svc["only_local"], serde_json::json!(only_local), "{svc}");
     assert_eq!(svc["only_upstream"], serde_json::json!([id("900")]), "{svc}");
 
     let fixed = pair.exec(&["verify", "--repair"], &[]).await;
     assert_eq!(fixed.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&fixed.stdout), String::from_utf8_lossy(&fixed.stderr));
     pair.assert_converged().await;
-    // The local delete won (tombstone), the missing upstream row came back,
-    // and the upstream edit (a tie) won.
+    // The local delete went up (tombstone), the upstream edit and delete
+    // came down, and the row upstream had lost without a trace went back.
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services WHERE id = md5('900')::uuid").await, 0);
-    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services WHERE id = md5('700')::uuid").await, 1);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE id = md5('700')::uuid").await, 0);
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services WHERE id = md5('800')::uuid").await, 1);
     assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'edited'").await, 1);
     assert_eq!(pair.exec(&["verify"], &[]).await.status.code(), Some(0));
 }
