@@ -148,8 +148,7 @@ async fn verify_with(cfg: &Config, only: Vec<String>, repair: bool, after_lost_s
     let store = Store::new(&local, LOCAL);
     // The repair's place in this clinic's commit order: taken before the
     // rows are compared and read (see verify::Position).
-    let started_at: String =
-        local.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.get(0);
+    let started_at = store.settled_position().await?.to_string();
     let names: Vec<String> = if only.is_empty() { crate::catalog::parents_first(&tables) } else { only };
     let diffs = compare_tables(cfg, &local, &up, &tables, &names).await?;
     let equal = diffs.iter().all(TableDiff::is_equal);

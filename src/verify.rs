@@ -203,9 +203,10 @@ pub struct Repaired {
 }
 
 /// Where a repair's own versions stand in this clinic's commit order: the
-/// current capture epoch and the local WAL position when the repair began
-/// (every local commit before it is in the images the repair reads later,
-/// every commit after it comes later in the order).
+/// current capture epoch and the settled local WAL position when the repair
+/// began ([`Store::settled_position`]: every local commit before it is in
+/// the images the repair reads later, every commit after it comes later in
+/// the order).
 #[derive(Debug, Clone)]
 pub struct Position {
     pub epoch: i32,

@@ -158,9 +158,15 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         }
     }
     // Control tables, publication, slot, origin.
-    if let Ok(present) = Store::new(local, crate::error::LOCAL).control_tables_present().await {
+    let store = Store::new(local, crate::error::LOCAL);
+    if let Ok(present) = store.control_tables_present().await {
         if present {
             r.ok("control tables present");
+            // Capture positions of another cluster (a restored or moved database).
+            match crate::service::check_cluster(&store, &cfg.sync.slot_name).await {
+                Ok(()) => r.ok("capture bookkeeping belongs to this cluster"),
+                Err(e) => r.fail(&e.message, e.hint.as_deref().unwrap_or("centrovision-sync init")),
+            }
         } else {
             r.fail("control tables missing", "centrovision-sync init");
         }

@@ -62,6 +62,11 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     let mut wanted: Vec<String> = cfg.sync.tables.clone();
     wanted.sort();
     let list = cfg.sync.tables.iter().map(|t| catalog::qualified(&cfg.local_postgres.schema, t)).collect::<Vec<_>>().join(", ");
+    // Tables joining an existing publication: their rows so far are uploaded below.
+    let added: Vec<String> = match &published {
+        Some(p) => cfg.sync.tables.iter().filter(|t| !p.contains(t)).cloned().collect(),
+        None => Vec::new(),
+    };
     let sql = match &published {
         Some(p) if *p == wanted => None,
         Some(_) => Some(format!("ALTER PUBLICATION {} SET TABLE {list}", quote_ident(&cfg.sync.publication_name))),
@@ -146,6 +151,11 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     }
     if let Some(force) = upload_existing {
         upload_existing_rows(cfg, &local, &tables, force).await?;
+    } else if !added.is_empty() {
+        // Changes committed after the publication changed are captured; the
+        // rows from before, journaled here, are the rest.
+        let n = journal_existing_rows(&local, &tables, &added).await?;
+        println!("{} added to the synced tables: journaled its {n} existing rows for upload", added.join(", "));
     }
     println!(
         "initialized: control tables, publication {}, slot {}, origin {} for {} tables",
@@ -157,14 +167,8 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     Ok(())
 }
 
-/// Journals the current local rows of every synced table as INSERTs, so the
-/// pusher delivers rows that predate the slot. Safe to combine with capture:
-/// the upstream apply is last-write-wins, so a snapshot row never overwrites
-/// a newer upstream row, and a later captured change supersedes it.
-///
-/// One transaction: the rows are written through the journal's own writer
-/// ([`Store::journal_batch`]), with the transaction's time as their commit
-/// time and no commit position, and the upload is noted with them.
+/// `init --upload-existing`: journals the current rows of every synced
+/// table (see [`journal_existing_rows`]) once, and notes that it did.
 async fn upload_existing_rows(
     cfg: &Config,
     local: &tokio_postgres::Client,
@@ -172,16 +176,39 @@ async fn upload_existing_rows(
     force: bool,
 ) -> Result<()> {
     let store = Store::new(local, LOCAL);
-    let q = |e| SyncError::from_pg(LOCAL, &e);
     if let (Some(at), false) = (store.uploaded_existing_at(&cfg.sync.slot_name).await?, force) {
         println!("existing rows were already uploaded at {at}; nothing to do (use --force to upload them again)");
         return Ok(());
     }
-    local.batch_execute("BEGIN").await.map_err(q)?;
+    let total = journal_existing_rows(local, tables, &catalog::parents_first(tables)).await?;
+    store.mark_uploaded_existing(&cfg.sync.slot_name).await?;
+    println!("journaled {total} existing rows for upload; `run` or `once` pushes them");
+    Ok(())
+}
+
+/// Journals the current local rows of `names` (parents first) as INSERTs,
+/// so the pusher delivers rows that predate their capture.
+///
+/// They take one position in this clinic's commit order
+/// ([`Store::settled_position`], ordinals counting up), read from a snapshot
+/// that holds every commit before it: upstream applies them after every
+/// captured change they include and before every one they lack. One
+/// transaction, through the journal's own writer
+/// ([`Store::journal_batch`]), with the transaction's time as commit time.
+async fn journal_existing_rows(
+    local: &tokio_postgres::Client,
+    tables: &std::collections::BTreeMap<String, catalog::Table>,
+    names: &[String],
+) -> Result<u64> {
+    let store = Store::new(local, LOCAL);
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let position = store.settled_position().await?;
+    local.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.map_err(q)?;
     let now: crate::store::pending::PgMicros = local.query_one("SELECT now()", &[]).await.map_err(q)?.get(0);
     let mut total = 0u64;
-    for name in catalog::parents_first(tables) {
-        let t = &tables[&name];
+    let mut ordinal = 0i32;
+    for name in names {
+        let t = &tables[name];
         let pk = t.pk().expect("checked above");
         local
             .batch_execute(&format!(
@@ -203,16 +230,19 @@ async fn upload_existing_rows(
             // the future not provably `Send`.
             let batch: Vec<JournalRow<'_>> = rows
                 .iter()
-                .map(|r| JournalRow {
-                    table: &name,
-                    record_id: r.get(0),
-                    op: Operation::Insert,
-                    data: r.get(1),
-                    commit_lsn: None,
-                    ordinal: None,
-                    xid: None,
-                    commit_time_micros: now.0,
-                    unchanged: &[],
+                .map(|r| {
+                    ordinal += 1;
+                    JournalRow {
+                        table: name,
+                        record_id: r.get(0),
+                        op: Operation::Insert,
+                        data: r.get(1),
+                        commit_lsn: Some(position),
+                        ordinal: Some(ordinal),
+                        xid: None,
+                        commit_time_micros: now.0,
+                        unchanged: &[],
+                    }
                 })
                 .collect();
             n += store.journal_batch(batch).await?;
@@ -221,10 +251,8 @@ async fn upload_existing_rows(
         tracing::info!(table = %name, rows = n, "existing rows journaled for upload");
         total += n;
     }
-    store.mark_uploaded_existing(&cfg.sync.slot_name).await?;
     local.batch_execute("COMMIT").await.map_err(q)?;
-    println!("journaled {total} existing rows for upload; `run` or `once` pushes them");
-    Ok(())
+    Ok(total)
 }
 
 async fn install_upstream(cfg: &Config) -> Result<()> {

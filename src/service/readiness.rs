@@ -13,13 +13,18 @@ use crate::upstream::{self, CONTRACT_VERSION, Upstream};
 /// The local catalog of the synced tables, checked for syncability.
 pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
     let local = connect_local(cfg).await?;
-    if !Store::new(&local, LOCAL).initialized(&cfg.sync.slot_name).await? {
+    let store = Store::new(&local, LOCAL);
+    // Bookkeeping from another cluster first: a restored database has its
+    // control tables but not its slot, and the fix needs saying.
+    if store.control_tables_present().await? {
+        check_cluster(&store, &cfg.sync.slot_name).await?;
+    }
+    if !store.initialized(&cfg.sync.slot_name).await? {
         return Err(SyncError::new(
             ErrorKind::NotInitialized,
             "the local database is not initialized for sync (control tables or slot missing)",
         ));
     }
-    check_cluster(&Store::new(&local, LOCAL), &cfg.sync.slot_name).await?;
     let tables = catalog::load(&local, Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     if let Some(missing) = cfg.sync.tables.iter().find(|t| !tables.contains_key(*t)) {
         return Err(SyncError::new(ErrorKind::MissingObject, format!("configured table {missing} does not exist locally"))

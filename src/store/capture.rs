@@ -4,10 +4,49 @@
 use postgres_types::PgLsn;
 
 use super::Store;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
 
+/// How long [`Store::settled_position`] waits for transactions in progress.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Store<'_> {
+    /// A position in this clinic's commit order for changes the service
+    /// makes up itself (rows journaled by `init`, versions sent by `verify
+    /// --repair`): the local WAL insert position, returned once every
+    /// transaction in progress at that moment has ended. A snapshot taken
+    /// afterwards then holds every commit before the position, and every
+    /// commit it lacks comes after it — so upstream orders the made-up
+    /// version correctly against each captured change of the same row.
+    pub async fn settled_position(&self) -> Result<Lsn> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_insert_lsn(), pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        let (lsn, xmax): (PgLsn, String) = (row.get(0), row.get(1));
+        let started = std::time::Instant::now();
+        loop {
+            let settled: bool = self
+                .client
+                .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8", &[&xmax])
+                .await
+                .map_err(|e| self.err(e))?
+                .get(0);
+            if settled {
+                return Ok(Lsn::from(lsn));
+            }
+            if started.elapsed() > SETTLE_TIMEOUT {
+                return Err(SyncError::new(
+                    ErrorKind::Busy,
+                    format!("a local transaction has been open for more than {} s", SETTLE_TIMEOUT.as_secs()),
+                )
+                .with_hint("find it in pg_stat_activity (state 'idle in transaction' or a long query), let it finish or end it, then run the command again"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates the slot's row if it is missing (`init`).
     pub async fn ensure_capture_row(&self, slot: &str) -> Result<()> {
         self.client

@@ -48,7 +48,8 @@ pub struct JournalRow<'a> {
     /// The row image as JSON text (see `sql/001_control_tables.sql`).
     pub data: Option<&'a str>,
     /// Commit LSN, ordinal in the transaction and xid of a captured change;
-    /// None for rows journaled by `init --upload-existing`.
+    /// rows `init` journals from a table's existing rows carry a settled
+    /// position ([`Store::settled_position`]) and ordinals, and no xid.
     pub commit_lsn: Option<Lsn>,
     pub ordinal: Option<i32>,
     pub xid: Option<u32>,

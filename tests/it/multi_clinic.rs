@@ -10,9 +10,11 @@
 //! schema's `updated_at = now()` trigger leaves the stamp alone (capture
 //! still sees them: only the replication origin hides a write).
 
+use std::time::Duration;
+
 use crate::support;
-use support::TestDb;
-use support::sync::{Mode, Pair, count};
+use support::sync::{Mode, Pair, count, terminate};
+use support::{Cluster, ClusterOptions, TestDb};
 
 /// Two clinics sharing one upstream.
 struct Clinics {
@@ -280,7 +282,99 @@ async fn a_clinic_downloads_none_of_the_rows_it_pushed(mode: Mode) {
     assert_eq!(count(&c.b.local, "SELECT coalesce(sum(records_synced_down), 0)::bigint FROM _sync_metadata").await, 1200);
 }
 
+/// `resync` after clinic A's slot was lost: a row A had downloaded and then
+/// deleted while the slot was gone is deleted everywhere, and a row clinic B
+/// created that A never downloaded is brought down to A, never deleted
+/// upstream as "deleted locally".
+async fn resync_never_deletes_a_row_another_clinic_created_that_this_one_never_had(mode: Mode) {
+    let c = Clinics::new("resync_mc", mode).await;
+    const HAD: &str = "00000000-0000-0000-0000-0000000000a1";
+    const NEW: &str = "00000000-0000-0000-0000-0000000000a2";
+    exec(&c.b.local, &format!("INSERT INTO services (id, name) VALUES ('{HAD}', 'B row A downloaded')")).await;
+    c.b.once().await;
+    c.a.once().await;
+    assert_eq!(count(&c.a.local, &format!("SELECT count(*) FROM services WHERE id = '{HAD}'")).await, 1, "A downloaded B's row");
+    exec(&c.b.local, &format!("INSERT INTO services (id, name) VALUES ('{NEW}', 'B row A never had')")).await;
+    c.b.once().await;
+    // A's slot is lost; A deletes the row it had meanwhile (no capture).
+    exec(&c.a.local, &format!("SELECT pg_drop_replication_slot('{}')", c.a.slot)).await;
+    exec(&c.a.local, &format!("DELETE FROM services WHERE id = '{HAD}'")).await;
+    let out = c.a.ok(&["resync"]).await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    for (who, db) in [("A", &c.a.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(count(db, &format!("SELECT count(*) FROM services WHERE id = '{NEW}'")).await, 1, "B's new row at {who}:\n{said}");
+        assert_eq!(count(db, &format!("SELECT count(*) FROM services WHERE id = '{HAD}'")).await, 0, "A's delete at {who}:\n{said}");
+    }
+    c.b.once().await;
+    assert_eq!(count(&c.b.local, &format!("SELECT count(*) FROM services WHERE id = '{HAD}'")).await, 0, "A's delete reached B");
+    c.assert_identical().await;
+}
+
+/// Situation 5: the clinic database restored into a new cluster (pg_dump /
+/// pg_restore: a new system identifier, LSNs far below the old
+/// `journaled_lsn`). The service refuses to run on the old bookkeeping and
+/// `doctor` names it; after `init` every new change is captured, including
+/// edits of rows synced before, whose new LSNs are lower than before.
+async fn a_database_restored_into_a_new_cluster_captures_every_change_after_init(mode: Mode) {
+    let mut p = Pair::new("restored", mode).await;
+    p.init().await;
+    exec(&p.local, &format!("INSERT INTO services (id, name) VALUES ('{R}', 'before the move')")).await;
+    exec(&p.local, "INSERT INTO services (name) SELECT 'old ' || g FROM generate_series(1, 20) g").await;
+    p.once().await;
+    let dump = p.dir.path().join("clinic.dump");
+    let dumped = Cluster::shared().tool("pg_dump").args(["-Fc", "-d", &p.local.name, "-f"]).arg(&dump).output().expect("pg_dump");
+    assert!(dumped.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dumped.stderr));
+    let server = Cluster::start(ClusterOptions::default());
+    let restored = server.create_database("restored_new").await;
+    let loaded = server.tool("pg_restore").args(["--no-owner", "-d", &restored.name]).arg(&dump).output().expect("pg_restore");
+    assert!(loaded.status.success(), "pg_restore: {}", String::from_utf8_lossy(&loaded.stderr));
+    p.local = restored;
+    p.write_config();
+
+    let refused = p.exec(&["once"], &[]).await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("belongs to another PostgreSQL cluster"), "{err}");
+    let doctor = p.exec(&["doctor"], &[]).await;
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(said.contains("belongs to another PostgreSQL cluster") && said.contains("centrovision-sync init"), "{said}");
+
+    p.init().await;
+    exec(&p.local, &format!("UPDATE services SET name = 'after the move' WHERE id = '{R}'")).await;
+    exec(&p.local, "INSERT INTO services (name) SELECT 'new ' || g FROM generate_series(1, 20) g").await;
+    p.once().await;
+    assert_eq!(text(&p.upstream, &name_of(R)).await.as_deref(), Some("after the move"));
+    assert_eq!(count(&p.upstream, "SELECT count(*) FROM services WHERE name LIKE 'new %'").await, 20);
+    p.assert_converged().await;
+}
+
+/// A table added to `[sync] tables` while `run` is going: after `init` and a
+/// restart, its rows from before are uploaded, the change made between
+/// `init` and the restart is not skipped, and its upstream rows come down.
+async fn a_table_added_while_running_is_captured_and_its_existing_rows_uploaded(mode: Mode) {
+    let mut p = Pair::new("added", mode).await;
+    p.tables = vec!["branches".into()];
+    p.write_config();
+    p.init().await;
+    exec(&p.local, "INSERT INTO services (name) SELECT 'before ' || g FROM generate_series(1, 300) g").await;
+    exec(&p.upstream, "INSERT INTO services (name) VALUES ('from the cloud')").await;
+    let mut running = p.spawn_run(&[]);
+    p.tables.push("services".into());
+    p.write_config();
+    p.init().await;
+    exec(&p.local, "INSERT INTO services (name) VALUES ('between init and restart')").await;
+    let stopped = terminate(&mut running.0);
+    assert!(stopped.success(), "run exited with {stopped}:\n{}", support::sync::tail(&p.run_log(), 30));
+    let _running = p.spawn_run(&[]);
+    p.wait_converged(Duration::from_secs(60)).await;
+    assert_eq!(count(&p.upstream, "SELECT count(*) FROM services").await, 302);
+    assert_eq!(count(&p.local, "SELECT count(*) FROM services WHERE name = 'from the cloud'").await, 1);
+}
+
 crate::both_modes!(
+    resync_never_deletes_a_row_another_clinic_created_that_this_one_never_had,
+    a_database_restored_into_a_new_cluster_captures_every_change_after_init,
+    a_table_added_while_running_is_captured_and_its_existing_rows_uploaded,
     an_edit_made_offline_reaches_the_other_clinic_after_its_cursor_moved_on,
     an_older_offline_edit_does_not_resurrect_a_row_deleted_at_another_clinic,
     a_hard_delete_at_one_clinic_reaches_the_other,
