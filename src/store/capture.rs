@@ -146,10 +146,17 @@ impl Store<'_> {
 
     /// The cluster the capture bookkeeping of `slot` describes (None before
     /// the first `init` of this version) and the current capture epoch.
+    /// Read through `to_jsonb` so that the control tables of an earlier
+    /// version (without these columns) answer None and epoch 1 instead of an
+    /// error, and the caller can say "upgrade".
     pub async fn capture_identity(&self, slot: &str) -> Result<Option<(Option<String>, i32)>> {
         let row = self
             .client
-            .query_opt("SELECT system_identifier, epoch FROM _sync_capture WHERE slot_name = $1", &[&slot])
+            .query_opt(
+                "SELECT to_jsonb(c) ->> 'system_identifier', coalesce((to_jsonb(c) ->> 'epoch')::int, 1)
+                 FROM _sync_capture c WHERE slot_name = $1",
+                &[&slot],
+            )
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.map(|r| (r.get(0), r.get(1))))

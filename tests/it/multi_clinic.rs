@@ -371,7 +371,61 @@ async fn a_table_added_while_running_is_captured_and_its_existing_rows_uploaded(
     assert_eq!(count(&p.local, "SELECT count(*) FROM services WHERE name = 'from the cloud'").await, 1);
 }
 
+/// Upgrade in place: an installation of the previous version (contract 2:
+/// no per-row state upstream, a timestamp watermark locally) moves to this
+/// one with `init` + `init --upstream` (or the printed SQL). Until then the
+/// new binary refuses to sync and says how to upgrade; afterwards the change
+/// made under the old version is pushed, the cloud edit made after the old
+/// watermark comes down, and none of the rows both sides already had are
+/// downloaded again.
+async fn an_installation_of_the_previous_version_upgrades_in_place_without_downloading_everything_again(mode: Mode) {
+    let p = Pair::new("upgrade", mode).await;
+    p.init().await;
+    let rows = "SET session_replication_role = replica;
+        INSERT INTO services (id, name, price, created_at, updated_at)
+        SELECT md5(g::text)::uuid, 'service ' || g, g, '2026-01-01 08:00+00', '2026-01-02 08:00+00'
+        FROM generate_series(1, 200) g;";
+    exec(&p.local, rows).await;
+    exec(&p.upstream, rows).await;
+    // What the previous version left: no sync state upstream, contract 2,
+    // and locally neither cluster identity, epochs nor feed cursors, only
+    // the watermark of its timestamp poller.
+    exec(
+        &p.upstream,
+        "DROP SCHEMA centrovision_sync CASCADE;
+         CREATE OR REPLACE FUNCTION public.centrovision_sync_version() RETURNS integer LANGUAGE sql AS 'SELECT 2';",
+    )
+    .await;
+    exec(
+        &p.local,
+        "ALTER TABLE _sync_capture DROP COLUMN system_identifier, DROP COLUMN epoch;
+         DROP TABLE _sync_epoch;
+         ALTER TABLE _sync_metadata DROP COLUMN feed_prev, DROP COLUMN feed_target, DROP COLUMN feed_after;
+         UPDATE _sync_metadata SET last_sync_from_supabase = now(), records_synced_down = 0;",
+    )
+    .await;
+    exec(&p.local, &format!("INSERT INTO services (id, name) VALUES ('{R}', 'made under the old version')")).await;
+    exec(&p.upstream, "UPDATE services SET name = 'cloud edit after the watermark' WHERE id = md5('7')::uuid").await;
+
+    let refused = p.exec(&["once"], &[]).await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("earlier centrovision-sync version") && err.contains("upgrade in place"), "{err}");
+
+    p.init().await;
+    p.once().await;
+    assert_eq!(text(&p.upstream, &name_of(R)).await.as_deref(), Some("made under the old version"));
+    assert_eq!(count(&p.local, "SELECT count(*) FROM services WHERE name = 'cloud edit after the watermark'").await, 1);
+    assert_eq!(
+        count(&p.local, "SELECT coalesce(sum(records_synced_down), 0)::bigint FROM _sync_metadata").await,
+        1,
+        "only the row changed after the old watermark came down"
+    );
+    p.assert_converged().await;
+}
+
 crate::both_modes!(
+    an_installation_of_the_previous_version_upgrades_in_place_without_downloading_everything_again,
     resync_never_deletes_a_row_another_clinic_created_that_this_one_never_had,
     a_database_restored_into_a_new_cluster_captures_every_change_after_init,
     a_table_added_while_running_is_captured_and_its_existing_rows_uploaded,
