@@ -424,7 +424,35 @@ async fn an_installation_of_the_previous_version_upgrades_in_place_without_downl
     p.assert_converged().await;
 }
 
+/// A TRUNCATE is a tombstone for every row it removed: one at clinic A
+/// empties the table upstream and at clinic B; one in the cloud app
+/// empties it at both clinics; a row written after the truncate stays.
+async fn a_truncate_at_a_clinic_or_in_the_cloud_reaches_every_side(mode: Mode) {
+    let c = Clinics::new("truncate", mode).await;
+    exec(&c.a.local, "INSERT INTO invoice_items (quantity) SELECT g FROM generate_series(1, 30) g").await;
+    c.sync_all().await;
+    c.b.once().await;
+    assert_eq!(count(&c.b.local, "SELECT count(*) FROM invoice_items").await, 30, "seeded at B");
+    exec(&c.a.local, "TRUNCATE invoice_items").await;
+    exec(&c.a.local, "INSERT INTO invoice_items (quantity) VALUES (1000)").await;
+    c.a.once().await;
+    c.b.once().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(count(db, "SELECT count(*) FROM invoice_items").await, 1, "after A's truncate, at {who}");
+    }
+    exec(&c.a.upstream, "TRUNCATE invoice_items").await;
+    exec(&c.b.local, "INSERT INTO invoice_items (quantity) VALUES (2000)").await;
+    c.sync_all().await;
+    c.b.once().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(count(db, "SELECT count(*) FROM invoice_items").await, 1, "after the cloud's truncate, at {who}");
+        assert_eq!(count(db, "SELECT count(*) FROM invoice_items WHERE quantity = 2000").await, 1, "B's later row at {who}");
+    }
+    c.assert_identical().await;
+}
+
 crate::both_modes!(
+    a_truncate_at_a_clinic_or_in_the_cloud_reaches_every_side,
     an_installation_of_the_previous_version_upgrades_in_place_without_downloading_everything_again,
     resync_never_deletes_a_row_another_clinic_created_that_this_one_never_had,
     a_database_restored_into_a_new_cluster_captures_every_change_after_init,
