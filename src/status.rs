@@ -42,6 +42,12 @@ pub struct LinkStatus {
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// This clinic's writer id upstream (`[sync] clinic_id`).
+    pub clinic_id: String,
+    /// Conflicts in the upstream conflict log (within its retention), when
+    /// the caller asked upstream (`status` does; the HTTP endpoint reads
+    /// only the local database).
+    pub conflicts: Option<i64>,
     pub tables: Vec<TableStatus>,
     pub backlog: i64,
     pub parked: i64,
@@ -105,6 +111,8 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
         }
     }
     Ok(Status {
+        clinic_id: cfg.sync.clinic_id.clone(),
+        conflicts: None,
         tables,
         backlog: journal.backlog,
         parked: journal.parked,
@@ -124,6 +132,7 @@ pub fn render(cfg: &Config, st: &Status) -> String {
         o.push_str(&s);
         o.push('\n');
     };
+    w(&mut o, format!("clinic {} ([sync] clinic_id: its writer id upstream)", st.clinic_id));
     w(&mut o, format!("{:<22} {:<27} {:<27} {:>8} {:>6}  last error", "table", "last sync down", "last sync up", "pending", "parked"));
     for t in &st.tables {
         let short = |s: &Option<String>| s.as_deref().map(|v| v.chars().take(26).collect::<String>()).unwrap_or_else(|| "never".into());
@@ -170,6 +179,9 @@ pub fn render(cfg: &Config, st: &Status) -> String {
         Some(l) if l.online => w(&mut o, format!("upstream: online (since {})", l.since.as_deref().unwrap_or("-"))),
         Some(l) => w(&mut o, format!("upstream: OFFLINE since {}", l.since.as_deref().unwrap_or("-"))),
         None => w(&mut o, "upstream: unknown (the service has not run yet)".into()),
+    }
+    if let Some(n) = st.conflicts {
+        w(&mut o, format!("conflicts decided upstream: {n}{}", if n > 0 { " (see `centrovision-sync conflicts`)" } else { "" }));
     }
     if let Some(l) = &st.journaled_lsn {
         w(

@@ -115,6 +115,15 @@ async fn an_older_offline_edit_does_not_resurrect_a_row_deleted_at_another_clini
     let log = c.b.ok(&["conflicts", "--json"]).await;
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(log.contains("B offline edit") && log.contains("clinic-a") && log.contains("later updated_at wins"), "{log}");
+    // `status` names the clinic and counts the conflicts decided upstream.
+    let logged = serde_json::from_str::<serde_json::Value>(&log).expect("conflicts --json").as_array().map_or(0, Vec::len);
+    let st = c.b.ok(&["status", "--json"]).await;
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("status --json");
+    assert_eq!(st["clinic_id"], "clinic-b", "{st}");
+    assert_eq!(st["conflicts"], serde_json::json!(logged), "{st}");
+    let text = c.b.ok(&["status"]).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("clinic clinic-b") && text.contains(&format!("conflicts decided upstream: {logged}")), "{text}");
     c.assert_identical().await;
 }
 
