@@ -37,6 +37,7 @@ async fn quick_benchmark_profile_completes_and_writes_its_report() {
         "idle_cycle_postgres",
         "idle_cycle_rest",
         "drain_rss",
+        "drain_bookkeeping",
     ] {
         let f = report.figure(id).unwrap_or_else(|| panic!("figure {id} missing from the report:\n{}", report.markdown()));
         assert!(f.value.is_finite() && f.value > 0.0, "figure {id} = {} is not a positive number", f.value);
@@ -44,6 +45,18 @@ async fn quick_benchmark_profile_completes_and_writes_its_report() {
             assert!(b.value.is_finite() && b.value > 0.0, "baseline of {id} = {} is not a positive number", b.value);
         }
     }
+    // Issue 11's figures carry their target and its verdict.
+    for id in ["idle_cycle_postgres", "idle_cycle_rest", "drain_bookkeeping"] {
+        let f = report.figure(id).unwrap();
+        assert!(f.target.is_some() && f.met.is_some(), "figure {id} has no target or verdict");
+    }
+    // After pushing its backlog the clinic reads none of it back: a count,
+    // not a timing, so it is asserted (the baseline is what was pushed).
+    let readback = report.figure("drain_readback").unwrap_or_else(|| panic!("figure drain_readback missing:\n{}", report.markdown()));
+    let pushed = readback.baseline.as_ref().map_or(0.0, |b| b.value);
+    assert!(pushed > 0.0, "drain_readback has no positive baseline (changes pushed): {pushed}");
+    assert_eq!(readback.value, 0.0, "the down cycle after the drain read back rows: {}", readback.note);
+    assert_eq!(readback.met, Some(true));
     let pgbench = report.figures.iter().filter(|f| f.id.starts_with("pgbench_")).count();
     assert_eq!(pgbench, 4, "pgbench figures:\n{}", report.markdown());
     let json: serde_json::Value =

@@ -132,6 +132,11 @@ impl Watched {
         self.lines.lock().unwrap().iter().find(|(_, l)| l.contains(needle)).map(|(t, _)| *t)
     }
 
+    /// Every stderr line containing `needle`, with when it arrived.
+    pub fn lines_containing(&self, needle: &str) -> Vec<(Duration, String)> {
+        self.lines.lock().unwrap().iter().filter(|(_, l)| l.contains(needle)).cloned().collect()
+    }
+
     /// The last `n` stderr lines (for error messages).
     pub fn tail(&self, n: usize) -> String {
         let v = self.lines.lock().unwrap();

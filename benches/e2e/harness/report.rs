@@ -61,6 +61,8 @@ pub struct Params {
     #[serde(default)]
     pub pgbench_rounds: usize,
     pub idle_cycles: usize,
+    #[serde(default)]
+    pub bookkeeping_rounds: usize,
     pub batch_size: usize,
     pub service_binary: String,
     pub service_build: String,
@@ -128,7 +130,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "- N = {} changes (postgres mode drain, capture, trigger design), {} (REST drain), {} upstream rows (initial download); batch_size = {}; latency load {} rows/s for {} s; pgbench -c 2 -j 2 -T {}, {} interleaved round(s); {} idle down cycles per mode",
+            "- N = {} changes (postgres mode drain, capture, trigger design), {} (REST drain), {} upstream rows (initial download); batch_size = {}; latency load {} rows/s for {} s; pgbench -c 2 -j 2 -T {}, {} interleaved round(s); {} idle down cycles per mode; {} round(s) of the drain with/without upstream per-row bookkeeping",
             p.n,
             p.n_rest,
             p.n_down,
@@ -137,7 +139,8 @@ impl Report {
             p.latency_seconds,
             p.pgbench_seconds,
             p.pgbench_rounds.max(1),
-            p.idle_cycles
+            p.idle_cycles,
+            p.bookkeeping_rounds
         );
         let _ = writeln!(s, "- Both clusters on this machine (local and upstream): {}\n", p.cluster_settings.join(", "));
         let _ = writeln!(s, "| # | Measure | Value | Baseline (same run) | Ratio | Target | Met |");
