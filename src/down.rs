@@ -144,11 +144,15 @@ pub async fn cycle<U: Upstream>(
     let r = read_feed(&ctx, &order, &mut reports).await;
     let elapsed = started.elapsed();
     let err_text = r.as_ref().err().map(|e| e.to_string());
+    // Tables missing upstream: reported on their own rows, the others synced.
+    let missing: Vec<String> = order.iter().filter(|n| reports[n.as_str()].error.is_some()).cloned().collect();
     for name in &order {
         let report = reports.get_mut(name).expect("one per table");
         report.duration = elapsed;
         if let Some(e) = &err_text {
             report.error = Some(e.clone());
+        }
+        if let Some(e) = &report.error {
             let _ = store.record_table_error(name, &format!("down: {e}")).await;
         }
         if report.read > 0 {
@@ -162,12 +166,21 @@ pub async fn cycle<U: Upstream>(
                 direction: Direction::Down,
                 table: Some(name),
                 records: report.applied as i32,
-                error: err_text.as_deref(),
+                error: report.error.as_deref(),
                 duration_ms: elapsed.as_millis() as i32,
             })
             .await;
     }
     r?;
+    if !missing.is_empty() {
+        return Err(SyncError::new(
+            ErrorKind::MissingObject,
+            format!("these synced tables do not exist upstream (schema {}): {}", cfg.supabase.schema, missing.join(", ")),
+        )
+        .with_hint(
+            "create them in Supabase (run the schema migration), or remove them from [sync] tables; the other tables keep syncing",
+        ));
+    }
     Ok(order.iter().map(|n| reports.remove(n).expect("one per table")).collect())
 }
 
@@ -254,6 +267,13 @@ async fn read_group<U: Upstream>(
                 "this clinic last read the change feed before upstream pruned old tombstones: deletes made meanwhile \
                  may be missing here; run `centrovision-sync verify --repair`"
             );
+        }
+        for t in &page.missing {
+            if let Some(r) = reports.get_mut(t)
+                && r.error.is_none()
+            {
+                r.error = Some(format!("the upstream table {t} does not exist (schema {})", ctx.cfg.supabase.schema));
+            }
         }
         if page.restarted {
             tracing::warn!(

@@ -45,6 +45,9 @@ pub struct Page {
     /// starts the window from the beginning.
     #[serde(default)]
     pub restarted: bool,
+    /// Requested tables that do not exist upstream.
+    #[serde(default)]
+    pub missing: Vec<String>,
     /// What upstream has processed of this clinic's changes, in the same snapshot.
     pub progress: Option<Processed>,
     pub changes: Vec<Change>,

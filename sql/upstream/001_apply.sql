@@ -107,6 +107,7 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
   v_prev_srr   text;
+  v_prev_plan  text[];
   v_applied    int[]   := '{}';
   v_kept       int[]   := '{}';
   v_rej        jsonb[] := '{}';
@@ -584,6 +585,15 @@ BEGIN
           END IF;
           -- lock: the rows that exist (against the cloud app's writes), then every key (against
           -- other clinics, also for keys with no row), always in one order
+          -- Key lookups by index, whatever the statistics say: row_version (and a table being
+          -- uploaded) grows by thousands of rows between autovacuum's analyses, and a plan made
+          -- for "one row" compares every key with every version (quadratic in the batch).
+          v_prev_plan := ARRAY[pg_catalog.current_setting('enable_seqscan'),
+                               pg_catalog.current_setting('enable_hashjoin'),
+                               pg_catalog.current_setting('enable_mergejoin')];
+          PERFORM pg_catalog.set_config('enable_seqscan', 'off', true),
+                  pg_catalog.set_config('enable_hashjoin', 'off', true),
+                  pg_catalog.set_config('enable_mergejoin', 'off', true);
           EXECUTE v_lock INTO v_n_side USING v_keys;
           PERFORM pg_catalog.pg_advisory_xact_lock(q.h)
           FROM (SELECT DISTINCT pg_catalog.hashtextextended(v_tab || ':' || k.k, 0) AS h
@@ -591,6 +601,9 @@ BEGIN
           EXECUTE v_decide INTO v_win, v_lost, v_clamp, v_n_side
             USING v_ids, v_keys, g.es[v_lo:v_hi], g.ls[v_lo:v_hi], g.ns[v_lo:v_hi], g.bs[v_lo:v_hi],
                   v_sts, writer, v_skew, g.s, g.t, g.op, v_rows;
+          PERFORM pg_catalog.set_config('enable_seqscan', v_prev_plan[1], true),
+                  pg_catalog.set_config('enable_hashjoin', v_prev_plan[2], true),
+                  pg_catalog.set_config('enable_mergejoin', v_prev_plan[3], true);
           IF cardinality(v_win) > 0 THEN
             IF g.op = 'upsert' THEN
               SELECT pg_catalog.jsonb_agg(q.r ORDER BY q.o) INTO v_wrows

@@ -239,7 +239,8 @@ REVOKE EXECUTE ON FUNCTION centrovision_sync.enroll_table(text, text) FROM PUBLI
 --                 timestamp watermark: what the clinic already has is not downloaded again)
 -- Returns {"target": snapshot, "complete": bool, "after": last version_id,
 --          "horizon_passed": bool, "restarted": bool (the cursor was ahead of this server — a
---          restored database — and the window starts again from the beginning), "progress": {"epoch": n, "journal_id": n, "lsn": "X/Y"} | null,
+--          restored database — and the window starts again from the beginning),
+--          "missing": requested tables that do not exist upstream (their versions are skipped), "progress": {"epoch": n, "journal_id": n, "lsn": "X/Y"} | null,
 --          "changes": [{"t", "k", "op": "upsert"|"delete", "w", "v", "ts", "row"}]}
 -- as one jsonb value (never cut by PostgREST's max-rows).
 CREATE OR REPLACE FUNCTION public.centrovision_sync_changes(
@@ -268,6 +269,7 @@ DECLARE
   v_prog    jsonb;
   v_horizon boolean;
   v_restart boolean := false;
+  v_missing text[];
 BEGIN
   IF writer IS NULL OR writer = '' THEN
     RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'centrovision_sync_changes: writer is required';
@@ -283,6 +285,11 @@ BEGIN
     v_last := 0;
     v_restart := true;
   END IF;
+  -- requested tables that do not exist here (dropped or renamed upstream): named in the answer
+  -- so the clinic reports them; their versions are skipped and the other tables keep flowing
+  SELECT coalesce(array_agg(t ORDER BY t), '{}') INTO v_missing FROM unnest(tables) AS t
+  WHERE pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, t)) IS NULL;
+
   -- the page's versions, ordered by version_id
   SELECT coalesce(array_agg(q.o ORDER BY q.o), '{}'), array_agg(q.table_name ORDER BY q.o),
          array_agg(q.pk ORDER BY q.o), array_agg(q.writer ORDER BY q.o),
@@ -308,7 +315,7 @@ BEGIN
   END IF;
 
   -- row images, one statement per table present in the page
-  FOR v_t IN SELECT DISTINCT x FROM unnest(v_ts) x LOOP
+  FOR v_t IN SELECT DISTINCT x FROM unnest(v_ts) x WHERE x <> ALL (v_missing) LOOP
     SELECT min(a.attname::text) INTO v_pk
     FROM pg_catalog.pg_index x
     JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
@@ -341,7 +348,7 @@ BEGIN
   RETURN pg_catalog.jsonb_build_object(
     'target', v_target::text, 'complete', v_n < v_lim, 'after', v_last,
     'horizon_passed', coalesce(v_horizon, false), 'restarted', v_restart, 'progress', v_prog,
-    'changes', v_changes);
+    'missing', pg_catalog.to_jsonb(v_missing), 'changes', v_changes);
 END
 $fn$;
 

@@ -128,7 +128,8 @@ async fn status_json_and_metrics_report_the_backlog_and_slot_lag() {
         .connect()
         .await
         .batch_execute(
-            "REVOKE ALL ON FUNCTION public.centrovision_sync_apply(jsonb) FROM PUBLIC; DROP FUNCTION public.centrovision_sync_apply(jsonb)",
+            "REVOKE ALL ON FUNCTION public.centrovision_sync_apply(jsonb, text) FROM PUBLIC;
+             DROP FUNCTION public.centrovision_sync_apply(jsonb, text)",
         )
         .await
         .unwrap();
