@@ -34,6 +34,13 @@ const COPY_CHUNK: usize = 2_000;
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (journal)");
 
+/// A row image as a JSON object whose values are kept verbatim: merging
+/// images (TOAST fill, coalescing) must not round-trip values through
+/// `serde_json::Value`, which turns `2.50` into `2.5` and numerics wider
+/// than an f64 into approximations. Key order is irrelevant (images become
+/// jsonb on both sides).
+pub(crate) type RawObject = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+
 /// One captured change, ready to be journaled.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -139,6 +146,7 @@ impl Writer {
     /// journaled too, so upstream converges. What cannot be filled stays in
     /// `change.unchanged` (the upstream apply leaves those columns alone).
     pub async fn fill_unchanged(&mut self, change: &mut Change, table: &crate::catalog::Table) -> Result<()> {
+        let parse = |s: &str| serde_json::from_str::<RawObject>(s).ok();
         if change.unchanged.is_empty() {
             return Ok(());
         }
@@ -146,7 +154,7 @@ impl Writer {
         self.flush_chunk().await?;
         self.begin().await?;
         let Some(id) = change.record_id.clone() else { return Ok(()) };
-        let mut filled: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        let mut filled = RawObject::new();
         if let Some(pk) = table.pk() {
             let cols: Vec<String> = change
                 .unchanged
@@ -162,18 +170,14 @@ impl Writer {
             );
             if let Some(r) = self.client.query_opt(&sql, &[&id]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))? {
                 let s: String = r.get(0);
-                if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&s) {
+                if let Some(m) = parse(&s) {
                     filled.extend(m);
                 }
             }
         }
         let missing: Vec<String> = change.unchanged.iter().filter(|c| !filled.contains_key(*c)).cloned().collect();
         if !missing.is_empty()
-            && let Some(m) = self
-                .store()
-                .latest_journaled_values(&change.table, &id, &missing)
-                .await?
-                .and_then(|s| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s).ok())
+            && let Some(m) = self.store().latest_journaled_values(&change.table, &id, &missing).await?.and_then(|s| parse(&s))
         {
             filled.extend(m);
         }
@@ -181,13 +185,11 @@ impl Writer {
             return Ok(());
         }
         let Some(data) = &change.data else { return Ok(()) };
-        let mut obj: serde_json::Map<String, serde_json::Value> =
+        let mut obj: RawObject =
             serde_json::from_str(data).map_err(|e| SyncError::new(ErrorKind::Decode, format!("journal image is not JSON: {e}")))?;
-        for (k, v) in filled {
-            obj.insert(k, v);
-        }
+        obj.extend(filled);
         change.unchanged.retain(|c| !obj.contains_key(c));
-        change.data = Some(serde_json::Value::Object(obj).to_string());
+        change.data = Some(serde_json::to_string(&obj).map_err(|e| SyncError::new(ErrorKind::Decode, format!("journal image: {e}")))?);
         Ok(())
     }
 

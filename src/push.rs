@@ -190,7 +190,7 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
         _ => return Ok(None),
     };
     let Some(next_text) = next.data.as_deref() else { return Ok(None) };
-    let parse = |s: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s).ok();
+    let parse = |s: &str| serde_json::from_str::<journal::RawObject>(s).ok();
     let (Some(p), Some(mut n)) = (parse(prev_text), parse(next_text)) else { return Ok(None) };
     if p.keys().all(|k| n.contains_key(k)) {
         return Ok(None);
@@ -198,7 +198,7 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
     for (k, v) in p {
         n.entry(k).or_insert(v);
     }
-    let text = serde_json::Value::Object(n).to_string();
+    let text = serde_json::to_string(&n).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?;
     Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?))
 }
 
@@ -327,6 +327,24 @@ mod tests {
         let b = build(&rows, None, &[]).unwrap();
         assert_eq!(b.covers, vec![vec![1, 3], vec![2]]);
         assert!(b.json.contains(r#""v":"y""#) && !b.json.contains(r#""v":"x""#), "{}", b.json);
+    }
+
+    #[test]
+    fn merging_partial_images_keeps_every_value_verbatim() {
+        let rows = vec![
+            q(
+                1,
+                "a",
+                Some("1"),
+                Operation::Insert,
+                Some(r#"{"id":"1","big":"B","m":{"l":[1,2.50,"x"]},"n":123456789012345678901234567890.10}"#),
+            ),
+            q(2, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","p":0.10,"v":"y"}"#)),
+        ];
+        let b = build(&rows, None, &[]).unwrap();
+        for kept in [r#"[1,2.50,"x"]"#, "123456789012345678901234567890.10", r#""p":0.10"#, r#""big":"B""#] {
+            assert!(b.json.contains(kept), "{kept} not verbatim in {}", b.json);
+        }
     }
 
     #[test]
