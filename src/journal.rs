@@ -23,6 +23,10 @@
 use tokio_postgres::Client;
 
 use crate::error::{ErrorKind, Result, SyncError};
+
+/// A JSON object whose values are kept as their exact text (see
+/// `fill_unchanged`); key order is irrelevant (upstream reads it as jsonb).
+pub(crate) type RawObject = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
 use crate::lsn::Lsn;
 use crate::store::{JournalRow, Store};
 
@@ -146,7 +150,10 @@ impl Writer {
         self.flush_chunk().await?;
         self.begin().await?;
         let Some(id) = change.record_id.clone() else { return Ok(()) };
-        let mut filled: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        // Values stay raw JSON text throughout: going through `serde_json::Value`
+        // would rewrite numbers in json/jsonb columns as f64 (2.50 -> 2.5, and
+        // integers beyond 2^53 change value).
+        let mut filled: RawObject = RawObject::new();
         if let Some(pk) = table.pk() {
             let cols: Vec<String> = change
                 .unchanged
@@ -162,7 +169,7 @@ impl Writer {
             );
             if let Some(r) = self.client.query_opt(&sql, &[&id]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))? {
                 let s: String = r.get(0);
-                if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&s) {
+                if let Ok(m) = serde_json::from_str::<RawObject>(&s) {
                     filled.extend(m);
                 }
             }
@@ -173,7 +180,7 @@ impl Writer {
                 .store()
                 .latest_journaled_values(&change.table, &id, &missing)
                 .await?
-                .and_then(|s| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s).ok())
+                .and_then(|s| serde_json::from_str::<RawObject>(&s).ok())
         {
             filled.extend(m);
         }
@@ -181,13 +188,13 @@ impl Writer {
             return Ok(());
         }
         let Some(data) = &change.data else { return Ok(()) };
-        let mut obj: serde_json::Map<String, serde_json::Value> =
+        let mut obj: RawObject =
             serde_json::from_str(data).map_err(|e| SyncError::new(ErrorKind::Decode, format!("journal image is not JSON: {e}")))?;
         for (k, v) in filled {
             obj.insert(k, v);
         }
         change.unchanged.retain(|c| !obj.contains_key(c));
-        change.data = Some(serde_json::Value::Object(obj).to_string());
+        change.data = Some(serde_json::to_string(&obj).map_err(|e| SyncError::new(ErrorKind::Decode, format!("journal image: {e}")))?);
         Ok(())
     }
 

@@ -190,7 +190,8 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
         _ => return Ok(None),
     };
     let Some(next_text) = next.data.as_deref() else { return Ok(None) };
-    let parse = |s: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s).ok();
+    // Raw values: `serde_json::Value` would rewrite json/jsonb numbers as f64.
+    let parse = |s: &str| serde_json::from_str::<journal::RawObject>(s).ok();
     let (Some(p), Some(mut n)) = (parse(prev_text), parse(next_text)) else { return Ok(None) };
     if p.keys().all(|k| n.contains_key(k)) {
         return Ok(None);
@@ -198,7 +199,7 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
     for (k, v) in p {
         n.entry(k).or_insert(v);
     }
-    let text = serde_json::Value::Object(n).to_string();
+    let text = serde_json::to_string(&n).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?;
     Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?))
 }
 
@@ -348,6 +349,22 @@ mod tests {
         ];
         let b = build(&rows, None, &[]).unwrap();
         assert!(b.json.contains(r#""big":"B""#) && b.json.contains(r#""v":"y""#), "{}", b.json);
+    }
+
+    #[test]
+    fn merging_partial_images_keeps_json_numbers_as_written() {
+        let rows = vec![
+            q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1","big":"B","m":{"l":[2.50,12345678901234567890123]}}"#)),
+            q(2, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","m":{"l":[1.10]}}"#)),
+        ];
+        let b = build(&rows, None, &[]).unwrap();
+        assert!(b.json.contains(r#""big":"B""#) && b.json.contains(r#""m":{"l":[1.10]}"#), "{}", b.json);
+        let rows = vec![
+            q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1","m":{"l":[2.50,12345678901234567890123]}}"#)),
+            q(2, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","v":"y"}"#)),
+        ];
+        let b = build(&rows, None, &[]).unwrap();
+        assert!(b.json.contains(r#""m":{"l":[2.50,12345678901234567890123]}"#), "{}", b.json);
     }
 
     #[test]
