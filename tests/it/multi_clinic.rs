@@ -286,7 +286,7 @@ async fn a_clinic_downloads_none_of_the_rows_it_pushed(mode: Mode) {
 /// never sends `b` (src/push.rs `Element` has no such field and the down
 /// path keeps no version ids). So every edit of a row another writer wrote
 /// last is logged as a conflict (`over`), even when the clinic had that
-/// version (a default chaos run logs 440–780 conflicts for 650–1100 clinic
+/// version (a default chaos run logs 440–870 conflicts for 650–1170 clinic
 /// transactions).
 async fn an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict(mode: Mode) {
     let c = Clinics::new("edit_not_conflict", mode).await;
