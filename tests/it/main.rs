@@ -16,7 +16,8 @@
 //! - [`service`]: `run` as a long-lived service (outages, restarts, alerts);
 //! - [`recovery`]: replay, verify/repair, resync after a lost slot;
 //! - [`bad_input`], [`catalogue`]: the bad-input catalogue;
-//! - [`chaos`]: randomized workload under faults, then no data lost;
+//! - [`chaos`]: two clinics and the cloud app writing the same rows under
+//!   faults, then no data lost and every row as the conflict rule allows;
 //! - [`security`]: secrets, TLS, least privilege at runtime;
 //! - [`deploy_files`]: installers, unit file, role SQL, config snippets;
 //! - [`upstream_apply`]: `centrovision_sync_apply()` (sql/upstream) case by

@@ -228,6 +228,12 @@ health_check_seconds = 1
     /// and config (set `clinic_id` in `sync_extra`).
     pub async fn joining(hint: &str, first: &Pair) -> Pair {
         let local = Cluster::shared().create_database(&format!("{hint}_l")).await;
+        Pair::joining_on(local, first).await
+    }
+
+    /// [`joining`](Self::joining) with the clinic's database given (e.g. on
+    /// a dedicated cluster a test may restart).
+    pub async fn joining_on(local: TestDb, first: &Pair) -> Pair {
         local.connect().await.batch_execute(SCHEMA).await.expect("load sample schema");
         let dir = tempfile::tempdir().expect("temp dir");
         let slot = format!("s_{}", local.name);
@@ -356,6 +362,16 @@ pub fn diff_rows(local: &str, upstream: &str) -> String {
     let only_l = l.keys().filter(|k| !u.contains_key(*k)).count();
     let only_u = u.keys().filter(|k| !l.contains_key(*k)).count();
     let differ = l.iter().filter(|(k, v)| u.get(*k).is_some_and(|o| o != *v)).count();
+    if n == 0 && local != upstream {
+        // Equal as JSON values, different as text (e.g. numbers such as 2.50 and 2.5).
+        let at = local.bytes().zip(upstream.bytes()).take_while(|(a, b)| a == b).count();
+        let around = |s: &str| s.get(at.saturating_sub(80)..(at + 80).min(s.len())).unwrap_or("?").to_string();
+        out.push_str(&format!(
+            "  equal as JSON values but not as text, from byte {at}:\n    local    ...{}...\n    upstream ...{}...\n",
+            around(local),
+            around(upstream)
+        ));
+    }
     out.push_str(&format!(
         "  ({} local rows, {} upstream rows; {only_l} only local, {only_u} only upstream, {differ} differ)",
         l.len(),
