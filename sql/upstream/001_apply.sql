@@ -108,6 +108,8 @@ AS $fn$
 DECLARE
   v_prev_srr   text;
   v_prev_plan  text[];
+  v_reemit     text[];
+  v_k          text;
   v_applied    int[]   := '{}';
   v_kept       int[]   := '{}';
   v_rej        jsonb[] := '{}';
@@ -384,7 +386,7 @@ BEGIN
       v_tab, g.pk, g.pktype);
     -- $1 i's, $2 keys, $3 epochs, $4 LSNs, $5 ordinals, $6 bases, $7 stamps (text), $8 writer,
     -- $9 skew seconds, $10 schema, $11 table, $12 op, $13 the upsert rows (NULL for deletes).
-    -- Returns (positions that won, i's kept, i's clamped, side-effect count).
+    -- Returns (positions that won, i's kept, i's clamped, side-effect count, keys to re-emit).
     v_decide := pg_catalog.format(
       'WITH x AS MATERIALIZED ('
       ' SELECT u.p::int AS p, u.i, u.k, u.e, u.l::pg_catalog.pg_lsn AS l, u.n, u.b,'
@@ -399,8 +401,10 @@ BEGIN
       '        CASE WHEN rv.pk IS NOT NULL THEN rv.stamp ELSE d.updated_at END AS cst,'
       '        CASE WHEN d.%2$I IS NOT NULL THEN pg_catalog.to_jsonb(d.*) END AS cimg'
       ' FROM x'
-      ' LEFT JOIN centrovision_sync.row_version AS rv'
-      '   ON rv.schema_name = $10 AND rv.table_name = $11 AND rv.pk = x.k'
+      -- one primary-key probe per element (LATERAL + LIMIT keeps the planner from turning this into
+      -- a scan of the table's versions filtered per element when its statistics are stale)
+      ' LEFT JOIN LATERAL (SELECT r.* FROM centrovision_sync.row_version AS r'
+      '   WHERE r.schema_name = $10 AND r.table_name = $11 AND r.pk = x.k LIMIT 1) AS rv ON true'
       ' LEFT JOIN %1$s AS d ON d.%2$I = x.k::%3$s), '
       'z AS MATERIALIZED ('
       ' SELECT y.*, s.st, CASE'
@@ -426,11 +430,6 @@ BEGIN
       ' SELECT $10, $11, z.k, coalesce(z.cw, ''legacy''), z.cst, z.cdel, z.cimg, $8, z.st,'
       '        $12 = ''delete'', $13->(z.p - 1), z.rule'
       ' FROM z WHERE z.verdict = ''lose'' AND NOT (z.cdel AND $12 = ''delete'')'
-      ' RETURNING 1), '
-      'reemit AS ('
-      ' UPDATE centrovision_sync.row_version AS v SET xid = pg_catalog.pg_current_xact_id()'
-      ' FROM z WHERE z.verdict = ''lose'' AND z.has_rv'
-      '   AND v.schema_name = $10 AND v.table_name = $11 AND v.pk = z.k'
       ' RETURNING 1), '
       'legacy AS ('
       ' INSERT INTO centrovision_sync.row_version (schema_name, table_name, pk, writer, stamp, version_id)'
@@ -460,8 +459,10 @@ BEGIN
       'SELECT coalesce(array_agg(z.p ORDER BY z.p) FILTER (WHERE z.verdict IN (''new'', ''next'', ''win'', ''legacy'')), ''{}''),'
       '       coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.verdict IN (''lose'', ''seen'')), ''{}''),'
       '       coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.clamped), ''{}''),'
-      '       (SELECT count(*) FROM lost) + (SELECT count(*) FROM reemit) + (SELECT count(*) FROM legacy)'
-      '       + (SELECT count(*) FROM over) + (SELECT count(*) FROM rec) '
+      '       (SELECT count(*) FROM lost) + (SELECT count(*) FROM legacy)'
+      '       + (SELECT count(*) FROM over) + (SELECT count(*) FROM rec),'
+      -- the keys whose winning version is re-emitted into the feed (see below)
+      '       coalesce(array_agg(z.k) FILTER (WHERE z.verdict = ''lose'' AND z.has_rv), ''{}'') '
       'FROM z',
       v_tab, g.pk, g.pktype);
     END IF;
@@ -598,9 +599,17 @@ BEGIN
           PERFORM pg_catalog.pg_advisory_xact_lock(q.h)
           FROM (SELECT DISTINCT pg_catalog.hashtextextended(v_tab || ':' || k.k, 0) AS h
                 FROM unnest(v_keys) AS k(k) ORDER BY 1) AS q;
-          EXECUTE v_decide INTO v_win, v_lost, v_clamp, v_n_side
+          EXECUTE v_decide INTO v_win, v_lost, v_clamp, v_n_side, v_reemit
             USING v_ids, v_keys, g.es[v_lo:v_hi], g.ls[v_lo:v_hi], g.ns[v_lo:v_hi], g.bs[v_lo:v_hi],
                   v_sts, writer, v_skew, g.s, g.t, g.op, v_rows;
+          -- the winner of an element that lost is re-emitted into the feed (a new xid), so the
+          -- losing writer downloads it; one primary-key update per key (losses are rare, and a
+          -- set-based UPDATE ... FROM is planned as a scan of the table's versions on stale
+          -- statistics)
+          FOREACH v_k IN ARRAY v_reemit LOOP
+            UPDATE centrovision_sync.row_version AS v SET xid = pg_catalog.pg_current_xact_id()
+            WHERE v.schema_name = g.s AND v.table_name = g.t AND v.pk = v_k;
+          END LOOP;
           PERFORM pg_catalog.set_config('enable_seqscan', v_prev_plan[1], true),
                   pg_catalog.set_config('enable_hashjoin', v_prev_plan[2], true),
                   pg_catalog.set_config('enable_mergejoin', v_prev_plan[3], true);
