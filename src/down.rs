@@ -377,6 +377,10 @@ async fn apply_feed_page<U: Upstream>(
                         .await
                         .map_err(q)?;
                 }
+                // What each written row now stands on upstream (sent back as `b` with the next local change).
+                let written: Vec<&str> = all.iter().copied().filter(|k| !pending.contains(*k)).collect();
+                let versions: Vec<i64> = written.iter().map(|k| changes.versions[k]).collect();
+                store.record_bases(name, &written, &versions).await?;
                 report.applied += n;
                 applied.insert(name.as_str(), n);
             }

@@ -138,12 +138,15 @@ pub struct ByTable<'a> {
     pub upserts: Vec<&'a RawValue>,
     pub upsert_keys: Vec<&'a str>,
     pub deletes: Vec<&'a str>,
+    /// The version of each key (upserts' and deletes' alike).
+    pub versions: HashMap<&'a str, i64>,
 }
 
 pub fn split(page: &Page) -> BTreeMap<&str, ByTable<'_>> {
     let mut m: BTreeMap<&str, ByTable<'_>> = BTreeMap::new();
     for c in &page.changes {
         let e = m.entry(c.table.as_str()).or_default();
+        e.versions.insert(&c.key, c.version);
         match (c.op, &c.row) {
             (Op::Upsert, Some(row)) => {
                 e.upserts.push(row);

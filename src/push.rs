@@ -86,7 +86,15 @@ struct Element<'a> {
     /// highest it processed back through the change feed.
     #[serde(rename = "j")]
     journal_id: i64,
+    /// The upstream version this clinic last downloaded for the row (the
+    /// change was made on it): replacing that version is an edit, not a
+    /// conflict.
+    #[serde(rename = "b", skip_serializing_if = "Option::is_none")]
+    base: Option<i64>,
 }
+
+/// Base versions by (table, record id) (`_sync_row_base`).
+pub(crate) type Bases = HashMap<(String, String), i64>;
 
 /// The capture epochs as (epoch, first journal id), oldest first
 /// (`_sync_epoch`); a journal row belongs to the last one starting at or
@@ -96,7 +104,7 @@ pub(crate) fn epoch_of(epochs: &[(i32, i64)], id: i64) -> i32 {
 }
 
 /// Coalesces `rows` into upstream elements (pure; see module docs).
-pub(crate) fn build(rows: &[Queued], schema: Option<&str>, epochs: &[(i32, i64)]) -> Result<Built> {
+pub(crate) fn build(rows: &[Queued], schema: Option<&str>, epochs: &[(i32, i64)], bases: &Bases) -> Result<Built> {
     struct Slot {
         row: usize,
         merged: Option<Box<RawValue>>,
@@ -166,6 +174,7 @@ pub(crate) fn build(rows: &[Queued], schema: Option<&str>, epochs: &[(i32, i64)]
             commit_lsn: q.commit_lsn.map_or_else(|| "0/0".to_string(), |l| l.to_string()),
             ordinal: if q.commit_lsn.is_some() { q.ordinal.unwrap_or(0) } else { 0 },
             journal_id: slot.ids.iter().copied().max().unwrap_or(q.id),
+            base: q.record_id.as_ref().and_then(|id| bases.get(&(q.table.clone(), id.clone())).copied()),
         };
         if i > 0 {
             json.push(',');
@@ -218,8 +227,11 @@ pub async fn push_batch<U: Upstream>(
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let fail = |error| BatchFailure { error, ids: ids.clone() };
-    let epochs = Store::new(local, LOCAL).epochs().await.map_err(fail)?;
-    let built = build(&rows, schema, &epochs).map_err(fail)?;
+    let store = Store::new(local, LOCAL);
+    let epochs = store.epochs().await.map_err(fail)?;
+    let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();
+    let bases = store.bases(&keys).await.map_err(fail)?;
+    let built = build(&rows, schema, &epochs, &bases).map_err(fail)?;
     let outcome: Outcome = upstream.apply(&built.json).await.map_err(fail)?;
     crate::crash::point("push.after_upstream_apply");
 
@@ -324,7 +336,7 @@ mod tests {
             q(2, "a", Some("2"), Operation::Insert, Some(r#"{"id":"2"}"#)),
             q(3, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","v":"y"}"#)),
         ];
-        let b = build(&rows, None, &[]).unwrap();
+        let b = build(&rows, None, &[], &Bases::new()).unwrap();
         assert_eq!(b.covers, vec![vec![1, 3], vec![2]]);
         assert!(b.json.contains(r#""v":"y""#) && !b.json.contains(r#""v":"x""#), "{}", b.json);
     }
@@ -341,7 +353,7 @@ mod tests {
             ),
             q(2, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","p":0.10,"v":"y"}"#)),
         ];
-        let b = build(&rows, None, &[]).unwrap();
+        let b = build(&rows, None, &[], &Bases::new()).unwrap();
         for kept in [r#"[1,2.50,"x"]"#, "123456789012345678901234567890.10", r#""p":0.10"#, r#""big":"B""#] {
             assert!(b.json.contains(kept), "{kept} not verbatim in {}", b.json);
         }
@@ -354,7 +366,7 @@ mod tests {
             q(2, "a", None, Operation::Truncate, None),
             q(3, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1"}"#)),
         ];
-        let b = build(&rows, None, &[]).unwrap();
+        let b = build(&rows, None, &[], &Bases::new()).unwrap();
         assert_eq!(b.covers, vec![vec![1], vec![2], vec![3]]);
     }
 
@@ -364,7 +376,7 @@ mod tests {
             q(1, "a", Some("1"), Operation::Insert, Some(r#"{"id":"1","big":"B","v":"x"}"#)),
             q(2, "a", Some("1"), Operation::Update, Some(r#"{"id":"1","v":"y"}"#)),
         ];
-        let b = build(&rows, None, &[]).unwrap();
+        let b = build(&rows, None, &[], &Bases::new()).unwrap();
         assert!(b.json.contains(r#""big":"B""#) && b.json.contains(r#""v":"y""#), "{}", b.json);
     }
 
@@ -375,7 +387,7 @@ mod tests {
             q(2, "a", Some("2"), Operation::Delete, None),
             q(3, "b", None, Operation::Truncate, None),
         ];
-        let b = build(&rows, Some("clinic"), &[]).unwrap();
+        let b = build(&rows, Some("clinic"), &[], &Bases::new()).unwrap();
         assert_eq!(
             b.json,
             concat!(
@@ -384,7 +396,7 @@ mod tests {
                 r#"{"i":2,"s":"clinic","t":"b","op":"truncate","ts":"2026-01-01 00:00:00+00","e":1,"l":"0/0","n":0,"j":3}]"#
             )
         );
-        let b = build(&rows[..1], None, &[]).unwrap();
+        let b = build(&rows[..1], None, &[], &Bases::new()).unwrap();
         assert_eq!(b.json, r#"[{"i":0,"t":"a","op":"upsert","row":{"id":"1"},"e":1,"l":"0/0","n":0,"j":1}]"#);
     }
 

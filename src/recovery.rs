@@ -94,7 +94,10 @@ pub async fn replay(cfg: &Config, range: &ReplayRange) -> Result<Replayed> {
         let rows = journal::next_batch(&local, &source, cfg.sync.batch_size as i64, after).await?;
         let Some(last) = rows.last() else { break };
         after = last.id;
-        let built = push::build(&rows, cfg.upstream_schema(), &epochs)?;
+        // No base versions: after an upstream restore the ids they name may
+        // mean other versions, and a replayed change that replaces another
+        // writer's version is better logged as a conflict than not.
+        let built = push::build(&rows, cfg.upstream_schema(), &epochs, &push::Bases::new())?;
         let o = up.apply(&built.json).await?;
         done.applied += o.applied.len();
         done.kept += o.kept.len();

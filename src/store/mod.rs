@@ -46,6 +46,7 @@
 //!   (another process) should show; one row per key, upserted by the health
 //!   check on every run, so it describes the present, not a history.
 
+pub mod base;
 pub mod capture;
 pub mod log;
 pub mod metadata;
@@ -67,6 +68,7 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("002_capture_state.sql", include_str!("../../sql/002_capture_state.sql")),
     ("003_service_state.sql", include_str!("../../sql/003_service_state.sql")),
     ("004_writer_state.sql", include_str!("../../sql/004_writer_state.sql")),
+    ("005_row_base.sql", include_str!("../../sql/005_row_base.sql")),
 ];
 
 /// The control tables as one component sees them: its local connection,

@@ -82,7 +82,7 @@
 //! is not the row's final version must be in `centrovision_sync.conflict`
 //! as a loser (`loser_writer`, `loser_stamp`, `loser_deleted`): logged by
 //! `lost` when it arrived and lost, or by `over` when a clinic version
-//! later replaced it. Two cases are exempt, and counted in the summary:
+//! later replaced it. Three cases are exempt, and counted in the summary:
 //! - a version a cloud write replaced: the cloud app writes against the
 //!   current upstream state (it had "downloaded" the version), which the
 //!   rule does not log. Each cloud transaction reads the version it
@@ -95,10 +95,13 @@
 //!   replacing a tombstone (or a delete losing to one) loses nothing and is
 //!   not logged.
 //!
-//! The service sends no `b` (base version) today (`src/push.rs`), so every
-//! replacement of another writer's version by a clinic is logged; if it
-//! starts sending `b`, the second path of the rule (replaced by a writer
-//! that had downloaded it) needs exempting here too.
+//! - a version a clinic had downloaded when it changed the row: the pusher
+//!   sends that version as the change's base (`b`), and replacing the
+//!   version one has seen is an edit, not a conflict. Each clinic
+//!   transaction reads the row as it has it before its first change of it;
+//!   a last version whose image some other clinic had that way is exempt.
+//!   (This can exempt more than the rule does — that clinic's change may
+//!   have replaced a later version — never less.)
 //!
 //! Reproducibility: the seed fixes every random decision (workload
 //! operations and values, overlaps, fault kinds and targets, durations and
@@ -475,6 +478,9 @@ struct Committed {
     /// (`row_version` writer, stamp as JSON text, deleted), read under the
     /// locks the apply takes.
     replaced: Vec<(&'static str, String, Option<SeenVersion>)>,
+    /// Clinics only: for every row it changed, the row as the clinic had it
+    /// before (None: absent), read in the transaction before its first change.
+    seen_before: Vec<(&'static str, String, Option<Value>)>,
 }
 
 /// What the workload did, for the checks.
@@ -538,9 +544,21 @@ async fn finish(conn: &mut Conn, begun: Begun, writer: Writer, ops: &[Op], seq: 
         let mut touched: Vec<(&'static str, String)> = Vec::new();
         let mut applied = Vec::new();
         let mut replaced = Vec::new();
+        let mut seen_before = Vec::new();
         for op in ops {
             c.batch_execute("SAVEPOINT op").await?;
             let first_change = !touched.iter().any(|(t, i)| *t == op.table && *i == op.id);
+            let local_before: Option<Option<Value>> = if writer != Writer::Cloud && first_change {
+                Some(
+                    // FOR UPDATE: the row as the change will find it (a down-path page
+                    // committing meanwhile is waited for), not as the snapshot had it.
+                    c.query_opt(&format!("SELECT to_jsonb(x)::text FROM {} x WHERE id = $1::text::uuid FOR UPDATE", op.table), &[&op.id])
+                        .await?
+                        .map(|r| serde_json::from_str::<Value>(r.get::<_, &str>(0)).unwrap()),
+                )
+            } else {
+                None
+            };
             let before = if writer == Writer::Cloud && first_change { Some(version_before(c, op).await) } else { None };
             let result = match before {
                 Some(Err(e)) => Err(e),
@@ -554,6 +572,9 @@ async fn finish(conn: &mut Conn, begun: Begun, writer: Writer, ops: &[Op], seq: 
                         touched.push((op.table, op.id.clone()));
                         if let Some(v) = before {
                             replaced.push((op.table, op.id.clone(), v));
+                        }
+                        if let Some(img) = local_before {
+                            seen_before.push((op.table, op.id.clone(), img));
                         }
                     }
                     applied.push(json!({"table": op.table, "id": op.id, "kind": op.kind, "rows": n}));
@@ -575,10 +596,10 @@ async fn finish(conn: &mut Conn, begun: Begun, writer: Writer, ops: &[Op], seq: 
             images.push((*t, id.clone(), img.map(|s| serde_json::from_str::<Value>(&s).unwrap())));
         }
         let at: String = c.query_one("SELECT clock_timestamp()::text", &[]).await?.get(0);
-        Ok::<_, tokio_postgres::Error>((changes, images, at, applied, replaced))
+        Ok::<_, tokio_postgres::Error>((changes, images, at, applied, replaced, seen_before))
     }
     .await;
-    let (changes, images, at, applied, replaced) = match prepared {
+    let (changes, images, at, applied, replaced, seen_before) = match prepared {
         Ok(v) => v,
         Err(e) => {
             if connection_lost(&e, c) {
@@ -616,7 +637,7 @@ async fn finish(conn: &mut Conn, begun: Begun, writer: Writer, ops: &[Op], seq: 
         "ops": applied, "replaced": replaced,
         "images": images.iter().map(|(t, id, img)| json!({"table": t, "id": id, "image": img.as_ref().map(abbreviate)})).collect::<Vec<_>>(),
     }));
-    TxnResult::Committed(Committed { seq, writer, xid, begun, changes, images, replaced })
+    TxnResult::Committed(Committed { seq, writer, xid, begun, changes, images, replaced, seen_before })
 }
 
 /// The cloud app's view of the version its change of `op`'s row replaces:
@@ -1211,13 +1232,22 @@ async fn chaos(mode: Mode) {
         conflicts.iter().map(|(t, k, w, s, d)| (t.as_str(), k.as_str(), w.as_str(), *s, *d)).collect();
     let mut wrong = 0;
     let mut unlogged = Vec::new();
-    let (mut checked_log, mut exempt_cloud, mut exempt_tombstone) = (0usize, 0usize, 0usize);
+    let (mut checked_log, mut exempt_cloud, mut exempt_tombstone, mut exempt_downloaded) = (0usize, 0usize, 0usize, 0usize);
     // (table, key, writer, stamp, deleted) of every version a cloud write replaced.
     let replaced_by_cloud: HashSet<(&str, &str, &str, i64, bool)> = outcome
         .committed
         .iter()
         .flat_map(|c| c.replaced.iter())
         .filter_map(|(t, id, v)| v.as_ref().filter(|v| !v.1.is_empty()).map(|(w, ts, d)| (*t, id.as_str(), w.as_str(), micros(ts), *d)))
+        .collect();
+    // (table, key, image) of every row a clinic changed as it had downloaded it, by clinic.
+    let seen_by_clinic: Vec<(usize, &str, &str, String)> = outcome
+        .committed
+        .iter()
+        .filter(|c| c.writer != Writer::Cloud)
+        .flat_map(|c| {
+            c.seen_before.iter().filter_map(move |(t, id, img)| img.as_ref().map(|v| (c.writer.idx(), *t, id.as_str(), v.to_string())))
+        })
         .collect();
     let empty: [Vec<Version>; 3] = Default::default();
     for (ti, t) in WRITTEN.iter().enumerate() {
@@ -1283,6 +1313,12 @@ async fn chaos(mode: Mode) {
                 }
                 if last.deleted && (0..3).any(|o| o != w && seqs[o].iter().any(|v| v.deleted)) {
                     exempt_tombstone += 1;
+                    continue;
+                }
+                if let Some(img) = last.image.as_ref().map(Value::to_string)
+                    && seen_by_clinic.iter().any(|(c, st, sid, simg)| *c != w && st == t && *sid == id.as_str() && *simg == img)
+                {
+                    exempt_downloaded += 1;
                     continue;
                 }
                 checked_log += 1;
@@ -1403,7 +1439,8 @@ async fn chaos(mode: Mode) {
         "chaos {mode_name} seed {seed}: {faults} faults {kinds:?} in {:.0?}; workload {} txns attempted, {} committed \
          ({}), {} overlapping pairs committed out of stamp order, {} rolled back, {} retried after a lost connection, \
          ambiguous commits {} committed / {} aborted; {} conflicts logged; overwritten last versions: {checked_log} checked in \
-         the conflict log, {exempt_cloud} exempt (replaced by a cloud write), {exempt_tombstone} exempt (delete vs. tombstone); \
+         the conflict log, {exempt_cloud} exempt (replaced by a cloud write), {exempt_tombstone} exempt (delete vs. tombstone), \
+         {exempt_downloaded} exempt (a clinic edited it as downloaded); \
          service starts {:?}; journal rows delivered by `run` before the final once {:?}; {stalls} settle points without progress; \
          proxies {:?}",
         started.elapsed(),

@@ -460,14 +460,10 @@ async fn a_truncate_at_a_clinic_or_in_the_cloud_reaches_every_side(mode: Mode) {
     c.assert_identical().await;
 }
 
-/// Found while writing the two-clinic chaos oracle: the apply tells an
-/// edit from a conflict by the element's `b`, the version the clinic last
-/// downloaded for the row (sql/upstream/001_apply.sql), but the service
-/// never sends `b` (src/push.rs `Element` has no such field and the down
-/// path keeps no version ids). So every edit of a row another writer wrote
-/// last is logged as a conflict (`over`), even when the clinic had that
-/// version (a default chaos run logs 440–870 conflicts for 650–1170 clinic
-/// transactions).
+/// An edit of the version a clinic had downloaded is an edit, not a
+/// conflict: the pusher sends the version each row was downloaded at (`b`,
+/// `_sync_row_base`), and upstream logs an overwrite only when the clinic had
+/// not seen the version it replaced.
 async fn an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict(mode: Mode) {
     let c = Clinics::new("edit_not_conflict", mode).await;
     seed(&c).await; // A wrote R, B downloaded it
@@ -476,22 +472,15 @@ async fn an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict(
     assert_eq!(text(&c.a.upstream, &name_of(R)).await.as_deref(), Some("edited at B after download"));
     let logged = count(&c.a.upstream, &format!("SELECT count(*) FROM centrovision_sync.conflict WHERE pk = '{R}'")).await;
     assert_eq!(logged, 0, "B's edit of the version it had downloaded was logged as a conflict");
-}
-
-mod an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: the service never sends `b` (the downloaded version), so every edit after a download is logged as a conflict"]
-    async fn postgres() {
-        super::an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict(crate::support::sync::Mode::Postgres).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "bug: the service never sends `b` (the downloaded version), so every edit after a download is logged as a conflict"]
-    async fn rest() {
-        super::an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict(crate::support::sync::Mode::Rest).await
-    }
+    // A edits R without having downloaded B's edit: B's version is replaced unseen, a conflict.
+    exec(&c.a.local, &format!("UPDATE services SET name = 'A without seeing B' WHERE id = '{R}'")).await;
+    c.a.once().await;
+    let logged = count(&c.a.upstream, &format!("SELECT count(*) FROM centrovision_sync.conflict WHERE pk = '{R}'")).await;
+    assert_eq!(logged, 1, "A's edit replaced B's version, which A had not downloaded");
 }
 
 crate::both_modes!(
+    an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict,
     a_truncate_at_a_clinic_or_in_the_cloud_reaches_every_side,
     an_installation_of_the_previous_version_upgrades_in_place_without_downloading_everything_again,
     resync_never_deletes_a_row_another_clinic_created_that_this_one_never_had,
