@@ -18,6 +18,7 @@
 //! - [`bad_input`], [`catalogue`]: the bad-input catalogue;
 //! - [`chaos`]: randomized workload under faults, then no data lost;
 //! - [`security`]: secrets, TLS, least privilege at runtime;
+//! - [`status_page`]: the page for people, rendered by headless Chromium;
 //! - [`deploy_files`]: installers, unit file, role SQL, config snippets;
 //! - [`upstream_apply`]: `centrovision_sync_apply()` (sql/upstream) case by
 //!   case; [`conflict_rule`]: the multi-writer conflict rule line by line;
@@ -53,5 +54,6 @@ mod recovery;
 mod rest_mode;
 mod security;
 mod service;
+mod status_page;
 mod up_path;
 mod upstream_apply;
