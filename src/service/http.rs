@@ -9,7 +9,9 @@
 //!
 //! Nothing here runs unless a request comes: the page is computed per
 //! request, and the conflicts it shows are read from upstream in the
-//! background at most once a minute, only while someone is looking.
+//! background at most once a minute, only while someone is looking. The
+//! page's local connection is kept while the page polls and closed a
+//! minute after the last request.
 //!
 //! Health is 503 when the service cannot do its job without a person: the
 //! local database is unreachable, the slot is lost or missing, or an
@@ -44,6 +46,9 @@ use crate::upstream::{self, ConflictQuery, Upstream};
 const CONFLICTS_FRESH: Duration = Duration::from_secs(60);
 /// Conflicts listed on the page.
 const CONFLICTS_LISTED: i64 = 5;
+/// The page's local connection is closed after this long without a
+/// request (opening one per refresh would cost more than the page).
+const PAGE_CONNECTION_IDLE: Duration = Duration::from_secs(60);
 
 /// What the handlers share: the runtime, and what the page reads from
 /// upstream (its own lazily opened client; the sync tasks' are busy).
@@ -52,6 +57,9 @@ pub(crate) struct HttpState {
     upstream: Option<upstream::Client>,
     conflicts: Mutex<Option<ConflictsView>>,
     refreshing: AtomicBool,
+    /// The page's local connection while someone looks, and when it was
+    /// last used.
+    page_conn: Mutex<Option<(Arc<tokio_postgres::Client>, std::time::Instant)>>,
 }
 
 /// The http task: serves while the service runs, when `[http] listen` is set.
@@ -76,6 +84,7 @@ async fn serve(addr: SocketAddr, rt: Arc<Runtime>, mut stop: watch::Receiver<boo
         rt,
         conflicts: Mutex::new(None),
         refreshing: AtomicBool::new(false),
+        page_conn: Mutex::new(None),
     });
     let app = Router::new()
         .route("/", get(page_html))
@@ -249,9 +258,10 @@ pub(crate) async fn page_data(st: &Arc<HttpState>) -> page::PageData {
         rt.alerter.active_with_summary().into_iter().map(|(key, since, summary)| AlertView { key, since, summary }).collect();
     refresh_conflicts(st, up.online);
     let conflicts = st.conflicts.lock().expect("not poisoned").clone();
-    let local = connect_local(&rt.cfg).await;
+    let local = page_connection(st).await;
     let (status, history, parked) = match &local {
         Ok(c) => {
+            let c: &tokio_postgres::Client = c;
             let store = Store::new(c, LOCAL);
             let (s, h, p) =
                 tokio::join!(status::gather(&rt.cfg, c), store.hourly_history(page::HISTORY_HOURS), store.parked_rows(page::PARKED_LISTED));
@@ -271,6 +281,37 @@ pub(crate) async fn page_data(st: &Arc<HttpState>) -> page::PageData {
         conflicts: conflicts.as_ref(),
     };
     page::render(&input)
+}
+
+/// The page's local connection: reused while the page keeps polling,
+/// closed by a watcher after [`PAGE_CONNECTION_IDLE`] without a request.
+async fn page_connection(st: &Arc<HttpState>) -> crate::error::Result<Arc<tokio_postgres::Client>> {
+    {
+        let mut slot = st.page_conn.lock().expect("not poisoned");
+        if let Some((c, used)) = slot.as_mut()
+            && !c.is_closed()
+        {
+            *used = std::time::Instant::now();
+            return Ok(c.clone());
+        }
+    }
+    let c = Arc::new(connect_local(&st.rt.cfg).await?);
+    *st.page_conn.lock().expect("not poisoned") = Some((c.clone(), std::time::Instant::now()));
+    let watch = st.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PAGE_CONNECTION_IDLE / 2).await;
+            let mut slot = watch.page_conn.lock().expect("not poisoned");
+            match slot.as_ref() {
+                Some((c, used)) if !c.is_closed() && used.elapsed() < PAGE_CONNECTION_IDLE => {}
+                _ => {
+                    *slot = None;
+                    break;
+                }
+            }
+        }
+    });
+    Ok(c)
 }
 
 /// Starts reading the conflicts from upstream in the background when the

@@ -218,11 +218,14 @@ async fn in_a_real_browser_the_page_says_in_sync_then_offline_with_the_backlog_t
     // 1. In sync.
     let mut child = pair.spawn_run(&[]);
     local.batch_execute("INSERT INTO branches (name) VALUES ('Sucursal Centro')").await.unwrap();
+    pair.upstream.connect().await.batch_execute("INSERT INTO branches (name) VALUES ('Sucursal Norte')").await.unwrap();
     pair.wait_converged(Duration::from_secs(60)).await;
     wait_verdict(port, "in_sync", "Todo está en Supabase").await;
     let text = look(port, "1-in-sync", &["Sincronizado", "Todo está en Supabase", "Supabase En línea", "branches"]).await;
     assert!(!text.contains("Sin internet"), "{text}");
     stop(&mut child);
+    // The charts' history counted each row once, each way.
+    assert_eq!(synced_per_direction(&pair).await, (1, 1), "rows counted in _sync_history (up, down)");
 
     // 2. Upstream unreachable, local changes waiting.
     with_upstream_unreachable(pair.config_path());
@@ -246,6 +249,22 @@ async fn in_a_real_browser_the_page_says_in_sync_then_offline_with_the_backlog_t
     let text = look(port, "3-parked-row", &["Necesita atención", "Cambios rechazados (1)", "services", "INSERT"]).await;
     assert!(text.contains("22P02") || text.contains("invalid input syntax"), "the page must say why the row was refused:\n{text}");
     stop(&mut child);
+    // The three offline rows went up once back online; the parked one did not.
+    assert_eq!(synced_per_direction(&pair).await, (4, 1), "rows counted in _sync_history (up, down)");
+}
+
+/// Rows counted in the hourly history: (up, down).
+async fn synced_per_direction(pair: &Pair) -> (i64, i64) {
+    let c = pair.local.connect().await;
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(rows) FILTER (WHERE direction = 'UP'), 0)::int8,
+                    coalesce(sum(rows) FILTER (WHERE direction = 'DOWN'), 0)::int8 FROM _sync_history",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
 }
 
 fn stop(child: &mut Running) {
