@@ -3,7 +3,7 @@
 -- holds one row per table per cycle (tens of thousands a day): charting days
 -- of it would read that much on every refresh of the page.
 --
--- Semantics:
+-- Semantics (and one index):
 --   _sync_history   one row per (hour, direction). `hour` is the UTC hour
 --                   (date_trunc('hour', now())) of the transaction that synced
 --                   the rows; `direction` is 'UP' (journal rows upstream
@@ -19,8 +19,13 @@
 --                   the health check sampled in that hour (every
 --                   health_check_seconds), upserted by that check alone.
 --
--- Both are pruned by the health check after 30 days (about 1,500 rows at
--- most). Idempotent.
+--   idx_sync_pending_parked  the parked journal rows (unsynced, parked_at set),
+--                   for the page's list and every status count of them. Rows are
+--                   journaled unparked, so capture never writes this index; only
+--                   parking a row (rare) and marking a parked row synced touch it.
+--
+-- Both tables are pruned by the health check after 30 days (about 1,500 rows
+-- at most). Idempotent.
 CREATE TABLE IF NOT EXISTS _sync_history (
     hour TIMESTAMPTZ NOT NULL,
     direction VARCHAR(4) NOT NULL CHECK (direction IN ('UP', 'DOWN')),
@@ -34,3 +39,6 @@ CREATE TABLE IF NOT EXISTS _sync_backlog_history (
     last_backlog BIGINT NOT NULL,
     last_parked BIGINT NOT NULL
 );
+
+CREATE INDEX IF NOT EXISTS idx_sync_pending_parked ON _sync_pending (parked_at)
+    WHERE synced = FALSE AND parked_at IS NOT NULL;

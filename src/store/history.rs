@@ -121,7 +121,7 @@ impl Store<'_> {
             .client
             .query(
                 "SELECT id, table_name::text, record_id, operation::text, error, parked_at::text
-                 FROM _sync_pending WHERE NOT synced AND parked_at IS NOT NULL
+                 FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL
                  ORDER BY parked_at DESC, id DESC LIMIT $1",
                 &[&limit],
             )

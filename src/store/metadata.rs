@@ -78,13 +78,23 @@ impl Store<'_> {
         let rows = self
             .client
             .query(
-                "SELECT t.name,
+                // Only the unsynced rows, once for all tables, each kind
+                // through its partial index (the queue's, the parked
+                // rows'): never over the synced rows the journal keeps.
+                "WITH q AS (
+                    SELECT table_name::text AS name, count(*) AS n
+                    FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL GROUP BY table_name),
+                 k AS (
+                    SELECT table_name::text AS name, count(*) AS n
+                    FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL GROUP BY table_name)
+                 SELECT t.name,
                     m.last_sync_from_supabase::text, m.last_sync_to_supabase::text,
                     coalesce(m.records_synced_down, 0)::int8, coalesce(m.records_synced_up, 0)::int8, m.last_error,
-                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NULL),
-                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NOT NULL)
+                    coalesce(q.n, 0)::int8, coalesce(k.n, 0)::int8
              FROM unnest($1::text[]) WITH ORDINALITY t(name, n)
              LEFT JOIN _sync_metadata m ON m.table_name = t.name
+             LEFT JOIN q ON q.name = t.name
+             LEFT JOIN k ON k.name = t.name
              ORDER BY t.n",
                 &[&tables],
             )

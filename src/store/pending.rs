@@ -347,10 +347,11 @@ impl Store<'_> {
         let r = self
             .client
             .query_one(
-                "SELECT count(*) FILTER (WHERE parked_at IS NULL),
-                    count(*) FILTER (WHERE parked_at IS NOT NULL),
-                    extract(epoch FROM now() - min(coalesce(commit_ts, created_at)) FILTER (WHERE parked_at IS NULL))::float8
-             FROM _sync_pending WHERE NOT synced",
+                // Each part through its partial index (the queue's, the
+                // parked rows'), never over the synced rows the journal keeps.
+                "SELECT q.n, (SELECT count(*) FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL), q.oldest
+             FROM (SELECT count(*) AS n, extract(epoch FROM now() - min(coalesce(commit_ts, created_at)))::float8 AS oldest
+                   FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL) q",
                 &[],
             )
             .await
