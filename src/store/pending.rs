@@ -342,23 +342,6 @@ impl Store<'_> {
         Ok(r.get(0))
     }
 
-    /// Backlog, parked rows and the age of the oldest queued row.
-    pub async fn journal_summary(&self) -> Result<JournalSummary> {
-        let r = self
-            .client
-            .query_one(
-                // Each part through its partial index (the queue's, the
-                // parked rows'), never over the synced rows the journal keeps.
-                "SELECT q.n, (SELECT count(*) FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL), q.oldest
-             FROM (SELECT count(*) AS n, extract(epoch FROM now() - min(coalesce(commit_ts, created_at)))::float8 AS oldest
-                   FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL) q",
-                &[],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(JournalSummary { backlog: r.get(0), parked: r.get(1), oldest_pending_seconds: r.get(2) })
-    }
-
     /// The commit time (timestamptz text) of the latest tombstone of a
     /// record — a journaled local DELETE — at or after `not_before`
     /// (timestamptz text; None: any).
