@@ -21,7 +21,8 @@ use crate::error::SyncError;
 pub struct Alerter {
     webhook: Option<String>,
     http: reqwest::Client,
-    active: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Raised alerts: since when, and the summary (for the status page).
+    active: Mutex<HashMap<String, (DateTime<Utc>, String)>>,
     threshold: u32,
 }
 
@@ -34,7 +35,15 @@ impl Alerter {
 
     /// The alerts currently raised, with when each started.
     pub fn active(&self) -> Vec<(String, DateTime<Utc>)> {
-        let mut v: Vec<_> = self.active.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut v: Vec<_> = self.active.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.0)).collect();
+        v.sort();
+        v
+    }
+
+    /// The alerts currently raised, with when each started and its summary
+    /// (which names the fix where there is one).
+    pub fn active_with_summary(&self) -> Vec<(String, DateTime<Utc>, String)> {
+        let mut v: Vec<_> = self.active.lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.0, v.1.clone())).collect();
         v.sort();
         v
     }
@@ -47,7 +56,7 @@ impl Alerter {
                 return;
             }
             let now = Utc::now();
-            a.insert(key.to_string(), now);
+            a.insert(key.to_string(), (now, summary.to_string()));
             now
         };
         tracing::error!(alert = key, since = %since.to_rfc3339(), details = %details, "ALERT: {summary}");
@@ -64,7 +73,7 @@ impl Alerter {
 
     /// Resolves `key` if it was raised.
     pub async fn resolve(&self, key: &str) {
-        let since = self.active.lock().expect("not poisoned").remove(key);
+        let since = self.active.lock().expect("not poisoned").remove(key).map(|(since, _)| since);
         if let Some(since) = since {
             tracing::info!(alert = key, since = %since.to_rfc3339(), "alert resolved");
             self.post(json!({

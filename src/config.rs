@@ -24,6 +24,7 @@ pub const SERVICE_KEY_ENV: &str = "CENTROVISION_SYNC_SERVICE_KEY";
 pub const DB_URL_ENV: &str = "CENTROVISION_SYNC_DB_URL";
 pub const LOCAL_PASSWORD_ENV: &str = "CENTROVISION_SYNC_LOCAL_PASSWORD";
 pub const WEBHOOK_URL_ENV: &str = "CENTROVISION_SYNC_WEBHOOK_URL";
+pub const HTTP_TOKEN_ENV: &str = "CENTROVISION_SYNC_HTTP_TOKEN";
 
 /// The CentroVision tables synced when `[sync] tables` is absent.
 pub const DEFAULT_TABLES: [&str; 23] = [
@@ -183,8 +184,24 @@ pub struct Audit {
 
 #[derive(Debug, Clone)]
 pub struct Http {
-    /// Address for /health, /status, /metrics and POST /sync (off when None).
+    /// Address for the status page, /health, /status, /metrics and POST
+    /// /sync (off when None).
     pub listen: Option<std::net::SocketAddr>,
+    /// Language of the status page.
+    pub language: Language,
+    /// Required on every request when set (`Authorization: Bearer` or the
+    /// login cookie); required to listen beyond loopback.
+    pub token: Secret,
+}
+
+/// The status page's language (`[http] language`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// Spanish, the default: the clinics' staff read it.
+    #[default]
+    Es,
+    En,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +264,8 @@ struct RawAlerts {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    language: Option<Language>,
+    token: Option<Secret>,
 }
 
 #[derive(Deserialize, Default)]
@@ -487,7 +506,26 @@ impl Config {
                     .map_err(|_| ConfigError::invalid("[http] listen", format!("is {l:?}; expected an address like \"127.0.0.1:9187\"")))?,
             ),
         };
-        let http = Http { listen };
+        let token = env(HTTP_TOKEN_ENV).map(Secret::new).or(rh.token).unwrap_or_default();
+        if !token.is_empty() && token.expose().chars().count() < 16 {
+            return Err(ConfigError::invalid(
+                "[http] token",
+                format!("is too short; use at least 16 characters (e.g. the output of `openssl rand -hex 16`), or set {HTTP_TOKEN_ENV}"),
+            ));
+        }
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && token.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "[http] token",
+                format!(
+                    "is required when [http] listen ({addr}) is not a loopback address: anyone on the network could read the \
+                     status and trigger syncs. Set [http] token (or {HTTP_TOKEN_ENV}), or listen on 127.0.0.1"
+                ),
+            ));
+        }
+        let http = Http { listen, language: rh.language.unwrap_or_default(), token };
         let daily_at = match raw.audit.unwrap_or_default().daily_at.filter(|d| !d.is_empty()) {
             None => None,
             Some(d) => {
@@ -617,7 +655,7 @@ fn redact_toml_message(e: &toml::de::Error) -> String {
     // The message quotes the offending line of the file. For lines that hold
     // secrets, drop the quoted source to keep the value out of logs.
     let msg = e.to_string();
-    let secret_keys = ["service_key", "password", "db_url", "webhook_url"];
+    let secret_keys = ["service_key", "password", "db_url", "webhook_url", "token"];
     let quotes_secret = msg.lines().any(|l| {
         let t = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ' || c == '|');
         secret_keys.iter().any(|k| t.trim_start().starts_with(k))
@@ -775,6 +813,36 @@ password = "pw-very-secret"
         let text = MIN_REST.replace("[supabase]\n", "[supabase]\ndb_ca_file = \"/nonexistent/ca.crt\"\n");
         let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
         assert!(e.contains("[supabase] db_ca_file") && e.contains("/nonexistent/ca.crt"), "{e}");
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_a_token_is_refused_naming_the_key() {
+        let text = format!("{MIN_REST}\n[http]\nlisten = \"0.0.0.0:9187\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[http] token") && e.contains("0.0.0.0:9187") && e.contains("loopback"), "{e}");
+        let text = format!("{MIN_REST}\n[http]\nlisten = \"0.0.0.0:9187\"\ntoken = \"a-long-enough-page-token\"\n");
+        let c = Config::from_toml(&text, "t", no_env).unwrap();
+        assert_eq!(c.http.token.expose(), "a-long-enough-page-token");
+        assert!(!format!("{c:?}").contains("a-long-enough-page-token"), "the token must not print");
+        let text = format!("{MIN_REST}\n[http]\nlisten = \"127.0.0.1:9187\"\n");
+        assert!(Config::from_toml(&text, "t", no_env).unwrap().http.token.is_empty(), "loopback needs no token");
+    }
+
+    #[test]
+    fn the_page_is_spanish_unless_english_is_asked_for() {
+        assert_eq!(Config::from_toml(MIN_REST, "t", no_env).unwrap().http.language, Language::Es);
+        let text = format!("{MIN_REST}\n[http]\nlanguage = \"en\"\n");
+        assert_eq!(Config::from_toml(&text, "t", no_env).unwrap().http.language, Language::En);
+        let text = format!("{MIN_REST}\n[http]\nlanguage = \"fr\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("language"), "{e}");
+    }
+
+    #[test]
+    fn a_short_token_is_refused() {
+        let text = format!("{MIN_REST}\n[http]\ntoken = \"short\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[http] token") && e.contains("16") && !e.contains("short\""), "{e}");
     }
 
     #[test]

@@ -387,6 +387,7 @@ async fn apply_feed_page<U: Upstream>(
         }
         let counts: Vec<i64> = group.iter().map(|t| applied.get(t.as_str()).copied().unwrap_or(0) as i64).collect();
         store.advance_feed(group, &counts, next).await?;
+        store.record_hourly(Direction::Down, counts.iter().sum()).await?;
         Ok::<(), SyncError>(())
     }
     .await;

@@ -21,6 +21,7 @@ pub mod feed;
 pub mod journal;
 pub mod logging;
 pub mod lsn;
+pub mod page;
 pub mod pgoutput;
 pub mod push;
 pub mod recovery;

@@ -275,6 +275,7 @@ pub async fn push_batch<U: Upstream>(
         for (table, n) in &per_table {
             store.record_synced_up(table, *n).await?;
         }
+        store.record_hourly(crate::store::Direction::Up, per_table.values().sum()).await?;
         local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         Ok::<_, SyncError>(())
     };

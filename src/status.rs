@@ -66,9 +66,8 @@ pub struct Status {
 pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
     let store = Store::new(local, LOCAL);
     let q = |e| SyncError::from_pg(LOCAL, &e);
-    let tables = store
-        .table_progress(&cfg.sync.tables)
-        .await?
+    let (progress, journal) = store.table_progress(&cfg.sync.tables).await?;
+    let tables = progress
         .into_iter()
         .map(|t| TableStatus {
             table: t.table,
@@ -81,7 +80,6 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
             parked: t.parked,
         })
         .collect();
-    let journal = store.journal_summary().await?;
     let slot = local
         .query_opt(
             "SELECT slot_name::text, active, confirmed_flush_lsn::text,

@@ -2,8 +2,9 @@
 //! `health_check_seconds`: upstream reachability (one log line per outage
 //! edge), the local database, alert thresholds (journal backlog, oldest
 //! unsynced change, WAL retained by the slot, slot lost or missing — with
-//! the recovery steps), `_sync_state` for `status`, and pruning of
-//! `_sync_log` and of synced journal rows past their retention.
+//! the recovery steps), `_sync_state` for `status`, the hourly backlog
+//! sample for the status page, and pruning of `_sync_log`, of the hourly
+//! history and of synced journal rows past their retention.
 //!
 //! A passing check is what brings a link back online, and with it the
 //! tasks that wait for it (push and down).
@@ -55,6 +56,7 @@ pub(crate) async fn task(rt: &Runtime, up: &upstream::Client, mut stop: watch::R
                     rt.local_link.report_ok();
                     thresholds(rt, &st).await;
                     persist(rt, c).await;
+                    let _ = Store::new(c, LOCAL).record_backlog(st.backlog, st.parked).await;
                     prune(rt, c).await;
                 }
                 Err(e) => {
@@ -169,6 +171,7 @@ async fn prune(rt: &Runtime, c: &Client) {
             _ => break,
         }
     }
+    let _ = store.prune_history().await;
     for _ in 0..20 {
         match store.prune_journal(hours, batch, &rt.cfg.sync.slot_name).await {
             Ok(n) if n > 0 => {

@@ -1,7 +1,17 @@
 //! The optional HTTP listener (`[http] listen`, off by default; bind it to
-//! 127.0.0.1): `GET /health` (200 or 503), `GET /status` (the `status
-//! --json` document plus live connectivity and alerts), `GET /metrics`
-//! (Prometheus text format) and `POST /sync` (poll and push now).
+//! 127.0.0.1, or set `[http] token` to listen beyond it, see [`access`]):
+//! `GET /` (the status page for people, [`crate::page`]) and `GET
+//! /api/page` (its live part, which the page polls), `GET /health` (200 or
+//! 503), `GET /status` (the `status --json` document plus live
+//! connectivity and alerts), `GET /metrics` (Prometheus text format) and
+//! `POST /sync` (poll and push now, the only request that changes
+//! anything).
+//!
+//! Nothing here runs unless a request comes: the page is computed per
+//! request, and the conflicts it shows are read from upstream in the
+//! background at most once a minute, only while someone is looking. The
+//! page's local connection is kept while the page polls and closed a
+//! minute after the last request.
 //!
 //! Health is 503 when the service cannot do its job without a person: the
 //! local database is unreachable, the slot is lost or missing, or an
@@ -9,21 +19,48 @@
 //! offline is normal in a clinic and keeps 200 (`upstream_online: false`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::access;
 use super::runtime::Runtime;
 use crate::config::connect_local;
+use crate::error::LOCAL;
+use crate::page::{self, AlertView, ConflictLine, ConflictsView, PageInput};
 use crate::status;
+use crate::store::Store;
+use crate::upstream::{self, ConflictQuery, Upstream};
+
+/// How long the conflicts read from upstream are shown before they are
+/// read again (while someone looks).
+const CONFLICTS_FRESH: Duration = Duration::from_secs(60);
+/// Conflicts listed on the page.
+const CONFLICTS_LISTED: i64 = 5;
+/// The page's local connection is closed after this long without a
+/// request (opening one per refresh would cost more than the page).
+const PAGE_CONNECTION_IDLE: Duration = Duration::from_secs(60);
+
+/// What the handlers share: the runtime, and what the page reads from
+/// upstream (its own lazily opened client; the sync tasks' are busy).
+pub(crate) struct HttpState {
+    pub rt: Arc<Runtime>,
+    upstream: Option<upstream::Client>,
+    conflicts: Mutex<Option<ConflictsView>>,
+    refreshing: AtomicBool,
+    /// The page's local connection while someone looks, and when it was
+    /// last used.
+    page_conn: Mutex<Option<(Arc<tokio_postgres::Client>, std::time::Instant)>>,
+}
 
 /// The http task: serves while the service runs, when `[http] listen` is set.
 pub(crate) async fn task(rt: Arc<Runtime>, stop: watch::Receiver<bool>) {
@@ -35,12 +72,33 @@ pub(crate) async fn task(rt: Arc<Runtime>, stop: watch::Receiver<bool>) {
 }
 
 async fn serve(addr: SocketAddr, rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+    if !addr.ip().is_loopback() && rt.cfg.http.token.is_empty() {
+        // Config validation refuses this already; never bind it anyway.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing to listen on {addr} without [http] token (only loopback may go without)"),
+        ));
+    }
+    let state = Arc::new(HttpState {
+        upstream: upstream::Client::from_config(&rt.cfg).ok(),
+        rt,
+        conflicts: Mutex::new(None),
+        refreshing: AtomicBool::new(false),
+        page_conn: Mutex::new(None),
+    });
     let app = Router::new()
+        .route("/", get(page_html))
+        .route("/api/page", get(page_json))
         .route("/health", get(health))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
         .route("/sync", post(sync_now))
-        .with_state(rt);
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::require_token))
+        .route("/login", get(access::login_form).post(access::login))
+        .route("/assets/page.css", get(|| async { asset("text/css; charset=utf-8", page::CSS) }))
+        .route("/assets/page.js", get(|| async { asset("text/javascript; charset=utf-8", page::JS) }))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %addr, "http listener ready");
     axum::serve(listener, app)
@@ -59,8 +117,9 @@ fn unavailable(reason: &str) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "reasons": [reason] }))).into_response()
 }
 
-async fn health(State(rt): State<Arc<Runtime>>) -> Response {
-    let st = match snapshot(&rt).await {
+async fn health(State(st): State<Arc<HttpState>>) -> Response {
+    let rt = &st.rt;
+    let st = match snapshot(rt).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -87,23 +146,25 @@ async fn health(State(rt): State<Arc<Runtime>>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-async fn status_json(State(rt): State<Arc<Runtime>>) -> Response {
-    let mut st = match snapshot(&rt).await {
+async fn status_json(State(st): State<Arc<HttpState>>) -> Response {
+    let rt = &st.rt;
+    let mut s = match snapshot(rt).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     let up = rt.upstream_link.state();
-    st.upstream = Some(status::LinkStatus { online: up.online, since: Some(up.since_wall.to_rfc3339()) });
-    st.alerts = rt.alerter.active().into_iter().map(|(k, since)| format!("{k} (since {})", since.to_rfc3339())).collect();
-    axum::Json(st).into_response()
+    s.upstream = Some(status::LinkStatus { online: up.online, since: Some(up.since_wall.to_rfc3339()) });
+    s.alerts = rt.alerter.active().into_iter().map(|(k, since)| format!("{k} (since {})", since.to_rfc3339())).collect();
+    axum::Json(s).into_response()
 }
 
-async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
-    let st = match snapshot(&rt).await {
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let rt = &state.rt;
+    let st = match snapshot(rt).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    match render_metrics(&rt, &st) {
+    match render_metrics(rt, &st) {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
@@ -149,8 +210,157 @@ fn render_metrics(rt: &Runtime, st: &status::Status) -> prometheus::Result<Strin
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-async fn sync_now(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
-    rt.sync_now.notify_waiters();
-    rt.journaled.notify_one();
+async fn sync_now(State(st): State<Arc<HttpState>>) -> impl IntoResponse {
+    st.rt.sync_now.notify_waiters();
+    st.rt.journaled.notify_one();
     (StatusCode::ACCEPTED, axum::Json(json!({ "status": "sync requested" })))
+}
+
+/// Headers on every answer: nothing cached, and a content policy that lets
+/// the page load nothing but its own assets and talk to nobody but this
+/// listener (the clinic may be offline; the page must not try elsewhere).
+async fn secure_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+             form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// `GET /`: the whole page.
+async fn page_html(State(st): State<Arc<HttpState>>) -> Response {
+    let data = page_data(&st).await;
+    Html(page::full_page(st.rt.cfg.http.language, &data)).into_response()
+}
+
+/// `GET /api/page`: the verdict and the live part of the page, as JSON.
+async fn page_json(State(st): State<Arc<HttpState>>) -> Response {
+    axum::Json(page_data(&st).await).into_response()
+}
+
+/// Reads everything the page shows (three queries on one local
+/// connection, pipelined) and renders it.
+pub(crate) async fn page_data(st: &Arc<HttpState>) -> page::PageData {
+    let rt = &st.rt;
+    let up = rt.upstream_link.state();
+    let alerts: Vec<AlertView> =
+        rt.alerter.active_with_summary().into_iter().map(|(key, since, summary)| AlertView { key, since, summary }).collect();
+    refresh_conflicts(st, up.online);
+    let conflicts = st.conflicts.lock().expect("not poisoned").clone();
+    let local = page_connection(st).await;
+    let (status, history, parked) = match &local {
+        Ok(c) => {
+            let c: &tokio_postgres::Client = c;
+            let store = Store::new(c, LOCAL);
+            let (s, h, p) =
+                tokio::join!(status::gather(&rt.cfg, c), store.hourly_history(page::HISTORY_HOURS), store.parked_rows(page::PARKED_LISTED));
+            (s.map_err(|e| e.to_string()), h.unwrap_or_default(), p.unwrap_or_default())
+        }
+        Err(e) => (Err(e.to_string()), Vec::new(), Vec::new()),
+    };
+    let input = PageInput {
+        lang: rt.cfg.http.language,
+        now: chrono::Utc::now(),
+        status: status.as_ref().map_err(|e| e.clone()),
+        upstream_online: up.online,
+        upstream_since: up.since_wall,
+        alerts: &alerts,
+        history: &history,
+        parked: &parked,
+        conflicts: conflicts.as_ref(),
+    };
+    page::render(&input)
+}
+
+/// The page's local connection: reused while the page keeps polling,
+/// closed by a watcher after [`PAGE_CONNECTION_IDLE`] without a request.
+async fn page_connection(st: &Arc<HttpState>) -> crate::error::Result<Arc<tokio_postgres::Client>> {
+    {
+        let mut slot = st.page_conn.lock().expect("not poisoned");
+        if let Some((c, used)) = slot.as_mut()
+            && !c.is_closed()
+        {
+            *used = std::time::Instant::now();
+            return Ok(c.clone());
+        }
+    }
+    let c = Arc::new(connect_local(&st.rt.cfg).await?);
+    *st.page_conn.lock().expect("not poisoned") = Some((c.clone(), std::time::Instant::now()));
+    let watch = st.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PAGE_CONNECTION_IDLE / 2).await;
+            let mut slot = watch.page_conn.lock().expect("not poisoned");
+            match slot.as_ref() {
+                Some((c, used)) if !c.is_closed() && used.elapsed() < PAGE_CONNECTION_IDLE => {}
+                _ => {
+                    *slot = None;
+                    break;
+                }
+            }
+        }
+    });
+    Ok(c)
+}
+
+/// Starts reading the conflicts from upstream in the background when the
+/// last reading is older than [`CONFLICTS_FRESH`] (and none is under way).
+fn refresh_conflicts(st: &Arc<HttpState>, online: bool) {
+    let stale =
+        st.conflicts.lock().expect("not poisoned").as_ref().is_none_or(|c| {
+            (chrono::Utc::now() - c.read_at).to_std().unwrap_or_default() > CONFLICTS_FRESH || (online && c.total.is_err())
+        });
+    if !stale || st.refreshing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let st = st.clone();
+    tokio::spawn(async move {
+        let view = read_conflicts(&st).await;
+        *st.conflicts.lock().expect("not poisoned") = Some(view);
+        st.refreshing.store(false, Ordering::Release);
+    });
+}
+
+async fn read_conflicts(st: &HttpState) -> ConflictsView {
+    let read_at = chrono::Utc::now();
+    let Some(up) = &st.upstream else {
+        return ConflictsView { read_at, total: Err("upstream is not configured".into()), latest: vec![] };
+    };
+    let cfg = &st.rt.cfg;
+    let q = ConflictQuery { schema: &cfg.supabase.schema, tables: None, since: None, limit: CONFLICTS_LISTED };
+    let read = async { tokio::join!(up.conflict_count(None), up.conflicts(&q)) };
+    let (total, list) = match tokio::time::timeout(Duration::from_secs(15), read).await {
+        Ok(r) => r,
+        Err(_) => return ConflictsView { read_at, total: Err("upstream did not answer in time".into()), latest: vec![] },
+    };
+    let side = |v: &serde_json::Value| {
+        let what = if v["deleted"].as_bool() == Some(true) { "delete" } else { "edit" };
+        format!("{what} {}", v["writer"].as_str().unwrap_or("?"))
+    };
+    let latest = list
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| ConflictLine {
+            decided_at: c["decided_at"].as_str().unwrap_or("").to_string(),
+            table: c["table"].as_str().unwrap_or("").to_string(),
+            key: c["key"].as_str().unwrap_or("").to_string(),
+            kept: side(&c["winner"]),
+            lost: side(&c["loser"]),
+            rule: c["rule"].as_str().unwrap_or("").to_string(),
+        })
+        .collect();
+    ConflictsView { read_at, total: total.map_err(|e| e.to_string()), latest }
 }

@@ -48,6 +48,7 @@
 //! marker emitted at start, drain the journal, one down cycle, exit; it
 //! gives up where `run` would retry.
 
+mod access;
 mod audit;
 mod capture;
 mod down;

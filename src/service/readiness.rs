@@ -25,6 +25,10 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
             "the local database is not initialized for sync (control tables or slot missing)",
         ));
     }
+    if !store.history_present().await? {
+        return Err(SyncError::new(ErrorKind::NotInitialized, "the local database was set up by an earlier centrovision-sync version")
+            .with_hint("run `centrovision-sync init` to upgrade in place (it adds the hourly history, sql/006_history.sql)"));
+    }
     let tables = catalog::load(&local, Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     if let Some(missing) = cfg.sync.tables.iter().find(|t| !tables.contains_key(*t)) {
         return Err(SyncError::new(ErrorKind::MissingObject, format!("configured table {missing} does not exist locally"))

@@ -1,7 +1,7 @@
 //! `_sync_metadata`: per table, the down-path watermark, up- and down-path
 //! progress and the last error (see the invariants in [`crate::store`]).
 
-use super::Store;
+use super::{JournalSummary, Store};
 use crate::error::Result;
 use crate::feed::Cursor as FeedCursor;
 
@@ -73,24 +73,41 @@ impl Store<'_> {
     }
 
     /// Progress and pending work of `tables`, in that order (tables without
-    /// a row report nothing synced).
-    pub async fn table_progress(&self, tables: &[String]) -> Result<Vec<TableProgress>> {
+    /// a row report nothing synced), and the whole journal's summary (every
+    /// table in it), from one reading of the unsynced rows.
+    pub async fn table_progress(&self, tables: &[String]) -> Result<(Vec<TableProgress>, JournalSummary)> {
         let rows = self
             .client
             .query(
-                "SELECT t.name,
+                // Only the unsynced rows, once for all tables, each kind
+                // through its partial index (the queue's, the parked
+                // rows'): never over the synced rows the journal keeps.
+                "WITH q AS (
+                    SELECT table_name::text AS name, count(*) AS n, min(coalesce(commit_ts, created_at)) AS oldest
+                    FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL GROUP BY table_name),
+                 k AS (
+                    SELECT table_name::text AS name, count(*) AS n
+                    FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL GROUP BY table_name)
+                 SELECT t.name,
                     m.last_sync_from_supabase::text, m.last_sync_to_supabase::text,
                     coalesce(m.records_synced_down, 0)::int8, coalesce(m.records_synced_up, 0)::int8, m.last_error,
-                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NULL),
-                    (SELECT count(*) FROM _sync_pending p WHERE p.table_name = t.name AND NOT p.synced AND p.parked_at IS NOT NULL)
+                    coalesce(q.n, 0)::int8, coalesce(k.n, 0)::int8,
+                    (SELECT coalesce(sum(n), 0)::int8 FROM q), (SELECT coalesce(sum(n), 0)::int8 FROM k),
+                    (SELECT extract(epoch FROM now() - min(oldest))::float8 FROM q)
              FROM unnest($1::text[]) WITH ORDINALITY t(name, n)
              LEFT JOIN _sync_metadata m ON m.table_name = t.name
+             LEFT JOIN q ON q.name = t.name
+             LEFT JOIN k ON k.name = t.name
              ORDER BY t.n",
                 &[&tables],
             )
             .await
             .map_err(|e| self.err(e))?;
-        Ok(rows
+        let journal = rows
+            .first()
+            .map(|r| JournalSummary { backlog: r.get(8), parked: r.get(9), oldest_pending_seconds: r.get(10) })
+            .unwrap_or(JournalSummary { backlog: 0, parked: 0, oldest_pending_seconds: None });
+        let progress = rows
             .iter()
             .map(|r| TableProgress {
                 table: r.get(0),
@@ -102,7 +119,8 @@ impl Store<'_> {
                 pending: r.get(6),
                 parked: r.get(7),
             })
-            .collect())
+            .collect();
+        Ok((progress, journal))
     }
 
     /// Where each of `tables` stands in the upstream change feed, and for a

@@ -42,12 +42,18 @@
 //!   down path's own (`down: …`) error.
 //! - `_sync_log` ([`log`]): append-only, one row per table per cycle and
 //!   direction (plus error rows), pruned after `log_retention_days`.
+//! - `_sync_history` ([`history`]): rows synced per UTC hour and direction,
+//!   incremented in the transaction that records that progress (the
+//!   pusher's mark transaction, the down path's page transaction);
+//!   `_sync_backlog_history`: the health check's hourly backlog sample. Both
+//!   pruned after 30 days.
 //! - `_sync_state` ([`state`]): what the running service knows that `status`
 //!   (another process) should show; one row per key, upserted by the health
 //!   check on every run, so it describes the present, not a history.
 
 pub mod base;
 pub mod capture;
+pub mod history;
 pub mod log;
 pub mod metadata;
 pub mod pending;
@@ -57,6 +63,7 @@ use tokio_postgres::Client;
 
 use crate::error::{At, Result, SyncError};
 
+pub use history::{HourSample, ParkedRow};
 pub use log::{Direction, LogEntry};
 pub use metadata::TableProgress;
 pub use pending::{JournalRow, JournalSummary, Operation, Queued, ReplayStat, Source, tombstone_after};
@@ -69,6 +76,7 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("003_service_state.sql", include_str!("../../sql/003_service_state.sql")),
     ("004_writer_state.sql", include_str!("../../sql/004_writer_state.sql")),
     ("005_row_base.sql", include_str!("../../sql/005_row_base.sql")),
+    ("006_history.sql", include_str!("../../sql/006_history.sql")),
 ];
 
 /// The control tables as one component sees them: its local connection,

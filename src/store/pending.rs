@@ -342,22 +342,6 @@ impl Store<'_> {
         Ok(r.get(0))
     }
 
-    /// Backlog, parked rows and the age of the oldest queued row.
-    pub async fn journal_summary(&self) -> Result<JournalSummary> {
-        let r = self
-            .client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE parked_at IS NULL),
-                    count(*) FILTER (WHERE parked_at IS NOT NULL),
-                    extract(epoch FROM now() - min(coalesce(commit_ts, created_at)) FILTER (WHERE parked_at IS NULL))::float8
-             FROM _sync_pending WHERE NOT synced",
-                &[],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(JournalSummary { backlog: r.get(0), parked: r.get(1), oldest_pending_seconds: r.get(2) })
-    }
-
     /// The commit time (timestamptz text) of the latest tombstone of a
     /// record — a journaled local DELETE — at or after `not_before`
     /// (timestamptz text; None: any).

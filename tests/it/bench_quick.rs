@@ -38,6 +38,7 @@ async fn quick_benchmark_profile_completes_and_writes_its_report() {
         "idle_cycle_rest",
         "drain_rss",
         "drain_bookkeeping",
+        "page_data_p95",
     ] {
         let f = report.figure(id).unwrap_or_else(|| panic!("figure {id} missing from the report:\n{}", report.markdown()));
         assert!(f.value.is_finite() && f.value > 0.0, "figure {id} = {} is not a positive number", f.value);

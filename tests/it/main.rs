@@ -19,6 +19,7 @@
 //! - [`chaos`]: two clinics and the cloud app writing the same rows under
 //!   faults, then no data lost and every row as the conflict rule allows;
 //! - [`security`]: secrets, TLS, least privilege at runtime;
+//! - [`status_page`]: the page for people, rendered by headless Chromium;
 //! - [`deploy_files`]: installers, unit file, role SQL, config snippets;
 //! - [`upstream_apply`]: `centrovision_sync_apply()` (sql/upstream) case by
 //!   case; [`conflict_rule`]: the multi-writer conflict rule line by line;
@@ -54,5 +55,6 @@ mod recovery;
 mod rest_mode;
 mod security;
 mod service;
+mod status_page;
 mod up_path;
 mod upstream_apply;

@@ -397,8 +397,8 @@ async fn an_installation_of_the_previous_version_upgrades_in_place_without_downl
     exec(&p.local, rows).await;
     exec(&p.upstream, rows).await;
     // What the previous version left: no sync state upstream, contract 2,
-    // and locally neither cluster identity, epochs nor feed cursors, only
-    // the watermark of its timestamp poller.
+    // and locally neither cluster identity, epochs, feed cursors nor the
+    // hourly history, only the watermark of its timestamp poller.
     exec(
         &p.upstream,
         "DROP SCHEMA centrovision_sync CASCADE;
@@ -409,6 +409,7 @@ async fn an_installation_of_the_previous_version_upgrades_in_place_without_downl
         &p.local,
         "ALTER TABLE _sync_capture DROP COLUMN system_identifier, DROP COLUMN epoch;
          DROP TABLE _sync_epoch;
+         DROP TABLE _sync_history, _sync_backlog_history;
          ALTER TABLE _sync_metadata DROP COLUMN feed_prev, DROP COLUMN feed_target, DROP COLUMN feed_after;
          UPDATE _sync_metadata SET last_sync_from_supabase = now(), records_synced_down = 0;",
     )

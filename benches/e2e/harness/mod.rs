@@ -73,11 +73,13 @@ pub enum Section {
     Idle,
     /// 4c: pgbench write-path overhead.
     Pgbench,
+    /// 6: the status page's data endpoint (23 tables, 30 days of history).
+    Page,
 }
 
 impl Section {
-    pub const ALL: [Section; 7] =
-        [Section::Drain, Section::Trigger, Section::Rest, Section::Latency, Section::Down, Section::Idle, Section::Pgbench];
+    pub const ALL: [Section; 8] =
+        [Section::Drain, Section::Trigger, Section::Rest, Section::Latency, Section::Down, Section::Idle, Section::Pgbench, Section::Page];
     pub fn name(self) -> &'static str {
         match self {
             Section::Drain => "drain",
@@ -87,6 +89,7 @@ impl Section {
             Section::Down => "down",
             Section::Idle => "idle",
             Section::Pgbench => "pgbench",
+            Section::Page => "page",
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct Options {
     pub bookkeeping_rounds: usize,
     /// Rows per table for the idle-cycle tables.
     pub idle_rows: usize,
+    /// Requests of each endpoint in the page section.
+    pub page_requests: usize,
     pub out_dir: PathBuf,
     pub sections: Vec<Section>,
     /// Re-render report.md/report.svg from this report.json instead of running.
@@ -132,6 +137,7 @@ impl Options {
             idle_cycles: 1,
             bookkeeping_rounds: 1,
             idle_rows: 100,
+            page_requests: 30,
             out_dir: out_dir.into(),
             sections: Section::ALL.to_vec(),
             render: None,
@@ -153,6 +159,7 @@ impl Options {
             idle_cycles: 10,
             bookkeeping_rounds: 2,
             idle_rows: 1_000,
+            page_requests: 300,
             out_dir: out_dir.into(),
             sections: Section::ALL.to_vec(),
             render: None,
@@ -192,7 +199,9 @@ impl Options {
                         .split(',')
                         .map(|s| {
                             Section::ALL.into_iter().find(|x| x.name() == s.trim()).ok_or_else(|| {
-                                format!("--only: unknown section {s:?} (sections: drain, trigger, rest, latency, down, idle, pgbench)")
+                                format!(
+                                    "--only: unknown section {s:?} (sections: drain, trigger, rest, latency, down, idle, pgbench, page)"
+                                )
                             })
                         })
                         .collect::<R<Vec<_>>>()?;
@@ -200,7 +209,7 @@ impl Options {
                 "-h" | "--help" => {
                     return Err("usage: cargo bench --bench e2e [-- --quick] [--n N] [--n-rest N] [--n-down N] \
                                 [--latency-seconds S] [--rate R] [--pgbench-seconds S] [--pgbench-rounds K] [--idle-cycles K] [--bookkeeping-rounds K] \
-                                [--only drain,trigger,rest,latency,down,idle,pgbench] [--out DIR] [--render DIR/report.json]"
+                                [--only drain,trigger,rest,latency,down,idle,pgbench,page] [--out DIR] [--render DIR/report.json]"
                         .into());
                 }
                 other => eprintln!("e2e: ignoring argument {other:?}"),
@@ -342,11 +351,13 @@ pub struct Cfg {
     /// Point the service at a closed port: capture runs, nothing is pushed.
     pub unreachable: bool,
     pub interval_seconds: u64,
+    /// `[http] listen` on 127.0.0.1 at this port.
+    pub http_port: Option<u16>,
 }
 
 impl Default for Cfg {
     fn default() -> Self {
-        Cfg { slot: None, unreachable: false, interval_seconds: 3600 }
+        Cfg { slot: None, unreachable: false, interval_seconds: 3600, http_port: None }
     }
 }
 
@@ -420,7 +431,9 @@ origin_name = "o_{ld}"
 
 [logging]
 level = "info"
+{http}
 "#,
+            http = c.http_port.map(|p| format!("\n[http]\nlisten = \"127.0.0.1:{p}\"\n")).unwrap_or_default(),
             lh = self.local.host(),
             lp = self.local.port(),
             ld = self.local.name,
@@ -450,6 +463,7 @@ level = "info"
             "CENTROVISION_SYNC_DB_URL",
             "CENTROVISION_SYNC_LOCAL_PASSWORD",
             "CENTROVISION_SYNC_WEBHOOK_URL",
+            "CENTROVISION_SYNC_HTTP_TOKEN",
         ] {
             c.env_remove(v);
         }
@@ -549,6 +563,7 @@ struct Results {
     down: Option<Drain>,
     down_naive: Option<(u64, Duration)>,
     idle: Vec<(Mode, Idle)>,
+    page: Option<PageTimes>,
     /// TPS per round, per variant ([`PGBENCH_VARIANTS`] order).
     pgbench: Vec<(String, Vec<f64>)>,
 }
@@ -591,6 +606,16 @@ struct Latency {
     p99: f64,
     max: f64,
     quantiles: Vec<(f64, f64)>,
+}
+
+/// Latencies (ms) of the page's data endpoint and of `/status`, same run.
+#[derive(Debug, Clone)]
+struct PageTimes {
+    page_p50: f64,
+    page_p95: f64,
+    status_p50: f64,
+    status_p95: f64,
+    requests: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -748,6 +773,7 @@ pub async fn run(opts: &Options) -> Report {
             Section::Down => b.down().await,
             Section::Idle => b.idle().await,
             Section::Pgbench => b.pgbench().await,
+            Section::Page => b.page().await,
         };
         eprintln!("e2e: section {} done in {:.1} s{}", s.name(), t.elapsed().as_secs_f64(), if r.is_err() { " (FAILED)" } else { "" });
         b.report.stage(
@@ -1474,6 +1500,141 @@ impl Bench {
         Ok(Idle { cycle_ms, span_cycles: costs.len(), floor_ms })
     }
 
+    // -- 6: the status page's data endpoint ----------------------------------
+
+    /// `GET /api/page` (what the status page polls: the snapshot `/status`
+    /// reads, plus 7 days of hourly history and the parked rows, rendered
+    /// to HTML) against `GET /status` on the same running service, with
+    /// the 23 CentroVision table names, 30 days of hourly history, a
+    /// journal of waiting, parked and synced rows, upstream unreachable
+    /// (so nothing moves while measuring). Requests alternate, one at a
+    /// time, over one keep-alive connection each.
+    async fn page(&mut self) -> R<()> {
+        let tables: Vec<&str> = centrovision_sync::config::DEFAULT_TABLES.to_vec();
+        let site = Site::new(self, "page", Mode::Postgres, &workload::generic_schema(&tables), &tables).await?;
+        let init_cfg = site.config("init", &Cfg::default())?;
+        site.init(&init_cfg).await?;
+        let port = free_port();
+        let cfg = site.config("run", &Cfg { unreachable: true, http_port: Some(port), ..Default::default() })?;
+        let local = site.local.connect().await;
+        // 30 days of history, as the service keeps it.
+        local
+            .batch_execute(
+                "INSERT INTO _sync_history (hour, direction, rows)
+                   SELECT date_trunc('hour', now()) - g * interval '1 hour', d, (abs(hashtext(g::text || d)) % 500)::int8
+                   FROM generate_series(0, 30 * 24 - 1) g, unnest(ARRAY['UP', 'DOWN']) d
+                 ON CONFLICT DO NOTHING;
+                 INSERT INTO _sync_backlog_history (hour, max_backlog, last_backlog, last_parked)
+                   SELECT date_trunc('hour', now()) - g * interval '1 hour', abs(hashtext(g::text)) % 2000, 0, 0
+                   FROM generate_series(0, 30 * 24 - 1) g
+                 ON CONFLICT DO NOTHING;",
+            )
+            .await
+            .ctx("seed history")?;
+        let mut w = site.spawn_run(&cfg)?;
+        // A journal: 200 (full: 2,000) changes per table captured (upstream
+        // unreachable, so they wait); the oldest 80 % marked synced (what
+        // the journal keeps for replay), of the newest 20 % one in twenty
+        // parked and the rest waiting, as after an outage; vacuumed, as
+        // autovacuum would have.
+        let per_table = if self.opts.quick { 200 } else { 2_000 };
+        for t in &tables {
+            local
+                .batch_execute(&format!("INSERT INTO {t} (name, amount) SELECT '{t} ' || g, g FROM generate_series(1, {per_table}) g"))
+                .await
+                .ctx("journal rows")?;
+        }
+        let want = (tables.len() * per_table) as i64;
+        let r = poll("the journal to fill", Duration::from_secs(120), Duration::from_millis(100), || {
+            let local = &local;
+            async move { Ok((one_i64(local, "SELECT count(*) FROM _sync_pending").await? >= want).then_some(())) }
+        })
+        .await;
+        if let Err(e) = r {
+            let tail = w.tail(20);
+            w.terminate().await;
+            return Err(format!("{e}\n{tail}"));
+        }
+        local
+            .batch_execute(
+                "UPDATE _sync_pending SET synced = true, synced_at = now() WHERE id <= (SELECT max(id) * 0.8 FROM _sync_pending);
+                 UPDATE _sync_pending SET parked_at = now(), error = 'bench: 22P02 invalid input syntax' WHERE NOT synced AND id % 20 = 1;",
+            )
+            .await
+            .ctx("journal state")?;
+        local.batch_execute("VACUUM ANALYZE _sync_pending").await.ctx("vacuum")?;
+        local.batch_execute("ANALYZE _sync_history, _sync_backlog_history").await.ctx("analyze")?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| e.to_string())?;
+        let base = format!("http://127.0.0.1:{port}");
+        let get = |path: &'static str| {
+            let http = &http;
+            let base = &base;
+            async move {
+                let t = Instant::now();
+                let r = http.get(format!("{base}{path}")).send().await.map_err(|e| format!("GET {path}: {e}"))?;
+                let ok = r.status().is_success();
+                let body = r.text().await.map_err(|e| format!("GET {path}: {e}"))?;
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                if !ok {
+                    return Err(format!("GET {path}: {body}"));
+                }
+                Ok::<_, String>((ms, body))
+            }
+        };
+        let ready = poll("the http listener", Duration::from_secs(30), Duration::from_millis(100), || async {
+            Ok(get("/api/page").await.ok().map(|(_, b)| b))
+        })
+        .await;
+        let body = match ready {
+            Ok(b) => b,
+            Err(e) => {
+                let tail = w.tail(20);
+                w.terminate().await;
+                return Err(format!("{e}\n{tail}"));
+            }
+        };
+        // The answer is the real page: every table, the parked rows.
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("/api/page is not JSON: {e}"))?;
+        let html = v["html"].as_str().unwrap_or("");
+        let parked = one_i64(&local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await?;
+        if !tables.iter().all(|t| html.contains(&format!("<td>{t}</td>"))) || !html.contains(&format!("({parked})")) {
+            w.terminate().await;
+            return Err(format!("/api/page does not show the 23 tables and {parked} parked rows: {}", &html[..html.len().min(400)]));
+        }
+        for _ in 0..5 {
+            get("/api/page").await?;
+            get("/status").await?;
+        }
+        let (mut page, mut status) = (Vec::new(), Vec::new());
+        for _ in 0..self.opts.page_requests {
+            page.push(get("/api/page").await?.0);
+            status.push(get("/status").await?.0);
+        }
+        w.terminate().await;
+        let q = |v: &mut Vec<f64>, p: f64| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[((v.len() - 1) as f64 * p).round() as usize]
+        };
+        let t = PageTimes {
+            page_p50: q(&mut page, 0.5),
+            page_p95: q(&mut page, 0.95),
+            status_p50: q(&mut status, 0.5),
+            status_p95: q(&mut status, 0.95),
+            requests: page.len(),
+        };
+        self.report.stage(
+            "6: GET /api/page, 23 tables, 30 days of history",
+            t.page_p50,
+            "ms",
+            format!(
+                "median of {}; p95 {:.1} ms; /status median {:.1} ms, p95 {:.1} ms",
+                t.requests, t.page_p95, t.status_p50, t.status_p95
+            ),
+        );
+        self.res.page = Some(t);
+        Ok(())
+    }
+
     // -- 4c: pgbench ----------------------------------------------------------
 
     async fn pgbench(&mut self) -> R<()> {
@@ -1822,6 +1983,24 @@ impl Bench {
                 None,
                 None,
                 format!("{} rows", d.rows),
+            ));
+        }
+        if let Some(p) = &r.page {
+            let base = Some(Baseline { label: "GET /status, same service, same run (p95)".into(), value: p.status_p95, measured: true });
+            self.push(fig(
+                "page_data_p95",
+                "6",
+                "Status page data endpoint (GET /api/page), 23 tables, 30 days of history, p95",
+                p.page_p95,
+                "ms",
+                false,
+                base,
+                Some("< 50 ms".into()),
+                Some(p.page_p95 < 50.0),
+                format!(
+                    "{} requests each, alternating; medians: /api/page {:.1} ms, /status {:.1} ms",
+                    p.requests, p.page_p50, p.status_p50
+                ),
             ));
         }
         for (mode, i) in &r.idle {
