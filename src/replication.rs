@@ -387,7 +387,15 @@ fn change_context<'a>(
         return Err(SyncError::new(ErrorKind::Decode, format!("replication stream sent a change for unknown relation {oid}")));
     };
     if !rel.synced {
-        return Ok((None, None));
+        // The publication holds exactly the synced tables, so a change of any
+        // other table means it was added (init) after this process started.
+        // Dropping it would confirm it away for good: stop here instead, so
+        // it waits in the slot until the service restarts with the new list.
+        return Err(SyncError::new(
+            ErrorKind::Config,
+            format!("table {} is published for sync but this process was started without it", rel.name),
+        )
+        .with_hint("restart the service (systemctl restart centrovision-sync) after `init` to sync the new [sync] tables; its changes wait in the slot meanwhile"));
     }
     Ok((Some(t), Some(rel)))
 }
