@@ -368,6 +368,18 @@ async fn a_table_added_while_running_is_captured_and_its_existing_rows_uploaded(
     exec(&p.local, "INSERT INTO services (name) SELECT 'before ' || g FROM generate_series(1, 300) g").await;
     exec(&p.upstream, "INSERT INTO services (name) VALUES ('from the cloud')").await;
     let mut running = p.spawn_run(&[]);
+    // The old process streams before the table is added, so it sees the change below.
+    let slot = p.slot.clone();
+    let local = p.local.connect().await;
+    support::wait_for("the running service streaming from its slot", Duration::from_secs(60), || async {
+        let active: bool = local
+            .query_one("SELECT coalesce((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false)", &[&slot])
+            .await
+            .unwrap()
+            .get(0);
+        active.then_some(())
+    })
+    .await;
     p.tables.push("services".into());
     p.write_config();
     p.init().await;

@@ -160,9 +160,13 @@ health_check_seconds = 1
             logging = if self.sections.contains("[logging]") { "" } else { "\n[logging]\nlevel = \"debug\"" },
             sections = self.sections,
         );
-        std::fs::write(&self.config_path, text).expect("write config");
+        // Written aside and renamed over: a process starting meanwhile reads
+        // the old file or the new one, never a half-written one.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.config_path, std::fs::Permissions::from_mode(0o600)).expect("chmod config");
+        let tmp = self.config_path.with_extension("toml.new");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod config");
+        std::fs::rename(&tmp, &self.config_path).expect("replace config");
     }
 
     /// A command for the binary with this pair's config.
