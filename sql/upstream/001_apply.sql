@@ -388,18 +388,17 @@ BEGIN
     -- $9 skew seconds, $10 schema, $11 table, $12 op, $13 the upsert rows (NULL for deletes).
     -- Returns (positions that won, i's kept, i's clamped, side-effect count, keys to re-emit).
     v_decide := pg_catalog.format(
-      'WITH x AS MATERIALIZED ('
+      'WITH x AS ('
       ' SELECT u.p::int AS p, u.i, u.k, u.e, u.l::pg_catalog.pg_lsn AS l, u.n, u.b,'
       '        u.st::pg_catalog.timestamptz AS st_raw'
       ' FROM unnest($1::int[], $2::text[], $3::int[], $4::text[], $5::int[], $6::bigint[], $7::text[])'
       '      WITH ORDINALITY AS u(i, k, e, l, n, b, st, p)), '
-      'y AS MATERIALIZED ('
+      'y AS ('
       ' SELECT x.*, x.st_raw > pg_catalog.now() + pg_catalog.make_interval(secs => $9) AS clamped,'
       '        rv.pk IS NOT NULL AS has_rv, rv.writer AS cw, rv.epoch AS ce, rv.commit_lsn AS cl,'
       '        rv.ordinal AS cn, rv.version_id AS cv, d.%2$I IS NOT NULL AS has_row,'
       '        coalesce(rv.deleted, d.%2$I IS NULL) AS cdel,'
-      '        CASE WHEN rv.pk IS NOT NULL THEN rv.stamp ELSE d.updated_at END AS cst,'
-      '        CASE WHEN d.%2$I IS NOT NULL THEN pg_catalog.to_jsonb(d.*) END AS cimg'
+      '        CASE WHEN rv.pk IS NOT NULL THEN rv.stamp ELSE d.updated_at END AS cst'
       ' FROM x'
       -- one primary-key probe per element (LATERAL + LIMIT keeps the planner from turning this into
       -- a scan of the table's versions filtered per element when its statistics are stale)
@@ -427,7 +426,8 @@ BEGIN
       ' INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
       '   winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
       '   loser_image, rule)'
-      ' SELECT $10, $11, z.k, coalesce(z.cw, ''legacy''), z.cst, z.cdel, z.cimg, $8, z.st,'
+      ' SELECT $10, $11, z.k, coalesce(z.cw, ''legacy''), z.cst, z.cdel,'
+      '        (SELECT pg_catalog.to_jsonb(c.*) FROM %1$s AS c WHERE c.%2$I = z.k::%3$s), $8, z.st,'
       '        $12 = ''delete'', $13->(z.p - 1), z.rule'
       ' FROM z WHERE z.verdict = ''lose'' AND NOT (z.cdel AND $12 = ''delete'')'
       ' RETURNING 1), '
@@ -442,7 +442,7 @@ BEGIN
       '   winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
       '   loser_image, rule)'
       ' SELECT $10, $11, z.k, $8, z.st, $12 = ''delete'', $13->(z.p - 1), z.cw, z.cst, z.cdel,'
-      '        z.cimg, z.rule'
+      '        (SELECT pg_catalog.to_jsonb(c.*) FROM %1$s AS c WHERE c.%2$I = z.k::%3$s), z.rule'
       ' FROM z WHERE z.verdict = ''win'' AND z.cv IS DISTINCT FROM z.b AND NOT (z.cdel AND $12 = ''delete'')'
       ' RETURNING 1), '
       'rec AS ('
@@ -614,7 +614,9 @@ BEGIN
                   pg_catalog.set_config('enable_hashjoin', v_prev_plan[2], true),
                   pg_catalog.set_config('enable_mergejoin', v_prev_plan[3], true);
           IF cardinality(v_win) > 0 THEN
-            IF g.op = 'upsert' THEN
+            IF g.op = 'upsert' AND cardinality(v_win) = cardinality(v_ids) THEN
+              EXECUTE v_sql USING v_rows;  -- every element won (the usual case): no copy
+            ELSIF g.op = 'upsert' THEN
               SELECT pg_catalog.jsonb_agg(q.r ORDER BY q.o) INTO v_wrows
               FROM pg_catalog.jsonb_array_elements(v_rows) WITH ORDINALITY AS q(r, o)
               WHERE q.o = ANY (v_win);

@@ -99,9 +99,12 @@
 //!   sends that version as the change's base (`b`), and replacing the
 //!   version one has seen is an edit, not a conflict. Each clinic
 //!   transaction reads the row as it has it before its first change of it;
-//!   a last version whose image some other clinic had that way is exempt.
-//!   (This can exempt more than the rule does — that clinic's change may
-//!   have replaced a later version — never less.)
+//!   a last version whose image some other clinic had that way is exempt,
+//!   and so is a last version that is a delete when some other clinic
+//!   changed the row while it had it absent (re-created a row whose delete
+//!   it had downloaded; its base is the tombstone). (This can exempt more
+//!   than the rule does — that clinic's change may have replaced a later
+//!   version, or it may never have had the row — never less.)
 //!
 //! Reproducibility: the seed fixes every random decision (workload
 //! operations and values, overlaps, fault kinds and targets, durations and
@@ -1249,6 +1252,13 @@ async fn chaos(mode: Mode) {
             c.seen_before.iter().filter_map(move |(t, id, img)| img.as_ref().map(|v| (c.writer.idx(), *t, id.as_str(), v.to_string())))
         })
         .collect();
+    // (table, key) of every row a clinic changed while it had the row absent (it had the delete).
+    let absent_at_clinic: Vec<(usize, &str, &str)> = outcome
+        .committed
+        .iter()
+        .filter(|c| c.writer != Writer::Cloud)
+        .flat_map(|c| c.seen_before.iter().filter(|(_, _, img)| img.is_none()).map(move |(t, id, _)| (c.writer.idx(), *t, id.as_str())))
+        .collect();
     let empty: [Vec<Version>; 3] = Default::default();
     for (ti, t) in WRITTEN.iter().enumerate() {
         for i in 0..POOL[ti] {
@@ -1318,6 +1328,10 @@ async fn chaos(mode: Mode) {
                 if let Some(img) = last.image.as_ref().map(Value::to_string)
                     && seen_by_clinic.iter().any(|(c, st, sid, simg)| *c != w && st == t && *sid == id.as_str() && *simg == img)
                 {
+                    exempt_downloaded += 1;
+                    continue;
+                }
+                if last.deleted && absent_at_clinic.iter().any(|(c, st, sid)| *c != w && st == t && *sid == id.as_str()) {
                     exempt_downloaded += 1;
                     continue;
                 }

@@ -492,7 +492,55 @@ async fn an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict(
     assert_eq!(logged, 1, "A's edit replaced B's version, which A had not downloaded");
 }
 
+/// A local DELETE that commits while a down page bringing another clinic's
+/// edit of the same row is being applied is not undone: the page locks the
+/// row first (and waits for the open delete), then waits until capture has
+/// journaled every commit before the lock, and leaves a row with a local
+/// change upstream has not processed alone. The delete, stamped later than
+/// the edit, then wins everywhere.
+async fn a_local_delete_committing_while_a_down_page_applies_is_not_undone(mode: Mode) {
+    let c = Clinics::new("delete_race", mode).await;
+    seed(&c).await;
+    exec(&c.b.local, &format!("UPDATE services SET name = 'edited at B' WHERE id = '{R}'")).await;
+    c.b.once().await;
+    // A receptionist at A deletes the row; the transaction is still open.
+    let open = c.a.local.connect().await;
+    open.batch_execute(&format!("BEGIN; DELETE FROM services WHERE id = '{R}'")).await.expect("delete at A");
+    // A's down page brings B's edit and has to wait for that row's lock.
+    let mut once = c.a.command(&["once"]);
+    once.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = once.spawn().expect("spawn once");
+    let waiter = c.a.local.connect().await;
+    support::wait_for("A's down page to wait for the open delete's row lock", Duration::from_secs(60), || async {
+        let n: i64 = waiter
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE '%FOR UPDATE%'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    open.batch_execute("COMMIT").await.expect("commit the delete at A");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("once");
+    assert!(out.status.success(), "once at A: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        count(&c.a.local, &format!("SELECT count(*) FROM services WHERE id = '{R}'")).await,
+        0,
+        "the down page brought back the row A deleted while it was applying"
+    );
+    c.sync_all().await;
+    for (who, db) in [("A", &c.a.local), ("B", &c.b.local), ("upstream", &c.a.upstream)] {
+        assert_eq!(count(db, &format!("SELECT count(*) FROM services WHERE id = '{R}'")).await, 0, "row gone at {who}");
+    }
+    c.assert_identical().await;
+}
+
 crate::both_modes!(
+    a_local_delete_committing_while_a_down_page_applies_is_not_undone,
     an_edit_of_a_version_the_clinic_downloaded_is_not_logged_as_a_conflict,
     a_truncate_at_a_clinic_or_in_the_cloud_reaches_every_side,
     an_installation_of_the_previous_version_upgrades_in_place_without_downloading_everything_again,
