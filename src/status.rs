@@ -61,6 +61,9 @@ pub struct Status {
     /// As last recorded by the running service (None if it never ran).
     pub upstream: Option<LinkStatus>,
     pub alerts: Vec<String>,
+    /// The pusher's batch size while reduced, and why ("batch size reduced
+    /// to N after statement timeout"), with since when.
+    pub push_note: Option<String>,
 }
 
 pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
@@ -101,8 +104,11 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
     let (journaled_lsn, oldest_replayable_lsn) = store.journal_positions(&cfg.sync.slot_name).await?;
     let mut upstream = None;
     let mut alerts = Vec::new();
+    let mut push_note = None;
     for e in store.service_state().await? {
-        if e.key == "upstream" {
+        if e.key == crate::push::BATCH_NOTE {
+            push_note = e.value.map(|v| format!("{v}, since {}", e.since.unwrap_or_default()));
+        } else if e.key == "upstream" {
             upstream = Some(LinkStatus { online: e.value.as_deref() == Some("online"), since: e.since });
         } else if let Some(a) = e.key.strip_prefix("alert:") {
             alerts.push(format!("{a} (since {})", e.since.unwrap_or_default()));
@@ -120,6 +126,7 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
         oldest_replayable_lsn,
         upstream,
         alerts,
+        push_note,
     })
 }
 
@@ -189,6 +196,9 @@ pub fn render(cfg: &Config, st: &Status) -> String {
                 st.oldest_replayable_lsn.as_deref().unwrap_or("-")
             ),
         );
+    }
+    if let Some(n) = &st.push_note {
+        w(&mut o, format!("push: {n}"));
     }
     if !st.alerts.is_empty() {
         w(&mut o, format!("ALERTS: {}", st.alerts.join("; ")));

@@ -677,6 +677,7 @@ mod tests {
             oldest_replayable_lsn: None,
             upstream: None,
             alerts: vec![],
+            push_note: None,
         }
     }
 
