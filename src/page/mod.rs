@@ -661,9 +661,13 @@ mod tests {
                 pending: backlog,
                 parked,
                 last_error: None,
+                parked_down: 0,
+                parked_down_error: None,
+                parked_down_key: None,
             }],
             backlog,
             parked,
+            parked_down: 0,
             oldest_pending_seconds: (backlog > 0).then_some(90.0),
             slot: Some(SlotStatus {
                 name: "s".into(),
