@@ -273,6 +273,30 @@ async fn an_upstream_row_the_local_table_rejects_is_parked_and_the_rest_of_the_t
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 0, "no echo of the retried rows");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_upstream_row_never_overwrites_a_later_local_change_to_it() {
+    let pair = Pair::new("down_park_superseded", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    up.batch_execute("INSERT INTO services (name, price) VALUES ('x', 10)").await.unwrap();
+    pair.once().await;
+    local.batch_execute("ALTER TABLE services ADD CONSTRAINT price_cap CHECK (price < 1000)").await.unwrap();
+    up.batch_execute("UPDATE services SET price = 5000 WHERE name = 'x'").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked").await, 1, "the upstream edit is parked");
+    // The clinic edits the row afterwards: its change goes up and wins there;
+    // the parked, older upstream version is dropped, never applied over it.
+    local.batch_execute("UPDATE services SET price = 20 WHERE name = 'x'").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked").await, 0, "superseded by the local change");
+    local.batch_execute("ALTER TABLE services DROP CONSTRAINT price_cap").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT price::int8 FROM services WHERE name = 'x'").await, 20);
+    assert_eq!(count(&pair.upstream, "SELECT price::int8 FROM services WHERE name = 'x'").await, 20, "the later local edit won upstream");
+    pair.assert_converged().await;
+}
+
 both_modes!(
     an_upstream_row_the_local_table_rejects_is_parked_and_the_rest_of_the_table_keeps_moving,
     upstream_rows_arrive_identically_and_are_not_echoed,
