@@ -131,8 +131,10 @@ impl Sizer {
         std::mem::take(&mut self.changed).then(|| self.note())
     }
 
+    /// Sets the reduced size. It may exceed `batch_size` when the batch that
+    /// failed was one transaction larger than it ([`journal::next_batch`]):
+    /// the reduced batch is still read as an exact prefix.
     fn set_limit(&mut self, limit: Option<usize>) {
-        let limit = limit.filter(|l| *l < self.configured);
         if limit.is_none() {
             self.cause = None;
             self.too_large_at = None;
@@ -194,7 +196,9 @@ impl Sizer {
         if let Some(f) = fits {
             next = next.min(f);
         }
-        if next > limit {
+        if next >= self.configured {
+            self.set_limit(None);
+        } else if next > limit {
             self.set_limit(Some(next));
         }
     }
@@ -615,6 +619,14 @@ mod tests {
             sizer.succeeded(312, Duration::from_millis(10));
         }
         assert_eq!(sizer.limit(), Some(499), "never to the size refused");
+    }
+
+    #[test]
+    fn a_transaction_larger_than_the_batch_size_is_split_below_its_own_size() {
+        let mut sizer = Sizer::new(500);
+        // next_batch took 8,000 rows of one transaction; they were too large.
+        assert_eq!(sizer.failed(ErrorKind::TooLarge, 8000, Duration::ZERO), 4000);
+        assert_eq!(sizer.limit(), Some(4000), "read as an exact prefix, not as whole transactions again");
     }
 
     #[test]
