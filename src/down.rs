@@ -24,6 +24,16 @@
 //!   transaction.
 //! - Columns only one side has are left alone and reported once per table
 //!   (per [`Session`]).
+//! - A row the local table rejects with a data error (a local CHECK, a type
+//!   mismatch) does not stop the table: the page's rows are bisected under
+//!   savepoints down to the rows at fault, which are parked in
+//!   `_sync_down_parked` with their version, image and error, in the page's
+//!   transaction, while the rest is written and the cursor moves past them
+//!   (so a parked row is kept, not lost). Each cycle first retries the
+//!   parked rows under the same rules (locks, capture wait); an entry leaves
+//!   when its record is applied (by the retry, or a newer version or a delete
+//!   from the feed), or when a local change journaled after it supersedes it
+//!   (that change goes up; upstream decides). `status` shows them.
 //!
 //! [`apply_rows`] (for `verify --repair`) keeps the earlier rule: last write
 //! wins on `updated_at`, journal tombstones respected.
@@ -37,7 +47,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::{self, Table, quote_ident, quote_literal};
 use crate::config::{Config, connect_local};
-use crate::error::{ErrorKind, Result, SyncError};
+use crate::error::{Class, ErrorKind, Result, SyncError};
 use crate::feed;
 use crate::lsn::Lsn;
 use crate::replication::wait_progress;
@@ -141,7 +151,10 @@ pub async fn cycle<U: Upstream>(
     let order = catalog::parents_first(tables);
     let mut reports: BTreeMap<String, TableReport> =
         order.iter().map(|n| (n.clone(), TableReport { table: n.clone(), ..Default::default() })).collect();
-    let r = read_feed(&ctx, &order, &mut reports).await;
+    let r = match retry_parked(&ctx, &order, &mut reports).await {
+        Ok(()) => read_feed(&ctx, &order, &mut reports).await,
+        Err(e) => Err(e),
+    };
     let elapsed = started.elapsed();
     let err_text = r.as_ref().err().map(|e| e.to_string());
     // Tables missing upstream: reported on their own rows, the others synced.
@@ -182,6 +195,102 @@ pub async fn cycle<U: Upstream>(
         ));
     }
     Ok(order.iter().map(|n| reports.remove(n).expect("one per table")).collect())
+}
+
+/// Retries the rows parked by earlier pages (`_sync_down_parked`), in one
+/// local transaction under the same rules as a page: lock the records, wait
+/// for capture, drop the entries a later local change supersedes, write the
+/// rest (bisecting again); an applied record leaves the table, a rejected
+/// one stays with the new error.
+async fn retry_parked<U: Upstream>(ctx: &Ctx<'_, U>, order: &[String], reports: &mut BTreeMap<String, TableReport>) -> Result<()> {
+    let c = &ctx.session.client;
+    let store = ctx.session.store();
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    if store.down_parked(order).await?.is_empty() {
+        return Ok(());
+    }
+    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(q)?;
+    let result = async {
+        for name in order {
+            let keys: Vec<String> = store.down_parked(std::slice::from_ref(name)).await?.into_iter().map(|p| p.record_id).collect();
+            if !keys.is_empty() {
+                lock_rows(c, &ctx.tables[name.as_str()], &keys.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+            }
+        }
+        let flushed: postgres_types::PgLsn = c.query_one("SELECT pg_current_wal_flush_lsn()", &[]).await.map_err(q)?.get(0);
+        wait_progress(&mut ctx.progress.clone(), Lsn::from(flushed), CAPTURE_WAIT).await?;
+        let superseded = store.drop_superseded_down_parked().await?;
+        if superseded > 0 {
+            tracing::info!(rows = superseded, "parked upstream rows superseded by later local changes: dropped");
+        }
+        let high_water = store.journal_high_water().await?;
+        let mut total = 0i64;
+        for name in order {
+            let parked = store.down_parked(std::slice::from_ref(name)).await?;
+            if parked.is_empty() {
+                continue;
+            }
+            let table = &ctx.tables[name.as_str()];
+            let images: Vec<Box<RawValue>> = parked
+                .iter()
+                .map(|p| RawValue::from_string(p.row.clone()))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| SyncError::new(ErrorKind::Decode, format!("a parked row of {name} is not JSON: {e}")))?;
+            let rows: Vec<&RawValue> = images.iter().map(|b| &**b).collect();
+            let report = reports.get_mut(name.as_str()).expect("one per table");
+            let (n, failed) = write_parking(ctx, table, &rows, report).await?;
+            let errors: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
+            let again: Vec<store::ToPark<'_>> = failed
+                .iter()
+                .zip(&errors)
+                .map(|((i, _), error)| store::ToPark {
+                    record_id: &parked[*i].record_id,
+                    version: parked[*i].version,
+                    row: &parked[*i].row,
+                    error,
+                })
+                .collect();
+            store.park_down(name, &again, high_water).await?;
+            let applied: Vec<&str> =
+                parked.iter().enumerate().filter(|(i, _)| !failed.iter().any(|(f, _)| f == i)).map(|(_, p)| p.record_id.as_str()).collect();
+            let versions: Vec<i64> =
+                parked.iter().enumerate().filter(|(i, _)| !failed.iter().any(|(f, _)| f == i)).map(|(_, p)| p.version).collect();
+            store.record_bases(name, &applied, &versions).await?;
+            store.clear_down_parked(name, &applied).await?;
+            tracing::info!(table = %name, applied = applied.len(), still_parked = failed.len(), "retried parked upstream rows");
+            report.applied += n;
+            total += n as i64;
+        }
+        store.record_hourly(Direction::Down, total).await?;
+        Ok::<(), SyncError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => c.batch_execute("COMMIT").await.map_err(q),
+        Err(e) => {
+            let _ = c.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Locks the local rows of `keys` (sorted: one order for every transaction).
+async fn lock_rows(c: &Client, table: &Table, keys: &[&str]) -> Result<()> {
+    let pk = table.pk().expect("syncable");
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    c.query_one(
+        &format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[]) ORDER BY d.{qpk} FOR UPDATE) q",
+            t = table.qualified(),
+            qpk = quote_ident(&pk.name),
+            ty = pk.type_name
+        ),
+        &[&keys],
+    )
+    .await
+    .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    Ok(())
 }
 
 /// One feed reading: tables never read before are first caught up to the
@@ -346,21 +455,38 @@ async fn apply_feed_page<U: Upstream>(
                 }
                 let report = reports.get_mut(name.as_str()).expect("one per table");
                 report.read += all.len();
-                // 4. Write.
-                let rows: Vec<&RawValue> =
-                    changes.upserts.iter().zip(&changes.upsert_keys).filter(|(_, k)| !pending.contains(**k)).map(|(r, _)| *r).collect();
+                // 4. Write; a row the local table rejects is parked alone.
+                let (rows, row_keys): (Vec<&RawValue>, Vec<&str>) =
+                    changes.upserts.iter().zip(&changes.upsert_keys).filter(|(_, k)| !pending.contains(**k)).map(|(r, k)| (*r, *k)).unzip();
                 let mut n = 0u64;
+                let mut rejected: HashSet<&str> = HashSet::new();
                 if !rows.is_empty() {
-                    let json = serde_json::to_string(&rows).expect("raw JSON serializes");
-                    let keys: Vec<String> = c
-                        .query_one("SELECT coalesce((SELECT array_agg(k) FROM jsonb_object_keys($1::text::jsonb->0) k), '{}')", &[&json])
-                        .await
-                        .map_err(q)?
-                        .get(0);
-                    let cols = ctx.session.shared_columns(table, &keys);
-                    n += write_rows(c, table, &cols, &json).await?;
-                    let mut none = Vec::new();
-                    repair_parents(ctx, table, &json, 0, &mut none, report).await?;
+                    let (written, failed) = write_parking(ctx, table, &rows, report).await?;
+                    n += written;
+                    if !failed.is_empty() {
+                        let high_water = store.journal_high_water().await?;
+                        let images: Vec<String> = failed.iter().map(|(i, _)| rows[*i].get().to_string()).collect();
+                        let errors: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
+                        let park: Vec<store::ToPark<'_>> = failed
+                            .iter()
+                            .zip(images.iter().zip(&errors))
+                            .map(|((i, _), (row, error))| store::ToPark {
+                                record_id: row_keys[*i],
+                                version: changes.versions[row_keys[*i]],
+                                row,
+                                error,
+                            })
+                            .collect();
+                        for ((i, e), p) in failed.iter().zip(&park) {
+                            // The error's detail may quote row values: the table keeps it, the log does not.
+                            tracing::warn!(
+                                table = %name, key = %p.record_id, code = e.code.as_deref().unwrap_or(""),
+                                "upstream row rejected by the local table: parked, the rest of the page applied"
+                            );
+                            rejected.insert(row_keys[*i]);
+                        }
+                        store.park_down(name, &park, high_water).await?;
+                    }
                 }
                 let deletes: Vec<&str> = changes.deletes.iter().filter(|k| !pending.contains(**k)).copied().collect();
                 if !deletes.is_empty() {
@@ -378,9 +504,11 @@ async fn apply_feed_page<U: Upstream>(
                         .map_err(q)?;
                 }
                 // What each written row now stands on upstream (sent back as `b` with the next local change).
-                let written: Vec<&str> = all.iter().copied().filter(|k| !pending.contains(*k)).collect();
+                let written: Vec<&str> = all.iter().copied().filter(|k| !pending.contains(*k) && !rejected.contains(*k)).collect();
                 let versions: Vec<i64> = written.iter().map(|k| changes.versions[k]).collect();
                 store.record_bases(name, &written, &versions).await?;
+                // A record applied (or deleted) here is no longer parked.
+                store.clear_down_parked(name, &written).await?;
                 report.applied += n;
                 applied.insert(name.as_str(), n);
             }
@@ -402,6 +530,79 @@ async fn apply_feed_page<U: Upstream>(
             Err(e)
         }
     }
+}
+
+/// Writes `rows` of `table` as they are ([`write_rows`]) and fetches their
+/// missing parents; returns rows written and the rows the local table
+/// rejected with a data error (by index in `rows`), found by bisecting under
+/// savepoints, the others written.
+async fn write_parking<U: Upstream>(
+    ctx: &Ctx<'_, U>,
+    table: &Table,
+    rows: &[&RawValue],
+    report: &mut TableReport,
+) -> Result<(u64, Vec<(usize, SyncError)>)> {
+    let c = &ctx.session.client;
+    let json = serde_json::to_string(rows).expect("raw JSON serializes");
+    let keys: Vec<String> = c
+        .query_one("SELECT coalesce((SELECT array_agg(k) FROM jsonb_object_keys($1::text::jsonb->0) k), '{}')", &[&json])
+        .await
+        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+        .get(0);
+    let cols = ctx.session.shared_columns(table, &keys);
+    let mut failed = Vec::new();
+    let n = bisect_rows(c, table, &cols, rows, 0, &mut failed).await?;
+    let json = if failed.is_empty() {
+        json
+    } else {
+        let kept: Vec<&RawValue> = rows.iter().enumerate().filter(|(i, _)| !failed.iter().any(|(f, _)| f == i)).map(|(_, r)| *r).collect();
+        serde_json::to_string(&kept).expect("raw JSON serializes")
+    };
+    if failed.len() < rows.len() {
+        let mut none = Vec::new();
+        repair_parents(ctx, table, &json, 0, &mut none, report).await?;
+    }
+    Ok((n, failed))
+}
+
+/// [`write_rows`] under a savepoint; when the local table rejects the rows
+/// with a data error (a CHECK, a type mismatch), rolls back to it and tries
+/// each half, down to the single rows at fault, which are added to `failed`
+/// (index in the page's rows: `offset` + index in `rows`). Other errors end
+/// the page as before.
+fn bisect_rows<'a>(
+    c: &'a Client,
+    table: &'a Table,
+    cols: &'a [String],
+    rows: &'a [&'a RawValue],
+    offset: usize,
+    failed: &'a mut Vec<(usize, SyncError)>,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<u64>> + Send + 'a>> {
+    Box::pin(async move {
+        let q = |e| SyncError::from_pg(LOCAL, &e);
+        let json = serde_json::to_string(rows).expect("raw JSON serializes");
+        c.batch_execute("SAVEPOINT centrovision_sync_rows").await.map_err(q)?;
+        match write_rows(c, table, cols, &json).await {
+            Ok(n) => {
+                c.batch_execute("RELEASE SAVEPOINT centrovision_sync_rows").await.map_err(q)?;
+                Ok(n)
+            }
+            Err(e) if e.class() == Class::Data => {
+                c.batch_execute("ROLLBACK TO SAVEPOINT centrovision_sync_rows; RELEASE SAVEPOINT centrovision_sync_rows")
+                    .await
+                    .map_err(q)?;
+                if rows.len() == 1 {
+                    failed.push((offset, e));
+                    return Ok(0);
+                }
+                let mid = rows.len() / 2;
+                let left = bisect_rows(c, table, cols, &rows[..mid], offset, failed).await?;
+                let right = bisect_rows(c, table, cols, &rows[mid..], offset + mid, failed).await?;
+                Ok(left + right)
+            }
+            Err(e) => Err(e),
+        }
+    })
 }
 
 /// Writes upstream rows as they are (upsert), except rows identical to the

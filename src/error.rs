@@ -99,11 +99,19 @@ pub enum ErrorKind {
     Refused,
     /// A value or row the other side rejects (SQLSTATE 22, 23).
     RejectedRow,
+    /// The request is too large for the server ever to take it as it is:
+    /// HTTP 413, a program limit (SQLSTATE 54). A smaller request can
+    /// succeed: the pusher splits its batch ([`crate::push`]).
+    TooLarge,
+    /// The statement ran past the server's `statement_timeout` (SQLSTATE
+    /// 57014, which Supabase answers with HTTP 500): the same request will
+    /// time out again, a smaller one can fit. The pusher splits its batch.
+    TooSlow,
 }
 
 impl ErrorKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 21] = [
         ErrorKind::LocalUnreachable,
         ErrorKind::UpstreamUnreachable,
         ErrorKind::Timeout,
@@ -123,6 +131,8 @@ impl ErrorKind {
         ErrorKind::Decode,
         ErrorKind::Refused,
         ErrorKind::RejectedRow,
+        ErrorKind::TooLarge,
+        ErrorKind::TooSlow,
     ];
 }
 
@@ -181,6 +191,13 @@ pub const fn policy(kind: ErrorKind) -> Policy {
     match kind {
         LocalUnreachable | UpstreamUnreachable | Timeout | RateLimited => transient(true),
         Busy | InUse => transient(false),
+        TooLarge | TooSlow => Policy {
+            hint: Some(
+                "upstream cannot take a request this large within its limits; the pusher splits its batches by itself, \
+                 elsewhere lower [sync] batch_size",
+            ),
+            ..transient(false)
+        },
         SlotBusy => {
             Policy { hint: Some("the slot is in use by another process; is a second centrovision-sync running?"), ..transient(false) }
         }
@@ -389,14 +406,18 @@ pub fn kind_of_sqlstate(side: Side, code: &str) -> ErrorKind {
         "42501" => return ErrorKind::Privilege,
         "42P01" | "42883" | "42704" | "42703" | "3D000" | "3F000" => return ErrorKind::MissingObject,
         "55006" => return ErrorKind::InUse,
+        // a statement timeout (a cancel by an operator reads the same)
+        "57014" => return ErrorKind::TooSlow,
         _ => {}
     }
     match code.get(..2).unwrap_or("") {
         // connection exceptions
         "08" => unreachable,
         // operator intervention: shutdown, crash recovery, cannot connect
-        // now; 57014 is a cancelled statement (statement timeout)
+        // now (57014, a cancelled statement, is TooSlow above)
         "57" if code.starts_with("57P") => unreachable,
+        // program limits: the request is too large as it is
+        "54" => ErrorKind::TooLarge,
         // insufficient resources, operator intervention, system errors,
         // serialization failure and deadlock, lock not available or object
         // not in the needed state
@@ -455,9 +476,22 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_statement_or_a_deadlock_is_busy_not_unreachable() {
-        for code in ["57014", "40001", "40P01", "53300", "55P03", "58030"] {
+    fn a_deadlock_or_a_lack_of_resources_is_busy_not_unreachable() {
+        for code in ["40001", "40P01", "53300", "55P03", "58030"] {
             assert_eq!(kind_of_sqlstate(Side::Local, code), ErrorKind::Busy, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_statement_timeout_is_too_slow_and_a_program_limit_too_large_both_retried_smaller() {
+        assert_eq!(kind_of_sqlstate(Side::Upstream, "57014"), ErrorKind::TooSlow);
+        assert_eq!(kind_of_sqlstate(Side::Upstream, "54000"), ErrorKind::TooLarge);
+        assert_eq!(kind_of_sqlstate(Side::Upstream, "54001"), ErrorKind::TooLarge);
+        for kind in [ErrorKind::TooLarge, ErrorKind::TooSlow] {
+            let p = policy(kind);
+            assert_eq!(p.class, Class::Transient, "{kind:?}");
+            assert!(!p.outage, "{kind:?}: upstream answered");
+            assert!(p.hint.is_some_and(|h| h.contains("batch_size")), "{kind:?}");
         }
     }
 

@@ -256,6 +256,13 @@ pub async fn next_batch(client: &Client, source: &Source, limit: i64, after_id: 
     Ok(rows)
 }
 
+/// The first `limit` queued rows, wherever a transaction ends: the
+/// pusher's reduced batch ([`crate::push::Sizer`]), always a prefix of the
+/// queue.
+pub async fn next_prefix(client: &Client, limit: i64) -> Result<Vec<Queued>> {
+    fetch(client, &Source::Queue, limit.max(1), 0, None).await
+}
+
 async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
     Store::new(client, LOCAL).journal_rows(source, limit, after_id, only_lsn).await
 }

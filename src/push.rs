@@ -8,9 +8,33 @@
 //! A row upstream rejects for a data reason is parked with its error and the
 //! rest of the batch still lands; whole-batch failures are retried with
 //! exponential backoff and jitter, recording `retry_count` and `error`.
+//!
+//! A batch upstream cannot take as it is — too large (HTTP 413, a program
+//! limit, SQLSTATE 54) or too slow (its `statement_timeout`, 57014) — would
+//! fail the same way forever, so it is split instead ([`Sizer`]):
+//! - the smaller batch is always a prefix of the queue (journal order), so
+//!   the `journal_id` upstream reports back as processed never passes an
+//!   unsent change; a reduced batch may cut a transaction, which contract 3
+//!   allows (one writer's changes apply in commit-position order);
+//! - too large: halve the rows of the batch that failed;
+//! - too slow: the failed call ran about as long as the server's timeout
+//!   `T`. With the cost of a row known from an earlier call of this process,
+//!   the next size is what fills half of `T`; else a probe of 1/16 of the
+//!   failed rows is sent, and its time sets the size that fills half of `T`
+//!   (never above half the failed batch). A batch
+//!   that first times out thus settles on a working size by its third call
+//!   (timeout, probe, estimate) unless rows cost 16 times more than assumed
+//!   by even the probe, when the probe repeats at 1/16 again;
+//! - the size grows back by a quarter after [`GROW_AFTER`] successful calls
+//!   in a row, but not past half of `T` at the measured cost of a row, nor to
+//!   a size refused as too large; back at `batch_size` it is no longer
+//!   reduced. `status` says "batch size reduced to N after …" meanwhile;
+//! - a single change that still cannot fit is parked alone with its error
+//!   (too large: at once; too slow: after `retry_max_attempts` calls, since a
+//!   loaded server may time out once), and the rest moves on.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use tokio_postgres::Client;
@@ -18,7 +42,7 @@ use tokio_postgres::Client;
 use crate::error::{Class, ErrorKind, Result, SyncError, class_of_sqlstate};
 use crate::journal::{self, Operation, Queued};
 use crate::store::Store;
-use crate::upstream::{Outcome, Upstream};
+use crate::upstream::Upstream;
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (pusher)");
 
@@ -34,6 +58,150 @@ pub struct BatchReport {
     pub should_back_off: bool,
     /// Journal rows delivered, per table.
     pub per_table: Vec<(String, i64)>,
+    /// Calls upstream refused as too large or too slow before this batch
+    /// went through (or its single change was parked).
+    pub split_attempts: usize,
+}
+
+/// The `_sync_state` key under which the pusher notes its reduced batch
+/// size ([`Sizer::note`]) for `status`.
+pub const BATCH_NOTE: &str = "push:batch_size";
+
+/// How many successful calls in a row before a reduced batch size grows.
+pub const GROW_AFTER: u32 = 8;
+/// A probe after a statement timeout sends this fraction of the rows that
+/// timed out.
+const PROBE_DIVISOR: usize = 16;
+
+/// The batch size upstream can take, learnt from its refusals (see the
+/// module docs for the rule). One per pusher; the process forgets it.
+#[derive(Debug, Clone)]
+pub struct Sizer {
+    configured: usize,
+    /// The reduced size in journal rows (None: `batch_size`, whole
+    /// transactions).
+    limit: Option<usize>,
+    /// What reduced it.
+    cause: Option<ErrorKind>,
+    /// How long the last timed-out call ran: about the server's timeout.
+    timeout: Option<Duration>,
+    /// The cost of one row in the last successful call.
+    per_row: Option<Duration>,
+    /// While a probe is out: the size that timed out.
+    probing: Option<usize>,
+    /// The smallest size refused as too large.
+    too_large_at: Option<usize>,
+    successes: u32,
+    /// The status note changed since [`Sizer::take_note_change`].
+    changed: bool,
+}
+
+impl Sizer {
+    pub fn new(batch_size: usize) -> Sizer {
+        Sizer {
+            configured: batch_size.max(1),
+            limit: None,
+            cause: None,
+            timeout: None,
+            per_row: None,
+            probing: None,
+            too_large_at: None,
+            successes: 0,
+            changed: false,
+        }
+    }
+
+    /// The reduced size, if reduced.
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// What `status` says while the size is reduced.
+    pub fn note(&self) -> Option<String> {
+        let limit = self.limit?;
+        let why = match self.cause {
+            Some(ErrorKind::TooSlow) => "statement timeout",
+            _ => "upstream refused a request as too large",
+        };
+        Some(format!("batch size reduced to {limit} after {why} (configured {})", self.configured))
+    }
+
+    /// The note, once after each change (None inside: no note any more).
+    pub fn take_note_change(&mut self) -> Option<Option<String>> {
+        std::mem::take(&mut self.changed).then(|| self.note())
+    }
+
+    /// Sets the reduced size. It may exceed `batch_size` when the batch that
+    /// failed was one transaction larger than it ([`journal::next_batch`]):
+    /// the reduced batch is still read as an exact prefix.
+    fn set_limit(&mut self, limit: Option<usize>) {
+        if limit.is_none() {
+            self.cause = None;
+            self.too_large_at = None;
+        }
+        self.changed |= limit != self.limit;
+        self.limit = limit;
+        self.successes = 0;
+    }
+
+    /// A call of `sent` rows (more than one change) was refused as `kind`
+    /// after `elapsed`; returns the next size.
+    pub fn failed(&mut self, kind: ErrorKind, sent: usize, elapsed: Duration) -> usize {
+        let half = (sent / 2).max(1);
+        let next = if kind == ErrorKind::TooSlow {
+            self.timeout = Some(elapsed);
+            self.probing = None;
+            // An estimate is tried once; if it was wrong, probe.
+            match self.per_row.take() {
+                Some(c) if !c.is_zero() => ((elapsed.as_secs_f64() / 2.0 / c.as_secs_f64()) as usize).clamp(1, half),
+                _ => {
+                    self.probing = Some(sent);
+                    (sent / PROBE_DIVISOR).max(1)
+                }
+            }
+        } else {
+            self.too_large_at = Some(self.too_large_at.map_or(sent, |t| t.min(sent)));
+            half
+        };
+        self.cause = Some(kind);
+        self.set_limit(Some(next));
+        self.changed = true;
+        next
+    }
+
+    /// A call of `rows` rows went through in `elapsed`.
+    pub fn succeeded(&mut self, rows: usize, elapsed: Duration) {
+        if rows == 0 {
+            return;
+        }
+        let per_row = elapsed / rows as u32;
+        self.per_row = Some(per_row);
+        let Some(limit) = self.limit else { return };
+        // Half the server's timeout at this cost per row.
+        let fits = self.timeout.filter(|_| !per_row.is_zero()).map(|t| (t.as_secs_f64() / 2.0 / per_row.as_secs_f64()) as usize);
+        if let Some(failed) = self.probing.take() {
+            let next = fits.unwrap_or(rows).clamp(1, (failed / 2).max(1));
+            self.set_limit(Some(next));
+            return;
+        }
+        self.successes += 1;
+        if self.successes < GROW_AFTER {
+            return;
+        }
+        self.successes = 0;
+        let mut next = (limit + limit / 4).max(limit + 1);
+        if let Some(t) = self.too_large_at {
+            next = next.min(t.saturating_sub(1));
+        }
+        if let Some(f) = fits {
+            next = next.min(f);
+        }
+        if next >= self.configured {
+            self.set_limit(None);
+        } else if next > limit {
+            self.set_limit(Some(next));
+        }
+    }
 }
 
 /// A batch that failed as a whole, with the journal rows it covered.
@@ -211,28 +379,53 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
     Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?))
 }
 
-/// Delivers one batch. `Ok` with `rows == 0` means the queue is empty.
+/// Delivers one batch, split as [`Sizer`] says when upstream cannot take it
+/// as it is. `Ok` with `rows == 0` means the queue is empty.
 pub async fn push_batch<U: Upstream>(
     local: &Client,
     upstream: &U,
-    batch_size: usize,
+    sizer: &mut Sizer,
     schema: Option<&str>,
     max_attempts: u32,
 ) -> std::result::Result<BatchReport, BatchFailure> {
-    let rows = journal::next_batch(local, &journal::Source::Queue, batch_size as i64, 0)
-        .await
+    let mut split_attempts = 0;
+    let (rows, built, outcome) = loop {
+        let rows = match sizer.limit() {
+            None => journal::next_batch(local, &journal::Source::Queue, sizer.configured as i64, 0).await,
+            Some(limit) => journal::next_prefix(local, limit as i64).await,
+        }
         .map_err(|error| BatchFailure { error, ids: vec![] })?;
-    if rows.is_empty() {
-        return Ok(BatchReport::default());
-    }
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let fail = |error| BatchFailure { error, ids: ids.clone() };
-    let store = Store::new(local, LOCAL);
-    let epochs = store.epochs().await.map_err(fail)?;
-    let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();
-    let bases = store.bases(&keys).await.map_err(fail)?;
-    let built = build(&rows, schema, &epochs, &bases).map_err(fail)?;
-    let outcome: Outcome = upstream.apply(&built.json).await.map_err(fail)?;
+        if rows.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let fail = |error| BatchFailure { error, ids: ids.clone() };
+        let store = Store::new(local, LOCAL);
+        let epochs = store.epochs().await.map_err(fail)?;
+        let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();
+        let bases = store.bases(&keys).await.map_err(fail)?;
+        let built = build(&rows, schema, &epochs, &bases).map_err(fail)?;
+        let started = Instant::now();
+        match upstream.apply(&built.json).await {
+            Ok(outcome) => {
+                sizer.succeeded(rows.len(), started.elapsed());
+                break (rows, built, outcome);
+            }
+            Err(e) if matches!(e.kind, ErrorKind::TooLarge | ErrorKind::TooSlow) => {
+                split_attempts += 1;
+                if built.covers.len() > 1 {
+                    let next = sizer.failed(e.kind, rows.len(), started.elapsed());
+                    tracing::warn!(
+                        rows = rows.len(), next_rows = next, elapsed_ms = started.elapsed().as_millis() as u64, error = %e,
+                        "upstream cannot take this batch as it is: splitting it"
+                    );
+                    continue;
+                }
+                return park_unsplittable(local, &rows, &built, &e, max_attempts, split_attempts).await;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    };
     crate::crash::point("push.after_upstream_apply");
 
     let mut synced: Vec<i64> = Vec::with_capacity(rows.len());
@@ -250,6 +443,7 @@ pub async fn push_batch<U: Upstream>(
         rejected: outcome.rejected.len(),
         should_back_off: false,
         per_table: per_table.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
+        split_attempts,
     };
     let store = Store::new(local, LOCAL);
     let write = async {
@@ -284,6 +478,38 @@ pub async fn push_batch<U: Upstream>(
         return Err(BatchFailure { error: e, ids: vec![] });
     }
     Ok(report)
+}
+
+/// One change upstream cannot take even alone: parked with the error (a
+/// timeout only after `max_attempts` calls; until then the caller backs
+/// off), in one local transaction.
+async fn park_unsplittable(
+    local: &Client,
+    rows: &[Queued],
+    built: &Built,
+    e: &SyncError,
+    max_attempts: u32,
+    split_attempts: usize,
+) -> std::result::Result<BatchReport, BatchFailure> {
+    let ids: Vec<i64> = built.covers.iter().flatten().copied().collect();
+    let attempts = rows.iter().map(|r| r.retry_count).max().unwrap_or(0) + 1;
+    let park = e.kind == ErrorKind::TooLarge || attempts as u32 >= max_attempts;
+    let table = built.tables.first().map_or("", String::as_str);
+    let what = if e.kind == ErrorKind::TooSlow { "too slow for upstream even alone" } else { "too large for upstream even alone" };
+    let text = format!("{what}: {e}");
+    tracing::warn!(table = %table, rows = ids.len(), parked = park, error = %e, "{what}");
+    let store = Store::new(local, LOCAL);
+    let write = async {
+        local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        store.record_failure(&ids, &text, park).await?;
+        store.record_table_error(table, &text).await?;
+        local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))
+    };
+    if let Err(err) = write.await {
+        let _ = local.batch_execute("ROLLBACK").await;
+        return Err(BatchFailure { error: err, ids: vec![] });
+    }
+    Ok(BatchReport { rows: rows.len(), rejected: 1, should_back_off: !park, split_attempts, ..Default::default() })
 }
 
 /// Exponential backoff with full jitter: base·2^attempt, capped, times a
@@ -328,6 +554,91 @@ mod tests {
             commit_lsn: None,
             ordinal: None,
         }
+    }
+
+    /// A server that takes a call when its rows cost at most `timeout`:
+    /// the calls until one goes through at the size the sizer then keeps,
+    /// and that size.
+    fn server(sizer: &mut Sizer, batch: usize, per_row: Duration, timeout: Duration) -> (usize, usize) {
+        let mut calls = 0;
+        let mut size = batch;
+        loop {
+            calls += 1;
+            let took = per_row * size as u32 + Duration::from_millis(5);
+            if took <= timeout {
+                sizer.succeeded(size, took);
+                let next = sizer.limit().unwrap_or(batch);
+                if next == size {
+                    return (calls, size);
+                }
+                size = next;
+            } else {
+                size = sizer.failed(ErrorKind::TooSlow, size, timeout);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_that_first_times_out_settles_on_a_working_size_within_three_calls() {
+        for (batch, per_row_ms, timeout_ms) in [(500, 10, 500), (1000, 40, 8000), (200, 20, 1000), (20_000, 3, 8000), (100, 1, 60)] {
+            let mut sizer = Sizer::new(batch);
+            let (calls, settled) = server(&mut sizer, batch, Duration::from_millis(per_row_ms), Duration::from_millis(timeout_ms));
+            assert!(calls <= 3, "{batch} rows at {per_row_ms} ms/row under {timeout_ms} ms: {calls} calls");
+            // The settled size fits, with room: at most half the timeout.
+            assert!(settled as u64 * per_row_ms <= timeout_ms / 2 + 5, "settled {settled}");
+            assert!(settled >= 1 && settled < batch);
+            assert_eq!(sizer.note(), Some(format!("batch size reduced to {settled} after statement timeout (configured {batch})")));
+        }
+    }
+
+    #[test]
+    fn with_the_cost_of_a_row_known_a_timeout_goes_straight_to_a_size_that_fits() {
+        let mut sizer = Sizer::new(500);
+        sizer.succeeded(100, Duration::from_millis(1000));
+        let next = sizer.failed(ErrorKind::TooSlow, 500, Duration::from_millis(2000));
+        assert_eq!(next, 100, "half of the 2 s timeout at 10 ms a row");
+    }
+
+    #[test]
+    fn too_large_halves_and_growth_stays_below_the_size_refused() {
+        let mut sizer = Sizer::new(1000);
+        assert_eq!(sizer.failed(ErrorKind::TooLarge, 1000, Duration::ZERO), 500);
+        assert_eq!(sizer.failed(ErrorKind::TooLarge, 500, Duration::ZERO), 250);
+        assert_eq!(
+            sizer.take_note_change(),
+            Some(Some("batch size reduced to 250 after upstream refused a request as too large (configured 1000)".into()))
+        );
+        assert_eq!(sizer.take_note_change(), None, "reported once");
+        for _ in 0..GROW_AFTER - 1 {
+            sizer.succeeded(250, Duration::from_millis(10));
+        }
+        assert_eq!(sizer.limit(), Some(250), "not before {GROW_AFTER} successes");
+        sizer.succeeded(250, Duration::from_millis(10));
+        assert_eq!(sizer.limit(), Some(312), "a quarter more");
+        for _ in 0..10 * GROW_AFTER {
+            sizer.succeeded(312, Duration::from_millis(10));
+        }
+        assert_eq!(sizer.limit(), Some(499), "never to the size refused");
+    }
+
+    #[test]
+    fn a_transaction_larger_than_the_batch_size_is_split_below_its_own_size() {
+        let mut sizer = Sizer::new(500);
+        // next_batch took 8,000 rows of one transaction; they were too large.
+        assert_eq!(sizer.failed(ErrorKind::TooLarge, 8000, Duration::ZERO), 4000);
+        assert_eq!(sizer.limit(), Some(4000), "read as an exact prefix, not as whole transactions again");
+    }
+
+    #[test]
+    fn a_reduced_size_grows_back_to_the_configured_one_when_there_is_room() {
+        let mut sizer = Sizer::new(100);
+        sizer.failed(ErrorKind::TooSlow, 100, Duration::from_millis(1000));
+        sizer.succeeded(6, Duration::from_millis(6));
+        for _ in 0..20 * GROW_AFTER {
+            sizer.succeeded(sizer.limit().unwrap_or(100), Duration::from_millis(10));
+        }
+        assert_eq!(sizer.limit(), None);
+        assert_eq!(sizer.note(), None);
     }
 
     #[test]

@@ -216,8 +216,9 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
     // What was journaled before the slot was lost is valid: deliver it.
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
+    let mut sizer = push::Sizer::new(cfg.sync.batch_size);
     loop {
-        match push::push_batch(&local, &up, cfg.sync.batch_size, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
+        match push::push_batch(&local, &up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => break,
             Ok(_) => {}
             Err(f) => return Err(f.error),

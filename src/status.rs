@@ -20,6 +20,11 @@ pub struct TableStatus {
     pub pending: i64,
     pub parked: i64,
     pub last_error: Option<String>,
+    /// Upstream rows the local table rejected, parked by the down path.
+    pub parked_down: i64,
+    /// The error of the first of them, and its key.
+    pub parked_down_error: Option<String>,
+    pub parked_down_key: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,6 +56,8 @@ pub struct Status {
     pub tables: Vec<TableStatus>,
     pub backlog: i64,
     pub parked: i64,
+    /// Upstream rows parked by the down path, all tables.
+    pub parked_down: i64,
     pub oldest_pending_seconds: Option<f64>,
     pub slot: Option<SlotStatus>,
     /// Commit LSN of the last journaled transaction: note it before an
@@ -61,15 +68,20 @@ pub struct Status {
     /// As last recorded by the running service (None if it never ran).
     pub upstream: Option<LinkStatus>,
     pub alerts: Vec<String>,
+    /// The pusher's batch size while reduced, and why ("batch size reduced
+    /// to N after statement timeout"), with since when.
+    pub push_note: Option<String>,
 }
 
 pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
     let store = Store::new(local, LOCAL);
     let q = |e| SyncError::from_pg(LOCAL, &e);
     let (progress, journal) = store.table_progress(&cfg.sync.tables).await?;
-    let tables = progress
+    let down_parked = store.down_parked_summary(&cfg.sync.tables).await?;
+    let tables: Vec<TableStatus> = progress
         .into_iter()
-        .map(|t| TableStatus {
+        .zip(down_parked)
+        .map(|(t, d)| TableStatus {
             table: t.table,
             last_sync_down: t.last_sync_down,
             last_sync_up: t.last_sync_up,
@@ -78,8 +90,12 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
             last_error: t.last_error,
             pending: t.pending,
             parked: t.parked,
+            parked_down: d.count,
+            parked_down_error: d.first_error,
+            parked_down_key: d.first_record_id,
         })
         .collect();
+    let parked_down = tables.iter().map(|t| t.parked_down).sum();
     let slot = local
         .query_opt(
             "SELECT slot_name::text, active, confirmed_flush_lsn::text,
@@ -101,8 +117,11 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
     let (journaled_lsn, oldest_replayable_lsn) = store.journal_positions(&cfg.sync.slot_name).await?;
     let mut upstream = None;
     let mut alerts = Vec::new();
+    let mut push_note = None;
     for e in store.service_state().await? {
-        if e.key == "upstream" {
+        if e.key == crate::push::BATCH_NOTE {
+            push_note = e.value.map(|v| format!("{v}, since {}", e.since.unwrap_or_default()));
+        } else if e.key == "upstream" {
             upstream = Some(LinkStatus { online: e.value.as_deref() == Some("online"), since: e.since });
         } else if let Some(a) = e.key.strip_prefix("alert:") {
             alerts.push(format!("{a} (since {})", e.since.unwrap_or_default()));
@@ -114,12 +133,14 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
         tables,
         backlog: journal.backlog,
         parked: journal.parked,
+        parked_down,
         oldest_pending_seconds: journal.oldest_pending_seconds,
         slot,
         journaled_lsn,
         oldest_replayable_lsn,
         upstream,
         alerts,
+        push_note,
     })
 }
 
@@ -158,6 +179,18 @@ pub fn render(cfg: &Config, st: &Status) -> String {
                 .map_or("-".to_string(), |s| crate::connectivity::human(std::time::Duration::from_secs_f64(s.max(0.0))) + " ago")
         ),
     );
+    for t in st.tables.iter().filter(|t| t.parked_down > 0) {
+        w(
+            &mut o,
+            format!(
+                "down: {} upstream row(s) of {} parked, rejected by the local table (retried every cycle); first, {}: {}",
+                t.parked_down,
+                t.table,
+                t.parked_down_key.as_deref().unwrap_or("-"),
+                t.parked_down_error.as_deref().unwrap_or("").chars().take(200).collect::<String>()
+            ),
+        );
+    }
     match &st.slot {
         Some(s) => w(
             &mut o,
@@ -190,11 +223,15 @@ pub fn render(cfg: &Config, st: &Status) -> String {
             ),
         );
     }
+    if let Some(n) = &st.push_note {
+        w(&mut o, format!("push: {n}"));
+    }
     if !st.alerts.is_empty() {
         w(&mut o, format!("ALERTS: {}", st.alerts.join("; ")));
     }
     let in_sync = st.backlog == 0
         && st.parked == 0
+        && st.parked_down == 0
         && st.alerts.is_empty()
         && st.slot.as_ref().is_some_and(|s| s.wal_status.as_deref() != Some("lost"));
     w(&mut o, if in_sync { "in sync: yes".into() } else { "in sync: NO (see above)".to_string() });

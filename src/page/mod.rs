@@ -289,6 +289,14 @@ pub fn verdict(i: &PageInput<'_>) -> (Verdict, String, Vec<String>) {
             (Language::En, n) => format!("{n} changes rejected by Supabase wait for a look"),
         });
     }
+    if st.parked_down > 0 {
+        attention.push(match (l, st.parked_down) {
+            (Language::Es, 1) => "1 fila de Supabase rechazada por la base local espera revisión (se reintenta)".to_string(),
+            (Language::Es, n) => format!("{n} filas de Supabase rechazadas por la base local esperan revisión (se reintentan)"),
+            (Language::En, 1) => "1 Supabase row rejected by the local database waits for a look (retried)".to_string(),
+            (Language::En, n) => format!("{n} Supabase rows rejected by the local database wait for a look (retried)"),
+        });
+    }
     for a in i.alerts.iter().filter(|a| !is_backlog_alert(&a.key) && !a.key.starts_with("slot_missing") && a.key != "slot_lost") {
         attention.push(format!("{}: {}", tr(l, "Alerta", "Alert"), alert_text(l, a).0));
     }
@@ -661,9 +669,13 @@ mod tests {
                 pending: backlog,
                 parked,
                 last_error: None,
+                parked_down: 0,
+                parked_down_error: None,
+                parked_down_key: None,
             }],
             backlog,
             parked,
+            parked_down: 0,
             oldest_pending_seconds: (backlog > 0).then_some(90.0),
             slot: Some(SlotStatus {
                 name: "s".into(),
@@ -677,6 +689,7 @@ mod tests {
             oldest_replayable_lsn: None,
             upstream: None,
             alerts: vec![],
+            push_note: None,
         }
     }
 

@@ -179,6 +179,7 @@ fn render_metrics(rt: &Runtime, st: &status::Status) -> prometheus::Result<Strin
     };
     gauge("journal_backlog_rows", "Journal rows waiting to be pushed upstream", st.backlog)?;
     gauge("journal_parked_rows", "Journal rows parked with an error", st.parked)?;
+    gauge("down_parked_rows", "Upstream rows the local tables rejected, parked and retried", st.parked_down)?;
     gauge("journal_oldest_pending_seconds", "Age of the oldest unsynced change", st.oldest_pending_seconds.unwrap_or(0.0) as i64)?;
     let slot = st.slot.as_ref();
     gauge(

@@ -7,7 +7,8 @@
 //! failure is recorded on the batch's journal rows and, first in a streak,
 //! in `_sync_log`), and writes one `_sync_log` row per table for each
 //! finished cycle. A lost local connection ends it so its supervisor opens
-//! a new one.
+//! a new one. While the batch size is reduced ([`push::Sizer`]) it says so
+//! in `_sync_state` ([`push::BATCH_NOTE`]), for `status`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -60,6 +61,8 @@ pub(crate) async fn push_while(
 ) -> Result<push::DrainReport> {
     let cfg = &rt.cfg;
     let local = connect_local(cfg).await?;
+    // A note a previous pusher left describes a size this one has not learnt.
+    let _ = Store::new(&local, LOCAL).set_note(push::BATCH_NOTE, None).await;
     let streak = rt.alerter.streak("push");
     let mut total = push::DrainReport::default();
     let started = Instant::now();
@@ -67,6 +70,7 @@ pub(crate) async fn push_while(
     let base = Duration::from_secs(cfg.sync.retry_delay_seconds);
     let mut cycle: HashMap<String, i64> = HashMap::new();
     let mut cycle_started = Instant::now();
+    let mut sizer = push::Sizer::new(cfg.sync.batch_size);
     loop {
         if !give_up {
             rt.upstream_link.wait_online(&mut done).await;
@@ -89,7 +93,15 @@ pub(crate) async fn push_while(
         // Read before the fetch: an empty queue only means "done" if capture
         // had already passed its target when the queue was read.
         let finishing = *done.borrow();
-        match push::push_batch(&local, up, cfg.sync.batch_size, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
+        let result = push::push_batch(&local, up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await;
+        if let Some(note) = sizer.take_note_change() {
+            match &note {
+                Some(n) => tracing::warn!(limit = sizer.limit(), "{n}"),
+                None => tracing::info!(batch_size = cfg.sync.batch_size, "batch size back to the configured size"),
+            }
+            let _ = Store::new(&local, LOCAL).set_note(push::BATCH_NOTE, note.as_deref()).await;
+        }
+        match result {
             Ok(r) if r.rows == 0 => {
                 if !cycle.is_empty() {
                     log_cycle(&local, Direction::Up, &cycle, cycle_started.elapsed()).await;

@@ -29,6 +29,10 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
         return Err(SyncError::new(ErrorKind::NotInitialized, "the local database was set up by an earlier centrovision-sync version")
             .with_hint("run `centrovision-sync init` to upgrade in place (it adds the hourly history, sql/006_history.sql)"));
     }
+    if !store.down_parked_present().await? {
+        return Err(SyncError::new(ErrorKind::NotInitialized, "the local database was set up by an earlier centrovision-sync version")
+            .with_hint("run `centrovision-sync init` to upgrade in place (it adds the down path's parked rows, sql/007_down_parked.sql)"));
+    }
     let tables = catalog::load(&local, Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
     if let Some(missing) = cfg.sync.tables.iter().find(|t| !tables.contains_key(*t)) {
         return Err(SyncError::new(ErrorKind::MissingObject, format!("configured table {missing} does not exist locally"))

@@ -47,12 +47,18 @@
 //!   pusher's mark transaction, the down path's page transaction);
 //!   `_sync_backlog_history`: the health check's hourly backlog sample. Both
 //!   pruned after 30 days.
+//! - `_sync_down_parked` ([`down_parked`]): upstream row versions the local
+//!   table rejected, one per record, written in the down path's page
+//!   transaction that moves the cursor past them; deleted in the transaction
+//!   that applies the record, dropped when a later local change supersedes
+//!   them.
 //! - `_sync_state` ([`state`]): what the running service knows that `status`
 //!   (another process) should show; one row per key, upserted by the health
 //!   check on every run, so it describes the present, not a history.
 
 pub mod base;
 pub mod capture;
+pub mod down_parked;
 pub mod history;
 pub mod log;
 pub mod metadata;
@@ -63,6 +69,7 @@ use tokio_postgres::Client;
 
 use crate::error::{At, Result, SyncError};
 
+pub use down_parked::{DownParked, DownParkedSummary, ToPark};
 pub use history::{HourSample, ParkedRow};
 pub use log::{Direction, LogEntry};
 pub use metadata::TableProgress;
@@ -77,6 +84,7 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("004_writer_state.sql", include_str!("../../sql/004_writer_state.sql")),
     ("005_row_base.sql", include_str!("../../sql/005_row_base.sql")),
     ("006_history.sql", include_str!("../../sql/006_history.sql")),
+    ("007_down_parked.sql", include_str!("../../sql/007_down_parked.sql")),
 ];
 
 /// The control tables as one component sees them: its local connection,

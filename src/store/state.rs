@@ -54,6 +54,25 @@ impl Store<'_> {
         }
     }
 
+    /// Sets a note the running service keeps for `status` under `key`
+    /// (None removes it); `since` is when it was last set.
+    pub async fn set_note(&self, key: &str, value: Option<&str>) -> Result<()> {
+        let r = match value {
+            Some(v) => {
+                self.client
+                    .execute(
+                        "INSERT INTO _sync_state (key, value, since, updated_at) VALUES ($1, $2, now(), now())
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, since = now(), updated_at = now()",
+                        &[&key, &v],
+                    )
+                    .await
+            }
+            None => self.client.execute("DELETE FROM _sync_state WHERE key = $1", &[&key]).await,
+        };
+        r.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Every `_sync_state` row.
     pub async fn service_state(&self) -> Result<Vec<StateEntry>> {
         let rows = self.client.query("SELECT key, value, since::text FROM _sync_state", &[]).await.map_err(|e| self.err(e))?;

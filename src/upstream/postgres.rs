@@ -99,7 +99,10 @@ impl PgUpstream {
             Ok(v) => Ok(v),
             Err(e) => {
                 let err = SyncError::from_pg(CTX, &e);
-                if e.as_db_error().is_none() || err.is_transient() {
+                // A statement timeout or a program limit leaves the
+                // connection as good as it was.
+                let too_much = matches!(err.kind, ErrorKind::TooLarge | ErrorKind::TooSlow);
+                if e.as_db_error().is_none() || (err.is_transient() && !too_much) {
                     *guard = None;
                 }
                 Err(err)

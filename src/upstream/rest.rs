@@ -10,8 +10,10 @@
 //!
 //! Every non-success answer goes through [`classify`], the one place that
 //! decides retry (408, 429, 5xx, timeouts, resets — honouring
-//! `Retry-After`), operator (401/403 keys, 404 missing table or function,
-//! 413) or data (400/409 with a PostgreSQL code). PostgREST's JSON error body
+//! `Retry-After`), too large or too slow as sent (413, a statement timeout
+//! 57014, a program limit 54xxx: the pusher splits the batch), operator
+//! (401/403 keys, 404 missing table or function) or data (400/409 with a
+//! PostgreSQL code). PostgREST's JSON error body
 //! (`code`, `message`, `details`, `hint`) is carried into the message.
 
 use std::time::Duration;
@@ -257,11 +259,16 @@ pub fn classify(what: &str, status: StatusCode, body: &str) -> SyncError {
             ),
             _ => (ErrorKind::Config, Some("check [supabase] url (it should be https://<project>.supabase.co)".into())),
         },
+        // Too large or too slow as it is (413; a statement timeout or a
+        // program limit, whatever the status): a smaller request can fit.
+        413 => (ErrorKind::TooLarge, Some("the request was too large for upstream; the pusher splits its batches by itself, elsewhere lower [sync] batch_size".into())),
+        _ if code.is_some_and(|c| matches!(kind_of_sqlstate(Side::Upstream, c), ErrorKind::TooLarge | ErrorKind::TooSlow)) => {
+            (kind_of_sqlstate(Side::Upstream, code.unwrap_or_default()), None)
+        }
         408 if unanswered => (ErrorKind::Timeout, None),
         429 if unanswered => (ErrorKind::RateLimited, None),
         s if (s == 408 || s == 429 || s >= 500) && unanswered => (ErrorKind::UpstreamUnreachable, None),
         s if s == 408 || s == 429 || s >= 500 => (ErrorKind::Busy, None),
-        413 => (ErrorKind::Config, Some("the request was too large; lower [sync] batch_size".into())),
         400 | 409 => match code {
             Some(c) if c.len() == 5 && !c.starts_with("PGRST") => (kind_of_sqlstate(Side::Upstream, c), None),
             _ => (ErrorKind::Refused, None),
@@ -383,7 +390,7 @@ mod tests {
         }
         assert_eq!(c(409, r#"{"code":"23505","message":"duplicate key"}"#).class(), Class::Data);
         assert_eq!(c(400, r#"{"code":"22P02","message":"invalid input syntax"}"#).class(), Class::Data);
-        assert_eq!(c(413, "").class(), Class::Operator);
+        assert_eq!(c(413, "").class(), Class::Transient);
     }
 
     #[test]
@@ -403,7 +410,9 @@ mod tests {
         assert_eq!(c(409, r#"{"code":"23505","message":"duplicate key"}"#), ErrorKind::RejectedRow);
         assert_eq!(c(400, r#"{"code":"42501","message":"permission denied"}"#), ErrorKind::Privilege);
         assert_eq!(c(400, r#"{"code":"PGRST100","message":"bad filter"}"#), ErrorKind::Refused);
-        assert_eq!(c(413, ""), ErrorKind::Config);
+        assert_eq!(c(413, ""), ErrorKind::TooLarge);
+        assert_eq!(c(500, r#"{"code":"57014","message":"canceling statement due to statement timeout"}"#), ErrorKind::TooSlow);
+        assert_eq!(c(400, r#"{"code":"54000","message":"total size of jsonb array elements exceeds the maximum"}"#), ErrorKind::TooLarge);
     }
 
     #[test]

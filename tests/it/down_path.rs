@@ -211,7 +211,94 @@ async fn a_crash_mid_download_loses_nothing_and_applies_nothing_twice(mode: Mode
     assert_eq!(count(&pair.local, "SELECT records_synced_down FROM _sync_metadata WHERE table_name = 'services'").await, 2600);
 }
 
+/// `status`'s text.
+async fn status_text(pair: &Pair) -> String {
+    String::from_utf8_lossy(&pair.ok(&["status"]).await.stdout).to_string()
+}
+
+async fn an_upstream_row_the_local_table_rejects_is_parked_and_the_rest_of_the_table_keeps_moving(mode: Mode) {
+    let pair = Pair::new("down_park", mode).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    // A local CHECK upstream lacks, and a column typed differently on each side.
+    local
+        .batch_execute("ALTER TABLE services ADD CONSTRAINT price_cap CHECK (price < 1000); ALTER TABLE services ADD COLUMN code int")
+        .await
+        .unwrap();
+    up.batch_execute("ALTER TABLE services ADD COLUMN code text").await.unwrap();
+    up.batch_execute(
+        "INSERT INTO services (name, price) SELECT 'svc ' || g, g FROM generate_series(1, 30) g;
+         INSERT INTO services (name, price) VALUES ('lujo', 5000), ('caro', 2000);
+         INSERT INTO services (name, price, code) VALUES ('rara', 1, 'X1');
+         INSERT INTO services (name, price, code) SELECT 'late ' || g, g, g::text FROM generate_series(1, 30) g;",
+    )
+    .await
+    .unwrap();
+    pair.once().await;
+    // The other rows arrive; the three the local table rejects are parked with their error.
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 60, "the rest of the table arrives");
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name IN ('lujo', 'caro', 'rara')").await, 0);
+    let parked: Vec<String> =
+        local.query("SELECT error FROM _sync_down_parked ORDER BY error", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(parked.len(), 3, "only the rejected rows are parked: {parked:#?}");
+    assert_eq!(parked.iter().filter(|e| e.contains("price_cap") && e.contains("23514")).count(), 2, "{parked:#?}");
+    assert_eq!(parked.iter().filter(|e| e.contains("22P02")).count(), 1, "the type mismatch: {parked:#?}");
+    let status = status_text(&pair).await;
+    assert!(status.contains("down: 3 upstream row(s) of services parked"), "{status}");
+    assert!(status.contains("in sync: NO"), "{status}");
+    // The cursor moved past them: a later upstream row arrives; they stay parked (retried, rejected again).
+    up.batch_execute("INSERT INTO services (name, price) VALUES ('after', 1)").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'after'").await, 1);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked WHERE attempts = 2").await, 3, "retried on the next cycle");
+    // Fixed upstream: the newer versions arrive and their entries are cleared.
+    up.batch_execute("UPDATE services SET price = 20 WHERE name = 'caro'; UPDATE services SET code = '7' WHERE name = 'rara'")
+        .await
+        .unwrap();
+    pair.once().await;
+    assert_eq!(
+        count(&pair.local, "SELECT count(*) FROM services WHERE (name, price) = ('caro', 20) OR (name, code) = ('rara', 7)").await,
+        2
+    );
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked").await, 1, "only lujo is still parked");
+    // Fixed locally: the parked version itself applies on a later cycle and the entry is cleared.
+    local.batch_execute("ALTER TABLE services DROP CONSTRAINT price_cap").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'lujo' AND price = 5000").await, 1);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked").await, 0, "the entry is cleared once it applies");
+    let status = status_text(&pair).await;
+    assert!(!status.contains("down: ") && status.contains("in sync: yes"), "{status}");
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 64);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 0, "no echo of the retried rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_upstream_row_never_overwrites_a_later_local_change_to_it() {
+    let pair = Pair::new("down_park_superseded", Mode::Postgres).await;
+    pair.init().await;
+    let local = pair.local.connect().await;
+    let up = pair.upstream.connect().await;
+    up.batch_execute("INSERT INTO services (name, price) VALUES ('x', 10)").await.unwrap();
+    pair.once().await;
+    local.batch_execute("ALTER TABLE services ADD CONSTRAINT price_cap CHECK (price < 1000)").await.unwrap();
+    up.batch_execute("UPDATE services SET price = 5000 WHERE name = 'x'").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked").await, 1, "the upstream edit is parked");
+    // The clinic edits the row afterwards: its change goes up and wins there;
+    // the parked, older upstream version is dropped, never applied over it.
+    local.batch_execute("UPDATE services SET price = 20 WHERE name = 'x'").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked").await, 0, "superseded by the local change");
+    local.batch_execute("ALTER TABLE services DROP CONSTRAINT price_cap").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT price::int8 FROM services WHERE name = 'x'").await, 20);
+    assert_eq!(count(&pair.upstream, "SELECT price::int8 FROM services WHERE name = 'x'").await, 20, "the later local edit won upstream");
+    pair.assert_converged().await;
+}
+
 both_modes!(
+    an_upstream_row_the_local_table_rejects_is_parked_and_the_rest_of_the_table_keeps_moving,
     upstream_rows_arrive_identically_and_are_not_echoed,
     both_sides_converge_under_a_random_two_way_workload,
     a_conflicted_row_ends_as_its_latest_write_on_both_sides,

@@ -51,19 +51,39 @@ async fn dropped_connections_slow_answers_and_malformed_json_are_retried_without
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_413_says_to_lower_batch_size_and_keeps_the_rows() {
+async fn an_upstream_413_splits_the_batch_in_half_and_every_row_arrives() {
+    let pair = Pair::new("rest_413_split", Mode::Rest).await;
+    pair.init().await;
+    pair.local.connect().await.batch_execute("INSERT INTO services (name) SELECT 'x' || g FROM generate_series(1, 30) g").await.unwrap();
+    pair.standin().faults().push(APPLY, Fault::Status { code: 413, retry_after_secs: None, body: None });
+    pair.once().await;
+    pair.assert_converged().await;
+    assert_eq!(pair.standin().requests(APPLY), 3, "30 rows refused, then two halves of 15");
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL OR retry_count > 0").await, 0);
+    let status = String::from_utf8_lossy(&pair.ok(&["status"]).await.stdout).to_string();
+    assert!(status.contains("push: batch size reduced to 15 after upstream refused a request as too large (configured 500)"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_change_upstream_refuses_as_too_large_is_parked_saying_why_and_kept() {
     let pair = Pair::new("rest_413", Mode::Rest).await;
     pair.init().await;
     pair.local.connect().await.batch_execute("INSERT INTO services (name) VALUES ('big')").await.unwrap();
     pair.standin().faults().set_persistent(APPLY, Some(Fault::Status { code: 413, retry_after_secs: None, body: None }));
-    let o = pair.exec(&["once"], &[]).await;
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("batch_size"), "{err}");
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced AND parked_at IS NULL").await, 1);
-    pair.standin().faults().set_persistent(APPLY, None);
     pair.once().await;
-    pair.assert_converged().await;
+    assert_eq!(pair.standin().requests(APPLY), 1, "a lone change too large is not retried as it is");
+    let error: String = pair
+        .local
+        .connect()
+        .await
+        .query_one("SELECT error FROM _sync_pending WHERE NOT synced AND parked_at IS NOT NULL", &[])
+        .await
+        .expect("the change is kept, parked")
+        .get(0);
+    assert!(error.contains("too large for upstream even alone") && error.contains("413"), "{error}");
+    let status = String::from_utf8_lossy(&pair.ok(&["status"]).await.stdout).to_string();
+    assert!(status.contains("journal: 0 pending, 1 parked"), "{status}");
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,6 +221,90 @@ async fn a_column_added_mid_stream_is_carried_or_parked_by_name(mode: Mode) {
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM branches WHERE name = 'before'").await, 1);
 }
 
+/// Makes every row written to upstream `services` cost `per_row` seconds
+/// (`slow_name`: only rows of that name, `also` more), even under the apply's
+/// replica mode, and gives the upstream database a `statement_timeout`.
+async fn slow_upstream_services(pair: &Pair, when: &str, sleep_secs: f64, timeout: &str) {
+    let up = pair.upstream.connect().await;
+    up.batch_execute(&format!(
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF {when} THEN PERFORM pg_sleep({sleep_secs}); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow_row BEFORE INSERT OR UPDATE ON services FOR EACH ROW EXECUTE FUNCTION slow_row();
+         ALTER TABLE services ENABLE ALWAYS TRIGGER slow_row;
+         ALTER DATABASE {db} SET statement_timeout = '{timeout}'",
+        db = pair.upstream.name
+    ))
+    .await
+    .unwrap();
+}
+
+/// The pusher's split decisions in a run's log: rows of each refused call.
+fn refused_calls(log: &str) -> Vec<String> {
+    log.lines().filter(|l| l.contains("upstream cannot take this batch as it is")).map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_hits_the_statement_timeout_settles_on_a_working_size_within_three_attempts() {
+    let pair = Pair::new("split_timeout", Mode::Postgres).await;
+    pair.init().await;
+    // 10 ms a row under a 1 s timeout: the 300-row batch (3 s) can never
+    // succeed; about 50 rows fit.
+    slow_upstream_services(&pair, "true", 0.01, "1s").await;
+    pair.local
+        .connect()
+        .await
+        .batch_execute("INSERT INTO services (name, price) SELECT 'svc ' || g, g FROM generate_series(1, 300) g")
+        .await
+        .unwrap();
+    let out = pair.once().await;
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 300, "every row arrives");
+    pair.assert_converged().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await, 0, "nothing parked");
+    // Attempts to settle: the 300-row call times out, the probe and the
+    // estimate go through (a loaded machine may cost one more refusal).
+    let refused = refused_calls(&log);
+    eprintln!("refused calls ({}):\n{}", refused.len(), refused.join("\n"));
+    assert!(!refused.is_empty() && refused.len() <= 2, "settled within three attempts: {refused:#?}");
+    assert!(refused[0].contains("rows=300"), "the whole batch was tried first: {}", refused[0]);
+    let status = String::from_utf8_lossy(&pair.ok(&["status"]).await.stdout).to_string();
+    let note = status.lines().find(|l| l.starts_with("push: batch size reduced to ")).unwrap_or_else(|| panic!("{status}"));
+    assert!(note.contains("after statement timeout (configured 500)"), "{note}");
+    let settled: u64 = note["push: batch size reduced to ".len()..].split(' ').next().unwrap().parse().unwrap();
+    eprintln!("settled batch size: {settled}");
+    assert!((1..=50).contains(&settled), "a size that fits half the timeout at 10 ms a row: {settled}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_too_slow_for_upstream_even_alone_is_parked_alone_and_the_rest_arrive() {
+    let pair = Pair::new("split_park", Mode::Postgres).await;
+    pair.init().await;
+    slow_upstream_services(&pair, "NEW.name = 'glacial'", 3.0, "1s").await;
+    pair.local
+        .connect()
+        .await
+        .batch_execute(
+            "INSERT INTO services (name, price) SELECT 'svc ' || g, g FROM generate_series(1, 20) g;
+             INSERT INTO services (name, price) VALUES ('glacial', 1);
+             INSERT INTO services (name, price) SELECT 'late ' || g, g FROM generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 40, "the rest arrive");
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services WHERE name = 'glacial'").await, 0);
+    let c = pair.local.connect().await;
+    let parked = c.query("SELECT data->>'name', error FROM _sync_pending WHERE parked_at IS NOT NULL AND NOT synced", &[]).await.unwrap();
+    assert_eq!(parked.len(), 1, "only the one change is parked");
+    let (name, error): (String, String) = (parked[0].get(0), parked[0].get(1));
+    assert_eq!(name, "glacial");
+    assert!(error.contains("too slow for upstream even alone") && error.contains("statement timeout"), "{error}");
+    let status = String::from_utf8_lossy(&pair.ok(&["status"]).await.stdout).to_string();
+    let line = status.lines().find(|l| l.starts_with("services ")).unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains("too slow for upstream even alone"), "{line}");
+    assert!(status.contains("journal: 0 pending, 1 parked"), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_unsynced_tables_do_not_hold_the_slot_back() {
     let pair = Pair::new("idle_slot", Mode::Postgres).await;
