@@ -100,7 +100,6 @@ impl Pair {
     /// Like [`new`](Self::new), with the upstream tables in `schema`
     /// (`[supabase] schema`), exposed by the stand-in next to Supabase's
     /// default schemas.
-    #[allow(dead_code, reason = "the non-public schema convergence test uses it (next commit)")]
     pub async fn new_in_schema(hint: &str, mode: Mode, schema: &str) -> Pair {
         let cluster = Cluster::shared();
         let local = cluster.create_database(&format!("{hint}_l")).await;
