@@ -222,3 +222,39 @@ async fn a_non_public_supabase_schema_syncs_both_ways_through_its_profile_with_f
     let out = pair.exec(&["verify"], &[]).await;
     assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_rows_below_batch_size_every_row_arrives_including_parents_fetched_on_demand() {
+    let mut pair = Pair::new("rest_max_rows", Mode::Rest).await;
+    pair.tables = vec!["branches".into(), "patients".into()];
+    pair.batch_size = 1000;
+    pair.write_config();
+    pair.init().await;
+    let s = pair.standin();
+    s.set_max_rows(300);
+    let up = pair.upstream.connect().await;
+    // 2,000 branches stamped before the clinic's old watermark, so the feed
+    // leaves them out and only parent repair can bring them; 3,600 patients
+    // after it, each feed page of 1,000 referring to 1,000 distinct branches
+    // (more than 4 pages × 300 rows could bring if each read were cut).
+    up.batch_execute(
+        "INSERT INTO branches (id, name, updated_at)
+           SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'old branch ' || g, '2020-01-01'
+           FROM generate_series(1, 2000) g;
+         INSERT INTO patients (branch_id, full_name)
+           SELECT ('00000000-0000-4000-8000-' || lpad((1 + g % 2000)::text, 12, '0'))::uuid, 'patient ' || g
+           FROM generate_series(0, 3599) g ORDER BY g;",
+    )
+    .await
+    .unwrap();
+    let local = pair.local.connect().await;
+    local.batch_execute("UPDATE _sync_metadata SET last_sync_from_supabase = '2025-01-01'").await.unwrap();
+    local.batch_execute("INSERT INTO branches (name) SELECT 'local branch ' || g FROM generate_series(1, 1100) g").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM patients").await, 3600);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM branches WHERE name LIKE 'old branch %'").await, 2000, "every parent fetched");
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM branches WHERE name LIKE 'local branch %'").await, 1100);
+    pair.assert_converged().await;
+    // The first parent read was cut at 300 rows; the rest came in chunks of 300.
+    assert!(s.requests("/rest/v1/branches") >= 5, "{} reads of branches", s.requests("/rest/v1/branches"));
+}
