@@ -230,6 +230,10 @@ async fn with_max_rows_below_batch_size_every_row_arrives_including_parents_fetc
     pair.batch_size = 1000;
     pair.write_config();
     pair.init().await;
+    // Every RPC answers one value (jsonb or a number), which max rows does not cut.
+    let sets =
+        format!("SELECT count(*) FROM pg_proc WHERE proname = ANY ({ENTRY_POINTS}) AND (proretset OR prorettype = 'record'::regtype)");
+    assert_eq!(count(&pair.upstream, &sets).await, 0, "a set-returning sync RPC would be cut by max rows");
     let s = pair.standin();
     s.set_max_rows(300);
     let up = pair.upstream.connect().await;
