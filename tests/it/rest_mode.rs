@@ -262,3 +262,19 @@ async fn with_max_rows_below_batch_size_every_row_arrives_including_parents_fetc
     // The first parent read was cut at 300 rows; the rest came in chunks of 300.
     assert!(s.requests("/rest/v1/branches") >= 5, "{} reads of branches", s.requests("/rest/v1/branches"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_upstream_in_postgres_mode_also_installs_the_entry_points_of_a_non_public_schema() {
+    let pair = Pair::new_in_schema("pg_schema", Mode::Postgres, "clinic").await;
+    pair.init().await;
+    let q = format!("SELECT count(*) FROM pg_proc WHERE pronamespace = 'clinic'::regnamespace AND proname = ANY ({ENTRY_POINTS})");
+    assert!(count(&pair.upstream, &q).await >= 9, "entry points for a later switch to REST mode");
+    // Installing again (an upgrade) keeps them, once each.
+    let before = count(&pair.upstream, &q).await;
+    pair.ok(&["init", "--upstream"]).await;
+    assert_eq!(count(&pair.upstream, &q).await, before);
+    pair.local.connect().await.batch_execute("INSERT INTO services (name) VALUES ('direct')").await.unwrap();
+    pair.upstream.connect().await.batch_execute("INSERT INTO clinic.services (name) VALUES ('cloud')").await.unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+}
