@@ -107,7 +107,7 @@
 //!   proxy in front of the gateway; `DropConnection` makes the connection's
 //!   socket fail its writes so hyper closes it without sending a byte),
 //!   per-path request counts (every request, faulted or not), adjustable
-//!   max rows.
+//!   max rows (at start: 1000, or `PG_TEST_MAX_ROWS`).
 //!
 //! Deliberately not implemented (answered 501 with code `STANDIN` so a test
 //! that strays there fails loudly instead of passing on invented behaviour):
@@ -273,7 +273,7 @@ impl PostgrestStandIn {
             schemas: options.schemas,
             faults: Faults::default(),
             requests: Mutex::new(Vec::new()),
-            max_rows: AtomicUsize::new(DEFAULT_MAX_ROWS),
+            max_rows: AtomicUsize::new(default_max_rows()),
             tx_override: AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("PostgREST stand-in: bind 127.0.0.1:0");
@@ -447,6 +447,12 @@ struct Shared {
     requests: Mutex<Vec<String>>,
     max_rows: AtomicUsize,
     tx_override: AtomicBool,
+}
+
+/// `db-max-rows` at start: Supabase's 1000, or `PG_TEST_MAX_ROWS` to run
+/// the suite under a project whose admin lowered it.
+fn default_max_rows() -> usize {
+    std::env::var("PG_TEST_MAX_ROWS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_ROWS)
 }
 
 /// Roles (cluster-wide, serialised within this process: concurrent CREATE

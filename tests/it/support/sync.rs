@@ -5,6 +5,13 @@
 //! it starts itself), its own slot, publication and origin names, and a
 //! config file in a temp dir. Commands run the compiled binary as a child
 //! process, so crash tests can kill it for real.
+//!
+//! To run the suite against other project settings (the defaults are
+//! Supabase's): `PG_TEST_UPSTREAM_SCHEMA=clinic` puts the upstream tables of
+//! every pair made by [`Pair::new`]/[`Pair::on`] in that schema (`[supabase]
+//! schema`, exposed by the stand-in; the upstream database's search_path
+//! starts with it, so the tests' own upstream SQL finds the tables), and
+//! `PG_TEST_MAX_ROWS=300` lowers the stand-in's max rows.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -94,7 +101,8 @@ impl Pair {
 
     /// A pair on given databases (e.g. an upstream on a dedicated cluster).
     pub async fn on(local: TestDb, upstream: TestDb, mode: Mode) -> Pair {
-        Pair::on_in_schema(local, upstream, mode, "public").await
+        let schema = std::env::var("PG_TEST_UPSTREAM_SCHEMA").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "public".to_owned());
+        Pair::on_in_schema(local, upstream, mode, &schema).await
     }
 
     /// Like [`new`](Self::new), with the upstream tables in `schema`
@@ -112,7 +120,11 @@ impl Pair {
         let in_schema = if schema == "public" {
             SCHEMA.to_owned()
         } else {
-            format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path = \"{schema}\", public;\n{SCHEMA}\nRESET search_path;")
+            format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path = \"{schema}\", public;\n{SCHEMA}\nRESET search_path;
+                 ALTER DATABASE \"{}\" SET search_path = \"{schema}\", public;",
+                upstream.name
+            )
         };
         upstream.connect().await.batch_execute(&in_schema).await.expect("load sample schema upstream");
         let dir = tempfile::tempdir().expect("temp dir");
