@@ -461,6 +461,7 @@ CREATE FUNCTION public.read_server_file() RETURNS text LANGUAGE sql AS $$ SELECT
 CREATE FUNCTION public.make_role() RETURNS void LANGUAGE plpgsql AS $$ BEGIN CREATE ROLE standin_intruder SUPERUSER; END $$;
 CREATE FUNCTION public.nap(seconds float8) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep(seconds) $$;
 CREATE FUNCTION public.note(t text) RETURNS int LANGUAGE sql AS $$ INSERT INTO public.items VALUES (length(t) + 1000) RETURNING n $$;
+CREATE VIEW public.writes_when_read AS SELECT public.note('read') AS n;
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,6 +491,9 @@ async fn requests_run_as_service_role_switched_to_from_the_authenticator_and_can
     assert_eq!((status, err["code"].as_str()), (409, Some("23505")), "{err}");
     let (status, rows) = status_and_json(get_raw(&s, "/rest/v1/items?n=gte.1000").await).await;
     assert_eq!((status, rows), (200, json!([{"n": 1003}])));
+    // Reads run in a READ ONLY transaction: 25006 → 405, as from PostgREST.
+    let (status, err) = status_and_json(get_raw(&s, "/rest/v1/writes_when_read").await).await;
+    assert_eq!((status, err["code"].as_str()), (405, Some("25006")), "{err}");
     s.stop().await;
 }
 
