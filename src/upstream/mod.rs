@@ -35,6 +35,7 @@ pub const UPSTREAM_SQL: &[(&str, &str)] = &[
     ("001_apply.sql", include_str!("../../sql/upstream/001_apply.sql")),
     ("002_verify.sql", include_str!("../../sql/upstream/002_verify.sql")),
     ("003_row_state.sql", include_str!("../../sql/upstream/003_row_state.sql")),
+    ("004_api_schema.sql", include_str!("../../sql/upstream/004_api_schema.sql")),
 ];
 
 /// `public.centrovision_sync_version()`, returning [`CONTRACT_VERSION`].
@@ -66,8 +67,10 @@ COMMIT;
 }
 
 /// The per-project statements after the files: the conflict settings from
-/// `[sync]`, and each synced table enrolled (triggers that record other
-/// writers' versions, a version for each existing row).
+/// `[sync]`, each synced table enrolled (triggers that record other
+/// writers' versions, a version for each existing row), and with a
+/// `[supabase] schema` other than `public` the RPC entry points in it
+/// (`sql/upstream/004_api_schema.sql`).
 pub fn project_sql(cfg: &Config) -> String {
     use crate::catalog::quote_literal;
     let s = &cfg.sync;
@@ -80,6 +83,10 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
     );
     for t in &s.tables {
         out.push_str(&format!("SELECT centrovision_sync.enroll_table({}, {});\n", quote_literal(&cfg.supabase.schema), quote_literal(t)));
+    }
+    // PostgREST looks RPCs up in the request's profile, `[supabase] schema`.
+    if cfg.supabase.schema != "public" {
+        out.push_str(&format!("SELECT centrovision_sync.expose_api({});\n", quote_literal(&cfg.supabase.schema)));
     }
     out
 }
@@ -98,7 +105,10 @@ pub fn upstream_script(cfg: Option<&Config>) -> String {
             out.push_str("-- this project's settings and synced tables\n");
             out.push_str(&project_sql(cfg));
         }
-        None => out.push_str("-- then, for each synced table: SELECT centrovision_sync.enroll_table('public', '<table>');\n"),
+        None => out.push_str(
+            "-- then, for each synced table: SELECT centrovision_sync.enroll_table('public', '<table>');\n\
+             -- and with a [supabase] schema other than public: SELECT centrovision_sync.expose_api('<schema>');\n",
+        ),
     }
     out
 }

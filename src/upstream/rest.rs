@@ -8,6 +8,14 @@
 //! plain `http://` is accepted only for loopback addresses (checked when the
 //! config is loaded).
 //!
+//! Reads are correct whatever the project's "Max rows" (`db-max-rows`, which
+//! cuts every GET silently): `fetch` asks with `Prefer: count=exact`, and
+//! when the answer holds fewer rows than matched it learns the cap from it
+//! and asks again in chunks of at most that many keys; `pull` continues a
+//! short page from its last row until the page is full or nothing follows.
+//! Every RPC the client calls returns one JSON value (never a set), which
+//! the cap does not cut.
+//!
 //! Every non-success answer goes through [`classify`], the one place that
 //! decides retry (408, 429, 5xx, timeouts, resets — honouring
 //! `Retry-After`), too large or too slow as sent (413, a statement timeout
@@ -16,11 +24,13 @@
 //! PostgreSQL code). PostgREST's JSON error body
 //! (`code`, `message`, `details`, `hint`) is carried into the message.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{ConflictQuery, Cursor, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::config::{Config, Secret};
@@ -32,6 +42,16 @@ pub struct RestUpstream {
     schema: String,
     /// This clinic's writer id ([sync] clinic_id).
     writer: String,
+    /// The most rows a GET returned while more matched: the project's max
+    /// rows as learned from a capped answer (0 while none was seen).
+    row_cap: AtomicUsize,
+}
+
+/// One answer to a table read: its rows, and the total that matched when
+/// the server counted them (`Content-Range: 0-299/1000`).
+struct Rows {
+    rows: Vec<Box<RawValue>>,
+    total: Option<usize>,
 }
 
 /// PostgREST's error body.
@@ -60,7 +80,13 @@ impl RestUpstream {
             .user_agent(concat!("centrovision-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SyncError::new(ErrorKind::Config, format!("cannot build the HTTP client: {e}")))?;
-        Ok(RestUpstream { http, base, schema: cfg.supabase.schema.clone(), writer: cfg.sync.clinic_id.clone() })
+        Ok(RestUpstream {
+            http,
+            base,
+            schema: cfg.supabase.schema.clone(),
+            writer: cfg.sync.clinic_id.clone(),
+            row_cap: AtomicUsize::new(0),
+        })
     }
 
     fn url(&self, path: &str) -> Url {
@@ -76,10 +102,16 @@ impl RestUpstream {
     }
 
     async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<String> {
+        self.send_ranged(what, req).await.map(|(body, _)| body)
+    }
+
+    /// [`send`](Self::send), also returning the `Content-Range` header.
+    async fn send_ranged(&self, what: &str, req: reqwest::RequestBuilder) -> Result<(String, Option<String>)> {
         let req =
             if self.schema != "public" { req.header("Accept-Profile", &self.schema).header("Content-Profile", &self.schema) } else { req };
         let resp = req.send().await.map_err(|e| transport_error(what, &e))?;
         let status = resp.status();
+        let range = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -88,14 +120,16 @@ impl RestUpstream {
             .map(Duration::from_secs);
         let body = resp.text().await.map_err(|e| transport_error(what, &e))?;
         if status.is_success() {
-            return Ok(body);
+            return Ok((body, range));
         }
         let mut err = classify(what, status, &body);
         err.retry_after = retry_after;
         Err(err)
     }
 
-    async fn get_rows(&self, what: &str, table: &str, query: &[(String, String)]) -> Result<String> {
+    /// One GET of `table`; with `counted`, the server also counts every
+    /// matching row (`Prefer: count=exact`), whatever it returns.
+    async fn get_rows(&self, what: &str, table: &str, query: &[(String, String)], counted: bool) -> Result<Rows> {
         let mut url = self.url(table);
         {
             let mut q = url.query_pairs_mut();
@@ -104,8 +138,22 @@ impl RestUpstream {
                 q.append_pair(k, v);
             }
         }
-        let body = self.send(what, self.http.get(url).header("Accept", "application/json")).await?;
-        check_json_array(what, body)
+        let mut req = self.http.get(url).header("Accept", "application/json");
+        if counted {
+            req = req.header("Prefer", "count=exact");
+        }
+        let (body, range) = self.send_ranged(what, req).await?;
+        let body = check_json_array(what, body)?;
+        let rows: Vec<Box<RawValue>> = serde_json::from_str(&body)
+            .map_err(|e| SyncError::new(ErrorKind::Contract, format!("{what}: upstream answered an unexpected JSON array ({e})")))?;
+        Ok(Rows { rows, total: range.as_deref().and_then(range_total) })
+    }
+
+    /// Lowers the learned row cap to `n` (never raises it: a cap that was
+    /// there may come back).
+    fn learn_cap(&self, n: usize) {
+        let _ = self.row_cap.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c == 0 || n < c).then_some(n));
+        tracing::info!(rows = n, "upstream returns at most this many rows per read (the project's max rows); reading in chunks of it");
     }
 
     async fn rpc(&self, function: &str, body: String) -> Result<String> {
@@ -175,6 +223,37 @@ fn keyset_query(pk: &str, after: &Cursor, limit: usize) -> Vec<(String, String)>
     q.push(("order".into(), format!("updated_at.asc,{}.asc", column(pk))));
     q.push(("limit".into(), limit.to_string()));
     q
+}
+
+/// The total of `Content-Range: 0-299/1000` (or `*/0`); None for `*`.
+fn range_total(range: &str) -> Option<usize> {
+    range.rsplit_once('/').and_then(|(_, total)| total.trim().parse().ok())
+}
+
+fn json_array(rows: &[Box<RawValue>]) -> String {
+    serde_json::to_string(rows).expect("raw JSON serializes")
+}
+
+/// Where the keyset continues after `row`: its `updated_at` and key, as
+/// PostgREST rendered them (valid filter input).
+fn row_cursor(what: &str, row: &RawValue, pk: &str) -> Result<Cursor> {
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(row.get())
+        .map_err(|e| SyncError::new(ErrorKind::Contract, format!("{what}: a row is not a JSON object ({e})")))?;
+    let text = |k: &str| match v.get(k) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    match (text("updated_at"), text(pk)) {
+        (Some(ts), Some(id)) => Ok(Cursor { updated_at: Some(ts), id: Some(id) }),
+        _ => Err(SyncError::new(ErrorKind::Contract, format!("{what}: a row without updated_at or {pk}; cannot page after it"))),
+    }
+}
+
+/// `in.("a","b")`: every key quoted, `\` and `"` escaped.
+fn in_list(ids: &[String]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("in.({})", quoted.join(","))
 }
 
 fn check_json_array(what: &str, body: String) -> Result<String> {
@@ -300,14 +379,47 @@ impl Upstream for RestUpstream {
     }
 
     async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
-        let q = keyset_query(table.pk, after, limit);
-        self.get_rows(&format!("reading {} upstream", table.name), table.name, &q).await
+        let what = format!("reading {} upstream", table.name);
+        let mut rows: Vec<Box<RawValue>> = Vec::new();
+        let mut cursor = after.clone();
+        // A page shorter than asked may have been cut by max rows: go on
+        // from its last row until the page is full or nothing follows.
+        while rows.len() < limit {
+            let page = self.get_rows(&what, table.name, &keyset_query(table.pk, &cursor, limit - rows.len()), false).await?;
+            let Some(last) = page.rows.last() else { break };
+            cursor = row_cursor(&what, last, table.pk)?;
+            rows.extend(page.rows);
+        }
+        Ok(json_array(&rows))
     }
 
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
-        let list = ids.iter().map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\""))).collect::<Vec<_>>();
-        let q = vec![(column(table.pk), format!("in.({})", list.join(",")))];
-        self.get_rows(&format!("reading {} upstream", table.name), table.name, &q).await
+        let what = format!("reading {} upstream", table.name);
+        let mut rows: Vec<Box<RawValue>> = Vec::new();
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let cap = self.row_cap.load(Ordering::Relaxed);
+            let n = if cap == 0 { rest.len() } else { rest.len().min(cap) };
+            let q = vec![(column(table.pk), in_list(&rest[..n]))];
+            let page = self.get_rows(&what, table.name, &q, true).await?;
+            match page.total {
+                Some(total) if page.rows.len() < total => {
+                    // Cut by max rows: ask again for these keys, fewer at a time.
+                    if page.rows.is_empty() {
+                        return Err(SyncError::new(
+                            ErrorKind::Contract,
+                            format!("{what}: upstream returned no rows of {total} for {n} keys"),
+                        ));
+                    }
+                    self.learn_cap(page.rows.len());
+                }
+                _ => {
+                    rows.extend(page.rows);
+                    rest = &rest[n..];
+                }
+            }
+        }
+        Ok(json_array(&rows))
     }
 
     async fn health(&self) -> Result<()> {
@@ -450,6 +562,22 @@ mod tests {
         );
         let s = e.to_string();
         assert!(s.contains("22007") && s.contains("invalid input syntax") && s.contains("d1") && s.contains("h1"), "{s}");
+    }
+
+    #[test]
+    fn the_total_of_a_content_range_is_read_when_the_server_counted() {
+        assert_eq!(range_total("0-299/1000"), Some(1000));
+        assert_eq!(range_total("*/0"), Some(0));
+        assert_eq!(range_total("0-9/*"), None);
+    }
+
+    #[test]
+    fn a_short_keyset_page_continues_after_its_last_row() {
+        let row = RawValue::from_string(r#"{"id": 5, "updated_at": "2024-01-01T10:00:00.5+00:00", "x": null}"#.into()).unwrap();
+        let c = row_cursor("t", &row, "id").unwrap();
+        assert_eq!(c, Cursor { updated_at: Some("2024-01-01T10:00:00.5+00:00".into()), id: Some("5".into()) });
+        let keyless = RawValue::from_string(r#"{"updated_at": "2024-01-01T10:00:00+00:00"}"#.into()).unwrap();
+        assert_eq!(row_cursor("t", &keyless, "id").unwrap_err().kind, ErrorKind::Contract);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::postgrest::{Fault, PostgrestStandIn};
+use support::postgrest::{Fault, PostgrestStandIn, StandInOptions};
 use support::{Cluster, ClusterOptions, StopMode, TestDb, wait_for};
 
 const KEY: &str = "sb_secret_standin_test_key";
@@ -446,5 +446,197 @@ async fn malformed_or_invalid_requests_get_postgrest_errors_and_never_break_the_
     assert_eq!((status, err["code"].as_str()), (400, Some("PGRST102")), "{err}");
     let (status, err) = rpc(&s, "add_them", json!({"a": "x"})).await;
     assert_eq!((status, err["code"].as_str()), (400, Some("22P02")), "{err}");
+    s.stop().await;
+}
+
+/// Functions that tell who runs a request and under which settings.
+const ROLE_PROBES: &str = "
+CREATE FUNCTION public.whoami() RETURNS jsonb LANGUAGE sql AS $$
+  SELECT jsonb_build_object('current_user', current_user, 'session_user', session_user,
+                            'superuser', (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                            'statement_timeout', current_setting('statement_timeout'),
+                            'read_only', current_setting('transaction_read_only'))
+$$;
+CREATE FUNCTION public.read_server_file() RETURNS text LANGUAGE sql AS $$ SELECT pg_read_file('postgresql.conf') $$;
+CREATE FUNCTION public.make_role() RETURNS void LANGUAGE plpgsql AS $$ BEGIN CREATE ROLE standin_intruder SUPERUSER; END $$;
+CREATE FUNCTION public.nap(seconds float8) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_sleep(seconds) $$;
+CREATE FUNCTION public.note(t text) RETURNS int LANGUAGE sql AS $$ INSERT INTO public.items VALUES (length(t) + 1000) RETURNING n $$;
+CREATE VIEW public.writes_when_read AS SELECT public.note('read') AS n;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_run_as_service_role_switched_to_from_the_authenticator_and_cannot_do_superuser_things() {
+    let (db, s) = setup("standin roles").await;
+    db.connect().await.batch_execute(ROLE_PROBES).await.unwrap();
+    let (status, who) = rpc(&s, "whoami", json!({})).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(who["current_user"], "service_role", "{who}");
+    assert_eq!(who["session_user"], "authenticator", "logged in as the authenticator: {who}");
+    assert_eq!(who["superuser"], false, "{who}");
+    assert_eq!(who["statement_timeout"], "8s", "the authenticator's timeout, as on Supabase: {who}");
+
+    // Superuser-only things are refused with PostgreSQL's 42501 → 403.
+    let (status, err) = rpc(&s, "read_server_file", json!({})).await;
+    assert_eq!((status, err["code"].as_str()), (403, Some("42501")), "{err}");
+    let (status, err) = rpc(&s, "make_role", json!({})).await;
+    assert_eq!((status, err["code"].as_str()), (403, Some("42501")), "{err}");
+    let roles = db.connect().await.query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'standin_intruder'", &[]).await.unwrap();
+    assert_eq!(roles.get::<_, i64>(0), 0);
+
+    // Each request is its own transaction: a failed one leaves nothing behind
+    // and the connection serves the next one.
+    let (status, n) = rpc(&s, "note", json!({"t": "abc"})).await;
+    assert_eq!((status, n), (200, json!(1003)));
+    let (status, err) = rpc(&s, "note", json!({"t": "abc"})).await;
+    assert_eq!((status, err["code"].as_str()), (409, Some("23505")), "{err}");
+    let (status, rows) = status_and_json(get_raw(&s, "/rest/v1/items?n=gte.1000").await).await;
+    assert_eq!((status, rows), (200, json!([{"n": 1003}])));
+    // Reads run in a READ ONLY transaction: 25006 → 405, as from PostgREST.
+    let (status, err) = status_and_json(get_raw(&s, "/rest/v1/writes_when_read").await).await;
+    assert_eq!((status, err["code"].as_str()), (405, Some("25006")), "{err}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_over_the_role_timeout_is_500_57014_and_the_impersonated_roles_setting_applies() {
+    let (db, s) = setup("standin timeout").await;
+    db.connect().await.batch_execute(ROLE_PROBES).await.unwrap();
+    s.set_statement_timeout(Some(Duration::from_millis(300))).await;
+    let started = Instant::now();
+    let (status, err) = rpc(&s, "nap", json!({"seconds": 5})).await;
+    assert_eq!((status, err["code"].as_str()), (500, Some("57014")), "{err}");
+    assert_eq!(err["message"], "canceling statement due to statement timeout");
+    assert!(started.elapsed() < Duration::from_secs(4), "cancelled by the timeout, not finished: {:?}", started.elapsed());
+    let (status, n) = rpc(&s, "nap", json!({"seconds": 0})).await;
+    assert_eq!((status, n), (200, json!(1)), "the pool's connection still works");
+
+    // PostgREST applies the impersonated role's own settings per request.
+    s.set_statement_timeout(None).await;
+    s.set_role_setting("service_role", "statement_timeout", Some("250ms")).await;
+    let (status, who) = rpc(&s, "whoami", json!({})).await;
+    assert_eq!((status, &who["statement_timeout"]), (200, &json!("250ms")), "{who}");
+    let (status, err) = rpc(&s, "nap", json!({"seconds": 5})).await;
+    assert_eq!((status, err["code"].as_str()), (500, Some("57014")), "{err}");
+    s.set_role_setting("service_role", "statement_timeout", None).await;
+    let (_, who) = rpc(&s, "whoami", json!({})).await;
+    assert_eq!(who["statement_timeout"], "8s", "{who}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_pick_the_schema_of_tables_and_functions_and_an_unexposed_one_is_406_pgrst106() {
+    let db = Cluster::shared().create_database("standin profiles").await;
+    db.connect()
+        .await
+        .batch_execute(&format!(
+            "{SCHEMA}
+             CREATE SCHEMA clinic;
+             CREATE TABLE clinic.items (n int PRIMARY KEY);
+             INSERT INTO clinic.items VALUES (7), (8);
+             CREATE FUNCTION clinic.add_them(a int, b int) RETURNS int LANGUAGE sql AS $$ SELECT 100 * (a + b) $$;
+             CREATE SCHEMA hidden;
+             CREATE TABLE hidden.items (n int);"
+        ))
+        .await
+        .unwrap();
+    let options = StandInOptions { schemas: vec!["public".into(), "clinic".into()] };
+    let s = PostgrestStandIn::start_with(&db, KEY, options).await;
+    let get = |profile: Option<&'static str>| {
+        let mut req = client().get(format!("{}/rest/v1/items?order=n", s.url())).header("apikey", KEY);
+        if let Some(p) = profile {
+            req = req.header("Accept-Profile", p);
+        }
+        async move { status_and_json(req.send().await.unwrap()).await }
+    };
+    let (status, rows) = get(Some("clinic")).await;
+    assert_eq!((status, rows), (200, json!([{"n": 7}, {"n": 8}])));
+    let (status, rows) = get(None).await;
+    assert_eq!((status, rows.as_array().map(Vec::len)), (200, Some(30)), "no header: the first exposed schema");
+
+    let (status, err) = get(Some("hidden")).await;
+    assert_eq!(status, 406, "{err}");
+    assert_eq!(
+        err,
+        json!({"code": "PGRST106", "details": null, "hint": "Only the following schemas are exposed: public, clinic",
+               "message": "Invalid schema: hidden"})
+    );
+
+    // POST reads Content-Profile (Accept-Profile is for reads).
+    let call = |header: &'static str, profile: &'static str| {
+        let req = client()
+            .post(format!("{}/rest/v1/rpc/add_them", s.url()))
+            .header("apikey", KEY)
+            .header(header, profile)
+            .json(&json!({"a": 1, "b": 2}));
+        async move { status_and_json(req.send().await.unwrap()).await }
+    };
+    assert_eq!(call("Content-Profile", "clinic").await, (200, json!(300)));
+    assert_eq!(call("Accept-Profile", "clinic").await, (200, json!(3)), "ignored on POST: public.add_them");
+    let (status, err) = call("Content-Profile", "hidden").await;
+    assert_eq!((status, err["code"].as_str()), (406, Some("PGRST106")), "{err}");
+    let (status, err) = {
+        let req = client().post(format!("{}/rest/v1/rpc/numbers", s.url())).header("apikey", KEY).header("Content-Profile", "clinic");
+        status_and_json(req.json(&json!({"n": 1})).send().await.unwrap()).await
+    };
+    assert_eq!((status, err["code"].as_str()), (404, Some("PGRST202")), "{err}");
+    assert_eq!(err["message"], "Could not find the function clinic.numbers(n) in the schema cache");
+    let (status, err) = {
+        let req = client().get(format!("{}/rest/v1/patients", s.url())).header("apikey", KEY).header("Accept-Profile", "clinic");
+        status_and_json(req.send().await.unwrap()).await
+    };
+    assert_eq!((status, err["message"].as_str()), (404, Some("Could not find the table 'clinic.patients' in the schema cache")));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_count_exact_reports_the_total_past_the_max_rows_cap_and_unknown_preferences_are_ignored_unless_strict() {
+    let (db, s) = setup("standin prefer").await;
+    db.connect().await.batch_execute(ROLE_PROBES).await.unwrap();
+    s.set_max_rows(10);
+    let get = |prefer: &'static str, query: &'static str| {
+        let req = client().get(format!("{}/rest/v1/items?{query}", s.url())).header("apikey", KEY).header("Prefer", prefer);
+        async move {
+            let resp = req.send().await.unwrap();
+            let range = resp.headers().get("content-range").map(|v| v.to_str().unwrap().to_owned());
+            let applied = resp.headers().get("preference-applied").map(|v| v.to_str().unwrap().to_owned());
+            let (status, rows) = status_and_json(resp).await;
+            (status, rows.as_array().map(Vec::len), range, applied)
+        }
+    };
+    assert_eq!(get("count=exact", "order=n").await, (206, Some(10), Some("0-9/30".into()), None), "a part of 30 rows");
+    assert_eq!(get("count=exact", "n=lte.5").await, (200, Some(5), Some("0-4/5".into()), None), "all of them");
+    assert_eq!(get("count=exact", "n=gt.100").await, (200, Some(0), Some("*/0".into()), None));
+    assert_eq!(get("count=exact", "offset=40").await.0, 416);
+    assert_eq!(get("nonsense, return=minimal", "n=lte.5").await, (200, Some(5), Some("0-4/*".into()), None), "lenient by default");
+    let (status, err) = {
+        let req = client().get(format!("{}/rest/v1/items", s.url())).header("apikey", KEY).header("Prefer", "handling=strict, nonsense");
+        status_and_json(req.send().await.unwrap()).await
+    };
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(
+        err,
+        json!({"code": "PGRST122", "details": "Invalid preferences: nonsense", "hint": null,
+               "message": "Invalid preferences given with handling=strict"})
+    );
+
+    // tx=rollback: ignored with Supabase's db-tx-end = commit, honoured
+    // (and reported) when overrides are allowed.
+    let note = |t: &'static str| {
+        let req = client()
+            .post(format!("{}/rest/v1/rpc/note", s.url()))
+            .header("apikey", KEY)
+            .header("Prefer", "tx=rollback")
+            .json(&json!({"t": t}));
+        async move {
+            let resp = req.send().await.unwrap();
+            let applied = resp.headers().get("preference-applied").map(|v| v.to_str().unwrap().to_owned());
+            (resp.status().as_u16(), applied)
+        }
+    };
+    assert_eq!(note("a").await, (200, None));
+    s.set_tx_override(true);
+    assert_eq!(note("bb").await, (200, Some("tx=rollback".into())));
+    let kept = db.connect().await.query_one("SELECT array_agg(n ORDER BY n) FROM items WHERE n > 1000", &[]).await.unwrap();
+    assert_eq!(kept.get::<_, Vec<i32>>(0), vec![1001], "the first committed, the second rolled back");
     s.stop().await;
 }

@@ -182,3 +182,119 @@ async fn row_values_survive_the_json_round_trip_exactly(mode: Mode) {
 }
 
 both_modes!(a_missing_upstream_table_is_reported_by_name, row_values_survive_the_json_round_trip_exactly);
+
+/// The RPC entry points the client calls, as `expose_api` lists them.
+const ENTRY_POINTS: &str = "ARRAY['centrovision_sync_apply', 'centrovision_sync_version', 'centrovision_sync_bucket_hashes',
+    'centrovision_sync_row_hashes', 'centrovision_sync_changes', 'centrovision_sync_conflicts',
+    'centrovision_sync_conflict_count', 'centrovision_sync_prune', 'centrovision_sync_row_versions']";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_public_supabase_schema_syncs_both_ways_through_its_profile_with_functions_owned_by_a_non_superuser() {
+    let pair = Pair::new_in_schema("rest_schema", Mode::Rest, "clinic").await;
+    pair.init().await;
+    let up = pair.upstream.connect().await;
+    // Installed by a role that is not a superuser, as on Supabase.
+    let owner = up
+        .query_one(
+            "SELECT p.proowner::regrole::text, r.rolsuper FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+              WHERE p.oid = 'public.centrovision_sync_apply(jsonb, text)'::regprocedure",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((owner.get::<_, String>(0), owner.get::<_, bool>(1)), ("postgres_owner".to_owned(), false));
+    // One entry point in the profile's schema per public RPC, executable by service_role only.
+    let q = format!(
+        "SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = 'clinic'::regnamespace AND proname = ANY ({ENTRY_POINTS})),
+                (SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname = ANY ({ENTRY_POINTS})),
+                (SELECT bool_and(has_function_privilege('service_role', p.oid, 'EXECUTE')
+                                 AND NOT has_function_privilege('anon', p.oid, 'EXECUTE')
+                                 AND NOT has_function_privilege('authenticated', p.oid, 'EXECUTE'))
+                   FROM pg_proc p WHERE pronamespace = 'clinic'::regnamespace AND proname = ANY ({ENTRY_POINTS}))"
+    );
+    let r = up.query_one(q.as_str(), &[]).await.unwrap();
+    assert_eq!(r.get::<_, i64>(0), r.get::<_, i64>(1), "an entry point for every RPC overload");
+    assert!(r.get::<_, i64>(0) >= 9);
+    assert!(r.get::<_, bool>(2), "EXECUTE: service_role only");
+
+    pair.local
+        .connect()
+        .await
+        .batch_execute("INSERT INTO services (name, price) SELECT 'local ' || g, g FROM generate_series(1, 40) g")
+        .await
+        .unwrap();
+    up.batch_execute(
+        "INSERT INTO clinic.branches (name) VALUES ('cloud branch');
+         INSERT INTO clinic.patients (branch_id, full_name) SELECT id, 'cloud patient' FROM clinic.branches;",
+    )
+    .await
+    .unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM clinic.services").await, 40);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM patients WHERE full_name = 'cloud patient'").await, 1);
+    assert!(pair.standin().requests(APPLY) >= 1);
+    // Both directions again, then verify through the entry points.
+    up.batch_execute("UPDATE clinic.patients SET phone = '555'").await.unwrap();
+    pair.local.connect().await.batch_execute("UPDATE services SET price = price + 1 WHERE name = 'local 1'").await.unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+    let out = pair.exec(&["verify"], &[]).await;
+    assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_rows_below_batch_size_every_row_arrives_including_parents_fetched_on_demand() {
+    let mut pair = Pair::new("rest_max_rows", Mode::Rest).await;
+    pair.tables = vec!["branches".into(), "patients".into()];
+    pair.batch_size = 1000;
+    pair.write_config();
+    pair.init().await;
+    // Every RPC answers one value (jsonb or a number), which max rows does not cut.
+    let sets =
+        format!("SELECT count(*) FROM pg_proc WHERE proname = ANY ({ENTRY_POINTS}) AND (proretset OR prorettype = 'record'::regtype)");
+    assert_eq!(count(&pair.upstream, &sets).await, 0, "a set-returning sync RPC would be cut by max rows");
+    let s = pair.standin();
+    s.set_max_rows(300);
+    let up = pair.upstream.connect().await;
+    // 2,000 branches stamped before the clinic's old watermark, so the feed
+    // leaves them out and only parent repair can bring them; 3,600 patients
+    // after it, each feed page of 1,000 referring to 1,000 distinct branches
+    // (more than 4 pages × 300 rows could bring if each read were cut).
+    up.batch_execute(
+        "INSERT INTO branches (id, name, updated_at)
+           SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'old branch ' || g, '2020-01-01'
+           FROM generate_series(1, 2000) g;
+         INSERT INTO patients (branch_id, full_name)
+           SELECT ('00000000-0000-4000-8000-' || lpad((1 + g % 2000)::text, 12, '0'))::uuid, 'patient ' || g
+           FROM generate_series(0, 3599) g ORDER BY g;",
+    )
+    .await
+    .unwrap();
+    let local = pair.local.connect().await;
+    local.batch_execute("UPDATE _sync_metadata SET last_sync_from_supabase = '2025-01-01'").await.unwrap();
+    local.batch_execute("INSERT INTO branches (name) SELECT 'local branch ' || g FROM generate_series(1, 1100) g").await.unwrap();
+    pair.once().await;
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM patients").await, 3600);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM branches WHERE name LIKE 'old branch %'").await, 2000, "every parent fetched");
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM branches WHERE name LIKE 'local branch %'").await, 1100);
+    pair.assert_converged().await;
+    // The first parent read was cut at 300 rows; the rest came in chunks of 300.
+    assert!(s.requests("/rest/v1/branches") >= 5, "{} reads of branches", s.requests("/rest/v1/branches"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_upstream_in_postgres_mode_also_installs_the_entry_points_of_a_non_public_schema() {
+    let pair = Pair::new_in_schema("pg_schema", Mode::Postgres, "clinic").await;
+    pair.init().await;
+    let q = format!("SELECT count(*) FROM pg_proc WHERE pronamespace = 'clinic'::regnamespace AND proname = ANY ({ENTRY_POINTS})");
+    assert!(count(&pair.upstream, &q).await >= 9, "entry points for a later switch to REST mode");
+    // Installing again (an upgrade) keeps them, once each.
+    let before = count(&pair.upstream, &q).await;
+    pair.ok(&["init", "--upstream"]).await;
+    assert_eq!(count(&pair.upstream, &q).await, before);
+    pair.local.connect().await.batch_execute("INSERT INTO services (name) VALUES ('direct')").await.unwrap();
+    pair.upstream.connect().await.batch_execute("INSERT INTO clinic.services (name) VALUES ('cloud')").await.unwrap();
+    pair.once().await;
+    pair.assert_converged().await;
+}

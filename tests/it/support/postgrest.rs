@@ -9,6 +9,35 @@
 //! PostgreSQL itself. It is not a mock of the database: nothing is canned.
 //! No PostgREST binary can be installed here, hence this stand-in.
 //!
+//! Roles, as on a Supabase project (created on the cluster by the first
+//! stand-in, idempotently; grants per database at start):
+//! - `authenticator` (LOGIN NOINHERIT, not a superuser) is the only role the
+//!   stand-in logs in as; `statement_timeout = 8s` on it, like Supabase's.
+//! - Each request is one transaction: `BEGIN` (`READ ONLY` for GET/HEAD),
+//!   `set_config('role', 'service_role', true)` (the service key's role:
+//!   NOLOGIN, BYPASSRLS, not a superuser), `search_path` = the profile's
+//!   schema then `public`, `request.jwt.claims`/`request.method`/
+//!   `request.path`, then the impersonated role's own settings from
+//!   `pg_db_role_setting` (PostgREST >= 12 applies them per request), then
+//!   the query, then `COMMIT` (`ROLLBACK` on error). So a request can do
+//!   nothing a superuser-only privilege allows (42501 → 403), and a
+//!   statement past the timeout is 500 57014.
+//! - `anon`, `authenticated` exist (3 s / 8 s timeouts) with Supabase's
+//!   grants; no request uses them (only the service key is accepted).
+//! - [`FUNCTION_OWNER`] (`postgres_owner`) stands for Supabase's `postgres`:
+//!   LOGIN, CREATEROLE, CREATEDB, BYPASSRLS, not a superuser, with `GRANT SET
+//!   ON PARAMETER session_replication_role` (PostgreSQL 15; what supautils
+//!   allows `postgres` on Supabase). The kit installs the upstream SQL as
+//!   this role after handing it the app's tables ([`give_tables_to_owner`]).
+//! - Grants per exposed schema: USAGE and ALL on its tables and sequences to
+//!   anon/authenticated/service_role, and default privileges of `postgres`
+//!   and the owner role granting ALL on tables, sequences and functions (so
+//!   new functions are executable by the API roles until revoked, as on
+//!   Supabase); CREATE on the database and ALL on the schemas to the owner.
+//! - Test hooks: [`PostgrestStandIn::set_statement_timeout`] (the
+//!   authenticator's, per database), [`PostgrestStandIn::set_role_setting`]
+//!   (any role's per-database setting, e.g. service_role's own timeout).
+//!
 //! Implemented (following the PostgREST docs and source, v12/v13):
 //! - Gateway auth: `apikey` header (or `apikey` url param) must equal the
 //!   service key; missing → 401 "No API key found in request", different →
@@ -18,7 +47,22 @@
 //!   PGRST301, which is what a `sb_secret_…` key sent as Bearer gets), and a
 //!   JWT other than the service key itself is rejected (PGRST301; signatures
 //!   are not verified, so no other JWT can be valid here).
-//! - `GET|HEAD /rest/v1/<table>` on tables/views of schema `public`:
+//! - Profiles (`db-schemas`, [`StandInOptions::schemas`], default `public,
+//!   graphql_public`): `Accept-Profile` on GET/HEAD, `Content-Profile` on
+//!   POST pick the schema tables and functions are looked up in (no header:
+//!   the first); a schema not exposed → 406 PGRST106 "Invalid schema: x",
+//!   hint "Only the following schemas are exposed: ...".
+//! - `Prefer` (several headers or comma-separated): `count=exact|planned|
+//!   estimated` on reads (all counted exactly): `Content-Range:
+//!   first-last/total`, 206 when that is a part of the total, 416 PGRST103
+//!   for an offset past it; `tx=commit|rollback` only when overrides are
+//!   allowed ([`PostgrestStandIn::set_tx_override`]; Supabase's `db-tx-end`
+//!   is `commit`, which ignores it), then echoed in `Preference-Applied`;
+//!   `timezone=<zone>` (a known zone name); `handling=strict` makes an
+//!   unknown or invalid preference 400 PGRST122, the default (lenient)
+//!   ignores it; `return`, `resolution`, `missing`, `max-affected`,
+//!   `params` are accepted and ignored (they matter for writes, 501 here).
+//! - `GET|HEAD /rest/v1/<table>` on tables/views of the profile's schema:
 //!   `select=*` (or a plain column list), horizontal filters
 //!   `col=[not.]op.value` with `eq gt gte lt lte neq like ilike match imatch
 //!   cs cd ov sl sr nxr nxl adj`, `is.(null|true|false|unknown)`, `in.(...)`;
@@ -40,13 +84,12 @@
 //!   `Content-Range: <first>-<last>/*`. Sessions run with `TimeZone=UTC`, as
 //!   on Supabase.
 //! - `POST /rest/v1/rpc/<fn>` with a JSON object of named arguments, resolved
-//!   against `pg_proc` (argument names, defaults, overloads → PGRST202 /
-//!   PGRST203), or the whole body for a function with a single unnamed
-//!   json/jsonb parameter; called as `"public"."fn"(a := _x.a, ...) FROM
-//!   json_to_record($1::json) AS _x(a <type>, ...)`. Scalar → bare JSON value,
-//!   setof/TABLE → array (capped by max rows), single composite → object,
-//!   void → 204. One statement per request, so each call is its own
-//!   transaction.
+//!   against `pg_proc` in the profile's schema (argument names, defaults,
+//!   overloads → PGRST202 / PGRST203), or the whole body for a function with
+//!   a single unnamed json/jsonb parameter; called as `"schema"."fn"(a :=
+//!   _x.a, ...) FROM json_to_record($1::json) AS _x(a <type>, ...)`. Scalar →
+//!   bare JSON value, setof/TABLE → array (capped by max rows), single
+//!   composite → object, void → 204.
 //! - Errors: `{"code","details","hint","message"}` with PostgREST's SQLSTATE →
 //!   HTTP status table (PostgREST's `mapSQLtoHTTP`: unlisted codes are 400),
 //!   `Proxy-Status: PostgREST; error=<code>`. Unknown table → 404 PGRST205;
@@ -64,7 +107,7 @@
 //!   proxy in front of the gateway; `DropConnection` makes the connection's
 //!   socket fail its writes so hyper closes it without sending a byte),
 //!   per-path request counts (every request, faulted or not), adjustable
-//!   max rows.
+//!   max rows (at start: 1000, or `PG_TEST_MAX_ROWS`).
 //!
 //! Deliberately not implemented (answered 501 with code `STANDIN` so a test
 //! that strays there fails loudly instead of passing on invented behaviour):
@@ -72,14 +115,26 @@
 //! anything beyond a plain column list in `select`, JSON paths (`->`),
 //! full-text-search operators, quantifiers (`eq(any)`), filters on embedded
 //! resources, the OpenAPI root, non-object RPC bodies (bulk calls).
-//! Also not emulated: the schema cache (functions and tables are looked up
-//! live, so no PGRST202 after a fresh install and no `NOTIFY pgrst`
-//! needed), roles (everything runs as the cluster superuser, so no 42501
-//! and no RLS), the authenticator's `statement_timeout` (set one on the
-//! database if a test needs it), `Prefer` headers (`count=exact`,
-//! `return=...`, `tx=...`), `Accept` negotiation, fuzzy "Perhaps you meant"
-//! hints for misspelled tables/functions (hint is null), `RAISE SQLSTATE
-//! 'PGRST'` custom responses, other schemas (`Accept-Profile`).
+//! Also not emulated, and why:
+//! - the schema cache: functions and tables are looked up live, so no
+//!   PGRST202 right after an install and no `NOTIFY pgrst` needed (the
+//!   client retries PGRST202 anyway; a cache would only add waiting);
+//! - JWTs other than the service key, hence `anon`/`authenticated` requests
+//!   and RLS policies (the sync only ever holds the service key, and
+//!   service_role bypasses RLS);
+//! - supautils itself: on Supabase `postgres` may run `SET
+//!   session_replication_role` as a plain statement but not through
+//!   `set_config()` or a function's SET clause; `GRANT SET ON PARAMETER`
+//!   allows all three, so a function using the refused forms would pass
+//!   here and fail there (the upstream SQL uses the plain statement);
+//! - hosted-only limits: the gateway's request size and rate limits, the
+//!   connection pooler (Supavisor) and its pool timeouts (PGRST003), and
+//!   `pg_replication_origin_*` being unavailable (the owner role here could
+//!   not call them either: they need a superuser);
+//! - `Accept` negotiation, fuzzy "Perhaps you meant" hints for misspelled
+//!   tables/functions (hint is null), `RAISE SQLSTATE 'PGRST'` custom
+//!   responses, `count=planned|estimated` estimates (counted exactly), and
+//!   `Prefer: return=` on RPC (PostgREST ignores it there too).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
@@ -111,6 +166,49 @@ use super::cluster::TestDb;
 
 /// PostgREST's `db-max-rows` as configured on Supabase projects.
 const DEFAULT_MAX_ROWS: usize = 1000;
+/// The role PostgREST logs in as: LOGIN NOINHERIT, not a superuser; it
+/// only switches to the role a request's key names.
+pub const AUTHENTICATOR: &str = "authenticator";
+const AUTHENTICATOR_PASSWORD: &str = "standin-authenticator";
+/// The role a service key impersonates: NOLOGIN, BYPASSRLS, not a superuser.
+pub const SERVICE_ROLE: &str = "service_role";
+/// Supabase's `postgres`: owns the app's tables and the sync functions,
+/// runs the SQL editor, and is not a superuser (supautils lets it `SET
+/// session_replication_role`; emulated by `GRANT SET ON PARAMETER`).
+pub const FUNCTION_OWNER: &str = "postgres_owner";
+pub const FUNCTION_OWNER_PASSWORD: &str = "standin-owner";
+/// Supabase's default "Exposed schemas" (`db-schemas`).
+const DEFAULT_SCHEMAS: [&str; 2] = ["public", "graphql_public"];
+
+/// The cluster-wide roles of a Supabase project (idempotent).
+const ROLES_SQL: &str = "
+DO $roles$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+    CREATE ROLE anon NOLOGIN NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+    CREATE ROLE authenticated NOLOGIN NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+    CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticator') THEN
+    CREATE ROLE authenticator LOGIN NOINHERIT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'postgres_owner') THEN
+    CREATE ROLE postgres_owner LOGIN CREATEROLE CREATEDB BYPASSRLS;
+  END IF;
+END
+$roles$;
+ALTER ROLE authenticator WITH LOGIN NOINHERIT NOSUPERUSER PASSWORD 'standin-authenticator';
+ALTER ROLE postgres_owner WITH LOGIN NOSUPERUSER PASSWORD 'standin-owner';
+GRANT anon, authenticated, service_role TO authenticator;
+GRANT SET ON PARAMETER session_replication_role TO postgres_owner;
+ALTER ROLE authenticator SET statement_timeout = '8s';
+ALTER ROLE anon SET statement_timeout = '3s';
+ALTER ROLE authenticated SET statement_timeout = '8s';
+";
 /// Idle database connections kept for reuse (more are opened on demand).
 const POOL_IDLE: usize = 4;
 /// Request bodies larger than this are refused (413), far above anything a
@@ -130,24 +228,53 @@ pub struct PostgrestStandIn {
     task: Option<JoinHandle<()>>,
 }
 
+/// What a Supabase project's API settings say (Settings → API).
+#[derive(Clone, Debug)]
+pub struct StandInOptions {
+    /// "Exposed schemas" (`db-schemas`); the first is the default profile.
+    pub schemas: Vec<String>,
+}
+
+impl Default for StandInOptions {
+    fn default() -> Self {
+        StandInOptions { schemas: DEFAULT_SCHEMAS.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
 impl PostgrestStandIn {
     /// Connects to `db` (panics with the reason if it can't) and starts
-    /// serving on 127.0.0.1 on a port the kernel picks.
+    /// serving on 127.0.0.1 on a port the kernel picks, with Supabase's
+    /// default exposed schemas.
     pub async fn start(db: &TestDb, service_key: &str) -> PostgrestStandIn {
+        PostgrestStandIn::start_with(db, service_key, StandInOptions::default()).await
+    }
+
+    /// [`start`](Self::start) with the project's API settings.
+    pub async fn start_with(db: &TestDb, service_key: &str, options: StandInOptions) -> PostgrestStandIn {
+        let mut admin = db.config();
+        admin.options("-c TimeZone=UTC").application_name("postgrest-standin-admin");
+        if let Err(e) = prepare_database(&admin, &options.schemas).await {
+            panic!("PostgREST stand-in: cannot set up Supabase's roles and grants in {}: {}", db.name, describe(&e));
+        }
         let mut config = db.config();
         // Supabase sessions run in UTC: timestamptz renders as +00:00.
+        config.user(AUTHENTICATOR).password(AUTHENTICATOR_PASSWORD);
         config.options("-c TimeZone=UTC").application_name("postgrest-standin");
         let pool = Pool { config, idle: Mutex::new(Vec::new()) };
         match pool.get().await {
             Ok(client) => pool.put(client),
-            Err(e) => panic!("PostgREST stand-in: cannot connect to test database {}: {e}", db.name),
+            Err(e) => panic!("PostgREST stand-in: cannot connect to test database {} as {AUTHENTICATOR}: {}", db.name, describe(&e)),
         }
         let shared = Arc::new(Shared {
             key: service_key.to_owned(),
             pool,
+            admin,
+            database: db.name.clone(),
+            schemas: options.schemas,
             faults: Faults::default(),
             requests: Mutex::new(Vec::new()),
-            max_rows: AtomicUsize::new(DEFAULT_MAX_ROWS),
+            max_rows: AtomicUsize::new(default_max_rows()),
+            tx_override: AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("PostgREST stand-in: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr of a bound listener");
@@ -190,6 +317,39 @@ impl PostgrestStandIn {
     /// return at most this many rows, silently.
     pub fn set_max_rows(&self, n: usize) {
         self.shared.max_rows.store(n, Ordering::SeqCst);
+    }
+
+    /// `ALTER ROLE authenticator SET statement_timeout` for this database
+    /// (Supabase: 8 s); `None` goes back to that default. Service-role
+    /// requests run under it (service_role has no setting of its own).
+    /// Idle connections are dropped so the next request logs in anew.
+    pub async fn set_statement_timeout(&self, timeout: Option<Duration>) {
+        let value = timeout.map(|d| format!("{}ms", d.as_millis()));
+        self.set_role_setting(AUTHENTICATOR, "statement_timeout", value.as_deref()).await;
+    }
+
+    /// `ALTER ROLE <role> IN DATABASE <this db> SET <name> = <value>` (or
+    /// RESET with `None`). For the impersonated role, PostgREST applies its
+    /// settings to each request (`set_config(..., true)`); the
+    /// authenticator's apply at login.
+    pub async fn set_role_setting(&self, role: &str, name: &str, value: Option<&str>) {
+        let (client, connection) = self.shared.admin.connect(NoTls).await.expect("PostgREST stand-in: admin connection");
+        tokio::spawn(connection);
+        let target = format!("ROLE {} IN DATABASE {}", quote_ident(role), quote_ident(&self.shared.database));
+        let sql = match value {
+            Some(v) => format!("ALTER {target} SET {} = '{}'", quote_ident(name), v.replace('\'', "''")),
+            None => format!("ALTER {target} RESET {}", quote_ident(name)),
+        };
+        if let Err(e) = client.batch_execute(&sql).await {
+            panic!("PostgREST stand-in: {sql}: {}", describe(&e));
+        }
+        lock(&self.shared.pool.idle).clear();
+    }
+
+    /// PostgREST's `db-tx-end`: `false` (Supabase's `commit`) ignores
+    /// `Prefer: tx=rollback`; `true` (`commit-allow-override`) honours it.
+    pub fn set_tx_override(&self, allowed: bool) {
+        self.shared.tx_override.store(allowed, Ordering::SeqCst);
     }
 
     /// Graceful stop (in-flight requests get up to 5 s), then abort.
@@ -276,10 +436,84 @@ pub enum Fault {
 
 struct Shared {
     key: String,
+    /// Connections as the authenticator.
     pool: Pool,
+    /// The cluster superuser, for the test hooks only.
+    admin: tokio_postgres::Config,
+    database: String,
+    /// Exposed schemas; the first is the default profile.
+    schemas: Vec<String>,
     faults: Faults,
     requests: Mutex<Vec<String>>,
     max_rows: AtomicUsize,
+    tx_override: AtomicBool,
+}
+
+/// `db-max-rows` at start: Supabase's 1000, or `PG_TEST_MAX_ROWS` to run
+/// the suite under a project whose admin lowered it.
+fn default_max_rows() -> usize {
+    std::env::var("PG_TEST_MAX_ROWS").ok().and_then(|v| v.parse().ok()).filter(|n| *n > 0).unwrap_or(DEFAULT_MAX_ROWS)
+}
+
+/// Roles (cluster-wide, serialised within this process: concurrent CREATE
+/// ROLEs race) and this database's grants as a Supabase project has them:
+/// the API roles may use every exposed schema and everything in it, now
+/// and (default privileges of `postgres` and the owner role) later.
+async fn prepare_database(admin: &tokio_postgres::Config, schemas: &[String]) -> Result<(), tokio_postgres::Error> {
+    static ROLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let (client, connection) = admin.connect(NoTls).await?;
+    tokio::spawn(connection);
+    {
+        let _one_at_a_time = ROLES.lock().await;
+        client.batch_execute(ROLES_SQL).await?;
+    }
+    let db: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
+    let mut sql = format!("GRANT CREATE ON DATABASE {} TO {FUNCTION_OWNER};\n", quote_ident(&db));
+    for schema in schemas {
+        let exists = client.query_opt("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", &[schema]).await?.is_some();
+        if !exists {
+            continue;
+        }
+        let s = quote_ident(schema);
+        sql.push_str(&format!(
+            "GRANT USAGE ON SCHEMA {s} TO anon, authenticated, service_role;
+             GRANT ALL ON SCHEMA {s} TO {FUNCTION_OWNER};
+             GRANT ALL ON ALL TABLES IN SCHEMA {s} TO anon, authenticated, service_role;
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA {s} TO anon, authenticated, service_role;
+             ALTER DEFAULT PRIVILEGES FOR ROLE postgres, {FUNCTION_OWNER} IN SCHEMA {s}
+               GRANT ALL ON TABLES TO anon, authenticated, service_role;
+             ALTER DEFAULT PRIVILEGES FOR ROLE postgres, {FUNCTION_OWNER} IN SCHEMA {s}
+               GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+             ALTER DEFAULT PRIVILEGES FOR ROLE postgres, {FUNCTION_OWNER} IN SCHEMA {s}
+               GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;\n"
+        ));
+    }
+    client.batch_execute(&sql).await
+}
+
+/// Hands every table of `schema` to [`FUNCTION_OWNER`], as on Supabase,
+/// where `postgres` owns the app's tables (the tests create them as the
+/// cluster superuser). Needed before that role installs the upstream SQL:
+/// re-enrolling a table drops its trigger, which only the owner may.
+pub async fn give_tables_to_owner(superuser: &Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let rows = superuser
+        .query(
+            "SELECT format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, $2::text)
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relowner <> $2::text::regrole",
+            &[&schema, &FUNCTION_OWNER],
+        )
+        .await?;
+    let sql: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    superuser.batch_execute(&sql.join(";\n")).await
+}
+
+/// tokio-postgres' Display of a server error is just "db error".
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// A poisoned lock only means another request panicked; the data is fine.
@@ -592,6 +826,35 @@ async fn serve(st: &Shared, req: Request) -> Response {
     }
     let segments: Vec<&str> = rest.split('/').collect();
     let method = req.method().clone();
+    // PostgREST reads Accept-Profile on GET/HEAD, Content-Profile otherwise.
+    let profile_header = if method == Method::GET || method == Method::HEAD { "accept-profile" } else { "content-profile" };
+    let schema = match req.headers().get(profile_header) {
+        None => st.schemas[0].clone(),
+        Some(v) => {
+            let wanted = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            if !st.schemas.contains(&wanted) {
+                return pgrst_error(
+                    406,
+                    "PGRST106",
+                    &format!("Invalid schema: {wanted}"),
+                    None,
+                    Some(&format!("Only the following schemas are exposed: {}", st.schemas.join(", "))),
+                );
+            }
+            wanted
+        }
+    };
+    let prefs = match Prefs::parse(req.headers(), st.tx_override.load(Ordering::SeqCst)) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let ctx = RequestCtx {
+        schema,
+        prefs,
+        read_only: method == Method::GET || method == Method::HEAD,
+        method: method.to_string(),
+        path: path.clone(),
+    };
     match segments.as_slice() {
         [""] => not_implemented("the OpenAPI root (GET /rest/v1/)"),
         ["rpc", func] if !func.is_empty() => {
@@ -603,18 +866,191 @@ async fn serve(st: &Shared, req: Request) -> Response {
                 Ok(b) => b,
                 Err(_) => return json_response(413, &json!({"message": "Payload too large"})),
             };
-            call_rpc(st, &func, &body).await
+            let resp = call_rpc(st, &ctx, &func, &body).await;
+            ctx.prefs.applied(resp)
         }
         [table] if !table.is_empty() => {
             let table = percent_decode(table);
-            match method {
-                Method::GET => read_table(st, &table, &params, false).await,
-                Method::HEAD => read_table(st, &table, &params, true).await,
+            let resp = match method {
+                Method::GET => read_table(st, &ctx, &table, &params, false).await,
+                Method::HEAD => read_table(st, &ctx, &table, &params, true).await,
                 _ => not_implemented("writes on tables (POST/PATCH/PUT/DELETE)"),
-            }
+            };
+            ctx.prefs.applied(resp)
         }
         _ => pgrst_error(404, "PGRST125", "Invalid path specified in request URL", None, None),
     }
+}
+
+// ---------------------------------------------------------------------------
+// The request's transaction, as PostgREST runs it
+// ---------------------------------------------------------------------------
+
+/// What a request runs under.
+struct RequestCtx {
+    /// The profile: where tables and functions are looked up.
+    schema: String,
+    prefs: Prefs,
+    /// GET/HEAD run in a READ ONLY transaction.
+    read_only: bool,
+    method: String,
+    path: String,
+}
+
+/// The `Prefer` header, as PostgREST reads it: known preferences are
+/// honoured where they apply, unknown or invalid ones ignored unless
+/// `handling=strict` (then 400 PGRST122).
+#[derive(Debug, Default)]
+struct Prefs {
+    /// `count=exact|planned|estimated` (all counted exactly here).
+    count: Option<String>,
+    /// `tx=rollback`, honoured only with `db-tx-end = commit-allow-override`.
+    rollback: bool,
+    strict: bool,
+    /// `timezone=<name>` (a valid zone name).
+    timezone: Option<String>,
+    /// What goes into `Preference-Applied`.
+    applied: Vec<String>,
+}
+
+impl Prefs {
+    fn parse(headers: &HeaderMap, tx_override: bool) -> Result<Prefs, Rejection> {
+        let mut p = Prefs::default();
+        let mut invalid = Vec::new();
+        let items: Vec<String> = headers
+            .get_all("prefer")
+            .iter()
+            .flat_map(|v| String::from_utf8_lossy(v.as_bytes()).split(',').map(|x| x.trim().to_owned()).collect::<Vec<_>>())
+            .filter(|x| !x.is_empty())
+            .collect();
+        for item in &items {
+            let (k, v) = item.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((item.as_str(), ""));
+            match (k, v) {
+                ("count", "exact" | "planned" | "estimated") => {
+                    p.count = Some(v.to_owned());
+                }
+                ("tx", "commit" | "rollback") => {
+                    if tx_override {
+                        p.rollback = v == "rollback";
+                        p.applied.push(item.clone());
+                    }
+                }
+                ("handling", "strict") => {
+                    p.strict = true;
+                    p.applied.push(item.clone());
+                }
+                ("handling", "lenient") => p.applied.push(item.clone()),
+                ("timezone", tz) if !tz.is_empty() => p.timezone = Some(tz.to_owned()),
+                ("return", "minimal" | "headers-only" | "representation")
+                | ("resolution", "merge-duplicates" | "ignore-duplicates")
+                | ("missing", "default" | "null")
+                | ("params", "single-object") => {
+                    // Valid, but only for writes (501 here) or deprecated.
+                }
+                ("max-affected", n) if n.parse::<i64>().is_ok() => {}
+                _ => invalid.push(item.clone()),
+            }
+        }
+        if p.strict && !invalid.is_empty() {
+            return Err(Box::new(pgrst_error(
+                400,
+                "PGRST122",
+                "Invalid preferences given with handling=strict",
+                Some(&format!("Invalid preferences: {}", invalid.join(", "))),
+                None,
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Adds `Preference-Applied` to a successful answer.
+    fn applied(&self, mut resp: Response) -> Response {
+        if resp.status().is_success()
+            && !self.applied.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&self.applied.join(", "))
+        {
+            resp.headers_mut().insert("preference-applied", v);
+        }
+        resp
+    }
+}
+
+/// Opens the request's transaction the way PostgREST does: BEGIN (READ
+/// ONLY for reads), switch to the key's role, the request's settings, then
+/// the impersonated role's own settings (`ALTER ROLE service_role SET ...`,
+/// applied per request like PostgREST >= 12 does).
+async fn begin(client: &Client, ctx: &RequestCtx) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(if ctx.read_only {
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY"
+        } else {
+            "BEGIN ISOLATION LEVEL READ COMMITTED"
+        })
+        .await?;
+    let search_path =
+        if ctx.schema == "public" { quote_ident("public") } else { format!("{}, {}", quote_ident(&ctx.schema), quote_ident("public")) };
+    let claims = json!({"role": SERVICE_ROLE}).to_string();
+    client
+        .query(
+            "SELECT set_config('role', $1, true), set_config('search_path', $2, true),
+                    set_config('request.jwt.claims', $3, true), set_config('request.method', $4, true),
+                    set_config('request.path', $5, true)",
+            &[&SERVICE_ROLE, &search_path, &claims, &ctx.method, &ctx.path],
+        )
+        .await?;
+    let settings = client
+        .query(
+            "SELECT split_part(s, '=', 1), substr(s, strpos(s, '=') + 1)
+               FROM pg_catalog.pg_db_role_setting d, unnest(d.setconfig) AS s
+              WHERE d.setrole = $1::text::regrole
+                AND d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))
+              ORDER BY d.setdatabase",
+            &[&SERVICE_ROLE],
+        )
+        .await?;
+    for row in settings {
+        let (name, value): (String, String) = (row.get(0), row.get(1));
+        client.query("SELECT set_config($1, $2, true)", &[&name, &value]).await?;
+    }
+    if let Some(tz) = &ctx.prefs.timezone {
+        let known = client.query_opt("SELECT 1 FROM pg_catalog.pg_timezone_names WHERE name = $1", &[tz]).await?.is_some();
+        if known {
+            client.query("SELECT set_config('timezone', $1, true)", &[tz]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends the request's transaction: COMMIT (ROLLBACK with an honoured
+/// `tx=rollback`), then the connection goes back to the pool.
+async fn finish(st: &Shared, client: Client, ctx: &RequestCtx, ok: Response) -> Response {
+    let end = if ctx.prefs.rollback { "ROLLBACK" } else { "COMMIT" };
+    match client.batch_execute(end).await {
+        Ok(()) => {
+            st.pool.put(client);
+            ok
+        }
+        Err(e) => fail(st, client, &e).await,
+    }
+}
+
+/// A failed statement: PostgREST's error response; the transaction is
+/// rolled back and a usable connection returned to the pool.
+async fn fail(st: &Shared, client: Client, e: &tokio_postgres::Error) -> Response {
+    let (resp, broken) = db_error_response(e);
+    if !broken && client.batch_execute("ROLLBACK").await.is_ok() {
+        st.pool.put(client);
+    }
+    resp
+}
+
+/// A request answered without an error from the database (e.g. 404 after a
+/// catalog lookup): roll back, keep the connection.
+async fn abandon(st: &Shared, client: Client, resp: Response) -> Response {
+    if client.batch_execute("ROLLBACK").await.is_ok() {
+        st.pool.put(client);
+    }
+    resp
 }
 
 /// Supabase gateway (apikey) then PostgREST (Bearer JWT).
@@ -782,7 +1218,7 @@ fn has_operator(v: &str) -> bool {
     }
 }
 
-async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head: bool) -> Response {
+async fn read_table(st: &Shared, ctx: &RequestCtx, table: &str, params: &[(String, String)], head: bool) -> Response {
     let req = match parse_read_request(params) {
         Ok(r) => r,
         Err(resp) => return *resp,
@@ -791,33 +1227,32 @@ async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head:
         Ok(c) => c,
         Err(e) => return connection_error_response(&e),
     };
+    if let Err(e) = begin(&client, ctx).await {
+        return fail(st, client, &e).await;
+    }
+    let schema = ctx.schema.as_str();
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relname = $1
+              WHERE n.nspname = $1 AND c.relname = $2
                 AND c.relkind IN ('r', 'v', 'm', 'f', 'p')",
-            &[&table],
+            &[&schema, &table],
         )
         .await;
     match exists {
         Ok(Some(_)) => {}
         Ok(None) => {
-            st.pool.put(client);
-            return pgrst_error(404, "PGRST205", &format!("Could not find the table 'public.{table}' in the schema cache"), None, None);
+            let resp =
+                pgrst_error(404, "PGRST205", &format!("Could not find the table '{schema}.{table}' in the schema cache"), None, None);
+            return abandon(st, client, resp).await;
         }
-        Err(e) => {
-            let (resp, broken) = db_error_response(&e);
-            if !broken {
-                st.pool.put(client);
-            }
-            return resp;
-        }
+        Err(e) => return fail(st, client, &e).await,
     }
 
     let max_rows = st.max_rows.load(Ordering::SeqCst) as i64;
     let mut sql = SqlBuilder::default();
-    let t = format!("{}.{}", quote_ident("public"), quote_ident(table));
+    let t = format!("{}.{}", quote_ident(schema), quote_ident(table));
     let select = req
         .select
         .iter()
@@ -831,11 +1266,8 @@ async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head:
     for l in &req.logic {
         conds.push(sql.logic(&t, l));
     }
-    let mut inner = format!("SELECT {select} FROM {t}");
-    if !conds.is_empty() {
-        inner.push_str(" WHERE ");
-        inner.push_str(&conds.join(" AND "));
-    }
+    let where_clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
+    let mut inner = format!("SELECT {select} FROM {t}{where_clause}");
     if !req.order.is_empty() {
         let terms: Vec<String> = req
             .order
@@ -861,31 +1293,42 @@ async fn read_table(st: &Shared, table: &str, params: &[(String, String)], head:
     let limit = req.limit.map_or(max_rows, |l| l.min(max_rows));
     let offset = req.offset.unwrap_or(0).max(0);
     inner.push_str(&format!(" LIMIT {limit} OFFSET {offset}"));
+    // `Prefer: count=...`: the total of the filtered rows, whatever the
+    // limit and the max-rows cap.
+    let total = if ctx.prefs.count.is_some() { format!("(SELECT count(*) FROM {t}{where_clause})::int8") } else { "NULL::int8".to_owned() };
     let query = format!(
-        "SELECT coalesce(json_agg(_postgrest_t), '[]')::text, count(_postgrest_t)::int8 \
+        "SELECT coalesce(json_agg(_postgrest_t), '[]')::text, count(_postgrest_t)::int8, {total} \
          FROM ({inner}) _postgrest_t"
     );
-    let result = client.query_one(&query, &sql.refs()).await;
-    match result {
-        Ok(row) => {
-            st.pool.put(client);
-            let body: String = row.get(0);
-            let count: i64 = row.get(1);
-            let range = if count == 0 { "*/*".to_owned() } else { format!("{offset}-{}/*", offset + count - 1) };
-            let mut resp = response(200, JSON_CT, if head { String::new() } else { body });
-            if let Ok(v) = HeaderValue::from_str(&range) {
-                resp.headers_mut().insert(CONTENT_RANGE_LATER, v);
-            }
-            resp
+    let row = match client.query_one(&query, &sql.refs()).await {
+        Ok(row) => row,
+        Err(e) => return fail(st, client, &e).await,
+    };
+    let body: String = row.get(0);
+    let count: i64 = row.get(1);
+    let total: Option<i64> = row.get(2);
+    let shown_total = total.map_or_else(|| "*".to_owned(), |n| n.to_string());
+    let range = if count == 0 { format!("*/{shown_total}") } else { format!("{offset}-{}/{shown_total}", offset + count - 1) };
+    // PostgREST's rangeStatus: 416 past the end, 206 for a part, else 200.
+    let status = match total {
+        Some(total) if offset > total => {
+            let resp = pgrst_error(
+                416,
+                "PGRST103",
+                "Requested range not satisfiable",
+                Some(&format!("An offset of {offset} was requested, but there are only {total} rows.")),
+                None,
+            );
+            return abandon(st, client, resp).await;
         }
-        Err(e) => {
-            let (resp, broken) = db_error_response(&e);
-            if !broken {
-                st.pool.put(client);
-            }
-            resp
-        }
+        Some(total) if count < total => 206,
+        _ => 200,
+    };
+    let mut resp = response(status, JSON_CT, if head { String::new() } else { body });
+    if let Ok(v) = HeaderValue::from_str(&range) {
+        resp.headers_mut().insert(CONTENT_RANGE_LATER, v);
     }
+    finish(st, client, ctx, resp).await
 }
 
 // ---------------------------------------------------------------------------
@@ -1557,10 +2000,12 @@ SELECT
         AND coalesce('o' = ANY(p.proargmodes::text[]) OR 't' = ANY(p.proargmodes::text[]), false))
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_type rt ON rt.oid = p.prorettype
-WHERE p.pronamespace = 'public'::regnamespace AND p.proname = $1 AND p.prokind = 'f'
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = $2 AND p.proname = $1 AND p.prokind = 'f'
 ORDER BY p.oid";
 
-async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
+async fn call_rpc(st: &Shared, ctx: &RequestCtx, func: &str, body: &[u8]) -> Response {
+    let schema = ctx.schema.as_str();
     let body_text = if body.iter().all(u8::is_ascii_whitespace) {
         "{}".to_owned()
     } else {
@@ -1581,7 +2026,10 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
         Ok(c) => c,
         Err(e) => return connection_error_response(&e),
     };
-    let routines = match client.query(ROUTINES_SQL, &[&func]).await {
+    if let Err(e) = begin(&client, ctx).await {
+        return fail(st, client, &e).await;
+    }
+    let routines = match client.query(ROUTINES_SQL, &[&func, &schema]).await {
         Ok(rows) => rows
             .iter()
             .map(|r| Routine {
@@ -1593,13 +2041,7 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
                 returns_composite: r.get(5),
             })
             .collect::<Vec<_>>(),
-        Err(e) => {
-            let (resp, broken) = db_error_response(&e);
-            if !broken {
-                st.pool.put(client);
-            }
-            return resp;
-        }
+        Err(e) => return fail(st, client, &e).await,
     };
 
     let named: Vec<&Routine> = match &keys {
@@ -1609,7 +2051,7 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
     let chosen: Result<(&Routine, Option<&str>), Response> = if named.len() == 1 {
         Ok((named[0], None))
     } else if named.len() > 1 {
-        let candidates: Vec<String> = named.iter().map(|r| format!("public.{func}({})", r.signature())).collect();
+        let candidates: Vec<String> = named.iter().map(|r| format!("{schema}.{func}({})", r.signature())).collect();
         Err(pgrst_error(
             300,
             "PGRST203",
@@ -1620,20 +2062,17 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
     } else if let Some((r, ty)) = routines.iter().find_map(|r| r.single_unnamed_json().map(|ty| (r, ty))) {
         Ok((r, Some(ty)))
     } else if let Some(keys) = &keys {
-        Err(no_rpc_error(func, keys, &routines))
+        Err(no_rpc_error(schema, func, keys, &routines))
     } else {
         Err(not_implemented("RPC with a non-object JSON body (bulk calls)"))
     };
     let (routine, single_json) = match chosen {
         Ok(c) => c,
-        Err(resp) => {
-            st.pool.put(client);
-            return resp;
-        }
+        Err(resp) => return abandon(st, client, resp).await,
     };
 
     let max_rows = st.max_rows.load(Ordering::SeqCst);
-    let fn_ident = format!("{}.{}", quote_ident("public"), quote_ident(func));
+    let fn_ident = format!("{}.{}", quote_ident(schema), quote_ident(func));
     let mut params = SqlBuilder::default();
     let (call, from_args) = if let Some(ty) = single_json {
         let p = params.param(&body_text);
@@ -1684,36 +2123,27 @@ async fn call_rpc(st: &Shared, func: &str, body: &[u8]) -> Response {
         )
     };
 
-    let result = client.query(&sql, &params.refs()).await;
-    match result {
-        Ok(rows) => {
-            st.pool.put(client);
-            if routine.returns_void {
-                let mut resp = response(204, JSON_CT, "");
-                resp.headers_mut().remove(header::CONTENT_TYPE);
-                return resp;
-            }
-            let body: String = rows.first().map(|r| r.get(0)).unwrap_or_else(|| "null".to_owned());
-            response(200, JSON_CT, body)
-        }
-        Err(e) => {
-            let (resp, broken) = db_error_response(&e);
-            if !broken {
-                st.pool.put(client);
-            }
-            resp
-        }
+    let rows = match client.query(&sql, &params.refs()).await {
+        Ok(rows) => rows,
+        Err(e) => return fail(st, client, &e).await,
+    };
+    if routine.returns_void {
+        let mut resp = response(204, JSON_CT, "");
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+        return finish(st, client, ctx, resp).await;
     }
+    let body: String = rows.first().map(|r| r.get(0)).unwrap_or_else(|| "null".to_owned());
+    finish(st, client, ctx, response(200, JSON_CT, body)).await
 }
 
 /// PGRST202, worded like PostgREST for a JSON body.
-fn no_rpc_error(func: &str, keys: &BTreeSet<String>, routines: &[Routine]) -> Response {
+fn no_rpc_error(schema: &str, func: &str, keys: &BTreeSet<String>, routines: &[Routine]) -> Response {
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let listed = keys.join(", ");
     let message = if keys.is_empty() {
-        format!("Could not find the function public.{func} without parameters in the schema cache")
+        format!("Could not find the function {schema}.{func} without parameters in the schema cache")
     } else {
-        format!("Could not find the function public.{func}({listed}) in the schema cache")
+        format!("Could not find the function {schema}.{func}({listed}) in the schema cache")
     };
     let searched = if keys.is_empty() {
         " without parameters".to_owned()
@@ -1723,14 +2153,14 @@ fn no_rpc_error(func: &str, keys: &BTreeSet<String>, routines: &[Routine]) -> Re
         format!(" with parameters {listed}")
     };
     let details = format!(
-        "Searched for the function public.{func}{searched} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache."
+        "Searched for the function {schema}.{func}{searched} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache."
     );
     // With overloads of that name, PostgREST suggests the closest parameter
     // list; here: the one sharing the most names with the request.
     let hint = routines.iter().max_by_key(|r| r.in_names.iter().filter(|n| keys.contains(&n.as_str())).count()).map(|r| {
         let mut names: Vec<&str> = r.in_names.iter().map(String::as_str).collect();
         names.sort_unstable();
-        format!("Perhaps you meant to call the function public.{func}({})", names.join(", "))
+        format!("Perhaps you meant to call the function {schema}.{func}({})", names.join(", "))
     });
     pgrst_error(404, "PGRST202", &message, Some(&details), hint.as_deref())
 }

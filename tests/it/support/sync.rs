@@ -5,13 +5,20 @@
 //! it starts itself), its own slot, publication and origin names, and a
 //! config file in a temp dir. Commands run the compiled binary as a child
 //! process, so crash tests can kill it for real.
+//!
+//! To run the suite against other project settings (the defaults are
+//! Supabase's): `PG_TEST_UPSTREAM_SCHEMA=clinic` puts the upstream tables of
+//! every pair made by [`Pair::new`]/[`Pair::on`] in that schema (`[supabase]
+//! schema`, exposed by the stand-in; the upstream database's search_path
+//! starts with it, so the tests' own upstream SQL finds the tables), and
+//! `PG_TEST_MAX_ROWS=300` lowers the stand-in's max rows.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::cluster::{Cluster, TestDb};
-use super::postgrest::PostgrestStandIn;
+use super::postgrest::{FUNCTION_OWNER, FUNCTION_OWNER_PASSWORD, PostgrestStandIn, StandInOptions, give_tables_to_owner};
 use super::wait::wait_for;
 
 pub const SCHEMA: &str = include_str!("centrovision_schema.sql");
@@ -76,6 +83,10 @@ pub struct Pair {
     pub rest: Option<PostgrestStandIn>,
     /// The service key written to the config in REST mode.
     pub service_key: String,
+    /// `[supabase] schema`: where the synced tables live upstream.
+    pub upstream_schema: String,
+    /// `[sync] batch_size` (500 unless a test changes it).
+    pub batch_size: usize,
 }
 
 impl Pair {
@@ -90,14 +101,37 @@ impl Pair {
 
     /// A pair on given databases (e.g. an upstream on a dedicated cluster).
     pub async fn on(local: TestDb, upstream: TestDb, mode: Mode) -> Pair {
-        for db in [&local, &upstream] {
-            db.connect().await.batch_execute(SCHEMA).await.expect("load sample schema");
-        }
+        let schema = std::env::var("PG_TEST_UPSTREAM_SCHEMA").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "public".to_owned());
+        Pair::on_in_schema(local, upstream, mode, &schema).await
+    }
+
+    /// Like [`new`](Self::new), with the upstream tables in `schema`
+    /// (`[supabase] schema`), exposed by the stand-in next to Supabase's
+    /// default schemas.
+    pub async fn new_in_schema(hint: &str, mode: Mode, schema: &str) -> Pair {
+        let cluster = Cluster::shared();
+        let local = cluster.create_database(&format!("{hint}_l")).await;
+        let upstream = cluster.create_database(&format!("{hint}_u")).await;
+        Pair::on_in_schema(local, upstream, mode, schema).await
+    }
+
+    async fn on_in_schema(local: TestDb, upstream: TestDb, mode: Mode, schema: &str) -> Pair {
+        local.connect().await.batch_execute(SCHEMA).await.expect("load sample schema");
+        let in_schema = if schema == "public" {
+            SCHEMA.to_owned()
+        } else {
+            format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path = \"{schema}\", public;\n{SCHEMA}\nRESET search_path;
+                 ALTER DATABASE \"{}\" SET search_path = \"{schema}\", public;",
+                upstream.name
+            )
+        };
+        upstream.connect().await.batch_execute(&in_schema).await.expect("load sample schema upstream");
         let dir = tempfile::tempdir().expect("temp dir");
         let slot = format!("s_{}", local.name);
         let service_key = format!("test-service-key-{}", local.name);
         let rest = match mode {
-            Mode::Rest => Some(PostgrestStandIn::start(&upstream, &service_key).await),
+            Mode::Rest => Some(PostgrestStandIn::start_with(&upstream, &service_key, standin_options(schema)).await),
             Mode::Postgres => None,
         };
         let mut p = Pair {
@@ -112,6 +146,8 @@ impl Pair {
             slot,
             rest,
             service_key,
+            upstream_schema: schema.to_owned(),
+            batch_size: 500,
         };
         p.write_config();
         p
@@ -125,6 +161,7 @@ impl Pair {
             Some(r) => format!("mode = \"rest\"\nurl = \"{}\"\nservice_key = \"{}\"", r.url(), self.service_key),
             None => format!("mode = \"postgres\"\ndb_url = \"{db_url}\""),
         };
+        let supabase = format!("{supabase}\nschema = \"{}\"", self.upstream_schema);
         let text = format!(
             r#"[supabase]
 {supabase}
@@ -138,7 +175,7 @@ password = "{lpw}"
 
 [sync]
 interval_seconds = 1
-batch_size = 500
+batch_size = {batch_size}
 retry_max_attempts = 3
 retry_delay_seconds = 1
 tables = [{tables}]
@@ -157,6 +194,7 @@ health_check_seconds = 1
             lpw = self.local.password(),
             slot = self.slot,
             extra = self.sync_extra,
+            batch_size = self.batch_size,
             logging = if self.sections.contains("[logging]") { "" } else { "\n[logging]\nlevel = \"debug\"" },
             sections = self.sections,
         );
@@ -220,11 +258,27 @@ health_check_seconds = 1
 
     /// Installs the upstream SQL for this pair's tables directly on the
     /// upstream database, as a clinic pastes `init --print-upstream-sql`
-    /// into the Supabase SQL editor.
+    /// into the Supabase SQL editor. Behind the stand-in it runs as
+    /// Supabase's `postgres` does there: a role that is not a superuser
+    /// ([`FUNCTION_OWNER`]), owning the app's tables, so it owns the
+    /// functions and their SECURITY DEFINER runs with no more than that.
     pub async fn install_upstream_sql(&self) {
         let out = self.ok(&["init", "--print-upstream-sql"]).await;
         let sql = String::from_utf8(out.stdout).expect("UTF-8 SQL");
-        self.upstream.connect().await.batch_execute(&sql).await.expect("install upstream SQL");
+        let superuser = self.upstream.connect().await;
+        let installer = match &self.rest {
+            Some(_) => {
+                if let Err(e) = give_tables_to_owner(&superuser, &self.upstream_schema).await {
+                    panic!("handing the upstream tables to {FUNCTION_OWNER}: {e:?}");
+                }
+                self.upstream.with_credentials(FUNCTION_OWNER, FUNCTION_OWNER_PASSWORD).connect().await
+            }
+            None => superuser,
+        };
+        if let Err(e) = installer.batch_execute(&sql).await {
+            let why = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{} {}", d.code().code(), d.message()));
+            panic!("install upstream SQL: {why}");
+        }
     }
 
     /// A second clinic on the same upstream as `first`: a fresh local
@@ -243,7 +297,7 @@ health_check_seconds = 1
         let slot = format!("s_{}", local.name);
         let service_key = first.service_key.clone();
         let rest = match first.mode {
-            Mode::Rest => Some(PostgrestStandIn::start(&first.upstream, &service_key).await),
+            Mode::Rest => Some(PostgrestStandIn::start_with(&first.upstream, &service_key, standin_options(&first.upstream_schema)).await),
             Mode::Postgres => None,
         };
         let mut p = Pair {
@@ -258,6 +312,8 @@ health_check_seconds = 1
             slot,
             rest,
             service_key,
+            upstream_schema: first.upstream_schema.clone(),
+            batch_size: first.batch_size,
         };
         p.write_config();
         p
@@ -296,11 +352,17 @@ health_check_seconds = 1
         c.query_one(sql.as_str(), &[]).await.expect("read rows").get(0)
     }
 
+    /// `table` as named on the upstream database (schema-qualified when
+    /// `[supabase] schema` is not `public`).
+    pub fn upstream_table(&self, table: &str) -> String {
+        if self.upstream_schema == "public" { table.to_owned() } else { format!("\"{}\".{table}", self.upstream_schema) }
+    }
+
     /// Asserts every synced table is identical on both sides.
     pub async fn assert_converged(&self) {
         for t in &self.tables {
             let l = Pair::rows(&self.local, t).await;
-            let u = Pair::rows(&self.upstream, t).await;
+            let u = Pair::rows(&self.upstream, &self.upstream_table(t)).await;
             if l != u {
                 panic!("table {t} differs:\n{}", diff_rows(&l, &u));
             }
@@ -314,7 +376,7 @@ health_check_seconds = 1
             let tables = tables.clone();
             async move {
                 for t in &tables {
-                    if Pair::rows(&self.local, t).await != Pair::rows(&self.upstream, t).await {
+                    if Pair::rows(&self.local, t).await != Pair::rows(&self.upstream, &self.upstream_table(t)).await {
                         return None;
                     }
                 }
@@ -327,6 +389,15 @@ health_check_seconds = 1
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }
+}
+
+/// Supabase's default exposed schemas, plus `schema`.
+fn standin_options(schema: &str) -> StandInOptions {
+    let mut o = StandInOptions::default();
+    if !o.schemas.iter().any(|s| s == schema) {
+        o.schemas.push(schema.to_owned());
+    }
+    o
 }
 
 /// The single bigint a query returns (counts, mostly).
