@@ -66,8 +66,10 @@ COMMIT;
 }
 
 /// The per-project statements after the files: the conflict settings from
-/// `[sync]`, and each synced table enrolled (triggers that record other
-/// writers' versions, a version for each existing row).
+/// `[sync]`, and each synced table enrolled: registered in
+/// `centrovision_sync.synced_table` (the only tables the upstream functions
+/// write or read), triggers that record other writers' versions, a version
+/// for each existing row.
 pub fn project_sql(cfg: &Config) -> String {
     use crate::catalog::quote_literal;
     let s = &cfg.sync;

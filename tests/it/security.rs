@@ -8,6 +8,8 @@
 //!   URL holding a token) never reach the log, the log file, `status`,
 //!   `doctor`, the control tables or an alert body, including on failures;
 //! - the config file warns when other users can read it;
+//! - the upstream functions, which run as their owner, reach only the tables
+//!   the project syncs: not `auth.users`, not an unlisted table;
 //! - SQL text built with `format!` only splices identifiers through the
 //!   quoting helpers (a source-level check, see the last test).
 
