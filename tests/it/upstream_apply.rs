@@ -164,6 +164,29 @@ async fn only_the_tables_the_project_syncs_are_written_or_hashed_and_auth_users_
     cases("apply_refusals", &[REFUSALS]).await;
 }
 
+/// A project set up before the registry of synced tables existed: its
+/// tables carry the enrolment trigger but no registry row. Installing the
+/// upstream SQL again registers them, so clinics whose `init --upstream` ran
+/// before keep syncing; a table never enrolled stays refused.
+#[tokio::test]
+async fn tables_enrolled_before_the_registry_existed_are_registered_when_the_sql_is_installed_again() {
+    let client = run_cases(
+        "apply_backfill",
+        &["SELECT centrovision_sync.enroll_table('public', 'visits');
+           DELETE FROM centrovision_sync.synced_table;"],
+    )
+    .await;
+    client.batch_execute(&upstream_sql()).await.unwrap_or_else(|e| panic!("installing again: {}", pg_error(&e)));
+    let registered: Vec<String> = client
+        .query("SELECT schema_name || '.' || table_name FROM centrovision_sync.synced_table ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(registered, ["public.visits"], "the enrolled table, and only it, is registered again");
+}
+
 #[tokio::test]
 async fn only_service_role_may_call_it_and_it_runs_as_security_definer_with_an_empty_search_path() {
     let client = run_cases("apply_privileges", &[PRIVILEGES]).await;
