@@ -78,7 +78,14 @@
 --
 -- Security: SECURITY DEFINER (owner: the installing role, `postgres` on Supabase) with
 -- search_path = ''; EXECUTE revoked from PUBLIC/anon/authenticated, granted to service_role.
--- Tables in pg_* schemas, information_schema and centrovision_sync are refused (42501).
+-- It writes ONLY to the tables this project syncs, centrovision_sync.synced_table
+-- (003_row_state.sql: filled by `init --upstream` from [sync] tables in the [supabase] schema):
+-- a call naming any other table ("s"."t" of a well-formed element: auth.users, storage.objects,
+-- an unlisted table of the synced schema) raises 42501 before anything is written, naming the
+-- tables and the fix (add it to [sync] tables, run `init --upstream`).  The caller keeps its
+-- changes queued and retries after the fix; one lookup per distinct table of the call.
+-- Tables in pg_* schemas, information_schema and centrovision_sync are never registered, and
+-- refused again per element (42501) should a row for one appear there.
 
 BEGIN;
 
@@ -157,6 +164,7 @@ DECLARE
   v_wrows      jsonb;
   v_n_side     bigint;
   v_trunc_ts   timestamptz;
+  v_refused    text;
 BEGIN
   IF writer IS NULL OR writer = '' OR writer = 'legacy' OR writer LIKE 'cloud:%' THEN
     RAISE EXCEPTION USING
@@ -174,6 +182,36 @@ BEGIN
   END IF;
   IF pg_catalog.jsonb_array_length(changes) = 0 THEN
     RETURN '{"applied": [], "kept": [], "rejected": []}'::jsonb;
+  END IF;
+
+  -- Only the tables this project syncs (see the header): one lookup per distinct table named by
+  -- the call, before anything is written.  (jsonb_to_recordset reads only "s" and "t" of each
+  -- element; an element that is not an object makes it fail, then the objects are read one by one.)
+  BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', q.s, q.t), ', ' ORDER BY q.s, q.t)
+    INTO v_refused
+    FROM (SELECT DISTINCT coalesce(x.s, 'public') AS s, x.t
+          FROM pg_catalog.jsonb_to_recordset(changes) AS x(s text, t text)) AS q
+    WHERE q.t <> '' AND q.s <> ''
+      AND NOT EXISTS (SELECT 1 FROM centrovision_sync.synced_table AS st
+                      WHERE st.schema_name = q.s AND st.table_name = q.t);
+  EXCEPTION WHEN invalid_parameter_value THEN
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', q.s, q.t), ', ' ORDER BY q.s, q.t)
+    INTO v_refused
+    FROM (SELECT DISTINCT coalesce(e->>'s', 'public') AS s, e->>'t' AS t
+          FROM pg_catalog.jsonb_array_elements(changes) AS e
+          WHERE pg_catalog.jsonb_typeof(e) = 'object') AS q
+    WHERE q.t <> '' AND q.s <> ''
+      AND NOT EXISTS (SELECT 1 FROM centrovision_sync.synced_table AS st
+                      WHERE st.schema_name = q.s AND st.table_name = q.t);
+  END;
+  IF v_refused IS NOT NULL THEN
+    RAISE EXCEPTION USING
+      ERRCODE = '42501',
+      MESSAGE = pg_catalog.format(
+        'centrovision_sync_apply: %s is not a table this project syncs; nothing was written', v_refused),
+      DETAIL = 'the sync functions write only to the tables registered by init --upstream (centrovision_sync.synced_table)',
+      HINT = 'if it should be synced, add it to [sync] tables in config.toml (its schema is [supabase] schema) and run `centrovision-sync init --upstream`, or paste `init --print-upstream-sql` into the Supabase SQL editor';
   END IF;
 
   -- No ordinary triggers (updated_at stampers), no FK checks: plain statement, see header.

@@ -14,6 +14,13 @@
 --   the drill-down into buckets that differ.
 -- Both return a single jsonb value so PostgREST's max-rows cap never
 -- truncates them.
+-- Security: SECURITY DEFINER (search_path = '', every name qualified),
+-- EXECUTE for service_role only. They read ONLY a table this project syncs:
+-- upstream, one registered in centrovision_sync.synced_table
+-- (003_row_state.sql, filled by `init --upstream`); anything else (auth.users,
+-- an unlisted table) raises 42501 naming it and the fix. A database without
+-- that registry (the clinic's own, where `init` installs this file) hashes
+-- only a table the calling role may SELECT itself.
 -- (The contract version function is generated from upstream::CONTRACT_VERSION,
 -- the one definition of the version: see `init --print-upstream-sql`.)
 BEGIN;
@@ -27,7 +34,23 @@ DECLARE
     chunk text[];
     parts text[] := '{}';
     i integer;
+    allowed boolean;
 BEGIN
+    -- Only a table this project syncs (see the header).
+    IF pg_catalog.to_regclass('centrovision_sync.synced_table') IS NOT NULL THEN
+        SELECT EXISTS (SELECT 1 FROM centrovision_sync.synced_table st
+                       WHERE st.schema_name = s AND st.table_name = t) INTO allowed;
+    ELSE
+        allowed := pg_catalog.has_table_privilege(
+            coalesce(nullif(pg_catalog.current_setting('role'), 'none'), pg_catalog.session_user()::text),
+            pg_catalog.format('%I.%I', s, t), 'SELECT');
+    END IF;
+    IF NOT allowed THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '42501',
+            MESSAGE = pg_catalog.format('centrovision sync verify: %I.%I is not a table this project syncs', s, t),
+            HINT = 'if it should be synced, add it to [sync] tables in config.toml (its schema is [supabase] schema) and run `centrovision-sync init --upstream`, or paste `init --print-upstream-sql` into the Supabase SQL editor';
+    END IF;
     PERFORM pg_catalog.set_config('TimeZone', 'UTC', true);
     PERFORM pg_catalog.set_config('extra_float_digits', '1', true);
     PERFORM pg_catalog.set_config('IntervalStyle', 'postgres', true);

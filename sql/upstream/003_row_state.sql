@@ -26,6 +26,18 @@
 --   winner and the rule, and the winner is re-emitted into the feed so the losing clinic gets it.
 --
 -- Tables (schema centrovision_sync):
+--   synced_table     THE TABLES THIS PROJECT SYNCS, (schema, table): the only tables the SECURITY
+--                    DEFINER functions (apply, verify hashes, feed, row versions, conflicts) write
+--                    or read for a caller.  Written only by `enroll_table` (`init --upstream` or
+--                    `init --print-upstream-sql`: one row per [sync] tables entry, in the
+--                    [supabase] schema) and, when this file is installed, for every table already
+--                    carrying the enrolment trigger (projects enrolled before this table existed);
+--                    never by a function the API roles can call.  Never rows for pg_*,
+--                    information_schema, centrovision_sync, nor Supabase's own schemas (auth,
+--                    storage, ...).  Additive: clinics sharing a project may sync different
+--                    tables, so a table leaves only by hand (DELETE here and drop its two
+--                    centrovision_sync_* triggers).  Refusals are SQLSTATE 42501 naming the table
+--                    and the fix: add it to [sync] tables and run `init --upstream`.
 --   settings         key/value: max_clock_skew_seconds, tombstone_retention_days,
 --                    conflict_retention_days (written by `init --upstream` from config.toml).
 --   row_version      one row per (schema, table, pk): the row's latest version — writer, its
@@ -59,6 +71,15 @@ BEGIN;
 
 CREATE SCHEMA IF NOT EXISTS centrovision_sync;
 REVOKE ALL ON SCHEMA centrovision_sync FROM PUBLIC;
+
+CREATE TABLE IF NOT EXISTS centrovision_sync.synced_table (
+  schema_name text        NOT NULL,
+  table_name  text        NOT NULL,
+  enrolled_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (schema_name, table_name),
+  CONSTRAINT synced_table_not_a_system_schema CHECK (
+    schema_name NOT IN ('information_schema', 'centrovision_sync') AND schema_name NOT LIKE 'pg\_%')
+);
 
 CREATE TABLE IF NOT EXISTS centrovision_sync.settings (
   key   text PRIMARY KEY,
@@ -189,9 +210,11 @@ BEGIN
 END
 $fn$;
 
--- Puts one upstream table under sync state: installs the triggers for other writers and records
--- a version for each existing row that has none (writer 'legacy', stamp = updated_at), so a
--- clinic's first download and every later conflict decision see it.  Idempotent.
+-- Puts one upstream table under sync state: registers it in synced_table (from then on the sync
+-- functions accept it), installs the triggers for other writers and records a version for each
+-- existing row that has none (writer 'legacy', stamp = updated_at), so a clinic's first download
+-- and every later conflict decision see it.  Idempotent.  Refuses system schemas and Supabase's
+-- own (42501): the service never syncs auth.users or storage.objects.
 CREATE OR REPLACE FUNCTION centrovision_sync.enroll_table(p_schema text, p_table text)
 RETURNS bigint LANGUAGE plpgsql SET search_path = ''
 AS $fn$
@@ -200,6 +223,17 @@ DECLARE
   v_pk   text;
   v_n    bigint;
 BEGIN
+  IF p_schema IN ('information_schema', 'centrovision_sync', 'auth', 'storage', 'realtime',
+                  '_realtime', 'vault', 'extensions', 'graphql', 'graphql_public', 'pgsodium',
+                  'pgsodium_masks', 'net', 'supabase_functions', 'supabase_migrations', 'cron',
+                  'pgbouncer', '_analytics')
+     OR p_schema LIKE 'pg\_%' THEN
+    RAISE EXCEPTION USING ERRCODE = '42501',
+      MESSAGE = pg_catalog.format('centrovision sync does not sync tables of schema %I (%s)', p_schema, v_rel),
+      HINT = 'sync the application''s own tables: set [supabase] schema to their schema (usually public)';
+  END IF;
+  INSERT INTO centrovision_sync.synced_table (schema_name, table_name)
+  VALUES (p_schema, p_table) ON CONFLICT DO NOTHING;
   SELECT min(a.attname::text) INTO v_pk
   FROM pg_catalog.pg_index x
   JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
@@ -227,6 +261,17 @@ BEGIN
 END
 $fn$;
 REVOKE EXECUTE ON FUNCTION centrovision_sync.enroll_table(text, text) FROM PUBLIC;
+
+-- Tables enrolled before synced_table existed (they carry the enrolment trigger) stay synced.
+INSERT INTO centrovision_sync.synced_table (schema_name, table_name)
+SELECT n.nspname::text, c.relname::text
+FROM pg_catalog.pg_trigger tg
+JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE tg.tgname = 'centrovision_sync_record'
+  AND tg.tgfoid = 'centrovision_sync.record_write()'::pg_catalog.regprocedure
+  AND n.nspname NOT IN ('information_schema', 'centrovision_sync') AND n.nspname NOT LIKE 'pg\_%'
+ON CONFLICT DO NOTHING;
 
 -- The change feed (see the header).  Arguments:
 --   writer        the calling clinic (its own versions are left out)
@@ -289,6 +334,11 @@ BEGIN
   -- so the clinic reports them; their versions are skipped and the other tables keep flowing
   SELECT coalesce(array_agg(t ORDER BY t), '{}') INTO v_missing FROM unnest(tables) AS t
   WHERE pg_catalog.to_regclass(pg_catalog.format('%I.%I', schema_name, t)) IS NULL;
+  -- only tables this project syncs (synced_table, see the header): no other table's rows leave
+  tables := ARRAY(SELECT t FROM unnest(tables) AS t
+                  WHERE EXISTS (SELECT 1 FROM centrovision_sync.synced_table st
+                                WHERE st.schema_name = centrovision_sync_changes.schema_name
+                                  AND st.table_name = t));
 
   -- the page's versions, ordered by version_id
   SELECT coalesce(array_agg(q.o ORDER BY q.o), '{}'), array_agg(q.table_name ORDER BY q.o),
@@ -369,6 +419,9 @@ AS $fn$
   WHERE r.schema_name = centrovision_sync_row_versions.schema_name
     AND r.table_name = centrovision_sync_row_versions.table_name
     AND r.pk = ANY (keys)
+    -- only a table this project syncs (synced_table, see the header)
+    AND EXISTS (SELECT 1 FROM centrovision_sync.synced_table st
+                WHERE st.schema_name = r.schema_name AND st.table_name = r.table_name)
 $fn$;
 
 -- The conflict log, newest first: [{id, table, key, winner:{writer,stamp,deleted,image},
@@ -390,6 +443,9 @@ AS $fn$
     WHERE c.schema_name = centrovision_sync_conflicts.schema_name
       AND (tables IS NULL OR c.table_name = ANY (tables))
       AND (since IS NULL OR c.decided_at >= since)
+      -- only tables this project syncs (synced_table, see the header): the images are their rows
+      AND EXISTS (SELECT 1 FROM centrovision_sync.synced_table st
+                  WHERE st.schema_name = c.schema_name AND st.table_name = c.table_name)
     ORDER BY c.id DESC
     LIMIT greatest(1, least(coalesce(lim, 100), 10000))
   ) x

@@ -67,10 +67,11 @@ COMMIT;
 }
 
 /// The per-project statements after the files: the conflict settings from
-/// `[sync]`, each synced table enrolled (triggers that record other
-/// writers' versions, a version for each existing row), and with a
-/// `[supabase] schema` other than `public` the RPC entry points in it
-/// (`sql/upstream/004_api_schema.sql`).
+/// `[sync]`, each synced table enrolled (registered in
+/// `centrovision_sync.synced_table`, the only tables the upstream functions
+/// write or read; triggers that record other writers' versions; a version
+/// for each existing row), and with a `[supabase] schema` other than
+/// `public` the RPC entry points in it (`sql/upstream/004_api_schema.sql`).
 pub fn project_sql(cfg: &Config) -> String {
     use crate::catalog::quote_literal;
     let s = &cfg.sync;

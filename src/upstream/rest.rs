@@ -326,6 +326,9 @@ pub fn classify(what: &str, status: StatusCode, body: &str) -> SyncError {
             ErrorKind::Auth,
             Some("the service key was rejected: use the service_role key (Supabase dashboard → Settings → API), not the anon key".into()),
         ),
+        // A refusal raised by the sync functions (42501 with its own hint, e.g. a table this
+        // project does not sync) already says what to fix; the key is not the problem then.
+        403 if code == Some("42501") && server_hint.is_some() => (ErrorKind::Privilege, None),
         403 => (ErrorKind::Privilege, Some("the key lacks permission; use the service_role key".into())),
         404 => match code {
             Some("PGRST202") | Some("42883") => (
@@ -525,6 +528,24 @@ mod tests {
         assert_eq!(c(413, ""), ErrorKind::TooLarge);
         assert_eq!(c(500, r#"{"code":"57014","message":"canceling statement due to statement timeout"}"#), ErrorKind::TooSlow);
         assert_eq!(c(400, r#"{"code":"54000","message":"total size of jsonb array elements exceeds the maximum"}"#), ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn a_table_the_project_does_not_sync_is_a_privilege_error_with_the_functions_own_hint() {
+        let e = classify(
+            "applying a batch upstream",
+            StatusCode::FORBIDDEN,
+            r#"{"code":"42501","message":"centrovision_sync_apply: auth.users is not a table this project syncs; nothing was written","details":null,"hint":"add it to [sync] tables and run `centrovision-sync init --upstream`"}"#,
+        );
+        assert_eq!(e.kind, ErrorKind::Privilege);
+        assert_eq!(e.class(), Class::Operator);
+        assert!(!e.is_transient() && !e.is_outage());
+        assert_eq!(e.code.as_deref(), Some("42501"));
+        assert!(e.message.contains("auth.users"), "{e}");
+        assert_eq!(e.hint.as_deref(), Some("add it to [sync] tables and run `centrovision-sync init --upstream`"));
+        // A bare permission error still points at the key.
+        let bare = classify("x", StatusCode::FORBIDDEN, r#"{"code":"42501","message":"permission denied for table t"}"#);
+        assert!(bare.hint.as_deref().is_some_and(|h| h.contains("service_role key")), "{bare}");
     }
 
     #[test]

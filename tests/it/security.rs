@@ -8,6 +8,8 @@
 //!   URL holding a token) never reach the log, the log file, `status`,
 //!   `doctor`, the control tables or an alert body, including on failures;
 //! - the config file warns when other users can read it;
+//! - the upstream functions, which run as their owner, reach only the tables
+//!   the project syncs: not `auth.users`, not an unlisted table;
 //! - SQL text built with `format!` only splices identifiers through the
 //!   quoting helpers (a source-level check, see the last test).
 
@@ -967,3 +969,160 @@ async fn postgres_mode_verifies_the_upstream_certificate() {
     pair.assert_converged().await;
     assert_eq!(support::sync::count(&pair.upstream, "SELECT count(*) FROM services").await, 1);
 }
+
+// ---------------------------------------------------------------------------
+// The SECURITY DEFINER functions write and read only the synced tables
+// ---------------------------------------------------------------------------
+
+/// A table of Supabase's own (`auth.users`, as a project has it) and a table
+/// of the synced schema nobody listed in `[sync] tables`, on the upstream of
+/// `p`, each with one row.
+async fn tables_nobody_listed(p: &Pair) {
+    p.upstream
+        .connect()
+        .await
+        .batch_execute(
+            "CREATE SCHEMA auth;
+             CREATE TABLE auth.users (id uuid PRIMARY KEY, email text, updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO auth.users (id, email) VALUES ('00000000-0000-0000-0000-00000000aaaa', 'admin@clinic');
+             CREATE TABLE public.staff_notes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), note text,
+                                              updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO public.staff_notes (note) VALUES ('upstream only');",
+        )
+        .await
+        .expect("create auth.users and an unlisted table upstream");
+}
+
+/// One upsert element of `schema.table` in the apply's contract.
+fn upsert(i: usize, schema: &str, table: &str, row: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"i": i, "s": schema, "t": table, "op": "upsert", "e": 1, "l": "0/1", "n": i, "row": row})
+}
+
+/// The refusal of a table the project does not sync: a privilege error (an
+/// operator's, retried slowly, never parked nor retried at once) with
+/// SQLSTATE 42501 that names the table and says how to sync it.
+#[track_caller]
+fn assert_refused_naming(what: &str, got: centrovision_sync::error::Result<impl std::fmt::Debug>, table: &str) {
+    use centrovision_sync::error::{Class, ErrorKind, Retry};
+    let e = match got {
+        Ok(v) => panic!("{what}: expected a refusal, got {v:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind, ErrorKind::Privilege, "{what}: {e}");
+    assert_eq!(e.code.as_deref(), Some("42501"), "{what}: {e}");
+    let p = e.policy();
+    assert_eq!((p.class, p.outage), (Class::Operator, false), "{what}: {e}");
+    assert!(matches!(p.retry, Retry::Slowly(_)), "{what}: {e}");
+    assert!(e.message.contains(&format!("{table} is not a table this project syncs")), "{what}: {e}");
+    let hint = e.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("[sync] tables") && hint.contains("init --upstream"), "{what}: the hint says how to fix it: {e}");
+}
+
+async fn refusals_through<U: centrovision_sync::upstream::Upstream>(up: &U, p: &Pair) {
+    use centrovision_sync::upstream::HashRequest;
+    let intruder =
+        serde_json::json!({"id": "00000000-0000-0000-0000-00000000bbbb", "email": "intruder@x", "updated_at": "2026-01-01T00:00:00Z"});
+    let admin = serde_json::json!({"id": "00000000-0000-0000-0000-00000000aaaa", "email": "taken@x", "updated_at": "2099-01-01T00:00:00Z"});
+    let batch = serde_json::json!([upsert(0, "auth", "users", intruder), upsert(1, "auth", "users", admin)]);
+    assert_refused_naming("an apply into auth.users", up.apply(&batch.to_string()).await, "auth.users");
+
+    let service = serde_json::json!({"id": "00000000-0000-0000-0000-00000000cccc", "name": "listed", "updated_at": "2026-01-01T00:00:00Z"});
+    let note = serde_json::json!({"id": "00000000-0000-0000-0000-00000000dddd", "note": "unlisted", "updated_at": "2026-01-01T00:00:00Z"});
+    let mixed = serde_json::json!([upsert(0, "public", "services", service.clone()), upsert(1, "public", "staff_notes", note)]);
+    assert_refused_naming("an apply naming an unlisted table", up.apply(&mixed.to_string()).await, "public.staff_notes");
+
+    let cols = ["email".to_string()];
+    let auth_users = HashRequest { schema: "auth", table: "users", key_column: "id", cols: &cols, buckets: 4 };
+    assert_refused_naming("hashing auth.users", up.bucket_hashes(&auth_users).await, "auth.users");
+    let cols = ["note".to_string()];
+    let notes = HashRequest { schema: "public", table: "staff_notes", key_column: "id", cols: &cols, buckets: 4 };
+    assert_refused_naming("hashing rows of an unlisted table", up.row_hashes(&notes, &[0, 1, 2, 3]).await, "public.staff_notes");
+
+    // Nothing was written: auth.users as it was, the listed row of the
+    // refused call absent, no sync state for either.
+    let up_db = &p.upstream;
+    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM auth.users WHERE email = 'admin@clinic'").await, 1);
+    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM auth.users").await, 1);
+    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM services").await, 0);
+    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM staff_notes").await, 1);
+    assert_eq!(
+        support::sync::count(
+            up_db,
+            "SELECT count(*) FROM centrovision_sync.row_version WHERE table_name IN ('users', 'services', 'staff_notes')"
+        )
+        .await,
+        0
+    );
+
+    // A listed table still goes through, both ways.
+    let listed = serde_json::json!([upsert(0, "public", "services", service)]);
+    let outcome = up.apply(&listed.to_string()).await.expect("a listed table is applied");
+    assert_eq!((outcome.applied, outcome.rejected.len()), (vec![0], 0));
+    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM services WHERE name = 'listed'").await, 1);
+    let cols = ["name".to_string()];
+    let services = HashRequest { schema: "public", table: "services", key_column: "id", cols: &cols, buckets: 4 };
+    let hashes = up.bucket_hashes(&services).await.expect("a listed table is hashed");
+    assert!(hashes.contains("\"cols\": [\"name\"]") || hashes.contains("\"cols\":[\"name\"]"), "{hashes}");
+}
+
+/// The upstream functions run as their owner (SECURITY DEFINER: on Supabase
+/// the `postgres` role), so whoever holds the service key could reach every
+/// schema through them. They accept only the tables `init --upstream`
+/// registered from `[sync] tables` in `[supabase] schema`: an apply or a
+/// verify hash naming `auth.users`, or an unlisted table of the synced
+/// schema, is refused as a whole with 42501 before anything is written, and
+/// the service reads that as an operator's error with the fix in its hint;
+/// listed tables still work.
+async fn the_sync_functions_refuse_auth_users_and_unlisted_tables_and_write_nothing(mode: Mode) {
+    let p = Pair::new("refuse_unsynced", mode).await;
+    tables_nobody_listed(&p).await;
+    p.init().await;
+    let cfg = centrovision_sync::config::Config::load(p.config_path()).expect("the pair's config loads");
+    match mode {
+        Mode::Postgres => {
+            let up = centrovision_sync::upstream::postgres::PgUpstream::new(&cfg).expect("postgres upstream");
+            refusals_through(&up, &p).await;
+        }
+        Mode::Rest => {
+            let up = centrovision_sync::upstream::rest::RestUpstream::new(&cfg).expect("REST upstream");
+            refusals_through(&up, &p).await;
+        }
+    }
+}
+
+/// A table added to `[sync] tables` and to the clinic's `init`, but never
+/// set up upstream (`init --upstream` not re-run): `once` stops with the
+/// refusal and its fix, the table's changes stay queued (not parked, not
+/// lost), and after `init --upstream` they arrive.
+async fn a_table_not_set_up_upstream_waits_queued_with_the_fix_until_init_upstream(mode: Mode) {
+    let mut p = Pair::new("unsynced_added", mode).await;
+    let ddl = "CREATE TABLE public.staff_notes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), note text,
+                                                updated_at timestamptz NOT NULL DEFAULT now())";
+    for db in [&p.local, &p.upstream] {
+        db.connect().await.batch_execute(ddl).await.expect("create staff_notes");
+    }
+    p.init().await;
+    p.tables.push("staff_notes".into());
+    p.write_config();
+    p.ok(&["init"]).await; // the clinic only
+    p.local.connect().await.batch_execute("INSERT INTO staff_notes (note) VALUES ('written at the clinic')").await.unwrap();
+
+    let o = p.exec(&["once"], &[]).await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("public.staff_notes is not a table this project syncs"), "{err}");
+    assert!(err.contains("[sync] tables") && err.contains("init --upstream"), "the fix is in the message:\n{err}");
+    let queued = "SELECT count(*) FROM _sync_pending WHERE table_name = 'staff_notes' AND NOT synced AND parked_at IS NULL";
+    assert_eq!(support::sync::count(&p.local, queued).await, 1, "the change stays queued, not parked");
+    assert_eq!(support::sync::count(&p.upstream, "SELECT count(*) FROM staff_notes").await, 0);
+
+    p.init().await; // now with the upstream set up for it
+    p.once().await;
+    assert_eq!(support::sync::count(&p.upstream, "SELECT count(*) FROM staff_notes WHERE note = 'written at the clinic'").await, 1);
+    p.assert_converged().await;
+}
+
+crate::both_modes!(
+    the_sync_functions_refuse_auth_users_and_unlisted_tables_and_write_nothing,
+    a_table_not_set_up_upstream_waits_queued_with_the_fix_until_init_upstream,
+);

@@ -160,6 +160,34 @@ async fn a_statement_level_error_rejects_its_group_once_and_local_triggers_fire_
 }
 
 #[tokio::test]
+async fn only_the_tables_the_project_syncs_are_written_or_hashed_and_auth_users_never() {
+    cases("apply_refusals", &[REFUSALS]).await;
+}
+
+/// A project set up before the registry of synced tables existed: its
+/// tables carry the enrolment trigger but no registry row. Installing the
+/// upstream SQL again registers them, so clinics whose `init --upstream` ran
+/// before keep syncing; a table never enrolled stays refused.
+#[tokio::test]
+async fn tables_enrolled_before_the_registry_existed_are_registered_when_the_sql_is_installed_again() {
+    let client = run_cases(
+        "apply_backfill",
+        &["SELECT centrovision_sync.enroll_table('public', 'visits');
+           DELETE FROM centrovision_sync.synced_table;"],
+    )
+    .await;
+    client.batch_execute(&upstream_sql()).await.unwrap_or_else(|e| panic!("installing again: {}", pg_error(&e)));
+    let registered: Vec<String> = client
+        .query("SELECT schema_name || '.' || table_name FROM centrovision_sync.synced_table ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(registered, ["public.visits"], "the enrolled table, and only it, is registered again");
+}
+
+#[tokio::test]
 async fn only_service_role_may_call_it_and_it_runs_as_security_definer_with_an_empty_search_path() {
     let client = run_cases("apply_privileges", &[PRIVILEGES]).await;
     assert_every_case_passed(&client).await;
@@ -232,9 +260,18 @@ LANGUAGE sql AS $$ INSERT INTO tst.checks (name, ok, info) VALUES (p_name, coale
 -- below every earlier one and below "legacy" (rows the fixture inserts directly), with a commit
 -- position on each element. So between a batch and what is there, the later updated_at wins and
 -- on equal stamps an edit keeps what is there while a delete wins: the cases' rule.
+-- They also predate the registry of synced tables: every table a batch names is registered first,
+-- as `init --upstream` registers the configured ones (system schemas cannot be; REFUSALS covers
+-- what the registry refuses).
 CREATE SEQUENCE tst.writer_seq;
 CREATE FUNCTION tst.apply(p_changes jsonb) RETURNS jsonb
 LANGUAGE sql AS $$
+  INSERT INTO centrovision_sync.synced_table (schema_name, table_name)
+  SELECT DISTINCT coalesce(e->>'s', 'public'), e->>'t'
+  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_changes) = 'array' THEN p_changes ELSE '[]' END) AS e
+  WHERE jsonb_typeof(e) = 'object' AND coalesce(e->>'t', '') <> '' AND coalesce(e->>'s', 'public') <> ''
+    AND coalesce(e->>'s', 'public') NOT LIKE 'pg\_%'
+  ON CONFLICT DO NOTHING;
   SELECT public.centrovision_sync_apply(
     CASE WHEN jsonb_typeof(p_changes) = 'array' THEN
       coalesce((SELECT jsonb_agg(CASE WHEN jsonb_typeof(e) = 'object'
@@ -517,11 +554,11 @@ SELECT tst.expect('table-level rejections', $j$[
  {"i": 3, "t": "nopk", "op": "upsert", "row": {"a": 1, "updated_at": "2024-01-01 00:00:00+00"}},
  {"i": 4, "t": "twopk", "op": "delete", "k": "1", "ts": "2024-01-01 00:00:00+00"},
  {"i": 5, "t": "noupd", "op": "upsert", "row": {"id": 1, "v": "x", "updated_at": "2024-01-01 00:00:00+00"}},
- {"i": 6, "s": "pg_catalog", "t": "pg_class", "op": "truncate", "ts": "2024-01-01 00:00:00+00"},
  {"i": 7, "t": "patients", "op": "upsert", "row": {"name": "no pk", "updated_at": "2024-01-01 00:00:00+00"}},
  {"i": 8, "s": "nosuchschema", "t": "patients", "op": "delete", "k": "1", "ts": "2024-01-01 00:00:00+00"},
  {"i": 9, "t": "Patients", "op": "delete", "k": "1", "ts": "2024-01-01 00:00:00+00"}
-]$j$, '{}', '{}', '{1:42P01,2:42809,3:0A000,4:0A000,5:42703,6:42501,7:22023,8:42P01,9:42P01}');
+]$j$, '{}', '{}', '{1:42P01,2:42809,3:0A000,4:0A000,5:42703,7:22023,8:42P01,9:42P01}');
+-- (a system table, once element 6 here, is refused before anything is written: see REFUSALS)
 SELECT tst.ok('unknown table message names it',
   (SELECT x->>'message' FROM tst.res, jsonb_array_elements(r->'rejected') x
    WHERE name = 'table-level rejections' AND x->>'i' = '1') = 'upstream table public.nosuch does not exist'
@@ -693,8 +730,119 @@ BEGIN
 END $$;
 "#;
 
+/// What the SECURITY DEFINER functions refuse: every table but the ones the
+/// project syncs (centrovision_sync.synced_table), before anything is written.
+const REFUSALS: &str = r#"
+-- Supabase's own table, and a table of the synced schema nobody listed in [sync] tables.
+CREATE SCHEMA auth;
+CREATE TABLE auth.users (id uuid PRIMARY KEY, email text, updated_at timestamptz);
+INSERT INTO auth.users VALUES ('00000000-0000-0000-0000-00000000aaaa', 'admin@clinic', '2024-01-01 00:00:00+00');
+CREATE TABLE public.unlisted (id int PRIMARY KEY, v text, updated_at timestamptz);
+SELECT centrovision_sync.enroll_table('public', 'visits');
+
+-- SQLSTATE | message | hint of a direct call (not tst.apply, which registers what it names)
+CREATE FUNCTION tst.refusal(p_changes jsonb) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE st text; m text; h text;
+BEGIN
+  PERFORM public.centrovision_sync_apply(p_changes, 'clinic-x');
+  RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
+  RETURN st || ' | ' || m || ' | ' || h;
+END $$;
+CREATE FUNCTION tst.refused_as_unsynced(p_name text, p_got text, p_table text) RETURNS void LANGUAGE sql AS $$
+  SELECT tst.ok(p_name,
+    p_got LIKE '42501 | centrovision_sync_apply: ' || p_table || ' is not a table this project syncs; nothing was written | %'
+    AND p_got LIKE '%add it to [sync] tables%init --upstream%', p_got)
+$$;
+CREATE FUNCTION tst.sqlstate_of(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE st text; m text; h text;
+BEGIN
+  EXECUTE p_sql;
+  RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
+  RETURN st || ' | ' || m || ' | ' || coalesce(h, '');
+END $$;
+
+SELECT tst.refused_as_unsynced('an upsert into auth.users is refused', tst.refusal($j$[
+ {"i": 1, "s": "auth", "t": "users", "op": "upsert", "e": 1, "l": "0/1", "n": 1,
+  "row": {"id": "00000000-0000-0000-0000-00000000bbbb", "email": "intruder@x", "updated_at": "2024-01-01 00:00:00+00"}}
+]$j$), 'auth.users');
+SELECT tst.refused_as_unsynced('a delete and a truncate of auth.users are refused', tst.refusal($j$[
+ {"i": 1, "s": "auth", "t": "users", "op": "delete", "k": "00000000-0000-0000-0000-00000000aaaa", "ts": "2030-01-01 00:00:00+00", "e": 1, "l": "0/2", "n": 1},
+ {"i": 2, "s": "auth", "t": "users", "op": "truncate", "ts": "2030-01-01 00:00:00+00", "e": 1, "l": "0/2", "n": 2}
+]$j$), 'auth.users');
+SELECT tst.ok('auth.users is untouched and has no sync state',
+  (SELECT array_agg(email) = '{admin@clinic}' FROM auth.users)
+  AND NOT EXISTS (SELECT 1 FROM centrovision_sync.row_version WHERE schema_name = 'auth')
+  AND NOT EXISTS (SELECT 1 FROM centrovision_sync.writer_progress WHERE writer = 'clinic-x'),
+  (SELECT string_agg(email, ', ') FROM auth.users));
+
+SELECT tst.refused_as_unsynced('one unlisted table refuses the whole call, listed rows included', tst.refusal($j$[
+ {"i": 1, "t": "visits", "op": "upsert", "e": 1, "l": "0/3", "n": 1, "row": {"id": 7001, "note": "listed", "updated_at": "2024-01-01 00:00:00+00"}},
+ {"i": 2, "t": "unlisted", "op": "upsert", "e": 1, "l": "0/3", "n": 2, "row": {"id": 1, "v": "x", "updated_at": "2024-01-01 00:00:00+00"}}
+]$j$), 'public.unlisted');
+SELECT tst.ok('nothing of the refused call was written',
+  NOT EXISTS (SELECT 1 FROM public.visits WHERE id = 7001) AND NOT EXISTS (SELECT 1 FROM public.unlisted)
+  AND NOT EXISTS (SELECT 1 FROM centrovision_sync.row_version WHERE table_name IN ('visits', 'unlisted')));
+SELECT tst.refused_as_unsynced('a system table is refused', tst.refusal($j$[
+ {"i": 1, "s": "pg_catalog", "t": "pg_class", "op": "truncate", "ts": "2024-01-01 00:00:00+00", "e": 1, "l": "0/4", "n": 1}
+]$j$), 'pg_catalog.pg_class');
+SELECT tst.refused_as_unsynced('the sync schema itself is refused', tst.refusal($j$[
+ {"i": 1, "s": "centrovision_sync", "t": "settings", "op": "upsert", "e": 1, "l": "0/4", "n": 1,
+  "row": {"key": "max_clock_skew_seconds", "value": "1e9", "updated_at": "2024-01-01 00:00:00+00"}}
+]$j$), 'centrovision_sync.settings');
+
+INSERT INTO tst.res SELECT 'listed', public.centrovision_sync_apply($j$[
+  {"i": 1, "t": "visits", "op": "upsert", "e": 1, "l": "0/5", "n": 1, "row": {"id": 7002, "note": "listed", "updated_at": "2024-01-01 00:00:00+00"}}
+]$j$, 'clinic-x');
+SELECT tst.ok('a listed table is still written',
+  (SELECT r -> 'applied' FROM tst.res WHERE name = 'listed') = '[1]'
+  AND EXISTS (SELECT 1 FROM public.visits WHERE id = 7002),
+  (SELECT r::text FROM tst.res WHERE name = 'listed'));
+
+-- the verify hash functions read only synced tables too
+SELECT tst.ok('hashing auth.users is refused',
+  tst.sqlstate_of($s$SELECT public.centrovision_sync_bucket_hashes('auth', 'users', 'id', '{email}', 4)$s$)
+    LIKE '42501 | centrovision sync verify: auth.users is not a table this project syncs | %init --upstream%',
+  tst.sqlstate_of($s$SELECT public.centrovision_sync_bucket_hashes('auth', 'users', 'id', '{email}', 4)$s$));
+SELECT tst.ok('hashing rows of an unlisted table is refused',
+  tst.sqlstate_of($s$SELECT public.centrovision_sync_row_hashes('public', 'unlisted', 'id', '{v}', 4, '{0,1,2,3}')$s$)
+    LIKE '42501 | centrovision sync verify: public.unlisted is not a table this project syncs | %',
+  tst.sqlstate_of($s$SELECT public.centrovision_sync_row_hashes('public', 'unlisted', 'id', '{v}', 4, '{0,1,2,3}')$s$));
+SELECT tst.ok('a listed table is still hashed',
+  (public.centrovision_sync_bucket_hashes('public', 'visits', 'id', '{note}', 4) -> 'cols') = '["note"]');
+
+-- sync state left over from before the registry is never served for an unlisted table
+INSERT INTO centrovision_sync.row_version (schema_name, table_name, pk, writer, stamp, version_id)
+VALUES ('auth', 'users', '00000000-0000-0000-0000-00000000aaaa', 'legacy', now(), nextval('centrovision_sync.version_seq'));
+SELECT tst.ok('the feed serves no row of an unlisted table',
+  (SELECT r->'changes' FROM (SELECT public.centrovision_sync_changes('clinic-x', 'auth', '{users}', NULL, NULL, 0, 100) AS r) q) = '[]',
+  (SELECT public.centrovision_sync_changes('clinic-x', 'auth', '{users}', NULL, NULL, 0, 100)::text));
+SELECT tst.ok('row versions of an unlisted table are not served',
+  public.centrovision_sync_row_versions('auth', 'users', '{00000000-0000-0000-0000-00000000aaaa}', NULL) = '[]');
+
+-- the registry refuses system and Supabase schemas; enrolling registers
+SELECT tst.ok('auth.users cannot be enrolled',
+  tst.sqlstate_of($s$SELECT centrovision_sync.enroll_table('auth', 'users')$s$) LIKE '42501 | %schema auth%',
+  tst.sqlstate_of($s$SELECT centrovision_sync.enroll_table('auth', 'users')$s$));
+SELECT tst.ok('a system schema cannot be registered',
+  tst.sqlstate_of($s$INSERT INTO centrovision_sync.synced_table VALUES ('pg_catalog', 'pg_class')$s$) LIKE '23514 | %',
+  tst.sqlstate_of($s$INSERT INTO centrovision_sync.synced_table VALUES ('pg_catalog', 'pg_class')$s$));
+SELECT centrovision_sync.enroll_table('public', 'unlisted');
+INSERT INTO tst.res SELECT 'enrolled', public.centrovision_sync_apply($j$[
+  {"i": 1, "t": "unlisted", "op": "upsert", "e": 1, "l": "0/6", "n": 1, "row": {"id": 1, "v": "now listed", "updated_at": "2024-01-01 00:00:00+00"}}
+]$j$, 'clinic-x');
+SELECT tst.ok('once enrolled, the table is written',
+  (SELECT r -> 'applied' FROM tst.res WHERE name = 'enrolled') = '[1]',
+  (SELECT r::text FROM tst.res WHERE name = 'enrolled'));
+"#;
+
 /// Who may execute it, and how it runs.
 const PRIVILEGES: &str = r#"
+-- the table the test then writes as service_role is one the project syncs
+INSERT INTO centrovision_sync.synced_table (schema_name, table_name) VALUES ('public', 'visits');
 SELECT tst.ok('EXECUTE: service_role yes; anon, authenticated, PUBLIC no',
   has_function_privilege('service_role', 'public.centrovision_sync_apply(jsonb, text)', 'EXECUTE')
   AND NOT has_function_privilege('anon', 'public.centrovision_sync_apply(jsonb, text)', 'EXECUTE')
