@@ -730,20 +730,25 @@ COMMENT ON FUNCTION public.centrovision_sync_apply(jsonb, text) IS
 
 -- Privileges: only the service role may call it (Supabase grants EXECUTE on new functions in
 -- public to anon/authenticated by default privileges, hence the explicit revokes).
+-- (The contract-2 signature only raises the upgrade error; it gets the same privileges.)
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb) FROM PUBLIC;
 
 DO $do$
 DECLARE
   r text;
+  f text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-      EXECUTE format('REVOKE EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb, text) FROM %I', r);
+  FOREACH f IN ARRAY ARRAY['public.centrovision_sync_apply(jsonb, text)', 'public.centrovision_sync_apply(jsonb)'] LOOP
+    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
+      IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', f, r);
+      END IF;
+    END LOOP;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+      EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO service_role', f);
     END IF;
   END LOOP;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
-    GRANT EXECUTE ON FUNCTION public.centrovision_sync_apply(jsonb, text) TO service_role;
-  END IF;
 END
 $do$;
 

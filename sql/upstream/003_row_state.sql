@@ -498,6 +498,7 @@ REVOKE EXECUTE ON FUNCTION public.centrovision_sync_changes(text, text, text[], 
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_conflicts(text, text[], timestamptz, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_conflict_count(text, timestamptz) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_prune() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION public.centrovision_sync_row_versions(text, text, text[], text) FROM PUBLIC;
 DO $do$
 DECLARE
   r text;

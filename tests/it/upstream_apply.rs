@@ -850,6 +850,16 @@ SELECT tst.ok('EXECUTE: service_role yes; anon, authenticated, PUBLIC no',
   AND NOT has_function_privilege('someone_else', 'public.centrovision_sync_apply(jsonb, text)', 'EXECUTE')
   AND has_function_privilege('service_role', 'public.centrovision_sync_version()', 'EXECUTE')
   AND NOT has_function_privilege('anon', 'public.centrovision_sync_version()', 'EXECUTE'));
+SELECT tst.ok('every centrovision_sync function in public: service_role only (anon, authenticated, PUBLIC no)',
+  NOT EXISTS (SELECT 1 FROM pg_proc p
+              WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'centrovision\_sync\_%'
+                AND (has_function_privilege('anon', p.oid, 'EXECUTE')
+                     OR has_function_privilege('someone_else', p.oid, 'EXECUTE')
+                     OR NOT has_function_privilege('service_role', p.oid, 'EXECUTE'))),
+  (SELECT string_agg(p.oid::regprocedure::text, ', ') FROM pg_proc p
+   WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'centrovision\_sync\_%'
+     AND (has_function_privilege('anon', p.oid, 'EXECUTE') OR has_function_privilege('someone_else', p.oid, 'EXECUTE')
+          OR NOT has_function_privilege('service_role', p.oid, 'EXECUTE'))));
 SELECT tst.ok('SECURITY DEFINER with search_path = ''''',
   (SELECT prosecdef AND proconfig = ARRAY['search_path=""'] FROM pg_proc
    WHERE oid = 'public.centrovision_sync_apply(jsonb, text)'::regprocedure),
