@@ -82,6 +82,31 @@ impl Table {
             _ => None,
         }
     }
+    /// SQL for a row image of `alias` (a row of this table in the
+    /// statement) as jsonb, as capture journals it from pgoutput: json and
+    /// jsonb columns as JSON, every other column as its text form (so an
+    /// array of jsonb keeps a JSON-null element apart from a NULL one, and
+    /// every value is read back by its type's input function), generated
+    /// columns left out. `columns` limits the image to those columns.
+    /// `alias` must be a generated alias (e.g. `_cvs_r`), never a user name.
+    pub fn image_sql(&self, alias: &str, columns: Option<&[String]>) -> String {
+        let pairs: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !c.generated && columns.is_none_or(|only| only.contains(&c.name)))
+            .map(|c| {
+                let cast = if matches!(c.type_name.as_str(), "json" | "jsonb") { "" } else { "::text" };
+                format!("{}, to_jsonb({alias}.{}{cast})", quote_literal(&c.name), quote_ident(&c.name))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return "'{}'::jsonb".to_string();
+        }
+        // jsonb_build_object takes at most 100 arguments.
+        let parts: Vec<String> = pairs.chunks(40).map(|p| format!("jsonb_build_object({})", p.join(", "))).collect();
+        format!("({})", parts.join(" || "))
+    }
+
     /// Why this table cannot be synced, if it cannot.
     pub fn unsyncable_reason(&self) -> Option<String> {
         if self.primary_key.is_empty() {

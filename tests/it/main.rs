@@ -25,6 +25,9 @@
 //!   case; [`conflict_rule`]: the multi-writer conflict rule line by line;
 //! - [`multi_clinic`]: two clinics and one upstream, each everyday
 //!   situation of many writers;
+//! - [`type_round_trip`]: every type a clinic is likely to use, both ways
+//!   in both modes, value for value, on a table whose columns are named
+//!   like the aliases generated SQL uses;
 //! - [`pgoutput_never_panics`]: property tests of the pgoutput codec;
 //! - [`harness_smoke`], [`postgrest_standin`]: the test kit's own promises;
 //! - [`bench_quick`]: the end-to-end benchmark's quick profile, so the
@@ -56,5 +59,6 @@ mod rest_mode;
 mod security;
 mod service;
 mod status_page;
+mod type_round_trip;
 mod up_path;
 mod upstream_apply;
