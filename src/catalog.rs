@@ -63,6 +63,8 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
     /// `relreplident`: 'd' default, 'f' full, 'i' index, 'n' nothing.
     pub replica_identity: char,
+    /// With `replica_identity` 'i': the index and its columns.
+    pub replica_identity_index: Option<(String, Vec<String>)>,
 }
 
 impl Table {
@@ -107,6 +109,28 @@ impl Table {
         format!("({})", parts.join(" || "))
     }
 
+    /// Why deletes (and key changes) of this table could not be keyed by
+    /// its primary key, and the exact fix: the old row a delete carries in
+    /// the WAL holds the replica identity's columns only. `NOTHING` sends
+    /// none (and PostgreSQL refuses the application's deletes on a
+    /// published table), an index without the key column sends other
+    /// columns; capture could then only stop at the first delete.
+    pub fn replica_identity_problem(&self) -> Option<(String, String)> {
+        let pk = self.pk()?;
+        let what = match (self.replica_identity, &self.replica_identity_index) {
+            ('n', _) => format!("table {} has REPLICA IDENTITY NOTHING: its deletes cannot be captured", self.qualified()),
+            ('i', Some((index, cols))) if !cols.contains(&pk.name) => format!(
+                "table {} has REPLICA IDENTITY USING INDEX {} ({}), which does not carry the primary key {}: its deletes cannot be keyed",
+                self.qualified(),
+                quote_ident(index),
+                cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
+                quote_ident(&pk.name)
+            ),
+            _ => return None,
+        };
+        Some((what, format!("ALTER TABLE {} REPLICA IDENTITY DEFAULT;", self.qualified())))
+    }
+
     /// Why this table cannot be synced, if it cannot.
     pub fn unsyncable_reason(&self) -> Option<String> {
         if self.primary_key.is_empty() {
@@ -129,6 +153,9 @@ impl Table {
                 self.qualified(),
                 self.qualified()
             ));
+        }
+        if let Some((what, fix)) = self.replica_identity_problem() {
+            return Some(format!("{what}; fix: {fix}"));
         }
         None
     }
@@ -164,6 +191,7 @@ pub async fn load(client: &Client, side: Side, schema: &str, tables: &[String]) 
             columns: Vec::new(),
             foreign_keys: Vec::new(),
             replica_identity: ident.chars().next().unwrap_or('d'),
+            replica_identity_index: None,
         });
         t.columns.push(Column { name: r.get(2), type_name: r.get(3), generated: r.get(4) });
     }
@@ -185,6 +213,26 @@ pub async fn load(client: &Client, side: Side, schema: &str, tables: &[String]) 
         )
         .await
         .map_err(|e| SyncError::from_pg(ctx(), &e))?;
+    let idents = client
+        .query(
+            "SELECT c.relname, ic.relname::text,
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indrelid
+             JOIN pg_class ic ON ic.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = ANY($2) AND i.indisreplident",
+            &[&schema, &tables],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(ctx(), &e))?;
+    for r in idents {
+        let name: String = r.get(0);
+        if let Some(t) = out.get_mut(&name) {
+            t.replica_identity_index = Some((r.get(1), r.get(2)));
+        }
+    }
     for r in keys {
         let name: String = r.get(0);
         let Some(t) = out.get_mut(&name) else { continue };
@@ -255,6 +303,7 @@ mod tests {
                 })
                 .collect(),
             replica_identity: 'd',
+            replica_identity_index: None,
         }
     }
 

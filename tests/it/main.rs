@@ -14,6 +14,8 @@
 //!   clusters, crash points included;
 //! - [`rest_mode`]: upstream through the PostgREST stand-in;
 //! - [`service`]: `run` as a long-lived service (outages, restarts, alerts);
+//! - [`durability`]: synchronous commits whatever the server says, and
+//!   tables whose deletes could not be keyed (REPLICA IDENTITY) reported;
 //! - [`recovery`]: replay, verify/repair, resync after a lost slot;
 //! - [`bad_input`], [`catalogue`]: the bad-input catalogue;
 //! - [`chaos`]: two clinics and the cloud app writing the same rows under
@@ -50,6 +52,7 @@ mod chaos;
 mod conflict_rule;
 mod deploy_files;
 mod down_path;
+mod durability;
 mod harness_smoke;
 mod multi_clinic;
 mod pgoutput_never_panics;
