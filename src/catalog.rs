@@ -315,6 +315,41 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_identity_that_cannot_key_a_delete_is_named_with_the_fix() {
+        let mut t = table("Citas", &[]);
+        t.columns = vec![
+            Column { name: "id".into(), type_name: "uuid".into(), generated: false },
+            Column { name: "updated_at".into(), type_name: "timestamp with time zone".into(), generated: false },
+        ];
+        assert_eq!(t.replica_identity_problem(), None, "DEFAULT keys by the primary key");
+        t.replica_identity = 'f';
+        assert_eq!(t.replica_identity_problem(), None, "FULL carries every column");
+        t.replica_identity = 'i';
+        t.replica_identity_index = Some(("citas_id_code".into(), vec!["id".into(), "code".into()]));
+        assert_eq!(t.replica_identity_problem(), None, "an index with the key column keys deletes");
+        t.replica_identity_index = Some(("Por Código".into(), vec!["code".into()]));
+        let (what, fix) = t.replica_identity_problem().expect("an index without the key");
+        assert!(what.contains(r#"USING INDEX "Por Código" ("code"), which does not carry the primary key "id""#), "{what}");
+        assert_eq!(fix, r#"ALTER TABLE "public"."Citas" REPLICA IDENTITY DEFAULT;"#);
+        t.replica_identity = 'n';
+        let (what, _) = t.replica_identity_problem().expect("NOTHING");
+        assert!(what.contains("REPLICA IDENTITY NOTHING"), "{what}");
+        assert!(t.unsyncable_reason().is_some_and(|r| r.ends_with(&fix)), "init refuses it with the fix");
+    }
+
+    #[test]
+    fn row_images_take_json_as_json_everything_else_as_text_and_leave_generated_columns_out() {
+        let mut t = table("t", &[]);
+        t.columns = vec![
+            Column { name: "x".into(), type_name: "jsonb[]".into(), generated: false },
+            Column { name: "j".into(), type_name: "jsonb".into(), generated: false },
+            Column { name: "g".into(), type_name: "integer".into(), generated: true },
+        ];
+        assert_eq!(t.image_sql("_cvs_r", None), r#"(jsonb_build_object('x', to_jsonb(_cvs_r."x"::text), 'j', to_jsonb(_cvs_r."j")))"#);
+        assert_eq!(t.image_sql("_cvs_r", Some(&["j".to_string()])), r#"(jsonb_build_object('j', to_jsonb(_cvs_r."j")))"#);
+    }
+
+    #[test]
     fn tables_are_ordered_parents_first_from_foreign_keys() {
         let mut m = BTreeMap::new();
         for t in [
