@@ -63,6 +63,8 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
     /// `relreplident`: 'd' default, 'f' full, 'i' index, 'n' nothing.
     pub replica_identity: char,
+    /// With `replica_identity` 'i': the index and its columns.
+    pub replica_identity_index: Option<(String, Vec<String>)>,
 }
 
 impl Table {
@@ -82,6 +84,53 @@ impl Table {
             _ => None,
         }
     }
+    /// SQL for a row image of `alias` (a row of this table in the
+    /// statement) as jsonb, as capture journals it from pgoutput: json and
+    /// jsonb columns as JSON, every other column as its text form (so an
+    /// array of jsonb keeps a JSON-null element apart from a NULL one, and
+    /// every value is read back by its type's input function), generated
+    /// columns left out. `columns` limits the image to those columns.
+    /// `alias` must be a generated alias (e.g. `_cvs_r`), never a user name.
+    pub fn image_sql(&self, alias: &str, columns: Option<&[String]>) -> String {
+        let pairs: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !c.generated && columns.is_none_or(|only| only.contains(&c.name)))
+            .map(|c| {
+                let cast = if matches!(c.type_name.as_str(), "json" | "jsonb") { "" } else { "::text" };
+                format!("{}, to_jsonb({alias}.{}{cast})", quote_literal(&c.name), quote_ident(&c.name))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return "'{}'::jsonb".to_string();
+        }
+        // jsonb_build_object takes at most 100 arguments.
+        let parts: Vec<String> = pairs.chunks(40).map(|p| format!("jsonb_build_object({})", p.join(", "))).collect();
+        format!("({})", parts.join(" || "))
+    }
+
+    /// Why deletes (and key changes) of this table could not be keyed by
+    /// its primary key, and the exact fix: the old row a delete carries in
+    /// the WAL holds the replica identity's columns only. `NOTHING` sends
+    /// none (and PostgreSQL refuses the application's deletes on a
+    /// published table), an index without the key column sends other
+    /// columns; capture could then only stop at the first delete.
+    pub fn replica_identity_problem(&self) -> Option<(String, String)> {
+        let pk = self.pk()?;
+        let what = match (self.replica_identity, &self.replica_identity_index) {
+            ('n', _) => format!("table {} has REPLICA IDENTITY NOTHING: its deletes cannot be captured", self.qualified()),
+            ('i', Some((index, cols))) if !cols.contains(&pk.name) => format!(
+                "table {} has REPLICA IDENTITY USING INDEX {} ({}), which does not carry the primary key {}: its deletes cannot be keyed",
+                self.qualified(),
+                quote_ident(index),
+                cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
+                quote_ident(&pk.name)
+            ),
+            _ => return None,
+        };
+        Some((what, format!("ALTER TABLE {} REPLICA IDENTITY DEFAULT;", self.qualified())))
+    }
+
     /// Why this table cannot be synced, if it cannot.
     pub fn unsyncable_reason(&self) -> Option<String> {
         if self.primary_key.is_empty() {
@@ -104,6 +153,9 @@ impl Table {
                 self.qualified(),
                 self.qualified()
             ));
+        }
+        if let Some((what, fix)) = self.replica_identity_problem() {
+            return Some(format!("{what}; fix: {fix}"));
         }
         None
     }
@@ -139,6 +191,7 @@ pub async fn load(client: &Client, side: Side, schema: &str, tables: &[String]) 
             columns: Vec::new(),
             foreign_keys: Vec::new(),
             replica_identity: ident.chars().next().unwrap_or('d'),
+            replica_identity_index: None,
         });
         t.columns.push(Column { name: r.get(2), type_name: r.get(3), generated: r.get(4) });
     }
@@ -160,6 +213,26 @@ pub async fn load(client: &Client, side: Side, schema: &str, tables: &[String]) 
         )
         .await
         .map_err(|e| SyncError::from_pg(ctx(), &e))?;
+    let idents = client
+        .query(
+            "SELECT c.relname, ic.relname::text,
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indrelid
+             JOIN pg_class ic ON ic.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = ANY($2) AND i.indisreplident",
+            &[&schema, &tables],
+        )
+        .await
+        .map_err(|e| SyncError::from_pg(ctx(), &e))?;
+    for r in idents {
+        let name: String = r.get(0);
+        if let Some(t) = out.get_mut(&name) {
+            t.replica_identity_index = Some((r.get(1), r.get(2)));
+        }
+    }
     for r in keys {
         let name: String = r.get(0);
         let Some(t) = out.get_mut(&name) else { continue };
@@ -230,6 +303,7 @@ mod tests {
                 })
                 .collect(),
             replica_identity: 'd',
+            replica_identity_index: None,
         }
     }
 
@@ -238,6 +312,41 @@ mod tests {
         assert_eq!(quote_ident("patients"), "\"patients\"");
         assert_eq!(quote_ident("Weird \"T\""), "\"Weird \"\"T\"\"\"");
         assert_eq!(qualified("public", "select"), "\"public\".\"select\"");
+    }
+
+    #[test]
+    fn a_replica_identity_that_cannot_key_a_delete_is_named_with_the_fix() {
+        let mut t = table("Citas", &[]);
+        t.columns = vec![
+            Column { name: "id".into(), type_name: "uuid".into(), generated: false },
+            Column { name: "updated_at".into(), type_name: "timestamp with time zone".into(), generated: false },
+        ];
+        assert_eq!(t.replica_identity_problem(), None, "DEFAULT keys by the primary key");
+        t.replica_identity = 'f';
+        assert_eq!(t.replica_identity_problem(), None, "FULL carries every column");
+        t.replica_identity = 'i';
+        t.replica_identity_index = Some(("citas_id_code".into(), vec!["id".into(), "code".into()]));
+        assert_eq!(t.replica_identity_problem(), None, "an index with the key column keys deletes");
+        t.replica_identity_index = Some(("Por Código".into(), vec!["code".into()]));
+        let (what, fix) = t.replica_identity_problem().expect("an index without the key");
+        assert!(what.contains(r#"USING INDEX "Por Código" ("code"), which does not carry the primary key "id""#), "{what}");
+        assert_eq!(fix, r#"ALTER TABLE "public"."Citas" REPLICA IDENTITY DEFAULT;"#);
+        t.replica_identity = 'n';
+        let (what, _) = t.replica_identity_problem().expect("NOTHING");
+        assert!(what.contains("REPLICA IDENTITY NOTHING"), "{what}");
+        assert!(t.unsyncable_reason().is_some_and(|r| r.ends_with(&fix)), "init refuses it with the fix");
+    }
+
+    #[test]
+    fn row_images_take_json_as_json_everything_else_as_text_and_leave_generated_columns_out() {
+        let mut t = table("t", &[]);
+        t.columns = vec![
+            Column { name: "x".into(), type_name: "jsonb[]".into(), generated: false },
+            Column { name: "j".into(), type_name: "jsonb".into(), generated: false },
+            Column { name: "g".into(), type_name: "integer".into(), generated: true },
+        ];
+        assert_eq!(t.image_sql("_cvs_r", None), r#"(jsonb_build_object('x', to_jsonb(_cvs_r."x"::text), 'j', to_jsonb(_cvs_r."j")))"#);
+        assert_eq!(t.image_sql("_cvs_r", Some(&["j".to_string()])), r#"(jsonb_build_object('j', to_jsonb(_cvs_r."j")))"#);
     }
 
     #[test]

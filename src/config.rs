@@ -575,7 +575,11 @@ impl Config {
             .user(&l.user)
             .application_name("centrovision-sync")
             .connect_timeout(Duration::from_secs(10))
-            .options("-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres");
+            // synchronous_commit: see `connect_local`.
+            .options(
+                "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=postgres \
+                 -c synchronous_commit=on",
+            );
         if !l.password.is_empty() {
             c.password(l.password.expose());
         }

@@ -156,14 +156,9 @@ impl Writer {
         let Some(id) = change.record_id.clone() else { return Ok(()) };
         let mut filled = RawObject::new();
         if let Some(pk) = table.pk() {
-            let cols: Vec<String> = change
-                .unchanged
-                .iter()
-                .map(|c| format!("{}, to_jsonb(t.{})", crate::catalog::quote_literal(c), crate::catalog::quote_ident(c)))
-                .collect();
             let sql = format!(
-                "SELECT jsonb_build_object({})::text FROM {} t WHERE t.{} = $1::text::{}",
-                cols.join(", "),
+                "SELECT {}::text FROM {} _cvs_r WHERE _cvs_r.{} = $1::text::{}",
+                table.image_sql("_cvs_r", Some(&change.unchanged)),
                 table.qualified(),
                 crate::catalog::quote_ident(&pk.name),
                 pk.type_name

@@ -342,12 +342,13 @@ impl<U: Upstream> Repairer<'_, U> {
                     &format!(
                         "SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object('i', u.ord - 1, 's', $2::text, 't', $3::text,
                                     'op', 'upsert', 'e', $5::int, 'l', $6::text, 'n', 0, 'b', u.base))
-                                    || jsonb_build_object('row', to_jsonb(x) - $4::text[]) ORDER BY u.ord), '[]')::text
+                                    || jsonb_build_object('row', {image} - $4::text[]) ORDER BY u.ord), '[]')::text
                      FROM unnest($1::text[], $7::bigint[]) WITH ORDINALITY u(id, base, ord)
-                     JOIN {t} x ON x.{pk} = u.id::{ty}",
+                     JOIN {t} _cvs_r ON _cvs_r.{pk} = u.id::{ty}",
                         t = table.qualified(),
                         pk = quote_ident(&pk.name),
-                        ty = pk.type_name
+                        ty = pk.type_name,
+                        image = table.image_sql("_cvs_r", None)
                     ),
                     &[&ids, &cfg.supabase.schema, &table.name, &only_local_cols, &position.epoch, &position.lsn, &bases],
                 )

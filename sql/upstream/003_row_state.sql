@@ -310,6 +310,7 @@ DECLARE
   v_del     boolean[];
   v_t       text;
   v_pk      text;
+  v_astext  text;
   v_part    jsonb;
   v_prog    jsonb;
   v_horizon boolean;
@@ -370,16 +371,25 @@ BEGIN
     FROM pg_catalog.pg_index x
     JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
     WHERE x.indrelid = pg_catalog.format('%I.%I', schema_name, v_t)::regclass AND x.indisprimary;
+    -- arrays of json/jsonb travel in their text form: to_jsonb would turn an element that is JSON
+    -- null into the same null as an SQL NULL element
+    SELECT coalesce(' || pg_catalog.jsonb_build_object(' || string_agg(
+             pg_catalog.format('%L, pg_catalog.to_jsonb(d.%I::text)', a.attname, a.attname), ', ') || ')', '')
+    INTO v_astext
+    FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+    WHERE a.attrelid = pg_catalog.format('%I.%I', schema_name, v_t)::regclass AND a.attnum > 0
+      AND NOT a.attisdropped AND ty.typcategory = 'A'
+      AND ty.typelem IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype);
     EXECUTE pg_catalog.format(
       'SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('
       '  ''o'', p.o, ''t'', p.t, ''k'', p.k, ''w'', p.w, ''v'', p.v, ''ts'', p.ts,'
       '  ''op'', CASE WHEN d.%2$I IS NULL THEN ''delete'' ELSE ''upsert'' END))'
-      '  || CASE WHEN d.%2$I IS NOT NULL THEN pg_catalog.jsonb_build_object(''row'', pg_catalog.to_jsonb(d.*))'
+      '  || CASE WHEN d.%2$I IS NOT NULL THEN pg_catalog.jsonb_build_object(''row'', pg_catalog.to_jsonb(d.*)%3$s)'
       '          ELSE ''{}'' END), ''[]'')'
       ' FROM unnest($1, $2, $3, $4, $5, $6, $7) AS p(o, t, k, w, v, ts, del)'
       ' LEFT JOIN %1$s d ON d.%2$I::text = p.k AND NOT p.del'
       ' WHERE p.t = $8',
-      pg_catalog.format('%I.%I', schema_name, v_t), v_pk)
+      pg_catalog.format('%I.%I', schema_name, v_t), v_pk, v_astext)
     INTO v_part USING v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del, v_t;
     v_changes := v_changes || v_part;
   END LOOP;

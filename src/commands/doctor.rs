@@ -234,7 +234,10 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
                     Some(tab) => {
                         if let Some(why) = tab.unsyncable_reason() {
                             bad += 1;
-                            r.fail(&why, "see above");
+                            match tab.replica_identity_problem() {
+                                Some((what, fix)) if why.starts_with(&what) => r.fail(&what, &fix),
+                                _ => r.fail(&why, "see above"),
+                            }
                         }
                     }
                 }

@@ -213,7 +213,8 @@ async fn journal_existing_rows(
         local
             .batch_execute(&format!(
                 "DECLARE cvsync_upload NO SCROLL CURSOR FOR
-                 SELECT x.{pk}::text, to_jsonb(x)::text FROM {tab} x ORDER BY x.updated_at",
+                 SELECT _cvs_r.{pk}::text, {image}::text FROM {tab} _cvs_r ORDER BY _cvs_r.updated_at",
+                image = t.image_sql("_cvs_r", None),
                 pk = quote_ident(&pk.name),
                 tab = t.qualified()
             ))

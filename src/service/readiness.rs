@@ -1,5 +1,6 @@
 //! Readiness: the checks every command that syncs runs before it starts —
-//! the local database is initialized and has every configured table, and
+//! the local database is initialized and has every configured table, each
+//! table's deletes can be keyed by its primary key (REPLICA IDENTITY), and
 //! the upstream functions are installed in the version this build needs.
 
 use std::collections::BTreeMap;
@@ -37,6 +38,12 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
     if let Some(missing) = cfg.sync.tables.iter().find(|t| !tables.contains_key(*t)) {
         return Err(SyncError::new(ErrorKind::MissingObject, format!("configured table {missing} does not exist locally"))
             .with_hint("create it, or remove it from [sync] tables"));
+    }
+    // A delete capture could not key would stop it at that delete (or, with
+    // NOTHING, PostgreSQL refuses the clinic's deletes): refused up front,
+    // with the fix `doctor` prints.
+    if let Some((what, fix)) = tables.values().find_map(|t| t.replica_identity_problem()) {
+        return Err(SyncError::new(ErrorKind::Config, what).with_hint(fix));
     }
     Ok(tables)
 }

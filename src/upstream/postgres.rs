@@ -146,12 +146,12 @@ impl Upstream for PgUpstream {
         let t = qualified(&self.schema, table.name);
         let pk = quote_ident(table.pk);
         let sql = format!(
-            "SELECT coalesce(json_agg(x), '[]')::text FROM (
+            "SELECT coalesce(json_agg(_cvs_r.*), '[]')::text FROM (
                SELECT * FROM {t}
                WHERE CASE WHEN $1::text IS NULL THEN true
                           WHEN $2::text IS NULL THEN updated_at >= $1::text::timestamptz
                           ELSE (updated_at, {pk}) > ($1::text::timestamptz, $2::text::{ty}) END
-               ORDER BY updated_at, {pk} LIMIT $3) x",
+               ORDER BY updated_at, {pk} LIMIT $3) _cvs_r",
             ty = table.pk_type
         );
         let limit = limit as i64;
@@ -160,7 +160,7 @@ impl Upstream for PgUpstream {
 
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
         let sql = format!(
-            "SELECT coalesce(json_agg(x), '[]')::text FROM (SELECT * FROM {} WHERE {} = ANY($1::text[]::{}[])) x",
+            "SELECT coalesce(json_agg(_cvs_r.*), '[]')::text FROM (SELECT * FROM {} WHERE {} = ANY($1::text[]::{}[])) _cvs_r",
             qualified(&self.schema, table.name),
             quote_ident(table.pk),
             table.pk_type

@@ -14,6 +14,8 @@
 //!   clusters, crash points included;
 //! - [`rest_mode`]: upstream through the PostgREST stand-in;
 //! - [`service`]: `run` as a long-lived service (outages, restarts, alerts);
+//! - [`durability`]: synchronous commits whatever the server says, and
+//!   tables whose deletes could not be keyed (REPLICA IDENTITY) reported;
 //! - [`recovery`]: replay, verify/repair, resync after a lost slot;
 //! - [`bad_input`], [`catalogue`]: the bad-input catalogue;
 //! - [`chaos`]: two clinics and the cloud app writing the same rows under
@@ -25,6 +27,9 @@
 //!   case; [`conflict_rule`]: the multi-writer conflict rule line by line;
 //! - [`multi_clinic`]: two clinics and one upstream, each everyday
 //!   situation of many writers;
+//! - [`type_round_trip`]: every type a clinic is likely to use, both ways
+//!   in both modes, value for value, on a table whose columns are named
+//!   like the aliases generated SQL uses;
 //! - [`pgoutput_never_panics`]: property tests of the pgoutput codec;
 //! - [`harness_smoke`], [`postgrest_standin`]: the test kit's own promises;
 //! - [`bench_quick`]: the end-to-end benchmark's quick profile, so the
@@ -47,6 +52,7 @@ mod chaos;
 mod conflict_rule;
 mod deploy_files;
 mod down_path;
+mod durability;
 mod harness_smoke;
 mod multi_clinic;
 mod pgoutput_never_panics;
@@ -56,5 +62,6 @@ mod rest_mode;
 mod security;
 mod service;
 mod status_page;
+mod type_round_trip;
 mod up_path;
 mod upstream_apply;

@@ -348,7 +348,7 @@ health_check_seconds = 1
     /// Every row of `table` on `db`, as JSON, ordered by id.
     pub async fn rows(db: &TestDb, table: &str) -> String {
         let c = db.connect().await;
-        let sql = format!("SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY id), '[]')::text FROM {table} t");
+        let sql = format!("SELECT coalesce(jsonb_agg(to_jsonb(t.*) ORDER BY id), '[]')::text FROM {table} t");
         c.query_one(sql.as_str(), &[]).await.expect("read rows").get(0)
     }
 
