@@ -3,7 +3,8 @@
 //! `max_files` old files) through the `file-rotate` crate.
 //!
 //! Third-party crates log at `warn` and above only: their debug output would
-//! put row values (patient data) into the log. Secrets are never logged; the
+//! put row values (patient data) into the log. `RUST_LOG` can raise them,
+//! except the ones that log statement parameters ([`ROW_VALUE_LOGGERS`]). Secrets are never logged; the
 //! config types redact them.
 
 use std::fs::OpenOptions;
@@ -19,11 +20,17 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::Logging;
 
+/// Crates whose debug output carries row values (tokio_postgres logs every
+/// statement's parameters; reqwest the request URLs with their filter
+/// values): held at `info` whatever `RUST_LOG` asks.
+const ROW_VALUE_LOGGERS: [&str; 2] = ["tokio_postgres", "reqwest"];
+
 fn filter(level: &str) -> EnvFilter {
-    match std::env::var("RUST_LOG") {
+    let f = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::new(v),
         _ => EnvFilter::new(format!("centrovision_sync={level},warn")),
-    }
+    };
+    ROW_VALUE_LOGGERS.iter().fold(f, |f, target| f.add_directive(format!("{target}=info").parse().expect("a valid directive")))
 }
 
 /// Console-only logging, for before the config is read.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::postgrest::PostgrestStandIn;
-use support::sync::{Mode, Pair, binary, kill9, terminate};
+use support::sync::{Mode, Pair, binary, count, kill9, terminate};
 use support::{Cluster, StopMode, TestDb, free_port, wait_for};
 
 fn stderr(o: &Output) -> String {
@@ -494,6 +494,32 @@ mod secrets_never_reach_logs_status_or_control_tables {
         super::secrets_never_reach_logs_status_or_control_tables(crate::support::sync::Mode::Rest).await
     }
 }
+
+/// Row values are patient data: even with `RUST_LOG=debug` (which the kit
+/// sets for every command) none reaches the log — the database driver's
+/// debug lines carry every statement's parameters, so it stays at `info`.
+async fn row_values_never_reach_the_log_even_at_debug_level(mode: Mode) {
+    let pair = Pair::new("rowvalues_log", mode).await;
+    pair.init().await;
+    let marker = format!("Paciente Marcador {}", rand::random::<u32>());
+    let c = pair.local.connect().await;
+    c.execute("INSERT INTO patients (full_name, notes) VALUES ($1, $1)", &[&marker]).await.unwrap();
+    pair.upstream
+        .connect()
+        .await
+        .execute(&format!("INSERT INTO {}.services (name) VALUES ($1)", pair.upstream_schema), &[&format!("{marker} servicio")])
+        .await
+        .unwrap();
+    let o = pair.once().await;
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(err.contains("DEBUG"), "the command did not log at debug level: {err}");
+    assert_eq!(count(&pair.upstream, &format!("SELECT count(*) FROM {}.patients", pair.upstream_schema)).await, 1, "pushed");
+    for (what, text) in [("stdout", &out[..]), ("stderr", &err[..])] {
+        assert!(!text.contains(&marker), "a row value reached {what} at debug level:\n{text}");
+    }
+}
+
+crate::both_modes!(row_values_never_reach_the_log_even_at_debug_level);
 
 // ---------------------------------------------------------------------------
 // Config file permissions
