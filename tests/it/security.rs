@@ -988,12 +988,12 @@ async fn postgres_mode_verifies_the_upstream_certificate() {
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{what}: a self-signed upstream must be refused:\n{err}");
         assert!(err.to_lowercase().contains("certificate"), "{what}: the error should name the certificate:\n{err}");
-        assert_eq!(support::sync::count(&pair.upstream, "SELECT count(*) FROM services").await, 0, "{what}");
+        assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 0, "{what}");
     }
     with(" sslmode=require", Some(&ca));
     pair.once().await;
     pair.assert_converged().await;
-    assert_eq!(support::sync::count(&pair.upstream, "SELECT count(*) FROM services").await, 1);
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -1067,16 +1067,12 @@ async fn refusals_through<U: centrovision_sync::upstream::Upstream>(up: &U, p: &
     // Nothing was written: auth.users as it was, the listed row of the
     // refused call absent, no sync state for either.
     let up_db = &p.upstream;
-    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM auth.users WHERE email = 'admin@clinic'").await, 1);
-    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM auth.users").await, 1);
-    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM services").await, 0);
-    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM staff_notes").await, 1);
+    assert_eq!(count(up_db, "SELECT count(*) FROM auth.users WHERE email = 'admin@clinic'").await, 1);
+    assert_eq!(count(up_db, "SELECT count(*) FROM auth.users").await, 1);
+    assert_eq!(count(up_db, "SELECT count(*) FROM services").await, 0);
+    assert_eq!(count(up_db, "SELECT count(*) FROM staff_notes").await, 1);
     assert_eq!(
-        support::sync::count(
-            up_db,
-            "SELECT count(*) FROM centrovision_sync.row_version WHERE table_name IN ('users', 'services', 'staff_notes')"
-        )
-        .await,
+        count(up_db, "SELECT count(*) FROM centrovision_sync.row_version WHERE table_name IN ('users', 'services', 'staff_notes')").await,
         0
     );
 
@@ -1084,7 +1080,7 @@ async fn refusals_through<U: centrovision_sync::upstream::Upstream>(up: &U, p: &
     let listed = serde_json::json!([upsert(0, "public", "services", service)]);
     let outcome = up.apply(&listed.to_string()).await.expect("a listed table is applied");
     assert_eq!((outcome.applied, outcome.rejected.len()), (vec![0], 0));
-    assert_eq!(support::sync::count(up_db, "SELECT count(*) FROM services WHERE name = 'listed'").await, 1);
+    assert_eq!(count(up_db, "SELECT count(*) FROM services WHERE name = 'listed'").await, 1);
     let cols = ["name".to_string()];
     let services = HashRequest { schema: "public", table: "services", key_column: "id", cols: &cols, buckets: 4 };
     let hashes = up.bucket_hashes(&services).await.expect("a listed table is hashed");
@@ -1139,12 +1135,12 @@ async fn a_table_not_set_up_upstream_waits_queued_with_the_fix_until_init_upstre
     assert!(err.contains("public.staff_notes is not a table this project syncs"), "{err}");
     assert!(err.contains("[sync] tables") && err.contains("init --upstream"), "the fix is in the message:\n{err}");
     let queued = "SELECT count(*) FROM _sync_pending WHERE table_name = 'staff_notes' AND NOT synced AND parked_at IS NULL";
-    assert_eq!(support::sync::count(&p.local, queued).await, 1, "the change stays queued, not parked");
-    assert_eq!(support::sync::count(&p.upstream, "SELECT count(*) FROM staff_notes").await, 0);
+    assert_eq!(count(&p.local, queued).await, 1, "the change stays queued, not parked");
+    assert_eq!(count(&p.upstream, "SELECT count(*) FROM staff_notes").await, 0);
 
     p.init().await; // now with the upstream set up for it
     p.once().await;
-    assert_eq!(support::sync::count(&p.upstream, "SELECT count(*) FROM staff_notes WHERE note = 'written at the clinic'").await, 1);
+    assert_eq!(count(&p.upstream, "SELECT count(*) FROM staff_notes WHERE note = 'written at the clinic'").await, 1);
     p.assert_converged().await;
 }
 
