@@ -51,6 +51,14 @@ async fn quick_benchmark_profile_completes_and_writes_its_report() {
         let f = report.figure(id).unwrap();
         assert!(f.target.is_some() && f.met.is_some(), "figure {id} has no target or verdict");
     }
+    // Issue 17's last line: the page idle costs nothing measurable (CPU
+    // may round to 0 in a short window, so only present with a verdict),
+    // and adds under 1 MiB to the binary.
+    for id in ["page_idle_cpu", "page_idle_statements", "page_binary_size"] {
+        let f = report.figure(id).unwrap_or_else(|| panic!("figure {id} missing from the report:\n{}", report.markdown()));
+        assert!(f.target.is_some() && f.met.is_some(), "figure {id} has no target or verdict");
+    }
+    assert_eq!(report.figure("page_binary_size").unwrap().met, Some(true), "{}", report.markdown());
     // After pushing its backlog the clinic reads none of it back: a count,
     // not a timing, so it is asserted (the baseline is what was pushed).
     let readback = report.figure("drain_readback").unwrap_or_else(|| panic!("figure drain_readback missing:\n{}", report.markdown()));

@@ -1,7 +1,8 @@
 //! The status page (`GET /`) as a person sees it: headless Chromium loads it
 //! from a real running service in three states and the rendered text says
-//! what is going on; the page never reaches beyond 127.0.0.1; and a
-//! listener beyond loopback needs the token.
+//! what is going on; the page never reaches beyond 127.0.0.1; a listener
+//! beyond loopback needs the token; and nobody looking, the page costs the
+//! service no work on its database.
 //!
 //! Chromium is Debian's `chromium` package (`.ci/run` installs it). Without
 //! it these tests fail, saying how to install it: a page nobody rendered is
@@ -15,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::sync::{Mode, Pair, Running, terminate};
-use support::{free_port, wait_for, wait_for_state};
+use support::{Cluster, ClusterOptions, free_port, wait_for, wait_for_state};
 
 /// Chromium on PATH, or a panic that says how to get it.
 fn chromium() -> PathBuf {
@@ -361,4 +362,70 @@ async fn beyond_loopback_the_token_is_required_and_without_it_every_request_gets
     assert!(r.text().await.unwrap().contains("id=\"banner\""), "the cookie opens the page");
     stop(&mut child);
     assert!(!pair.run_log().contains(TOKEN), "the token reached the service log");
+}
+
+/// Calls so far, on database `db`, of (the page's own reads: its hourly
+/// history and its parked rows; the health check's backlog sample, one per
+/// health check), from pg_stat_statements.
+async fn page_and_health_calls(cluster: &Cluster, db: &str) -> (i64, i64) {
+    let r = cluster
+        .connect("postgres")
+        .await
+        .query_one(
+            "SELECT coalesce(sum(s.calls) FILTER (WHERE s.query LIKE '%WITH span AS%' OR s.query LIKE '%ORDER BY parked_at DESC%'), 0)::int8,
+                    coalesce(sum(s.calls) FILTER (WHERE s.query LIKE 'INSERT INTO _sync_backlog_history%'), 0)::int8
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
+            &[&db],
+        )
+        .await
+        .expect("pg_stat_statements");
+    (r.get(0), r.get(1))
+}
+
+/// Waits until `checks` more health checks ran (health_check_seconds = 1),
+/// then answers the page's calls.
+async fn page_calls_after_health_checks(cluster: &Cluster, db: &str, checks: i64) -> i64 {
+    let (_, h0) = page_and_health_calls(cluster, db).await;
+    wait_for_state(&format!("{checks} health checks"), Duration::from_secs(60), || async {
+        let (page, health) = page_and_health_calls(cluster, db).await;
+        if health >= h0 + checks { Ok(page) } else { Err(format!("{} health checks so far", health - h0)) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_looking_the_page_runs_none_of_its_queries_and_after_a_look_it_stops_again() {
+    // Its own cluster: the shared one has no pg_stat_statements.
+    let cluster =
+        Cluster::start(ClusterOptions { extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".into()], ..Default::default() });
+    cluster.connect("postgres").await.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await.unwrap();
+    let local = cluster.create_database("page_idle_l").await;
+    let upstream = cluster.create_database("page_idle_u").await;
+    let mut pair = Pair::on(local, upstream, Mode::Postgres).await;
+    let port = free_port();
+    pair.sections = format!("[http]\nlisten = \"127.0.0.1:{port}\"\n");
+    pair.write_config();
+    pair.init().await;
+    // A row synced up, so the history has something to show.
+    pair.local.connect().await.batch_execute("INSERT INTO branches (name) VALUES ('Sucursal Centro')").await.unwrap();
+    let db = pair.local.name.clone();
+    let mut child = pair.spawn_run(&[]);
+    pair.wait_converged(Duration::from_secs(60)).await;
+
+    // Listening, nobody looking, three health checks: none of the page's reads ran.
+    wait_for("the http listener", Duration::from_secs(30), || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok() })
+        .await;
+    let before = page_calls_after_health_checks(&cluster, &db, 3).await;
+    assert_eq!(before, 0, "with [http] on and no request, the service ran the page's queries {before} times");
+
+    // One look runs them (so the check above sees them when they run) ...
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/api/page")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (looked, _) = page_and_health_calls(&cluster, &db).await;
+    assert_eq!(looked, 2, "one GET /api/page reads the history once and the parked rows once");
+
+    // ... and once nobody looks, nothing keeps reading for the page.
+    let after = page_calls_after_health_checks(&cluster, &db, 3).await;
+    assert_eq!(after, looked, "after the last request the page's queries ran {} more times", after - looked);
+    stop(&mut child);
 }

@@ -52,6 +52,17 @@ pub const PGBENCH_VARIANTS: [&str; 5] = [
 /// The trigger poller's sleep when its queue is empty (the service's own
 /// group-commit latency is 50 ms).
 pub const TRIGGER_IDLE_SLEEP: Duration = Duration::from_millis(50);
+/// `[sync] health_check_seconds` in the page section's idle windows (the
+/// health check is the only periodic work of an idle service whose upstream
+/// is unreachable: a window holds several).
+pub const PAGE_IDLE_HEALTH_SECONDS: u64 = 5;
+/// Left out of each idle window after "capture started": start-up work.
+pub const PAGE_IDLE_SETTLE: Duration = Duration::from_secs(3);
+/// The page's size target (issue 17): under 1 MB added to the binary.
+pub const PAGE_SIZE_TARGET: u64 = 1024 * 1024;
+/// CPU time resolution of /proc/<pid>/stat (one clock tick at 100 Hz),
+/// doubled: a difference below it is not measurable.
+pub const CPU_FLOOR: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------
 // Options
@@ -116,6 +127,9 @@ pub struct Options {
     pub idle_rows: usize,
     /// Requests of each endpoint in the page section.
     pub page_requests: usize,
+    /// Seconds of each idle window of the page section (the service's CPU
+    /// and local statements with `[http]` on and off, nobody looking).
+    pub page_idle_seconds: u64,
     pub out_dir: PathBuf,
     pub sections: Vec<Section>,
     /// Re-render report.md/report.svg from this report.json instead of running.
@@ -138,6 +152,7 @@ impl Options {
             bookkeeping_rounds: 1,
             idle_rows: 100,
             page_requests: 30,
+            page_idle_seconds: 10,
             out_dir: out_dir.into(),
             sections: Section::ALL.to_vec(),
             render: None,
@@ -160,6 +175,7 @@ impl Options {
             bookkeeping_rounds: 2,
             idle_rows: 1_000,
             page_requests: 300,
+            page_idle_seconds: 60,
             out_dir: out_dir.into(),
             sections: Section::ALL.to_vec(),
             render: None,
@@ -191,6 +207,7 @@ impl Options {
                 "--idle-cycles" => o.idle_cycles = num(val("--idle-cycles")?, "--idle-cycles")?,
                 "--bookkeeping-rounds" => o.bookkeeping_rounds = num(val("--bookkeeping-rounds")?, "--bookkeeping-rounds")?.max(1),
                 "--pgbench-rounds" => o.pgbench_rounds = num(val("--pgbench-rounds")?, "--pgbench-rounds")?.max(1),
+                "--page-idle-seconds" => o.page_idle_seconds = num(val("--page-idle-seconds")?, "--page-idle-seconds")?.max(1) as u64,
                 "--out" => o.out_dir = PathBuf::from(val("--out")?),
                 "--render" => o.render = Some(PathBuf::from(val("--render")?)),
                 "--only" => {
@@ -208,7 +225,7 @@ impl Options {
                 }
                 "-h" | "--help" => {
                     return Err("usage: cargo bench --bench e2e [-- --quick] [--n N] [--n-rest N] [--n-down N] \
-                                [--latency-seconds S] [--rate R] [--pgbench-seconds S] [--pgbench-rounds K] [--idle-cycles K] [--bookkeeping-rounds K] \
+                                [--latency-seconds S] [--rate R] [--pgbench-seconds S] [--pgbench-rounds K] [--idle-cycles K] [--bookkeeping-rounds K] [--page-idle-seconds S] \
                                 [--only drain,trigger,rest,latency,down,idle,pgbench,page] [--out DIR] [--render DIR/report.json]"
                         .into());
                 }
@@ -353,11 +370,13 @@ pub struct Cfg {
     pub interval_seconds: u64,
     /// `[http] listen` on 127.0.0.1 at this port.
     pub http_port: Option<u16>,
+    /// `[sync] health_check_seconds` (None: the service's default, 30).
+    pub health_check_seconds: Option<u64>,
 }
 
 impl Default for Cfg {
     fn default() -> Self {
-        Cfg { slot: None, unreachable: false, interval_seconds: 3600, http_port: None }
+        Cfg { slot: None, unreachable: false, interval_seconds: 3600, http_port: None, health_check_seconds: None }
     }
 }
 
@@ -420,7 +439,7 @@ user = "{lu}"
 password = "{lpw}"
 
 [sync]
-interval_seconds = {interval}
+interval_seconds = {interval}{health}
 batch_size = {BATCH_SIZE}
 retry_max_attempts = 3
 retry_delay_seconds = 1
@@ -440,6 +459,7 @@ level = "info"
             lu = self.local.user(),
             lpw = self.local.password(),
             interval = c.interval_seconds,
+            health = c.health_check_seconds.map(|s| format!("\nhealth_check_seconds = {s}")).unwrap_or_default(),
             slot = c.slot.clone().unwrap_or_else(|| self.slot()),
             publication = self.publication(),
         );
@@ -564,6 +584,10 @@ struct Results {
     down_naive: Option<(u64, Duration)>,
     idle: Vec<(Mode, Idle)>,
     page: Option<PageTimes>,
+    /// The service left alone with `[http]` off, on, off again.
+    page_idle: Option<PageIdle>,
+    /// What the page adds to the release binary.
+    page_size: Option<PageSize>,
     /// TPS per round, per variant ([`PGBENCH_VARIANTS`] order).
     pgbench: Vec<(String, Vec<f64>)>,
 }
@@ -616,6 +640,37 @@ struct PageTimes {
     status_p50: f64,
     status_p95: f64,
     requests: usize,
+}
+
+/// One idle window of the service: nobody requests anything.
+#[derive(Debug, Clone)]
+struct IdleWindow {
+    /// utime + stime of the service over the window.
+    cpu: Duration,
+    /// Statements the service ran on its local database over the window.
+    statements: i64,
+    /// Health checks in the window (calls of its backlog sample).
+    health_checks: i64,
+}
+
+/// The idle windows of the page section: `[http]` off, on, off again (the
+/// two "off" windows measure the noise).
+#[derive(Debug, Clone)]
+struct PageIdle {
+    window: Duration,
+    off: [IdleWindow; 2],
+    on: IdleWindow,
+    /// What counted the statements (pg_stat_statements, or pg_stat_database).
+    counted_by: &'static str,
+}
+
+/// What the page adds to the release binary: the embedded assets, and
+/// the code whose symbols name the page.
+#[derive(Debug, Clone)]
+struct PageSize {
+    assets: u64,
+    code: Option<u64>,
+    binary: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1632,7 +1687,99 @@ impl Bench {
             ),
         );
         self.res.page = Some(t);
+
+        // Nobody looking: the same service left alone with [http] off, on,
+        // off again (the two "off" windows measure the noise), on the same
+        // databases, upstream unreachable.
+        let window = Duration::from_secs(self.opts.page_idle_seconds);
+        let mut windows = Vec::new();
+        for (i, http) in [false, true, false].into_iter().enumerate() {
+            let label = if http { "http on" } else { "http off" };
+            self.step(&format!("page: idle window {} of 3 ({label}, {} s)", i + 1, window.as_secs()));
+            windows.push(self.idle_window(&site, &format!("idle{i}"), http, window).await?);
+        }
+        let counted_by =
+            if self.local_statements(&site).await?.2 { "pg_stat_statements" } else { "pg_stat_database xact_commit + xact_rollback" };
+        let [off1, on, off2]: [IdleWindow; 3] = windows.try_into().map_err(|_| "three idle windows".to_string())?;
+        for (name, w) in [("http off", &off1), ("http on", &on), ("http off again", &off2)] {
+            self.report.stage(
+                format!("6: idle {} s, {name}: service CPU", window.as_secs()),
+                w.cpu.as_secs_f64() * 1000.0,
+                "ms",
+                format!("{} statements on the local database ({counted_by}); {} health checks", w.statements, w.health_checks),
+            );
+        }
+        self.res.page_idle = Some(PageIdle { window, off: [off1, off2], on, counted_by });
+        self.res.page_size = Some(page_size());
         Ok(())
+    }
+
+    /// The service started with `[http]` on or off and left alone: its CPU
+    /// time (utime + stime) and the statements it ran on its local database
+    /// over `window`, from [`PAGE_IDLE_SETTLE`] after capture started.
+    async fn idle_window(&self, site: &Site, name: &str, http: bool, window: Duration) -> R<IdleWindow> {
+        let cfg = site.config(
+            name,
+            &Cfg {
+                unreachable: true,
+                http_port: http.then(free_port),
+                health_check_seconds: Some(PAGE_IDLE_HEALTH_SECONDS),
+                ..Default::default()
+            },
+        )?;
+        let mut w = site.spawn_run(&cfg)?;
+        let ready =
+            poll("capture started (and the http listener)", Duration::from_secs(60), Duration::from_millis(100), || {
+                let w = &w;
+                async move {
+                    Ok((w.line_at("capture started").is_some() && (!http || w.line_at("http listener ready").is_some())).then_some(()))
+                }
+            })
+            .await;
+        if let Err(e) = ready {
+            let tail = w.tail(20);
+            w.terminate().await;
+            return Err(format!("{e}\n{tail}"));
+        }
+        // A measurement window, not a wait for the service: nothing to poll.
+        tokio::time::sleep(PAGE_IDLE_SETTLE).await;
+        let (c0, s0) = (w.cpu_now(), self.local_statements(site).await?);
+        tokio::time::sleep(window).await;
+        let (c1, s1) = (w.cpu_now(), self.local_statements(site).await?);
+        let alive = !w.is_finished();
+        let tail = w.tail(20);
+        w.terminate().await;
+        match (c0, c1) {
+            (Some(c0), Some(c1)) if alive => {
+                Ok(IdleWindow { cpu: c1.saturating_sub(c0), statements: s1.0 - s0.0, health_checks: s1.1 - s0.1 })
+            }
+            _ => Err(format!("the service ({name}) exited during its idle window:\n{tail}")),
+        }
+    }
+
+    /// (statements, health checks, counted by pg_stat_statements) so far on
+    /// the site's local database. Read from the cluster's `postgres`
+    /// database, so reading does not count. Without pg_stat_statements:
+    /// transactions from pg_stat_database (flushed by backends up to ~10 s
+    /// late) and no health-check count.
+    async fn local_statements(&self, site: &Site) -> R<(i64, i64, bool)> {
+        let c = self.local.connect("postgres").await;
+        let pgss = c
+            .query_one(
+                "SELECT coalesce(sum(s.calls), 0)::int8,
+                        coalesce(sum(s.calls) FILTER (WHERE s.query LIKE 'INSERT INTO _sync_backlog_history%'), 0)::int8
+                 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
+                &[&site.local.name],
+            )
+            .await;
+        if let Ok(r) = pgss {
+            return Ok((r.get(0), r.get(1), true));
+        }
+        let r = c
+            .query_one("SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1", &[&site.local.name])
+            .await
+            .ctx("pg_stat_database")?;
+        Ok((r.get(0), 0, false))
     }
 
     // -- 4c: pgbench ----------------------------------------------------------
@@ -2003,6 +2150,80 @@ impl Bench {
                 ),
             ));
         }
+        if let Some(i) = &r.page_idle {
+            let secs = i.window.as_secs();
+            // The baseline is the mean of the two "off" windows; a
+            // difference is measurable when it exceeds their spread, or a
+            // floor: two clock ticks of CPU, one health check's statements
+            // (a window of fixed length holds k or k + 1 of them).
+            let cpu = |w: &IdleWindow| w.cpu.as_secs_f64() * 1000.0;
+            let (a, b) = (cpu(&i.off[0]), cpu(&i.off[1]));
+            let base = (a + b) / 2.0;
+            let tol = (a - b).abs().max(CPU_FLOOR.as_secs_f64() * 1000.0);
+            let on = cpu(&i.on);
+            self.push(fig(
+                "page_idle_cpu",
+                "6",
+                &format!("Service CPU over {secs} s idle, [http] on, nobody looking"),
+                on,
+                "ms",
+                false,
+                Some(Baseline {
+                    label: format!("[http] off, same service, same run (mean of {a:.0} / {b:.0} ms)"),
+                    value: base,
+                    measured: true,
+                }),
+                Some(format!("no measurable difference: within ±{tol:.0} ms")),
+                Some((on - base).abs() <= tol),
+                format!("tolerance: the two [http]-off windows' spread, at least {} ms (2 clock ticks)", CPU_FLOOR.as_millis()),
+            ));
+            let (a, b) = (i.off[0].statements as f64, i.off[1].statements as f64);
+            let base = (a + b) / 2.0;
+            let checks: i64 = i.off.iter().chain([&i.on]).map(|w| w.health_checks).sum();
+            let per_check = if checks > 0 { (a + b + i.on.statements as f64) / checks as f64 } else { 0.0 };
+            let tol = (a - b).abs().max(per_check).max(1.0);
+            let on = i.on.statements as f64;
+            self.push(fig(
+                "page_idle_statements",
+                "6",
+                &format!("Statements on the local database over {secs} s idle, [http] on, nobody looking"),
+                on,
+                "statements",
+                false,
+                Some(Baseline {
+                    label: format!("[http] off, same service, same run (mean of {a:.0} / {b:.0})"),
+                    value: base,
+                    measured: true,
+                }),
+                Some(format!("no measurable difference: within ±{tol:.0}")),
+                Some((on - base).abs() <= tol),
+                format!(
+                    "{}; health checks every {PAGE_IDLE_HEALTH_SECONDS} s: {} / {} / {} (off / on / off), {per_check:.1} statements each; \
+                     tolerance: the off windows' spread, at least one health check's statements",
+                    i.counted_by, i.off[0].health_checks, i.on.health_checks, i.off[1].health_checks
+                ),
+            ));
+        }
+        if let Some(z) = &r.page_size {
+            let added = z.assets + z.code.unwrap_or(0);
+            self.push(fig(
+                "page_binary_size",
+                "6",
+                "Status page's share of the release binary: embedded assets + code named for the page",
+                added as f64 / 1024.0,
+                "KiB",
+                false,
+                Some(Baseline { label: "target: 1 MiB".into(), value: PAGE_SIZE_TARGET as f64 / 1024.0, measured: false }),
+                Some("< 1 MiB".into()),
+                Some(z.code.is_some() && added < PAGE_SIZE_TARGET),
+                format!(
+                    "assets (page.css + page.js, include_str!) {} B; code (nm, symbols naming the page) {}; whole binary {:.1} MiB",
+                    z.assets,
+                    z.code.map(|c| format!("{c} B")).unwrap_or_else(|| "unknown (no nm)".into()),
+                    z.binary as f64 / (1024.0 * 1024.0)
+                ),
+            ));
+        }
         for (mode, i) in &r.idle {
             let m = if *mode == Mode::Rest { "REST" } else { "postgres" };
             let base = Some(Baseline {
@@ -2178,6 +2399,39 @@ impl Bench {
         }
         self.res = r;
     }
+}
+
+/// What the page adds to the service binary: its embedded assets (the
+/// `include_str!`s of `src/page`, exact) and the code whose symbols name
+/// it (`nm` on the binary: `page::*`, the page's handlers and sign-in in
+/// `service::http` / `service::access`, the two history reads it alone
+/// makes; an attribution by name, so inlined library code the page pulls
+/// in is counted only where its symbol names a page type).
+fn page_size() -> PageSize {
+    let assets = (centrovision_sync::page::CSS.len() + centrovision_sync::page::JS.len()) as u64;
+    let bin = binary();
+    let binary = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    let code = Command::new("nm").args(["-S", "-C", "--defined-only"]).arg(&bin).output().ok().filter(|o| o.status.success()).map(|o| {
+        let text = String::from_utf8_lossy(&o.stdout);
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0u64;
+        for line in text.lines() {
+            let mut f = line.splitn(4, ' ');
+            let (Some(addr), Some(size), Some(_kind), Some(name)) = (f.next(), f.next(), f.next(), f.next()) else { continue };
+            let page = name.contains("centrovision_sync::page::")
+                || name.contains("centrovision_sync::service::http::page_")
+                || name.contains("centrovision_sync::service::http::refresh_conflicts")
+                || name.contains("centrovision_sync::service::http::read_conflicts")
+                || name.contains("centrovision_sync::service::access::")
+                || name.contains("::hourly_history")
+                || name.contains("::parked_rows");
+            if page && seen.insert(addr.to_string()) {
+                total += u64::from_str_radix(size, 16).unwrap_or(0);
+            }
+        }
+        total
+    });
+    PageSize { assets, code, binary }
 }
 
 #[allow(clippy::too_many_arguments, reason = "one figure's columns, named at each call site of the report table")]
