@@ -1,7 +1,7 @@
 //! Down path against real clusters: upstream rows come down without echo,
 //! both sides converge, and crashes lose nothing.
 
-use crate::both_modes;
+use crate::all_modes;
 use crate::support;
 
 use rand::rngs::StdRng;
@@ -297,7 +297,7 @@ async fn a_parked_upstream_row_never_overwrites_a_later_local_change_to_it() {
     pair.assert_converged().await;
 }
 
-both_modes!(
+all_modes!(
     an_upstream_row_the_local_table_rejects_is_parked_and_the_rest_of_the_table_keeps_moving,
     upstream_rows_arrive_identically_and_are_not_echoed,
     both_sides_converge_under_a_random_two_way_workload,

@@ -107,7 +107,8 @@
 //!   proxy in front of the gateway; `DropConnection` makes the connection's
 //!   socket fail its writes so hyper closes it without sending a byte),
 //!   per-path request counts (every request, faulted or not), adjustable
-//!   max rows (at start: 1000, or `PG_TEST_MAX_ROWS`).
+//!   max rows (at start: [`StandInOptions::max_rows`], 1000 unless set or
+//!   `PG_TEST_MAX_ROWS` says otherwise).
 //!
 //! Deliberately not implemented (answered 501 with code `STANDIN` so a test
 //! that strays there fails loudly instead of passing on invented behaviour):
@@ -233,11 +234,15 @@ pub struct PostgrestStandIn {
 pub struct StandInOptions {
     /// "Exposed schemas" (`db-schemas`); the first is the default profile.
     pub schemas: Vec<String>,
+    /// "Max rows" (`db-max-rows`) at start: Supabase's 1000, or
+    /// `PG_TEST_MAX_ROWS` when set (adjustable later with
+    /// [`PostgrestStandIn::set_max_rows`]).
+    pub max_rows: usize,
 }
 
 impl Default for StandInOptions {
     fn default() -> Self {
-        StandInOptions { schemas: DEFAULT_SCHEMAS.iter().map(|s| s.to_string()).collect() }
+        StandInOptions { schemas: DEFAULT_SCHEMAS.iter().map(|s| s.to_string()).collect(), max_rows: default_max_rows() }
     }
 }
 
@@ -273,7 +278,7 @@ impl PostgrestStandIn {
             schemas: options.schemas,
             faults: Faults::default(),
             requests: Mutex::new(Vec::new()),
-            max_rows: AtomicUsize::new(default_max_rows()),
+            max_rows: AtomicUsize::new(options.max_rows),
             tx_override: AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("PostgREST stand-in: bind 127.0.0.1:0");
