@@ -668,4 +668,9 @@ async fn a_pair_in_the_clinic_schema_mode_has_its_tables_in_clinic_and_gets_page
     assert_eq!(page.status(), 200);
     let rows: Vec<Value> = page.json().await.expect("JSON rows");
     assert_eq!(rows.len(), LOWERED_MAX_ROWS, "a page of {} asked for comes back cut to max rows", pair.batch_size);
+    assert_eq!(pair.standin().capped_reads(), 1, "the cut read is counted, so a test can show it paged past the cap");
+    let url = format!("{}/rest/v1/services?select=id&order=id&limit={LOWERED_MAX_ROWS}", pair.standin().url());
+    let page = client().get(&url).header("apikey", &pair.service_key).header("Accept-Profile", CLINIC_SCHEMA).send().await.expect("GET");
+    assert_eq!(page.json::<Vec<Value>>().await.expect("JSON rows").len(), LOWERED_MAX_ROWS);
+    assert_eq!(pair.standin().capped_reads(), 1, "a read that asked for max rows or fewer was not cut");
 }
