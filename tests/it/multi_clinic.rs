@@ -556,9 +556,10 @@ crate::both_modes!(
     a_transaction_larger_than_a_batch_ends_with_its_last_change_everywhere,
 );
 
-// Also on a project with a non-`public` schema and a lowered max rows: the
-// cross-clinic feed pages and the hard-delete scan are where a short page
-// would lose rows.
+// Also on a project with a non-`public` schema and a lowered max rows: two
+// clinics' feeds, pushes and deletes all through the schema's profile and
+// entry points. (The feed answers one JSON value, which max rows does not
+// cut; were it ever set-returning, these would lose rows here.)
 crate::all_modes!(
     an_edit_made_offline_reaches_the_other_clinic_after_its_cursor_moved_on,
     a_hard_delete_at_one_clinic_reaches_the_other,
