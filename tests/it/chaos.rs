@@ -927,7 +927,7 @@ fn through_proxy(pair: &Pair, proxy: &Proxy) {
             &format!("host={} port={} ", pair.upstream.host(), pair.upstream.port()),
             &format!("host=127.0.0.1 port={} ", proxy.port()),
         ),
-        Mode::Rest => config.replace(&pair.standin().url(), &format!("http://{}", proxy.addr())),
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => config.replace(&pair.standin().url(), &format!("http://{}", proxy.addr())),
     }
     .replace("[supabase]\n", "[supabase]\nrequest_timeout_seconds = 10\nconnect_timeout_seconds = 5\n");
     assert!(config.contains(&proxy.port().to_string()), "config not pointed at the proxy:\n{config}");
@@ -937,7 +937,7 @@ fn through_proxy(pair: &Pair, proxy: &Proxy) {
 fn proxy_target(pair: &Pair) -> std::net::SocketAddr {
     match pair.mode {
         Mode::Postgres => format!("127.0.0.1:{}", pair.upstream.port()).parse().unwrap(),
-        Mode::Rest => pair.standin().url().trim_start_matches("http://").parse().unwrap(),
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => pair.standin().url().trim_start_matches("http://").parse().unwrap(),
     }
 }
 
@@ -983,7 +983,7 @@ async fn chaos(mode: Mode) {
     let faults = fault_count();
     let mode_name = match mode {
         Mode::Postgres => "postgres",
-        Mode::Rest => "rest",
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => "rest",
     };
     let release = if cfg!(debug_assertions) { "" } else { " --release" };
     say(&format!(
@@ -1044,7 +1044,7 @@ async fn chaos(mode: Mode) {
     for n in 1..=faults {
         let roll = rng.random_range(0..100);
         let clinic = rng.random_range(0..2);
-        let rest = mode == Mode::Rest;
+        let rest = mode.is_rest();
         let at = now();
         let t0 = Instant::now();
         let (kind, detail): (&'static str, Value) = match roll {
@@ -1578,7 +1578,7 @@ async fn a_half_open_upstream_connection_does_not_stall_sync(mode: Mode) {
     let pair = Pair::new("half_open", mode).await;
     let target: std::net::SocketAddr = match mode {
         Mode::Postgres => format!("127.0.0.1:{}", pair.upstream.port()).parse().unwrap(),
-        Mode::Rest => pair.standin().url().trim_start_matches("http://").parse().unwrap(),
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => pair.standin().url().trim_start_matches("http://").parse().unwrap(),
     };
     let proxy = Proxy::start(target).await;
     let config = std::fs::read_to_string(pair.config_path()).unwrap();
@@ -1587,7 +1587,7 @@ async fn a_half_open_upstream_connection_does_not_stall_sync(mode: Mode) {
             &format!("host={} port={} ", pair.upstream.host(), pair.upstream.port()),
             &format!("host=127.0.0.1 port={} ", proxy.port()),
         ),
-        Mode::Rest => config.replace(&pair.standin().url(), &format!("http://{}", proxy.addr())),
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => config.replace(&pair.standin().url(), &format!("http://{}", proxy.addr())),
     }
     .replace("[supabase]\n", "[supabase]\nrequest_timeout_seconds = 5\nconnect_timeout_seconds = 5\n");
     std::fs::write(pair.config_path(), config).unwrap();

@@ -1,7 +1,7 @@
 //! Down path against real clusters: upstream rows come down without echo,
 //! both sides converge, and crashes lose nothing.
 
-use crate::both_modes;
+use crate::all_modes;
 use crate::support;
 
 use rand::rngs::StdRng;
@@ -158,23 +158,36 @@ async fn children_whose_parents_are_missing_locally_are_applied_with_their_paren
     pair.write_config();
     pair.init().await;
     let up = pair.upstream.connect().await;
+    // One child of an old branch, and 400 more children of 400 other old
+    // branches: one page of children (batch_size 500) wanting more parents
+    // than a lowered max rows (300) lets one read bring.
     up.batch_execute(
         "INSERT INTO branches (id, name, updated_at) VALUES ('00000000-0000-0000-0000-0000000000b1', 'old branch', '2020-01-01');
-         INSERT INTO patients (id, branch_id, full_name) VALUES ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-0000000000b1', 'child');",
+         INSERT INTO patients (id, branch_id, full_name) VALUES ('00000000-0000-0000-0000-0000000000c1', '00000000-0000-0000-0000-0000000000b1', 'child');
+         INSERT INTO branches (id, name, updated_at)
+           SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'old branch ' || g, '2020-01-01'
+           FROM generate_series(1, 400) g;
+         INSERT INTO patients (branch_id, full_name)
+           SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'child ' || g FROM generate_series(1, 400) g;",
     )
     .await
     .unwrap();
-    // Move the branches watermark past the old branch without applying it,
-    // as if the branch had been missed.
-    pair.local
-        .connect()
-        .await
-        .batch_execute("UPDATE _sync_metadata SET last_sync_from_supabase = '2025-01-01' WHERE table_name = 'branches'")
-        .await
-        .unwrap();
-    pair.once().await;
+    // Move the clinic's old watermark past the old branches (the children
+    // are stamped after it), so the feed leaves the branches out, as if
+    // they had been missed: only parent repair can bring them.
+    pair.local.connect().await.batch_execute("UPDATE _sync_metadata SET last_sync_from_supabase = '2025-01-01'").await.unwrap();
+    let out = pair.once().await;
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("fetched missing parents"), "the parents came some other way than on demand:\n{}", support::sync::tail(&log, 40));
     assert_eq!(count(&pair.local, "SELECT count(*) FROM branches WHERE name = 'old branch'").await, 1);
     assert_eq!(count(&pair.local, "SELECT count(*) FROM patients WHERE full_name = 'child'").await, 1);
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM branches WHERE name LIKE 'old branch %'").await, 400, "every parent fetched");
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM patients WHERE full_name LIKE 'child %'").await, 400);
+    if mode == Mode::RestClinicSchemaLowMaxRows {
+        // The parents came although a read of them was cut at max rows.
+        assert!(pair.standin().capped_reads() > 0, "no read of the parents was cut at max rows: this variant tests nothing more");
+    }
+    pair.assert_converged().await;
 }
 
 async fn a_row_deleted_locally_is_not_resurrected_by_an_older_upstream_version(mode: Mode) {
@@ -297,7 +310,7 @@ async fn a_parked_upstream_row_never_overwrites_a_later_local_change_to_it() {
     pair.assert_converged().await;
 }
 
-both_modes!(
+all_modes!(
     an_upstream_row_the_local_table_rejects_is_parked_and_the_rest_of_the_table_keeps_moving,
     upstream_rows_arrive_identically_and_are_not_echoed,
     both_sides_converge_under_a_random_two_way_workload,

@@ -539,7 +539,7 @@ async fn profiles_pick_the_schema_of_tables_and_functions_and_an_unexposed_one_i
         ))
         .await
         .unwrap();
-    let options = StandInOptions { schemas: vec!["public".into(), "clinic".into()] };
+    let options = StandInOptions { schemas: vec!["public".into(), "clinic".into()], ..StandInOptions::default() };
     let s = PostgrestStandIn::start_with(&db, KEY, options).await;
     let get = |profile: Option<&'static str>| {
         let mut req = client().get(format!("{}/rest/v1/items?order=n", s.url())).header("apikey", KEY);
@@ -639,4 +639,38 @@ async fn prefer_count_exact_reports_the_total_past_the_max_rows_cap_and_unknown_
     let kept = db.connect().await.query_one("SELECT array_agg(n ORDER BY n) FROM items WHERE n > 1000", &[]).await.unwrap();
     assert_eq!(kept.get::<_, Vec<i32>>(0), vec![1001], "the first committed, the second rolled back");
     s.stop().await;
+}
+
+/// The kit's third mode is what it says, or every `all_modes!` test run in it
+/// proves nothing more than `rest`: the pair's upstream tables are in
+/// `clinic` (and not in `public`), the tests' own unqualified upstream SQL
+/// reaches them, the config names the schema, and a full page the service
+/// asks for (its `batch_size`) comes back cut to 300 rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_in_the_clinic_schema_mode_has_its_tables_in_clinic_and_gets_pages_cut_to_300_rows() {
+    use support::sync::{CLINIC_SCHEMA, LOWERED_MAX_ROWS, Mode, Pair, count};
+    let pair = Pair::new("mode_clinic", Mode::RestClinicSchemaLowMaxRows).await;
+    assert_eq!((pair.upstream_schema.as_str(), LOWERED_MAX_ROWS), (CLINIC_SCHEMA, 300));
+    assert!(pair.batch_size > LOWERED_MAX_ROWS, "batch_size {} must stay above max rows", pair.batch_size);
+    let config = std::fs::read_to_string(pair.config_path()).expect("read config");
+    assert!(config.contains("mode = \"rest\"") && config.contains("schema = \"clinic\""), "{config}");
+    let where_ = "SELECT (to_regclass('clinic.services') IS NOT NULL AND to_regclass('public.services') IS NULL)::int::bigint";
+    assert_eq!(count(&pair.upstream, where_).await, 1, "services must be in clinic only");
+    pair.upstream
+        .connect()
+        .await
+        .batch_execute("INSERT INTO services (id, name) SELECT gen_random_uuid(), 's' || g FROM generate_series(1, 500) g")
+        .await
+        .expect("unqualified upstream SQL reaches clinic.services");
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM clinic.services").await, 500);
+    let url = format!("{}/rest/v1/services?select=id&order=id&limit={}", pair.standin().url(), pair.batch_size);
+    let page = client().get(&url).header("apikey", &pair.service_key).header("Accept-Profile", CLINIC_SCHEMA).send().await.expect("GET");
+    assert_eq!(page.status(), 200);
+    let rows: Vec<Value> = page.json().await.expect("JSON rows");
+    assert_eq!(rows.len(), LOWERED_MAX_ROWS, "a page of {} asked for comes back cut to max rows", pair.batch_size);
+    assert_eq!(pair.standin().capped_reads(), 1, "the cut read is counted, so a test can show it paged past the cap");
+    let url = format!("{}/rest/v1/services?select=id&order=id&limit={LOWERED_MAX_ROWS}", pair.standin().url());
+    let page = client().get(&url).header("apikey", &pair.service_key).header("Accept-Profile", CLINIC_SCHEMA).send().await.expect("GET");
+    assert_eq!(page.json::<Vec<Value>>().await.expect("JSON rows").len(), LOWERED_MAX_ROWS);
+    assert_eq!(pair.standin().capped_reads(), 1, "a read that asked for max rows or fewer was not cut");
 }

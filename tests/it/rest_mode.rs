@@ -1,7 +1,7 @@
 //! REST mode against the PostgREST stand-in for Supabase's HTTP layer:
 //! faults, keys, missing objects, and exact values through JSON.
 
-use crate::both_modes;
+use crate::all_modes;
 use crate::support;
 
 use std::time::Duration;
@@ -181,7 +181,7 @@ async fn row_values_survive_the_json_round_trip_exactly(mode: Mode) {
     assert_eq!(count(&pair.local, "SELECT count(*) FROM type_zoo").await, 6);
 }
 
-both_modes!(a_missing_upstream_table_is_reported_by_name, row_values_survive_the_json_round_trip_exactly);
+all_modes!(a_missing_upstream_table_is_reported_by_name, row_values_survive_the_json_round_trip_exactly);
 
 /// The RPC entry points the client calls, as `expose_api` lists them.
 const ENTRY_POINTS: &str = "ARRAY['centrovision_sync_apply', 'centrovision_sync_version', 'centrovision_sync_bucket_hashes',

@@ -350,7 +350,7 @@ async fn gather_outputs(
 async fn secrets_never_reach_logs_status_or_control_tables(mode: Mode) {
     let s = Secrets::new(match mode {
         Mode::Postgres => "Pg",
-        Mode::Rest => "Rest",
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => "Rest",
     });
     let tag = format!("{}_{}", std::process::id(), rand::random::<u32>());
     // Local: a role with a distinctive password (the shared cluster's own
@@ -375,7 +375,7 @@ async fn secrets_never_reach_logs_status_or_control_tables(mode: Mode) {
         .unwrap();
     let upstream: TestDb = up_cluster.create_database("secrets_u").await.with_credentials(&up_role, &s.db_pw);
     let mut pair = Pair::on(local, upstream, mode).await;
-    if mode == Mode::Rest {
+    if mode.is_rest() {
         pair.rest = Some(PostgrestStandIn::start(&pair.upstream, &s.service_key).await);
         pair.service_key = s.service_key.clone();
     }
@@ -389,7 +389,7 @@ async fn secrets_never_reach_logs_status_or_control_tables(mode: Mode) {
         log_dir.join("sync.log").display().to_string()
     );
     pair.write_config();
-    if mode == Mode::Rest {
+    if mode.is_rest() {
         // Also present in REST mode (unused there): must not be printed either.
         let text = std::fs::read_to_string(pair.config_path())
             .unwrap()
@@ -409,7 +409,7 @@ async fn secrets_never_reach_logs_status_or_control_tables(mode: Mode) {
     // 2. A wrong upstream credential: rejected, alerted.
     let config = pair.config_path().to_path_buf();
     match mode {
-        Mode::Rest => set_line(&config, "service_key", &s.wrong_key),
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => set_line(&config, "service_key", &s.wrong_key),
         Mode::Postgres => {
             let text = std::fs::read_to_string(&config).unwrap().replace(&s.db_pw, &s.wrong_db_pw);
             std::fs::write(&config, text).unwrap();
@@ -427,7 +427,7 @@ async fn secrets_never_reach_logs_status_or_control_tables(mode: Mode) {
     .await;
     kill9(&mut child);
     match mode {
-        Mode::Rest => set_line(&config, "service_key", &s.service_key),
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => set_line(&config, "service_key", &s.service_key),
         Mode::Postgres => {
             let text = std::fs::read_to_string(&config).unwrap().replace(&s.wrong_db_pw, &s.db_pw);
             std::fs::write(&config, text).unwrap();
@@ -1105,7 +1105,7 @@ async fn the_sync_functions_refuse_auth_users_and_unlisted_tables_and_write_noth
             let up = centrovision_sync::upstream::postgres::PgUpstream::new(&cfg).expect("postgres upstream");
             refusals_through(&up, &p).await;
         }
-        Mode::Rest => {
+        Mode::Rest | Mode::RestClinicSchemaLowMaxRows => {
             let up = centrovision_sync::upstream::rest::RestUpstream::new(&cfg).expect("REST upstream");
             refusals_through(&up, &p).await;
         }

@@ -1,6 +1,6 @@
 //! Up path against real clusters: WAL capture → journal → upstream.
 
-use crate::both_modes;
+use crate::all_modes;
 use crate::support;
 
 use std::time::Duration;
@@ -404,7 +404,7 @@ async fn rows_that_predate_the_slot_are_uploaded_once_on_request(mode: Mode) {
     assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 301);
 }
 
-both_modes!(
+all_modes!(
     ten_thousand_mixed_changes_reach_upstream_identically,
     each_row_change_is_journaled_exactly_once_across_crashes,
     sigkill_of_a_running_service_loses_nothing,

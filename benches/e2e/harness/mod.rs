@@ -391,6 +391,7 @@ impl Site {
         let rest = match mode {
             Mode::Rest => Some(PostgrestStandIn::start(&upstream, &key).await),
             Mode::Postgres => None,
+            Mode::RestClinicSchemaLowMaxRows => panic!("the benches measure a project with Supabase's default API settings"),
         };
         Ok(Site {
             local,
@@ -498,7 +499,7 @@ level = "info"
             Mode::Postgres => {
                 run_cmd(Site::command(config, &["init", "--upstream"]), "centrovision-sync init --upstream").await?;
             }
-            Mode::Rest => {
+            Mode::Rest | Mode::RestClinicSchemaLowMaxRows => {
                 let out = run_cmd(Site::command(config, &["init", "--print-upstream-sql"]), "init --print-upstream-sql").await?;
                 let printed = String::from_utf8_lossy(&out.stdout).into_owned();
                 // The files run as one batch (each has its own BEGIN/COMMIT);

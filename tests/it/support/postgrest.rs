@@ -107,7 +107,8 @@
 //!   proxy in front of the gateway; `DropConnection` makes the connection's
 //!   socket fail its writes so hyper closes it without sending a byte),
 //!   per-path request counts (every request, faulted or not), adjustable
-//!   max rows (at start: 1000, or `PG_TEST_MAX_ROWS`).
+//!   max rows (at start: [`StandInOptions::max_rows`], 1000 unless set or
+//!   `PG_TEST_MAX_ROWS` says otherwise).
 //!
 //! Deliberately not implemented (answered 501 with code `STANDIN` so a test
 //! that strays there fails loudly instead of passing on invented behaviour):
@@ -233,11 +234,15 @@ pub struct PostgrestStandIn {
 pub struct StandInOptions {
     /// "Exposed schemas" (`db-schemas`); the first is the default profile.
     pub schemas: Vec<String>,
+    /// "Max rows" (`db-max-rows`) at start: Supabase's 1000, or
+    /// `PG_TEST_MAX_ROWS` when set (adjustable later with
+    /// [`PostgrestStandIn::set_max_rows`]).
+    pub max_rows: usize,
 }
 
 impl Default for StandInOptions {
     fn default() -> Self {
-        StandInOptions { schemas: DEFAULT_SCHEMAS.iter().map(|s| s.to_string()).collect() }
+        StandInOptions { schemas: DEFAULT_SCHEMAS.iter().map(|s| s.to_string()).collect(), max_rows: default_max_rows() }
     }
 }
 
@@ -273,7 +278,8 @@ impl PostgrestStandIn {
             schemas: options.schemas,
             faults: Faults::default(),
             requests: Mutex::new(Vec::new()),
-            max_rows: AtomicUsize::new(default_max_rows()),
+            max_rows: AtomicUsize::new(options.max_rows),
+            capped_reads: AtomicUsize::new(0),
             tx_override: AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("PostgREST stand-in: bind 127.0.0.1:0");
@@ -317,6 +323,13 @@ impl PostgrestStandIn {
     /// return at most this many rows, silently.
     pub fn set_max_rows(&self, n: usize) {
         self.shared.max_rows.store(n, Ordering::SeqCst);
+    }
+
+    /// How many table reads (GET/HEAD) the max-rows cap cut short: they
+    /// asked for more rows than max rows (or set no limit) and got exactly
+    /// max rows. So a test can show it paged past the cap.
+    pub fn capped_reads(&self) -> usize {
+        self.shared.capped_reads.load(Ordering::SeqCst)
     }
 
     /// `ALTER ROLE authenticator SET statement_timeout` for this database
@@ -446,6 +459,8 @@ struct Shared {
     faults: Faults,
     requests: Mutex<Vec<String>>,
     max_rows: AtomicUsize,
+    /// Table reads the max-rows cap cut short.
+    capped_reads: AtomicUsize,
     tx_override: AtomicBool,
 }
 
@@ -1307,6 +1322,9 @@ async fn read_table(st: &Shared, ctx: &RequestCtx, table: &str, params: &[(Strin
     let body: String = row.get(0);
     let count: i64 = row.get(1);
     let total: Option<i64> = row.get(2);
+    if count == max_rows && req.limit.is_none_or(|l| l > max_rows) {
+        st.capped_reads.fetch_add(1, Ordering::SeqCst);
+    }
     let shown_total = total.map_or_else(|| "*".to_owned(), |n| n.to_string());
     let range = if count == 0 { format!("*/{shown_total}") } else { format!("{offset}-{}/{shown_total}", offset + count - 1) };
     // PostgREST's rangeStatus: 416 past the end, 206 for a part, else 200.

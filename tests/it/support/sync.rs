@@ -6,12 +6,19 @@
 //! config file in a temp dir. Commands run the compiled binary as a child
 //! process, so crash tests can kill it for real.
 //!
-//! To run the suite against other project settings (the defaults are
-//! Supabase's): `PG_TEST_UPSTREAM_SCHEMA=clinic` puts the upstream tables of
-//! every pair made by [`Pair::new`]/[`Pair::on`] in that schema (`[supabase]
-//! schema`, exposed by the stand-in; the upstream database's search_path
-//! starts with it, so the tests' own upstream SQL finds the tables), and
-//! `PG_TEST_MAX_ROWS=300` lowers the stand-in's max rows.
+//! Project settings other than Supabase's defaults are a mode of their own,
+//! so plain `cargo test` covers them: [`Mode::RestClinicSchemaLowMaxRows`]
+//! puts the upstream tables in schema `clinic` (`[supabase] schema`, exposed
+//! by the stand-in; the upstream database's search_path starts with it, so
+//! the tests' own upstream SQL finds the tables unqualified) and lowers the
+//! stand-in's max rows to [`LOWERED_MAX_ROWS`], below the pair's
+//! `batch_size`. [`all_modes!`] runs a test in it besides postgres and rest.
+//!
+//! To run the whole suite under other settings by hand,
+//! `PG_TEST_UPSTREAM_SCHEMA=<schema>` moves the upstream tables of every
+//! pair made by [`Pair::new`]/[`Pair::on`] in `Mode::Postgres` or
+//! `Mode::Rest` into that schema, and `PG_TEST_MAX_ROWS=<n>` sets every
+//! stand-in's starting max rows (except in the mode above, which fixes both).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -33,12 +40,47 @@ pub fn binary() -> PathBuf {
     }
 }
 
-/// How the service reaches upstream.
+/// How the service reaches upstream, and what the project's settings are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Postgres,
-    /// Through the PostgREST stand-in for Supabase's HTTP layer.
+    /// Through the PostgREST stand-in for Supabase's HTTP layer, with a
+    /// project's default API settings.
     Rest,
+    /// Through the stand-in, on a project whose admin changed the defaults
+    /// a clinic is most likely to meet changed: the synced tables in schema
+    /// [`CLINIC_SCHEMA`] (`[supabase] schema`, an exposed schema, so every
+    /// request carries its profile and the RPCs go through the entry points
+    /// of `sql/upstream/004_api_schema.sql`), and "Max rows" lowered to
+    /// [`LOWERED_MAX_ROWS`], below the pair's `batch_size` (500), so every
+    /// full page the service asks for comes back short.
+    RestClinicSchemaLowMaxRows,
+}
+
+/// The non-`public` upstream schema of [`Mode::RestClinicSchemaLowMaxRows`].
+pub const CLINIC_SCHEMA: &str = "clinic";
+/// The stand-in's max rows in [`Mode::RestClinicSchemaLowMaxRows`].
+pub const LOWERED_MAX_ROWS: usize = 300;
+
+impl Mode {
+    /// Whether the service reaches upstream over HTTP (through the stand-in).
+    pub fn is_rest(self) -> bool {
+        match self {
+            Mode::Postgres => false,
+            Mode::Rest | Mode::RestClinicSchemaLowMaxRows => true,
+        }
+    }
+
+    /// `[supabase] schema` for a pair in this mode: `public`, or
+    /// `PG_TEST_UPSTREAM_SCHEMA` when set, unless the mode fixes it.
+    fn upstream_schema(self) -> String {
+        match self {
+            Mode::RestClinicSchemaLowMaxRows => CLINIC_SCHEMA.to_owned(),
+            Mode::Postgres | Mode::Rest => {
+                std::env::var("PG_TEST_UPSTREAM_SCHEMA").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "public".to_owned())
+            }
+        }
+    }
 }
 
 /// The upstream SQL without any table enrolled (`init --print-upstream-sql`
@@ -60,6 +102,31 @@ macro_rules! both_modes {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn rest() {
                     super::$name($crate::support::sync::Mode::Rest).await
+                }
+            }
+        )*
+    };
+}
+
+/// [`both_modes!`] plus `name::rest_in_schema_clinic_with_max_rows_300`
+/// ([`Mode::RestClinicSchemaLowMaxRows`]): for the convergence tests, whose
+/// promises must hold whatever the project's schema and max rows.
+#[macro_export]
+macro_rules! all_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::support::sync::Mode::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn rest() {
+                    super::$name($crate::support::sync::Mode::Rest).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn rest_in_schema_clinic_with_max_rows_300() {
+                    super::$name($crate::support::sync::Mode::RestClinicSchemaLowMaxRows).await
                 }
             }
         )*
@@ -101,8 +168,7 @@ impl Pair {
 
     /// A pair on given databases (e.g. an upstream on a dedicated cluster).
     pub async fn on(local: TestDb, upstream: TestDb, mode: Mode) -> Pair {
-        let schema = std::env::var("PG_TEST_UPSTREAM_SCHEMA").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "public".to_owned());
-        Pair::on_in_schema(local, upstream, mode, &schema).await
+        Pair::on_in_schema(local, upstream, mode, &mode.upstream_schema()).await
     }
 
     /// Like [`new`](Self::new), with the upstream tables in `schema`
@@ -130,9 +196,10 @@ impl Pair {
         let dir = tempfile::tempdir().expect("temp dir");
         let slot = format!("s_{}", local.name);
         let service_key = format!("test-service-key-{}", local.name);
-        let rest = match mode {
-            Mode::Rest => Some(PostgrestStandIn::start_with(&upstream, &service_key, standin_options(schema)).await),
-            Mode::Postgres => None,
+        let rest = if mode.is_rest() {
+            Some(PostgrestStandIn::start_with(&upstream, &service_key, standin_options(mode, schema)).await)
+        } else {
+            None
         };
         let mut p = Pair {
             config_path: dir.path().join("config.toml"),
@@ -248,9 +315,10 @@ health_check_seconds = 1
     /// [`init`](Self::init) with extra arguments (e.g. `--upload-existing`).
     pub async fn init_with(&self, extra: &[&str]) {
         let mut args = vec!["init"];
-        match self.mode {
-            Mode::Postgres => args.push("--upstream"),
-            Mode::Rest => self.install_upstream_sql().await,
+        if self.mode.is_rest() {
+            self.install_upstream_sql().await;
+        } else {
+            args.push("--upstream");
         }
         args.extend_from_slice(extra);
         self.ok(&args).await;
@@ -296,9 +364,10 @@ health_check_seconds = 1
         let dir = tempfile::tempdir().expect("temp dir");
         let slot = format!("s_{}", local.name);
         let service_key = first.service_key.clone();
-        let rest = match first.mode {
-            Mode::Rest => Some(PostgrestStandIn::start_with(&first.upstream, &service_key, standin_options(&first.upstream_schema)).await),
-            Mode::Postgres => None,
+        let rest = if first.mode.is_rest() {
+            Some(PostgrestStandIn::start_with(&first.upstream, &service_key, standin_options(first.mode, &first.upstream_schema)).await)
+        } else {
+            None
         };
         let mut p = Pair {
             config_path: dir.path().join("config.toml"),
@@ -391,11 +460,15 @@ health_check_seconds = 1
     }
 }
 
-/// Supabase's default exposed schemas, plus `schema`.
-fn standin_options(schema: &str) -> StandInOptions {
+/// Supabase's default exposed schemas, plus `schema`; max rows as `mode`
+/// says.
+fn standin_options(mode: Mode, schema: &str) -> StandInOptions {
     let mut o = StandInOptions::default();
     if !o.schemas.iter().any(|s| s == schema) {
         o.schemas.push(schema.to_owned());
+    }
+    if mode == Mode::RestClinicSchemaLowMaxRows {
+        o.max_rows = LOWERED_MAX_ROWS;
     }
     o
 }
