@@ -76,6 +76,12 @@ fn parse(what: &str, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| SyncError::new(ErrorKind::Contract, format!("{what} returned invalid JSON: {e}")))
 }
 
+/// The way a side hashed its rows (sql/upstream/002_verify.sql); answers
+/// without the key come from the first scheme.
+fn hash_scheme(v: &Value) -> i64 {
+    v["scheme"].as_i64().unwrap_or(1)
+}
+
 fn bucket_map(v: &Value) -> (BTreeMap<i64, (i64, i64)>, i64) {
     let mut m = BTreeMap::new();
     let mut total = 0;
@@ -148,6 +154,21 @@ pub async fn compare<U: Upstream>(cfg: &Config, local: &Client, up: &U, table: &
         "local bucket hashes",
         &local_call(local, "SELECT public.centrovision_sync_bucket_hashes($1, $2, $3, $4, $5)::text", &lreq, None).await?,
     )?;
+    // Hashes of two ways of hashing never match: say which side to update
+    // instead of reporting every row as different.
+    let (local_scheme, up_scheme) = (hash_scheme(&local_v), hash_scheme(&up_v));
+    if local_scheme != up_scheme {
+        let stale = if up_scheme < local_scheme { "upstream" } else { "local" };
+        return Err(SyncError::new(
+            ErrorKind::Contract,
+            format!("the {stale} verify functions hash rows another way (scheme {up_scheme} upstream, {local_scheme} local)"),
+        )
+        .with_hint(if stale == "upstream" {
+            "run `centrovision-sync init --upstream` (or paste `init --print-upstream-sql` into the Supabase SQL editor)"
+        } else {
+            "run `centrovision-sync init` to update the local functions"
+        }));
+    }
     let (lb, ln) = bucket_map(&local_v);
     let (ub, un) = bucket_map(&up_v);
     let mut differing: Vec<i32> = lb.keys().chain(ub.keys()).filter(|b| lb.get(b) != ub.get(b)).map(|b| *b as i32).collect();

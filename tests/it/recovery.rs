@@ -287,7 +287,39 @@ async fn resync_after_the_slot_was_invalidated_by_max_slot_wal_keep_size() {
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services WHERE name = 'during the outage'").await, 1);
 }
 
+/// Upstream verify functions of an earlier version hash rows another way:
+/// `verify` says to update them instead of reporting every row as different,
+/// and repairs nothing.
+async fn verify_against_upstream_hashes_of_another_scheme_asks_for_init_upstream(mode: Mode) {
+    let pair = Pair::new("verify_scheme", mode).await;
+    pair.init().await;
+    pair.local.connect().await.batch_execute("INSERT INTO services (name) SELECT 'svc ' || g FROM generate_series(1, 20) g").await.unwrap();
+    pair.once().await;
+    assert_eq!(pair.exec(&["verify"], &[]).await.status.code(), Some(0), "equal before the old functions");
+    // The first scheme's answer: no "scheme" key (and md5-based hashes).
+    let s = &pair.upstream_schema;
+    pair.upstream
+        .connect()
+        .await
+        .batch_execute(&format!(
+            "ALTER FUNCTION public.centrovision_sync_bucket_hashes(text, text, text, text[], integer) RENAME TO cvs_bucket_hashes_v2;
+             CREATE FUNCTION public.centrovision_sync_bucket_hashes(s text, t text, pk text, cols text[], buckets integer)
+             RETURNS jsonb LANGUAGE sql SECURITY DEFINER SET search_path = '' AS
+             $f$ SELECT public.cvs_bucket_hashes_v2(s, t, pk, cols, buckets) - 'scheme' $f$;
+             GRANT EXECUTE ON FUNCTION public.centrovision_sync_bucket_hashes(text, text, text, text[], integer) TO service_role;
+             SELECT 1 FROM pg_namespace WHERE nspname = '{s}';"
+        ))
+        .await
+        .unwrap();
+    let o = pair.exec(&["verify", "--repair"], &[]).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("upstream verify functions hash rows another way") && err.contains("init --upstream"), "{err}");
+    assert_eq!(count(&pair.upstream, &format!("SELECT count(*) FROM {s}.services")).await, 20, "nothing repaired");
+}
+
 both_modes!(
+    verify_against_upstream_hashes_of_another_scheme_asks_for_init_upstream,
     replay_after_an_upstream_restore_makes_both_sides_equal_and_twice_changes_nothing,
     verify_finds_single_differences_in_100k_rows_and_repair_fixes_them,
     resync_after_the_slot_was_dropped_loses_no_local_change,
