@@ -206,10 +206,11 @@ async fn a_numeric_price_into_an_integer_column_is_parked_with_the_reason(mode: 
 
 /// Local `price numeric(12,2)`, upstream `price text`: up, the number is
 /// stored as its text (clean conversion). Down, a text that is not a number
-/// cannot be applied: `once` fails naming the table, the SQLSTATE and the
-/// value, nothing is half-applied and the watermark stays, so once the value
-/// is corrected upstream the rows arrive.
-async fn a_text_price_that_is_not_a_number_fails_the_download_clearly_and_arrives_once_fixed(mode: Mode) {
+/// cannot be applied: that one row is parked with the SQLSTATE and the
+/// reason (shown by `status`, never its value in the log), the rest of the
+/// page arrives, and once the value is corrected upstream the row arrives
+/// and the entry is cleared.
+async fn a_text_price_that_is_not_a_number_is_parked_clearly_and_arrives_once_fixed(mode: Mode) {
     let pair = Pair::new("type_text", mode).await;
     let up = pair.upstream.connect().await;
     up.batch_execute("ALTER TABLE services ALTER COLUMN price TYPE text").await.unwrap();
@@ -228,17 +229,23 @@ async fn a_text_price_that_is_not_a_number_fails_the_download_clearly_and_arrive
     .unwrap();
     let out = pair.exec(&["once"], &[]).await;
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains("services") && err.contains("22P02") && err.contains("gratis"), "{err}");
-    let last_error: String =
-        local.query_one("SELECT last_error FROM _sync_metadata WHERE table_name = 'services'", &[]).await.unwrap().get(0);
-    assert!(last_error.contains("invalid input syntax for type numeric"), "{last_error}");
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'gratis'").await, 0);
+    assert!(err.contains("services") && err.contains("22P02"), "{err}");
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'gratis'").await, 0, "the bad row is not applied");
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM services WHERE name = 'fine'").await, 1, "the rest of the page arrives");
+    let parked: String = local
+        .query_one("SELECT error FROM _sync_down_parked WHERE record_id = '00000000-0000-0000-0000-0000000000d1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(parked.contains("invalid input syntax for type numeric"), "{parked}");
+    let st: serde_json::Value = serde_json::from_slice(&pair.exec(&["status", "--json"], &[]).await.stdout).unwrap();
+    assert_eq!(st["parked_down"], 1, "{st}");
 
     up.batch_execute("UPDATE services SET price = '0' WHERE name = 'gratis'").await.unwrap();
     pair.once().await;
     assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 3, "nothing lost once the value is fixed");
+    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_down_parked").await, 0, "the entry is cleared once it applies");
     let p: String = local.query_one("SELECT price::text FROM services WHERE name = 'fine'", &[]).await.unwrap().get(0);
     assert_eq!(p, "5.00");
 }
@@ -557,7 +564,7 @@ async fn corrupted_real_pgoutput_messages_are_rejected_naming_the_message_and_fi
 both_modes!(
     identifiers_that_need_quoting_sync_both_ways,
     a_numeric_price_into_an_integer_column_is_parked_with_the_reason,
-    a_text_price_that_is_not_a_number_fails_the_download_clearly_and_arrives_once_fixed,
+    a_text_price_that_is_not_a_number_is_parked_clearly_and_arrives_once_fixed,
     a_column_on_one_side_only_is_left_alone_and_reported_once,
     rows_of_several_megabytes_sync_both_ways,
 );

@@ -334,6 +334,17 @@ async fn a_database_restored_into_a_new_cluster_captures_every_change_after_init
     let dumped = Cluster::shared().tool("pg_dump").args(["-Fc", "-d", &p.local.name, "-f"]).arg(&dump).output().expect("pg_dump");
     assert!(dumped.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dumped.stderr));
     let server = Cluster::start(ClusterOptions::default());
+    // As a DBA moves a database: the cluster's roles first (the dump's grants
+    // name them), then the database.
+    let roles = p.dir.path().join("roles.sql");
+    let dumped = Cluster::shared().tool("pg_dumpall").args(["--roles-only", "-f"]).arg(&roles).output().expect("pg_dumpall");
+    assert!(dumped.status.success(), "pg_dumpall: {}", String::from_utf8_lossy(&dumped.stderr));
+    // The bootstrap superuser is the new cluster's own (its password stays).
+    let dumped_roles = std::fs::read_to_string(&roles).expect("roles dump");
+    let others: String = dumped_roles.lines().filter(|l| !l.contains("ROLE postgres")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&roles, others).expect("roles dump");
+    let made = server.tool("psql").args(["-q", "-d", "postgres", "-f"]).arg(&roles).output().expect("psql");
+    assert!(made.status.success(), "roles: {}", String::from_utf8_lossy(&made.stderr));
     let restored = server.create_database("restored_new").await;
     let loaded = server.tool("pg_restore").args(["--no-owner", "-d", &restored.name]).arg(&dump).output().expect("pg_restore");
     assert!(loaded.status.success(), "pg_restore: {}", String::from_utf8_lossy(&loaded.stderr));

@@ -583,6 +583,10 @@ struct Results {
     latency_trig: Option<Latency>,
     down: Option<Drain>,
     down_naive: Option<(u64, Duration)>,
+    /// Verify's bucket hashes of one large equal table: (rows, the service's
+    /// call under an 8 s statement timeout, the first scheme's expression
+    /// over the same rows, a plain count(*) scan).
+    verify: Option<(u64, Duration, Duration, Duration)>,
     idle: Vec<(Mode, Idle)>,
     page: Option<PageTimes>,
     /// The service left alone with `[http]` off, on, off again.
@@ -1406,6 +1410,80 @@ impl Bench {
             format!("{copied} rows, pages of {BATCH_SIZE}, plain upsert"),
         );
         self.res.down_naive = Some((copied, took));
+        self.verify_hashes().await
+    }
+
+    /// Issue 13: verify hashes each table in one call per side, and Supabase
+    /// cancels a statement after 8 s. One call of the service's
+    /// `centrovision_sync_bucket_hashes` over an N-row `patients` table
+    /// (1M rows; 50k in --quick), under `statement_timeout = 8s`, beside the
+    /// first hashing scheme (md5 of a jsonb object, what 002_verify.sql did
+    /// before) and a bare count(*) over the same rows, same database.
+    async fn verify_hashes(&mut self) -> R<()> {
+        let n: u64 = if self.opts.quick { 50_000 } else { 1_000_000 };
+        let db = self.local.create_database("verify_l").await;
+        let c = db.connect().await;
+        c.batch_execute(SCHEMA).await.ctx("schema")?;
+        let verify_sql = centrovision_sync::upstream::UPSTREAM_SQL
+            .iter()
+            .find(|(name, _)| *name == "002_verify.sql")
+            .map(|(_, sql)| *sql)
+            .ok_or("002_verify.sql is not in UPSTREAM_SQL")?;
+        c.batch_execute(verify_sql).await.ctx("install 002_verify.sql")?;
+        c.batch_execute(&format!(
+            "SET session_replication_role = replica;
+             INSERT INTO patients (id, full_name, birth_date, phone, tags, metadata, notes, created_at, updated_at)
+             SELECT md5('p' || g)::uuid, 'Paciente ' || g || ' ñandú', date '1950-01-01' + (g % 20000),
+                    '+504 9' || lpad(g::text, 7, '0'), ARRAY['bench', 'aseguradora-' || (g % 7)],
+                    jsonb_build_object('r', g, 'l', jsonb_build_array(1, 2.5, 'x')),
+                    'Antecedentes: miopía, uso de lentes desde la infancia. ' || md5(g::text),
+                    '2026-01-01', '2026-01-01 00:00:00+00'::timestamptz + g * interval '1 ms'
+             FROM generate_series(1, {n}) g;
+             RESET session_replication_role;
+             VACUUM ANALYZE patients;"
+        ))
+        .await
+        .ctx("seed the verify table")?;
+        self.step(&format!("verify: {n} rows seeded; hashing"));
+        let cols = "ARRAY['birth_date', 'branch_id', 'created_at', 'deleted_at', 'full_name', 'id', 'metadata', 'notes', 'phone', 'photo', 'tags', 'updated_at']";
+        // The bucket count verify picks for this many rows (src/verify.rs).
+        let buckets = ((n / 256).clamp(16, 16_384)).next_power_of_two().min(16_384);
+        let timed = |sql: String| {
+            let c = &c;
+            async move {
+                let t = Instant::now();
+                c.batch_execute(&sql).await.ctx(&sql)?;
+                Ok::<_, String>(t.elapsed())
+            }
+        };
+        let scan = timed("SELECT count(*) FROM patients".into()).await?;
+        let call = timed(format!(
+            "SET statement_timeout = '8s';
+             SELECT length(public.centrovision_sync_bucket_hashes('public', 'patients', 'id', {cols}, {buckets})::text);
+             RESET statement_timeout;"
+        ))
+        .await?;
+        let scheme1 = timed(format!(
+            "SELECT count(*) FROM (
+               SELECT (abs(hashtext(x.id::text)) % {buckets})::int AS b, count(*),
+                      bit_xor(('x' || left(md5(jsonb_build_object('birth_date', x.birth_date, 'branch_id', x.branch_id,
+                        'created_at', x.created_at, 'deleted_at', x.deleted_at, 'full_name', x.full_name, 'id', x.id,
+                        'metadata', x.metadata, 'notes', x.notes, 'phone', x.phone, 'photo', x.photo, 'tags', x.tags,
+                        'updated_at', x.updated_at)::text), 16))::bit(64)::bigint)
+               FROM patients x GROUP BY 1) q"
+        ))
+        .await?;
+        self.report.stage(
+            "13: verify, bucket hashes of one table, one call",
+            secs(call),
+            "s",
+            format!(
+                "{n} rows, {buckets} buckets, under statement_timeout = 8s; scheme 1 {:.2} s, count(*) {:.2} s",
+                secs(scheme1),
+                secs(scan)
+            ),
+        );
+        self.res.verify = Some((n, call, scheme1, scan));
         Ok(())
     }
 
@@ -2131,6 +2209,24 @@ impl Bench {
                 None,
                 None,
                 format!("{} rows", d.rows),
+            ));
+        }
+        if let Some((n, call, scheme1, scan)) = r.verify {
+            self.push(fig(
+                "verify_hashes_call",
+                "13",
+                "Verify: bucket hashes of one equal table in one call (what Supabase's 8 s statement timeout must fit)",
+                secs(call),
+                "s",
+                false,
+                Some(Baseline {
+                    label: "the first hashing scheme (md5 of a jsonb object), same rows".into(),
+                    value: secs(scheme1),
+                    measured: true,
+                }),
+                Some("< 8 s".into()),
+                Some(secs(call) < 8.0),
+                format!("{n} rows of `patients`; a bare count(*) over them: {:.2} s", secs(scan)),
             ));
         }
         if let Some(p) = &r.page {
