@@ -1439,11 +1439,11 @@ impl Bench {
                     'Antecedentes: miopía, uso de lentes desde la infancia. ' || md5(g::text),
                     '2026-01-01', '2026-01-01 00:00:00+00'::timestamptz + g * interval '1 ms'
              FROM generate_series(1, {n}) g;
-             RESET session_replication_role;
-             VACUUM ANALYZE patients;"
+             RESET session_replication_role;"
         ))
         .await
         .ctx("seed the verify table")?;
+        c.batch_execute("VACUUM ANALYZE patients").await.ctx("vacuum the verify table")?;
         self.step(&format!("verify: {n} rows seeded; hashing"));
         let cols = "ARRAY['birth_date', 'branch_id', 'created_at', 'deleted_at', 'full_name', 'id', 'metadata', 'notes', 'phone', 'photo', 'tags', 'updated_at']";
         // The bucket count verify picks for this many rows (src/verify.rs).
@@ -1464,12 +1464,12 @@ impl Bench {
         ))
         .await?;
         let scheme1 = timed(format!(
-            "SELECT count(*) FROM (
-               SELECT (abs(hashtext(x.id::text)) % {buckets})::int AS b, count(*),
+            "SELECT length(coalesce(jsonb_agg(jsonb_build_array(q.b, q.n, q.hx) ORDER BY q.b), '[]')::text) FROM (
+               SELECT (abs(hashtext(x.id::text)) % {buckets})::int AS b, count(*) AS n,
                       bit_xor(('x' || left(md5(jsonb_build_object('birth_date', x.birth_date, 'branch_id', x.branch_id,
                         'created_at', x.created_at, 'deleted_at', x.deleted_at, 'full_name', x.full_name, 'id', x.id,
                         'metadata', x.metadata, 'notes', x.notes, 'phone', x.phone, 'photo', x.photo, 'tags', x.tags,
-                        'updated_at', x.updated_at)::text), 16))::bit(64)::bigint)
+                        'updated_at', x.updated_at)::text), 16))::bit(64)::bigint) AS hx
                FROM patients x GROUP BY 1) q"
         ))
         .await?;
