@@ -424,20 +424,8 @@ async fn apply_feed_page<U: Upstream>(
             // 1. Lock the local rows the page touches (sorted: one order for every page).
             for name in &order {
                 let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
-                let pk = table.pk().expect("syncable");
-                let mut keys: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
-                keys.sort_unstable();
-                c.query_one(
-                    &format!(
-                        "SELECT count(*) FROM (SELECT 1 FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[]) ORDER BY d.{qpk} FOR UPDATE) q",
-                        t = table.qualified(),
-                        qpk = quote_ident(&pk.name),
-                        ty = pk.type_name
-                    ),
-                    &[&keys],
-                )
-                .await
-                .map_err(q)?;
+                let keys: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
+                lock_rows(c, table, &keys).await?;
             }
             // 2. Every local commit before the locks is journaled before we decide.
             let flushed: postgres_types::PgLsn = c.query_one("SELECT pg_current_wal_flush_lsn()", &[]).await.map_err(q)?.get(0);
