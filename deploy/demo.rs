@@ -38,14 +38,16 @@ async fn main() {
     for db in [&local, &upstream] {
         db.connect().await.batch_execute(support::sync::SCHEMA).await.expect("sample schema");
     }
+    // The project's API roles exist before its SQL is installed (the SQL
+    // grants EXECUTE to service_role only if that role exists), as on Supabase.
+    let key = "sb_secret_demo_only";
+    let rest = PostgrestStandIn::start(&upstream, key).await;
     // What a clinic pastes into the Supabase SQL editor (`init --print-upstream-sql`).
     let mut upstream_sql = support::sync::upstream_sql();
     for t in ["branches", "patients", "services", "appointments", "invoices", "invoice_items"] {
         upstream_sql.push_str(&format!("SELECT centrovision_sync.enroll_table('public', '{t}');\n"));
     }
     upstream.connect().await.batch_execute(&upstream_sql).await.expect("upstream SQL");
-    let key = "sb_secret_demo_only";
-    let rest = PostgrestStandIn::start(&upstream, key).await;
     println!("   local    127.0.0.1:{}  upstream 127.0.0.1:{}  REST {}", local.port(), upstream.port(), rest.url());
 
     let dir = tempfile::tempdir().expect("temp dir");
