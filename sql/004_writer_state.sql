@@ -23,15 +23,11 @@
 --
 -- Idempotent.
 
-ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS system_identifier TEXT;
-ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAULT 1;
-
-CREATE TABLE IF NOT EXISTS _sync_epoch (
-    epoch INTEGER PRIMARY KEY,
-    first_journal_id BIGINT NOT NULL,
-    system_identifier TEXT,
-    started_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
-);
+-- _sync_capture and _sync_epoch now live in the journal database
+-- (sql/journal/001_journal.sql); an older installation's copy here is brought
+-- to its last layout so that `init` can move it.
+ALTER TABLE IF EXISTS _sync_capture ADD COLUMN IF NOT EXISTS system_identifier TEXT;
+ALTER TABLE IF EXISTS _sync_capture ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAULT 1;
 
 ALTER TABLE _sync_metadata ADD COLUMN IF NOT EXISTS feed_prev TEXT;
 ALTER TABLE _sync_metadata ADD COLUMN IF NOT EXISTS feed_target TEXT;

@@ -19,10 +19,8 @@
 --                   the health check sampled in that hour (every
 --                   health_check_seconds), upserted by that check alone.
 --
---   idx_sync_pending_parked  the parked journal rows (unsynced, parked_at set),
---                   for the page's list and every status count of them. Rows are
---                   journaled unparked, so capture never writes this index; only
---                   parking a row (rare) and marking a parked row synced touch it.
+--   (idx_sync_pending_parked, the parked journal rows' index, moved with the
+--   journal to sql/journal/001_journal.sql.)
 --
 -- Both tables are pruned by the health check after 30 days (about 1,500 rows
 -- at most). Idempotent.
@@ -39,6 +37,3 @@ CREATE TABLE IF NOT EXISTS _sync_backlog_history (
     last_backlog BIGINT NOT NULL,
     last_parked BIGINT NOT NULL
 );
-
-CREATE INDEX IF NOT EXISTS idx_sync_pending_parked ON _sync_pending (parked_at)
-    WHERE synced = FALSE AND parked_at IS NOT NULL;

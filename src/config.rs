@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 mod db;
 
-pub use db::connect_local;
+pub use db::{LocalDbs, connect_journal, connect_local};
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "CENTROVISION_SYNC_CONFIG";
@@ -129,6 +129,10 @@ pub struct LocalPostgres {
     pub password: Secret,
     /// Schema of the synced tables locally.
     pub schema: String,
+    /// The sibling database on the same cluster that holds the up-path
+    /// journal (`_sync_pending`, `_sync_capture`, `_sync_epoch`): outside
+    /// the decoded database, so the walsender skips the journal's own WAL.
+    pub journal_database: String,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +294,7 @@ struct RawLocal {
     user: Option<String>,
     password: Option<Secret>,
     schema: Option<String>,
+    journal_database: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -421,6 +426,20 @@ impl Config {
             .user
             .filter(|d| !d.is_empty())
             .ok_or_else(|| ConfigError::invalid("[local_postgres] user", "is required (a role with REPLICATION, see deploy/)"))?;
+        let journal_database = rl.journal_database.unwrap_or_else(|| format!("{database}_journal"));
+        if journal_database.is_empty() || journal_database == database {
+            return Err(ConfigError::invalid(
+                "[local_postgres] journal_database",
+                "must name a database other than [local_postgres] database (the journal lives beside the clinic's database, \
+                 so logical decoding skips its writes); remove the key to use <database>_journal",
+            ));
+        }
+        if journal_database.len() > 63 {
+            return Err(ConfigError::invalid(
+                "[local_postgres] journal_database",
+                format!("{journal_database:?} is longer than PostgreSQL's 63-byte name limit; set a shorter journal_database"),
+            ));
+        }
         let port = rl.port.unwrap_or(5432);
         if port == 0 {
             return Err(ConfigError::invalid("[local_postgres] port", "must be between 1 and 65535"));
@@ -432,6 +451,7 @@ impl Config {
             user,
             password: env(LOCAL_PASSWORD_ENV).map(Secret::new).or(rl.password).unwrap_or_default(),
             schema: ident("[local_postgres] schema", rl.schema.unwrap_or_else(|| "public".into()))?,
+            journal_database,
         };
 
         let sy = raw.sync.unwrap_or_default();
@@ -563,6 +583,14 @@ impl Config {
     /// function's default).
     pub fn upstream_schema(&self) -> Option<&str> {
         (self.supabase.schema != "public").then_some(self.supabase.schema.as_str())
+    }
+
+    /// Connection settings for the journal database (same server and
+    /// credentials as the local database).
+    pub fn journal_pg_config(&self) -> tokio_postgres::Config {
+        let mut c = self.local_pg_config();
+        c.dbname(&self.local_postgres.journal_database);
+        c
     }
 
     /// Connection settings for the local database.
@@ -745,8 +773,16 @@ password = "pw-very-secret"
         assert_eq!(c.sync.slot_name, "centrovision_sync");
         assert_eq!(c.sync.publication_name, "centrovision_sync");
         assert_eq!(c.local_postgres.port, 5432);
+        assert_eq!(c.local_postgres.journal_database, "centrovision_journal");
         assert_eq!(c.logging.level, "info");
         assert_eq!(c.supabase.mode, UpstreamMode::Rest);
+    }
+
+    #[test]
+    fn a_journal_database_equal_to_the_clinic_database_is_refused_naming_the_key() {
+        let text = MIN_REST.replace("database = \"centrovision\"\n", "database = \"centrovision\"\njournal_database = \"centrovision\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[local_postgres] journal_database") && e.contains("other than"), "{e}");
     }
 
     #[test]

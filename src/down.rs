@@ -45,17 +45,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::catalog::{self, Table, quote_ident, quote_literal};
-use crate::config::{Config, connect_local};
+use crate::catalog::{self, Table, quote_ident};
+use crate::config::{Config, connect_journal, connect_local};
 use crate::error::{Class, ErrorKind, Result, SyncError};
 use crate::feed;
 use crate::lsn::Lsn;
 use crate::replication::wait_progress;
-use crate::store::{self, Direction, LogEntry, Store};
+use crate::store::{self, Direction, JournalStore, LogEntry, Store};
 use crate::upstream::{FeedRequest, TableRef, Upstream};
 use serde_json::value::RawValue;
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (down path)");
+const JOURNAL: crate::error::At = crate::error::At::local("journal database (down path)");
 
 /// Depth of on-demand parent fetches (grandparents and so on).
 const MAX_PARENT_DEPTH: usize = 4;
@@ -68,9 +69,11 @@ const CAPTURE_WAIT: Duration = Duration::from_secs(30);
 /// check.
 type Inserted = Vec<(String, Vec<String>, Lsn)>;
 
-/// A local session whose writes carry the replication origin.
+/// A local session whose writes carry the replication origin, and a
+/// connection to the journal database its decisions consult.
 pub struct Session {
     client: Client,
+    journal: Client,
     /// Tables whose one-sided columns were already reported.
     reported: Mutex<HashSet<String>>,
 }
@@ -88,11 +91,17 @@ impl Session {
                 _ => err,
             }
         })?;
-        Ok(Session { client, reported: Mutex::new(HashSet::new()) })
+        let journal = connect_journal(cfg).await?;
+        Ok(Session { client, journal, reported: Mutex::new(HashSet::new()) })
     }
 
     fn store(&self) -> Store<'_> {
         Store::new(&self.client, LOCAL)
+    }
+
+    /// The journal, as this session's decisions consult it.
+    pub fn journal(&self) -> JournalStore<'_> {
+        JournalStore::new(&self.journal, JOURNAL)
     }
 
     /// Columns both sides have (writable locally), reporting the rest once
@@ -219,11 +228,12 @@ async fn retry_parked<U: Upstream>(ctx: &Ctx<'_, U>, order: &[String], reports: 
         }
         let flushed: postgres_types::PgLsn = c.query_one("SELECT pg_current_wal_flush_lsn()", &[]).await.map_err(q)?.get(0);
         wait_progress(&mut ctx.progress.clone(), Lsn::from(flushed), CAPTURE_WAIT).await?;
-        let superseded = store.drop_superseded_down_parked().await?;
+        let journal = ctx.session.journal();
+        let superseded = store.drop_down_parked(&journal.superseded(&store.down_parked_marks().await?).await?).await?;
         if superseded > 0 {
             tracing::info!(rows = superseded, "parked upstream rows superseded by later local changes: dropped");
         }
-        let high_water = store.journal_high_water().await?;
+        let high_water = journal.journal_high_water().await?;
         let mut total = 0i64;
         for name in order {
             let parked = store.down_parked(std::slice::from_ref(name)).await?;
@@ -432,12 +442,13 @@ async fn apply_feed_page<U: Upstream>(
             wait_progress(&mut ctx.progress.clone(), Lsn::from(flushed), CAPTURE_WAIT).await?;
             // 3. Rows with a local change upstream has not processed stay as they are.
             let processed = page.progress.as_ref().map(|p| (p.epoch, p.journal_id));
-            let epochs = store.epochs().await?;
+            let journal = ctx.session.journal();
+            let epochs = journal.epochs().await?;
             for name in &order {
                 let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
                 let pk = table.pk().expect("syncable");
                 let all: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
-                let pending: HashSet<String> = store.pending_keys(name, &all, processed, &epochs).await?.into_iter().collect();
+                let pending: HashSet<String> = journal.pending_keys(name, &all, processed, &epochs).await?.into_iter().collect();
                 if !pending.is_empty() {
                     tracing::debug!(table = %name, rows = pending.len(), "left alone: local changes upstream has not processed yet");
                 }
@@ -452,7 +463,7 @@ async fn apply_feed_page<U: Upstream>(
                     let (written, failed) = write_parking(ctx, table, &rows, report).await?;
                     n += written;
                     if !failed.is_empty() {
-                        let high_water = store.journal_high_water().await?;
+                        let high_water = journal.journal_high_water().await?;
                         let images: Vec<String> = failed.iter().map(|(i, _)| rows[*i].get().to_string()).collect();
                         let errors: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
                         let park: Vec<store::ToPark<'_>> = failed
@@ -646,11 +657,11 @@ async fn apply_page<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, page: &str, re
     let result = async {
         let mut inserted: Inserted = Vec::new();
         let t0 = Instant::now();
-        let applied = upsert_rows(c, table, &cols, page, &mut inserted).await?;
+        let applied = upsert_rows(c, &ctx.session.journal(), table, &cols, page, &mut inserted).await?;
         let t1 = Instant::now();
         repair_parents(ctx, table, page, 0, &mut inserted, report).await?;
         let t2 = Instant::now();
-        undo_resurrections(c, ctx.tables, &inserted, ctx.progress).await?;
+        undo_resurrections(c, &ctx.session.journal(), ctx.tables, &inserted, ctx.progress).await?;
         tracing::debug!(
             table = %table.name,
             upsert_ms = (t1 - t0).as_millis() as u64,
@@ -693,8 +704,17 @@ pub async fn apply_rows<U: Upstream>(
 
 /// LWW upsert of upstream rows into the local table; returns rows written
 /// and records the keys it inserted.
-async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str, inserted: &mut Inserted) -> Result<u64> {
+async fn upsert_rows(
+    c: &Client,
+    journal: &JournalStore<'_>,
+    table: &Table,
+    cols: &[String],
+    rows_json: &str,
+    inserted: &mut Inserted,
+) -> Result<u64> {
     let pk = table.pk().expect("checked by caller");
+    let keys = row_keys(rows_json, &pk.name)?;
+    let tombstones = journal.tombstones(&table.name, &keys.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let t = table.qualified();
     let qpk = quote_ident(&pk.name);
     let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
@@ -711,6 +731,11 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
             updates.join(", ")
         )
     };
+    // A tombstone counts only while the row is absent locally.
+    let tombstoned = format!(
+        "({} AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.{qpk} = s.{qpk}))",
+        store::tombstoned("$2", &format!("s.{qpk}::text"), "s.updated_at")
+    );
     // `here` is read after the statement's snapshot and before its first
     // write (the insert's rows come through the join): every delete this
     // statement could have missed committed before it, and it is a record
@@ -724,16 +749,9 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
            ON CONFLICT ({qpk}) {conflict}
            RETURNING d.xmax = 0 AS inserted, d.{qpk}::text AS id)
          SELECT count(*), coalesce(array_agg(id) FILTER (WHERE inserted), '{{}}'), (SELECT lsn FROM here) FROM w",
-        // A tombstone counts only while the row is absent locally.
-        tombstoned = store::tombstone_after(
-            &quote_literal(&table.name),
-            &format!("s.{qpk}::text"),
-            "s.updated_at",
-            Some(&format!("NOT EXISTS (SELECT 1 FROM {t} x WHERE x.{qpk} = s.{qpk})"))
-        ),
         list_s = cols.iter().map(|c| format!("s.{}", quote_ident(c))).collect::<Vec<_>>().join(", "),
     );
-    let row = c.query_one(&sql, &[&rows_json]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    let row = c.query_one(&sql, &[&rows_json, &tombstones]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
     let ids: Vec<String> = row.get(1);
     if !ids.is_empty() {
         let here: postgres_types::PgLsn = row.get(2);
@@ -742,12 +760,35 @@ async fn upsert_rows(c: &Client, table: &Table, cols: &[String], rows_json: &str
     Ok(row.get::<_, i64>(0) as u64)
 }
 
+/// The primary-key values of the rows in `rows_json` (a JSON array of
+/// objects) as text, the form the journal's record ids take: a JSON string
+/// unquoted, any other scalar as written.
+fn row_keys(rows_json: &str, pk: &str) -> Result<Vec<String>> {
+    let rows: Vec<HashMap<String, &RawValue>> = serde_json::from_str(rows_json)
+        .map_err(|e| SyncError::new(ErrorKind::Decode, format!("upstream rows are not a JSON array of objects: {e}")))?;
+    let mut keys = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(v) = r.get(pk) else { continue };
+        let raw = v.get();
+        if raw.starts_with('"') {
+            keys.push(
+                serde_json::from_str::<String>(raw)
+                    .map_err(|e| SyncError::new(ErrorKind::Decode, format!("upstream key is not a JSON string: {e}")))?,
+            );
+        } else if raw != "null" {
+            keys.push(raw.to_string());
+        }
+    }
+    Ok(keys)
+}
+
 /// Closes the race between a local DELETE and its journaling: waits until
 /// capture has journaled everything committed before this point of the
 /// transaction, then deletes again any row this transaction inserted that a
 /// now-visible tombstone says was deleted locally after its upstream version.
 async fn undo_resurrections(
     c: &Client,
+    journal: &JournalStore<'_>,
     tables: &BTreeMap<String, Table>,
     inserted: &Inserted,
     progress: &watch::Receiver<Lsn>,
@@ -761,14 +802,18 @@ async fn undo_resurrections(
         let table = &tables[name];
         let pk = table.pk().expect("syncable");
         let qpk = quote_ident(&pk.name);
+        let tombstones = journal.tombstones(name, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+        if tombstones == "{}" {
+            continue;
+        }
         let sql = format!(
             "DELETE FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[])
                AND {tombstoned}",
             t = table.qualified(),
             ty = pk.type_name,
-            tombstoned = store::tombstone_after("$2", &format!("d.{qpk}::text"), "d.updated_at", None)
+            tombstoned = store::tombstoned("$2", &format!("d.{qpk}::text"), "d.updated_at")
         );
-        let n = c.execute(&sql, &[ids, name]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        let n = c.execute(&sql, &[ids, &tombstones]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         if n > 0 {
             tracing::info!(table = %name, rows = n, "kept rows deleted locally while the page was applied");
         }
@@ -829,7 +874,7 @@ fn repair_parents<'a, U: Upstream>(
                     continue;
                 }
                 let cols = ctx.session.shared_columns(parent, &keys);
-                let n = upsert_rows(c, parent, &cols, &json, inserted).await?;
+                let n = upsert_rows(c, &ctx.session.journal(), parent, &cols, &json, inserted).await?;
                 report.parents_fetched += n;
                 tracing::info!(table = %table.name, parent = %pname, rows = n, "fetched missing parents");
                 repair_parents(ctx, parent, &json, depth + 1, inserted, report).await?;

@@ -241,6 +241,8 @@ impl fmt::Display for At {
 
 /// The local database, for errors with no more specific context.
 pub const LOCAL: At = At::local("local database");
+/// The journal database beside it (`[local_postgres] journal_database`).
+pub const JOURNAL: At = At::local("journal database");
 /// The upstream database (postgres mode).
 pub const UPSTREAM: At = At::upstream("upstream database");
 

@@ -1,5 +1,6 @@
 //! The `_sync_pending` journal: the durable hand-off between WAL capture and
-//! the pusher.
+//! the pusher. It lives in the journal database beside the clinic's (see
+//! [`JournalStore`]), so capture's own writes are never decoded again.
 //!
 //! Progress rules (the reason this module exists):
 //! - Capture appends a decoded transaction's changes inside one local
@@ -24,7 +25,7 @@ use tokio_postgres::Client;
 
 use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
-use crate::store::{JournalRow, Store};
+use crate::store::{JournalRow, JournalStore};
 
 pub use crate::store::{Operation, Queued, Source};
 
@@ -32,7 +33,8 @@ pub use crate::store::{Operation, Queued, Source};
 /// transaction.
 const COPY_CHUNK: usize = 2_000;
 
-const LOCAL: crate::error::At = crate::error::At::local("local database (journal)");
+const JOURNAL: crate::error::At = crate::error::At::local("journal database");
+const LOCAL: crate::error::At = crate::error::At::local("local database (capture)");
 
 /// A row image as a JSON object whose values are kept verbatim: merging
 /// images (TOAST fill, coalescing) must not round-trip values through
@@ -75,10 +77,12 @@ impl Change {
     }
 }
 
-/// Capture's side of the journal: one dedicated local connection holding at
-/// most one open transaction.
+/// Capture's side of the journal: one dedicated connection to the journal
+/// database holding at most one open transaction, and one to the clinic's
+/// database for reading TOAST values the WAL did not carry.
 pub struct Writer {
     client: Client,
+    local: Client,
     slot: String,
     in_txn: bool,
     buffered: Vec<Change>,
@@ -86,12 +90,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(client: Client, slot: &str) -> Self {
-        Writer { client, slot: slot.to_string(), in_txn: false, buffered: Vec::new(), rows_in_txn: 0 }
+    pub fn new(journal: Client, local: Client, slot: &str) -> Self {
+        Writer { client: journal, local, slot: slot.to_string(), in_txn: false, buffered: Vec::new(), rows_in_txn: 0 }
     }
 
-    fn store(&self) -> Store<'_> {
-        Store::new(&self.client, LOCAL)
+    fn store(&self) -> JournalStore<'_> {
+        JournalStore::new(&self.client, JOURNAL)
     }
 
     /// The commit LSN of the last transaction known to be journaled.
@@ -120,7 +124,7 @@ impl Writer {
 
     async fn begin(&mut self) -> Result<()> {
         if !self.in_txn {
-            self.client.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+            self.client.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
             self.in_txn = true;
         }
         Ok(())
@@ -163,7 +167,7 @@ impl Writer {
                 crate::catalog::quote_ident(&pk.name),
                 pk.type_name
             );
-            if let Some(r) = self.client.query_opt(&sql, &[&id]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))? {
+            if let Some(r) = self.local.query_opt(&sql, &[&id]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))? {
                 let s: String = r.get(0);
                 if let Some(m) = parse(&s) {
                     filled.extend(m);
@@ -195,7 +199,7 @@ impl Writer {
         self.flush_chunk().await?;
         self.begin().await?;
         self.store().record_journaled(&self.slot, journaled_lsn, end_lsn).await?;
-        self.client.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        self.client.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
         self.in_txn = false;
         self.rows_in_txn = 0;
         crate::crash::point("capture.after_journal_commit");
@@ -209,7 +213,7 @@ impl Writer {
         self.rows_in_txn = 0;
         if self.in_txn {
             self.in_txn = false;
-            self.client.batch_execute("ROLLBACK").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+            self.client.batch_execute("ROLLBACK").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
         }
         Ok(())
     }
@@ -259,5 +263,5 @@ pub async fn next_prefix(client: &Client, limit: i64) -> Result<Vec<Queued>> {
 }
 
 async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
-    Store::new(client, LOCAL).journal_rows(source, limit, after_id, only_lsn).await
+    JournalStore::new(client, JOURNAL).journal_rows(source, limit, after_id, only_lsn).await
 }

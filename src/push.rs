@@ -41,10 +41,11 @@ use tokio_postgres::Client;
 
 use crate::error::{Class, ErrorKind, Result, SyncError, class_of_sqlstate};
 use crate::journal::{self, Operation, Queued};
-use crate::store::Store;
+use crate::store::{JournalStore, Store};
 use crate::upstream::Upstream;
 
 const LOCAL: crate::error::At = crate::error::At::local("local database (pusher)");
+const JOURNAL: crate::error::At = crate::error::At::local("journal database (pusher)");
 
 /// What one batch did.
 #[derive(Debug, Default, Clone)]
@@ -383,6 +384,7 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
 /// as it is. `Ok` with `rows == 0` means the queue is empty.
 pub async fn push_batch<U: Upstream>(
     local: &Client,
+    journal: &Client,
     upstream: &U,
     sizer: &mut Sizer,
     schema: Option<&str>,
@@ -391,8 +393,8 @@ pub async fn push_batch<U: Upstream>(
     let mut split_attempts = 0;
     let (rows, built, outcome) = loop {
         let rows = match sizer.limit() {
-            None => journal::next_batch(local, &journal::Source::Queue, sizer.configured as i64, 0).await,
-            Some(limit) => journal::next_prefix(local, limit as i64).await,
+            None => journal::next_batch(journal, &journal::Source::Queue, sizer.configured as i64, 0).await,
+            Some(limit) => journal::next_prefix(journal, limit as i64).await,
         }
         .map_err(|error| BatchFailure { error, ids: vec![] })?;
         if rows.is_empty() {
@@ -401,7 +403,7 @@ pub async fn push_batch<U: Upstream>(
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let fail = |error| BatchFailure { error, ids: ids.clone() };
         let store = Store::new(local, LOCAL);
-        let epochs = store.epochs().await.map_err(fail)?;
+        let epochs = JournalStore::new(journal, JOURNAL).epochs().await.map_err(fail)?;
         let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();
         let bases = store.bases(&keys).await.map_err(fail)?;
         let built = build(&rows, schema, &epochs, &bases).map_err(fail)?;
@@ -421,7 +423,7 @@ pub async fn push_batch<U: Upstream>(
                     );
                     continue;
                 }
-                return park_unsplittable(local, &rows, &built, &e, max_attempts, split_attempts).await;
+                return park_unsplittable(local, journal, &rows, &built, &e, max_attempts, split_attempts).await;
             }
             Err(e) => return Err(fail(e)),
         }
@@ -445,10 +447,15 @@ pub async fn push_batch<U: Upstream>(
         per_table: per_table.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
         split_attempts,
     };
-    let store = Store::new(local, LOCAL);
+    // The journal's marks are the durable fact (one transaction in the
+    // journal database); the clinic database's statistics follow, best
+    // effort: a crash between the two loses one batch's counters, never a
+    // change.
+    let jstore = JournalStore::new(journal, JOURNAL);
+    let mut table_errors: Vec<(&str, String)> = Vec::new();
     let write = async {
-        local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-        store.mark_synced(&synced).await?;
+        journal.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
+        jstore.mark_synced(&synced).await?;
         for r in &outcome.rejected {
             let Some(c) = built.covers.get(r.index as usize) else { continue };
             let class = r.code.as_deref().map(class_of_sqlstate).unwrap_or(Class::Data);
@@ -463,8 +470,22 @@ pub async fn push_batch<U: Upstream>(
                 table = %built.tables[r.index as usize], rows = c.len(), parked = park,
                 code = r.code.as_deref().unwrap_or(""), error = %r.message, "change rejected upstream"
             );
-            store.record_failure(c, &text, park).await?;
-            store.record_table_error(&built.tables[r.index as usize], &text).await?;
+            jstore.record_failure(c, &text, park).await?;
+            table_errors.push((built.tables[r.index as usize].as_str(), text));
+        }
+        journal.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
+        Ok::<_, SyncError>(())
+    };
+    if let Err(e) = write.await {
+        let _ = journal.batch_execute("ROLLBACK").await;
+        return Err(BatchFailure { error: e, ids: vec![] });
+    }
+    crate::crash::point("push.after_journal_marks");
+    let store = Store::new(local, LOCAL);
+    let stats = async {
+        local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        for (table, text) in &table_errors {
+            store.record_table_error(table, text).await?;
         }
         for (table, n) in &per_table {
             store.record_synced_up(table, *n).await?;
@@ -473,9 +494,9 @@ pub async fn push_batch<U: Upstream>(
         local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         Ok::<_, SyncError>(())
     };
-    if let Err(e) = write.await {
+    if let Err(e) = stats.await {
         let _ = local.batch_execute("ROLLBACK").await;
-        return Err(BatchFailure { error: e, ids: vec![] });
+        tracing::warn!(error = %e, "batch delivered and marked, but its statistics were not recorded");
     }
     Ok(report)
 }
@@ -485,6 +506,7 @@ pub async fn push_batch<U: Upstream>(
 /// off), in one local transaction.
 async fn park_unsplittable(
     local: &Client,
+    journal: &Client,
     rows: &[Queued],
     built: &Built,
     e: &SyncError,
@@ -498,16 +520,11 @@ async fn park_unsplittable(
     let what = if e.kind == ErrorKind::TooSlow { "too slow for upstream even alone" } else { "too large for upstream even alone" };
     let text = format!("{what}: {e}");
     tracing::warn!(table = %table, rows = ids.len(), parked = park, error = %e, "{what}");
-    let store = Store::new(local, LOCAL);
-    let write = async {
-        local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-        store.record_failure(&ids, &text, park).await?;
-        store.record_table_error(table, &text).await?;
-        local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))
-    };
-    if let Err(err) = write.await {
-        let _ = local.batch_execute("ROLLBACK").await;
+    if let Err(err) = JournalStore::new(journal, JOURNAL).record_failure(&ids, &text, park).await {
         return Err(BatchFailure { error: err, ids: vec![] });
+    }
+    if let Err(err) = Store::new(local, LOCAL).record_table_error(table, &text).await {
+        tracing::warn!(error = %err, "change parked, but the table's last error was not recorded");
     }
     Ok(BatchReport { rows: rows.len(), rejected: 1, should_back_off: !park, split_attempts, ..Default::default() })
 }

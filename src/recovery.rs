@@ -8,14 +8,14 @@
 //! a version the rule says is newer. This module
 //! does the work and returns what happened; the CLI (`commands`) prints it.
 
-use crate::config::{Config, connect_local};
+use crate::config::{Config, connect_journal, connect_local};
 use crate::down;
-use crate::error::{ErrorKind, LOCAL, Result, SyncError};
+use crate::error::{ErrorKind, JOURNAL, LOCAL, Result, SyncError};
 use crate::journal::{self, Source};
 use crate::lsn::Lsn;
 use crate::push;
 use crate::service::{acquire_instance_lock, check_contract, compare_tables, local_tables, once_with};
-use crate::store::Store;
+use crate::store::{JournalStore, Store};
 use crate::upstream::{self, Upstream};
 use crate::verify::{self, TableDiff};
 
@@ -60,8 +60,8 @@ pub struct Replayed {
 /// Counts what a replay of `range` would send; refuses a range the
 /// journal no longer holds.
 pub async fn plan_replay(cfg: &Config, range: &ReplayRange) -> Result<ReplayPlan> {
-    let local = connect_local(cfg).await?;
-    let store = Store::new(&local, LOCAL);
+    let journal = connect_journal(cfg).await?;
+    let store = JournalStore::new(&journal, JOURNAL);
     let (oldest, pruned) = store.replay_bounds(&cfg.sync.slot_name).await?;
     let from = range.from;
     if let Some(p) = pruned.filter(|p| from <= *p) {
@@ -83,15 +83,15 @@ pub async fn plan_replay(cfg: &Config, range: &ReplayRange) -> Result<ReplayPlan
 /// Re-sends the journaled changes of `range` upstream, in journal order.
 /// Rejected changes are logged and counted, not parked.
 pub async fn replay(cfg: &Config, range: &ReplayRange) -> Result<Replayed> {
-    let local = connect_local(cfg).await?;
+    let journal = connect_journal(cfg).await?;
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
     let source = Source::Range { from: range.from, to: range.to, tables: range.tables.clone() };
     let mut done = Replayed::default();
     let mut after = 0i64;
-    let epochs = Store::new(&local, LOCAL).epochs().await?;
+    let epochs = JournalStore::new(&journal, JOURNAL).epochs().await?;
     loop {
-        let rows = journal::next_batch(&local, &source, cfg.sync.batch_size as i64, after).await?;
+        let rows = journal::next_batch(&journal, &source, cfg.sync.batch_size as i64, after).await?;
         let Some(last) = rows.last() else { break };
         after = last.id;
         // No base versions: after an upstream restore the ids they name may
@@ -165,7 +165,8 @@ async fn verify_with(cfg: &Config, only: Vec<String>, repair: bool, after_lost_s
             e
         }
     })?;
-    let position = verify::Position { epoch: store.capture_identity(&cfg.sync.slot_name).await?.map_or(1, |(_, e)| e), lsn: started_at };
+    let epoch = session.journal().capture_identity(&cfg.sync.slot_name).await?.map_or(1, |(_, e)| e);
+    let position = verify::Position { epoch, lsn: started_at };
     let repairer =
         verify::Repairer { cfg, local: &local, session: &session, up: &up, tables: &tables, position: &position, after_lost_slot };
     let mut repaired = Vec::new();
@@ -216,9 +217,10 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
     // What was journaled before the slot was lost is valid: deliver it.
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
+    let journal = connect_journal(cfg).await?;
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
     loop {
-        match push::push_batch(&local, &up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
+        match push::push_batch(&local, &journal, &up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => break,
             Ok(_) => {}
             Err(f) => return Err(f.error),

@@ -1,9 +1,10 @@
 //! WAL capture: streams the `pgoutput` slot and journals committed changes.
 //!
 //! Progress rules:
-//! - A decoded transaction's changes go into `_sync_pending` in one local
-//!   transaction (see [`crate::journal`]); the slot's flush LSN is confirmed
-//!   only after that local COMMIT, with the transaction's commit end LSN.
+//! - A decoded transaction's changes go into `_sync_pending` (in the journal
+//!   database) in one transaction (see [`crate::journal`]); the slot's flush
+//!   LSN is confirmed only after that COMMIT, with the transaction's commit
+//!   end LSN.
 //! - Transactions whose commit LSN is at or below the durable
 //!   `journaled_lsn` are skipped, so the re-sends that follow a crash (the
 //!   last acknowledgement may never have reached the server) are never
@@ -28,7 +29,7 @@ use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, Repl
 use tokio::sync::{Notify, watch};
 
 use crate::catalog::Table;
-use crate::config::{Config, connect_local};
+use crate::config::{Config, connect_journal, connect_local};
 use crate::error::{ErrorKind, Result, Side, SyncError, kind_of_sqlstate};
 use crate::journal::{Change, Operation, Writer};
 use crate::lsn::Lsn;
@@ -113,8 +114,9 @@ pub async fn capture(
     journaled: Arc<Notify>,
     progress: &Progress,
 ) -> Result<CaptureReport> {
+    let journal = connect_journal(cfg).await?;
     let local = connect_local(cfg).await?;
-    let mut writer = Writer::new(local, &cfg.sync.slot_name);
+    let mut writer = Writer::new(journal, local, &cfg.sync.slot_name);
     let mut journaled_lsn = writer.journaled_lsn().await?;
 
     let l = &cfg.local_postgres;

@@ -2,11 +2,10 @@
 //! database, shared by `status`, the HTTP `/status` and `/metrics`.
 
 use serde::Serialize;
-use tokio_postgres::Client;
 
-use crate::config::Config;
-use crate::error::{Result, SyncError};
-use crate::store::Store;
+use crate::config::{Config, LocalDbs};
+use crate::error::{JOURNAL, Result, SyncError};
+use crate::store::{JournalStore, Store};
 
 const LOCAL: crate::error::At = crate::error::At::local("local database");
 
@@ -73,10 +72,14 @@ pub struct Status {
     pub push_note: Option<String>,
 }
 
-pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
+pub async fn gather(cfg: &Config, dbs: &LocalDbs) -> Result<Status> {
+    let local = &dbs.local;
     let store = Store::new(local, LOCAL);
+    let jstore = JournalStore::new(&dbs.journal, JOURNAL);
     let q = |e| SyncError::from_pg(LOCAL, &e);
-    let (progress, journal) = store.table_progress(&cfg.sync.tables).await?;
+    let queue = jstore.queue_counts().await?;
+    let journal = queue.summary;
+    let progress = store.table_progress(&cfg.sync.tables, &queue).await?;
     let down_parked = store.down_parked_summary(&cfg.sync.tables).await?;
     let tables: Vec<TableStatus> = progress
         .into_iter()
@@ -114,7 +117,7 @@ pub async fn gather(cfg: &Config, local: &Client) -> Result<Status> {
             lag_bytes: r.get(4),
             wal_status: r.get(5),
         });
-    let (journaled_lsn, oldest_replayable_lsn) = store.journal_positions(&cfg.sync.slot_name).await?;
+    let (journaled_lsn, oldest_replayable_lsn) = jstore.journal_positions(&cfg.sync.slot_name).await?;
     let mut upstream = None;
     let mut alerts = Vec::new();
     let mut push_note = None;

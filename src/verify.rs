@@ -339,7 +339,7 @@ impl<U: Upstream> Repairer<'_, U> {
             let tomb = match kind {
                 Kind::OnlyUpstream => {
                     let uts = diff.updated.get(id).and_then(|(_, u)| u.clone());
-                    store.latest_tombstone(&table.name, id, uts.as_deref()).await?
+                    session.journal().latest_tombstone(&table.name, id, uts.as_deref()).await?
                 }
                 _ => None,
             };

@@ -2,8 +2,8 @@
 //! for each problem. Exit 1 when anything is wrong.
 
 use crate::catalog::{self, quote_ident, quote_literal};
-use crate::config::{Config, connect_local};
-use crate::store::Store;
+use crate::config::{Config, connect_journal, connect_local};
+use crate::store::{JournalStore, Store};
 use crate::upstream::{self, CONTRACT_VERSION, Upstream};
 
 struct Report {
@@ -157,18 +157,38 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
             }
         }
     }
-    // Control tables, publication, slot, origin.
+    // Control tables, the journal database, publication, slot, origin.
     let store = Store::new(local, crate::error::LOCAL);
     if let Ok(present) = store.control_tables_present().await {
         if present {
             r.ok("control tables present");
-            // Capture positions of another cluster (a restored or moved database).
-            match crate::service::check_cluster(&store, &cfg.sync.slot_name).await {
-                Ok(()) => r.ok("capture bookkeeping belongs to this cluster"),
-                Err(e) => r.fail(&e.message, e.hint.as_deref().unwrap_or("centrovision-sync init")),
-            }
         } else {
             r.fail("control tables missing", "centrovision-sync init");
+        }
+    }
+    if let Ok(true) = store.legacy_journal_present().await {
+        r.fail(
+            "the journal (_sync_pending) is still in the clinic's database (an earlier version's layout)",
+            "centrovision-sync init   -- moves every journaled change to the journal database",
+        );
+    }
+    let jdb = &cfg.local_postgres.journal_database;
+    match connect_journal(cfg).await {
+        Err(e) => r.fail(&format!("journal database {}: {e}", quote_literal(jdb)), e.hint.as_deref().unwrap_or("centrovision-sync init")),
+        Ok(jc) => {
+            let journal = JournalStore::new(&jc, crate::error::JOURNAL);
+            match journal.tables_present().await {
+                Ok(true) => {
+                    r.ok(&format!("journal database {} (_sync_pending, _sync_capture)", quote_literal(jdb)));
+                    // Capture positions of another cluster (a restored or moved database).
+                    match crate::service::check_cluster(&store, &journal, &cfg.sync.slot_name).await {
+                        Ok(()) => r.ok("capture bookkeeping belongs to this cluster"),
+                        Err(e) => r.fail(&e.message, e.hint.as_deref().unwrap_or("centrovision-sync init")),
+                    }
+                }
+                Ok(false) => r.fail(&format!("journal database {}: journal tables missing", quote_literal(jdb)), "centrovision-sync init"),
+                Err(e) => r.fail(&format!("journal database {}: {e}", quote_literal(jdb)), "centrovision-sync init"),
+            }
         }
     }
     match local.query_opt("SELECT plugin, wal_status, active FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.sync.slot_name]).await

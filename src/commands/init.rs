@@ -3,12 +3,13 @@
 //! Idempotent: every step checks before it creates.
 
 use crate::catalog::{self, quote_ident, quote_literal};
-use crate::config::{Config, UpstreamMode, connect_local};
+use crate::config::{Config, UpstreamMode, connect_journal, connect_local};
 use crate::error::{ErrorKind, Result, SyncError};
-use crate::store::{JournalRow, Operation, Store};
+use crate::store::{JournalRow, JournalStore, Operation, Store};
 use crate::upstream::{self, Upstream};
 
 const LOCAL: crate::error::At = crate::error::At::local("local database");
+const JOURNAL: crate::error::At = crate::error::At::local("journal database");
 
 /// Rows `--upload-existing` reads per round trip (the journal writer's
 /// chunk size).
@@ -44,6 +45,21 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         .batch_execute(upstream::VERIFY_SQL)
         .await
         .map_err(|e| SyncError::from_pg(LOCAL.doing("applying sql/upstream/002_verify.sql"), &e))?;
+    // The journal database beside the clinic's (created once), its schema,
+    // and an older installation's journal moved into it.
+    ensure_journal_database(&local, &cfg.local_postgres.journal_database).await?;
+    let journal_client = connect_journal(cfg).await?;
+    let journal = JournalStore::new(&journal_client, JOURNAL);
+    journal.install_schema().await?;
+    if let Some(m) = crate::store::journal_move::move_journal(&store, &journal).await? {
+        tracing::info!(rows = m.rows, unsynced = m.unsynced, database = %cfg.local_postgres.journal_database, "journal moved to the journal database");
+        println!(
+            "moved the journal ({} rows, {} not yet synced) to the journal database {}",
+            m.rows,
+            m.unsynced,
+            quote_literal(&cfg.local_postgres.journal_database)
+        );
+    }
     tracing::info!("control tables ready");
 
     // Publication: exactly the configured tables. Changing it needs table
@@ -132,11 +148,11 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
 
     store.ensure_table_rows(&cfg.sync.tables).await?;
-    store.ensure_capture_row(&cfg.sync.slot_name).await?;
+    journal.ensure_capture_row(&cfg.sync.slot_name).await?;
     // Positions of this clinic's changes: tied to this cluster and slot.
     let sysid = store.system_identifier().await?;
-    let before = store.capture_identity(&cfg.sync.slot_name).await?;
-    let epoch = store.tie_to_cluster(&cfg.sync.slot_name, &sysid, created_slot).await?;
+    let before = journal.capture_identity(&cfg.sync.slot_name).await?;
+    let epoch = journal.tie_to_cluster(&cfg.sync.slot_name, &sysid, created_slot).await?;
     match before {
         Some((Some(old), _)) if old != sysid => tracing::warn!(
             previous_cluster = %old, cluster = %sysid, epoch,
@@ -150,11 +166,11 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
         install_upstream(cfg).await?;
     }
     if let Some(force) = upload_existing {
-        upload_existing_rows(cfg, &local, &tables, force).await?;
+        upload_existing_rows(cfg, &local, &journal_client, &tables, force).await?;
     } else if !added.is_empty() {
         // Changes committed after the publication changed are captured; the
         // rows from before, journaled here, are the rest.
-        let n = journal_existing_rows(&local, &tables, &added).await?;
+        let n = journal_existing_rows(&local, &journal_client, &tables, &added).await?;
         println!("{} added to the synced tables: journaled its {n} existing rows for upload", added.join(", "));
     }
     println!(
@@ -172,16 +188,17 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
 async fn upload_existing_rows(
     cfg: &Config,
     local: &tokio_postgres::Client,
+    journal: &tokio_postgres::Client,
     tables: &std::collections::BTreeMap<String, catalog::Table>,
     force: bool,
 ) -> Result<()> {
-    let store = Store::new(local, LOCAL);
-    if let (Some(at), false) = (store.uploaded_existing_at(&cfg.sync.slot_name).await?, force) {
+    let jstore = JournalStore::new(journal, JOURNAL);
+    if let (Some(at), false) = (jstore.uploaded_existing_at(&cfg.sync.slot_name).await?, force) {
         println!("existing rows were already uploaded at {at}; nothing to do (use --force to upload them again)");
         return Ok(());
     }
-    let total = journal_existing_rows(local, tables, &catalog::parents_first(tables)).await?;
-    store.mark_uploaded_existing(&cfg.sync.slot_name).await?;
+    let total = journal_existing_rows(local, journal, tables, &catalog::parents_first(tables)).await?;
+    jstore.mark_uploaded_existing(&cfg.sync.slot_name).await?;
     println!("journaled {total} existing rows for upload; `run` or `once` pushes them");
     Ok(())
 }
@@ -193,17 +210,21 @@ async fn upload_existing_rows(
 /// ([`Store::settled_position`], ordinals counting up), read from a snapshot
 /// that holds every commit before it: upstream applies them after every
 /// captured change they include and before every one they lack. One
-/// transaction, through the journal's own writer
-/// ([`Store::journal_batch`]), with the transaction's time as commit time.
+/// transaction of the journal database, through the journal's own writer
+/// ([`JournalStore::journal_batch`]), fed from one snapshot of the clinic's
+/// database, with that transaction's time as commit time.
 async fn journal_existing_rows(
     local: &tokio_postgres::Client,
+    journal: &tokio_postgres::Client,
     tables: &std::collections::BTreeMap<String, catalog::Table>,
     names: &[String],
 ) -> Result<u64> {
     let store = Store::new(local, LOCAL);
+    let jstore = JournalStore::new(journal, JOURNAL);
     let q = |e| SyncError::from_pg(LOCAL, &e);
     let position = store.settled_position().await?;
     local.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.map_err(q)?;
+    journal.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
     let now: crate::store::pending::PgMicros = local.query_one("SELECT now()", &[]).await.map_err(q)?.get(0);
     let mut total = 0u64;
     let mut ordinal = 0i32;
@@ -246,14 +267,42 @@ async fn journal_existing_rows(
                     }
                 })
                 .collect();
-            n += store.journal_batch(batch).await?;
+            n += jstore.journal_batch(batch).await?;
         }
         local.batch_execute("CLOSE cvsync_upload").await.map_err(q)?;
         tracing::info!(table = %name, rows = n, "existing rows journaled for upload");
         total += n;
     }
+    journal.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
     local.batch_execute("COMMIT").await.map_err(q)?;
     Ok(total)
+}
+
+/// Creates the journal database on the clinic's cluster unless it exists
+/// (owned by the role `init` runs as).
+async fn ensure_journal_database(local: &tokio_postgres::Client, name: &str) -> Result<()> {
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let exists = local.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.map_err(q)?.is_some();
+    if exists {
+        return Ok(());
+    }
+    // FILE_COPY: about 1 kB of WAL where the default strategy logs the whole
+    // template (~4 MB), which the walsender would have to read past.
+    local.batch_execute(&format!("CREATE DATABASE {} STRATEGY = FILE_COPY", quote_ident(name))).await.map_err(|e| {
+        let err = q(e);
+        match err.code.as_deref() {
+            Some("42501") => err.with_hint(format!(
+                "creating the journal database needs CREATEDB or a superuser: run `init` as a superuser (see deploy/OPERATIONS.md), \
+                 or have one run CREATE DATABASE {} OWNER <the service role>",
+                quote_ident(name)
+            )),
+            // Another `init` created it at the same moment.
+            Some("42P04") => SyncError::new(ErrorKind::Busy, "the journal database was created concurrently").with_hint("run `init` again"),
+            _ => err,
+        }
+    })?;
+    tracing::info!(database = %name, "journal database created");
+    Ok(())
 }
 
 async fn install_upstream(cfg: &Config) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, connect_local};
+use crate::config::{Config, LocalDbs};
 use crate::error::Result;
 use crate::status;
 use crate::upstream::{self, Upstream};
@@ -12,8 +12,8 @@ use crate::upstream::{self, Upstream};
 const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn status(cfg: &Config, json: bool) -> Result<()> {
-    let local = connect_local(cfg).await?;
-    let mut st = status::gather(cfg, &local).await?;
+    let dbs = LocalDbs::connect(cfg).await?;
+    let mut st = status::gather(cfg, &dbs).await?;
     st.conflicts = conflict_count(cfg).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&st).expect("serializable"));

@@ -16,17 +16,17 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::runtime::Runtime;
-use crate::config::connect_local;
+use crate::config::LocalDbs;
 use crate::error::{ErrorKind, LOCAL};
 use crate::status::{self, Status};
-use crate::store::Store;
+use crate::store::{JournalStore, Store};
 use crate::upstream::{self, Upstream};
 
 const PRUNE_BATCH: u64 = 5_000;
 
 pub(crate) async fn task(rt: &Runtime, up: &upstream::Client, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(rt.cfg.sync.health_check_seconds);
-    let mut local: Option<Client> = None;
+    let mut local: Option<LocalDbs> = None;
     loop {
         match up.health().await {
             Ok(()) => {
@@ -43,21 +43,21 @@ pub(crate) async fn task(rt: &Runtime, up: &upstream::Client, mut stop: watch::R
             }
         }
         if local.as_ref().is_none_or(|c| c.is_closed()) {
-            match connect_local(&rt.cfg).await {
+            match LocalDbs::connect(&rt.cfg).await {
                 Ok(c) => local = Some(c),
                 Err(e) => {
                     rt.local_link.report_down(&e);
                 }
             }
         }
-        if let Some(c) = &local {
-            match status::gather(&rt.cfg, c).await {
+        if let Some(dbs) = &local {
+            match status::gather(&rt.cfg, dbs).await {
                 Ok(st) => {
                     rt.local_link.report_ok();
                     thresholds(rt, &st).await;
-                    persist(rt, c).await;
-                    let _ = Store::new(c, LOCAL).record_backlog(st.backlog, st.parked).await;
-                    prune(rt, c).await;
+                    persist(rt, &dbs.local).await;
+                    let _ = Store::new(&dbs.local, LOCAL).record_backlog(st.backlog, st.parked).await;
+                    prune(rt, dbs).await;
                 }
                 Err(e) => {
                     if e.kind == ErrorKind::LocalUnreachable {
@@ -160,8 +160,9 @@ async fn persist(rt: &Runtime, c: &Client) {
 }
 
 /// Prunes old `_sync_log` rows and synced journal rows, in small batches.
-async fn prune(rt: &Runtime, c: &Client) {
-    let store = Store::new(c, LOCAL);
+async fn prune(rt: &Runtime, dbs: &LocalDbs) {
+    let store = Store::new(&dbs.local, LOCAL);
+    let journal = JournalStore::new(&dbs.journal, crate::error::JOURNAL);
     let batch = PRUNE_BATCH as i64;
     let days = rt.cfg.sync.log_retention_days as i32;
     let hours = rt.cfg.sync.journal_retention_hours as i32;
@@ -173,7 +174,7 @@ async fn prune(rt: &Runtime, c: &Client) {
     }
     let _ = store.prune_history().await;
     for _ in 0..20 {
-        match store.prune_journal(hours, batch, &rt.cfg.sync.slot_name).await {
+        match journal.prune_journal(hours, batch, &rt.cfg.sync.slot_name).await {
             Ok(n) if n > 0 => {
                 tracing::debug!(rows = n, "pruned synced journal rows past retention");
                 if n < batch {

@@ -34,11 +34,11 @@ use tokio::sync::watch;
 
 use super::access;
 use super::runtime::Runtime;
-use crate::config::connect_local;
+use crate::config::LocalDbs;
 use crate::error::LOCAL;
 use crate::page::{self, AlertView, ConflictLine, ConflictsView, PageInput};
 use crate::status;
-use crate::store::Store;
+use crate::store::{JournalStore, Store};
 use crate::upstream::{self, ConflictQuery, Upstream};
 
 /// How long the conflicts read from upstream are shown before they are
@@ -59,7 +59,7 @@ pub(crate) struct HttpState {
     refreshing: AtomicBool,
     /// The page's local connection while someone looks, and when it was
     /// last used.
-    page_conn: Mutex<Option<(Arc<tokio_postgres::Client>, std::time::Instant)>>,
+    page_conn: Mutex<Option<(Arc<LocalDbs>, std::time::Instant)>>,
 }
 
 /// The http task: serves while the service runs, when `[http] listen` is set.
@@ -109,8 +109,8 @@ async fn serve(addr: SocketAddr, rt: Arc<Runtime>, mut stop: watch::Receiver<boo
 }
 
 async fn snapshot(rt: &Runtime) -> Result<status::Status, Response> {
-    let local = connect_local(&rt.cfg).await.map_err(|e| unavailable(&e.to_string()))?;
-    status::gather(&rt.cfg, &local).await.map_err(|e| unavailable(&e.to_string()))
+    let dbs = LocalDbs::connect(&rt.cfg).await.map_err(|e| unavailable(&e.to_string()))?;
+    status::gather(&rt.cfg, &dbs).await.map_err(|e| unavailable(&e.to_string()))
 }
 
 fn unavailable(reason: &str) -> Response {
@@ -262,10 +262,14 @@ pub(crate) async fn page_data(st: &Arc<HttpState>) -> page::PageData {
     let local = page_connection(st).await;
     let (status, history, parked) = match &local {
         Ok(c) => {
-            let c: &tokio_postgres::Client = c;
-            let store = Store::new(c, LOCAL);
-            let (s, h, p) =
-                tokio::join!(status::gather(&rt.cfg, c), store.hourly_history(page::HISTORY_HOURS), store.parked_rows(page::PARKED_LISTED));
+            let dbs: &LocalDbs = c;
+            let store = Store::new(&dbs.local, LOCAL);
+            let jstore = JournalStore::new(&dbs.journal, crate::error::JOURNAL);
+            let (s, h, p) = tokio::join!(
+                status::gather(&rt.cfg, dbs),
+                store.hourly_history(page::HISTORY_HOURS),
+                jstore.parked_rows(page::PARKED_LISTED)
+            );
             (s.map_err(|e| e.to_string()), h.unwrap_or_default(), p.unwrap_or_default())
         }
         Err(e) => (Err(e.to_string()), Vec::new(), Vec::new()),
@@ -286,7 +290,7 @@ pub(crate) async fn page_data(st: &Arc<HttpState>) -> page::PageData {
 
 /// The page's local connection: reused while the page keeps polling,
 /// closed by a watcher after [`PAGE_CONNECTION_IDLE`] without a request.
-async fn page_connection(st: &Arc<HttpState>) -> crate::error::Result<Arc<tokio_postgres::Client>> {
+async fn page_connection(st: &Arc<HttpState>) -> crate::error::Result<Arc<LocalDbs>> {
     {
         let mut slot = st.page_conn.lock().expect("not poisoned");
         if let Some((c, used)) = slot.as_mut()
@@ -296,7 +300,7 @@ async fn page_connection(st: &Arc<HttpState>) -> crate::error::Result<Arc<tokio_
             return Ok(c.clone());
         }
     }
-    let c = Arc::new(connect_local(&st.rt.cfg).await?);
+    let c = Arc::new(LocalDbs::connect(&st.rt.cfg).await?);
     *st.page_conn.lock().expect("not poisoned") = Some((c.clone(), std::time::Instant::now()));
     let watch = st.clone();
     tokio::spawn(async move {

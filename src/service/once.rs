@@ -16,10 +16,9 @@ use super::readiness::{check_contract, local_tables};
 use super::runtime::{Runtime, forward};
 use crate::config::{Config, connect_local};
 use crate::down;
-use crate::error::{ErrorKind, LOCAL, Result, SyncError};
+use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
 use crate::replication;
-use crate::store::Store;
 use crate::upstream;
 
 /// Captures everything committed before it started, pushes it, runs one
@@ -59,7 +58,7 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
         };
         let ((), pushed) = tokio::join!(caught, push_while(&rt, &up, caught_up_rx, true));
         let pushed = pushed?;
-        let parked = Store::new(&local, LOCAL).parked().await?;
+        let parked = crate::store::JournalStore::new(&crate::config::connect_journal(cfg).await?, crate::error::JOURNAL).parked().await?;
         tracing::info!(
             direction = "up",
             rows = pushed.rows,

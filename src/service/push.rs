@@ -18,10 +18,10 @@ use tokio::sync::watch;
 
 use super::runtime::Runtime;
 use super::supervise::{Cap, GiveUp, Next, Restart, supervise};
-use crate::config::connect_local;
-use crate::error::{ErrorKind, LOCAL, Result, SyncError, TRANSIENT_CAP};
+use crate::config::{connect_journal, connect_local};
+use crate::error::{ErrorKind, JOURNAL, LOCAL, Result, SyncError, TRANSIENT_CAP};
 use crate::push;
-use crate::store::{Direction, LogEntry, Store};
+use crate::store::{Direction, JournalStore, LogEntry, Store};
 use crate::upstream;
 
 /// The push task of `run`: [`push_while`] under supervision.
@@ -61,6 +61,7 @@ pub(crate) async fn push_while(
 ) -> Result<push::DrainReport> {
     let cfg = &rt.cfg;
     let local = connect_local(cfg).await?;
+    let journal = connect_journal(cfg).await?;
     // A note a previous pusher left describes a size this one has not learnt.
     let _ = Store::new(&local, LOCAL).set_note(push::BATCH_NOTE, None).await;
     let streak = rt.alerter.streak("push");
@@ -87,13 +88,13 @@ pub(crate) async fn push_while(
         }
         // A restarted local database leaves this connection dead: let the
         // caller open a new one (it is not an upstream outage).
-        if local.is_closed() {
+        if local.is_closed() || journal.is_closed() {
             return Err(SyncError::new(ErrorKind::LocalUnreachable, "local database (pusher): connection closed"));
         }
         // Read before the fetch: an empty queue only means "done" if capture
         // had already passed its target when the queue was read.
         let finishing = *done.borrow();
-        let result = push::push_batch(&local, up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await;
+        let result = push::push_batch(&local, &journal, up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await;
         if let Some(note) = sizer.take_note_change() {
             match &note {
                 Some(n) => tracing::warn!(limit = sizer.limit(), "{n}"),
@@ -138,7 +139,7 @@ pub(crate) async fn push_while(
                 }
             }
             Err(f) => {
-                if local.is_closed() {
+                if local.is_closed() || journal.is_closed() {
                     return Err(f.error);
                 }
                 failures += 1;
@@ -149,7 +150,7 @@ pub(crate) async fn push_while(
                 }
                 streak.failed(&f.error).await;
                 if !f.ids.is_empty() {
-                    let _ = Store::new(&local, LOCAL).record_failure(&f.ids, &f.error.to_string(), false).await;
+                    let _ = JournalStore::new(&journal, JOURNAL).record_failure(&f.ids, &f.error.to_string(), false).await;
                 }
                 if failures == 1 {
                     log_error(&local, Direction::Up, &f.error).await;

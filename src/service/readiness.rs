@@ -6,21 +6,34 @@
 use std::collections::BTreeMap;
 
 use crate::catalog::{self, Table};
-use crate::config::{Config, connect_local};
-use crate::error::{ErrorKind, LOCAL, Result, Side, SyncError};
-use crate::store::Store;
+use crate::config::{Config, connect_journal, connect_local};
+use crate::error::{ErrorKind, JOURNAL, LOCAL, Result, Side, SyncError};
+use crate::store::{JournalStore, Store};
 use crate::upstream::{self, CONTRACT_VERSION, Upstream};
 
 /// The local catalog of the synced tables, checked for syncability.
 pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
     let local = connect_local(cfg).await?;
     let store = Store::new(&local, LOCAL);
+    // An older version's journal in the clinic's database: `init` moves it.
+    if store.legacy_journal_present().await? {
+        return Err(SyncError::new(
+            ErrorKind::NotInitialized,
+            "the journal (_sync_pending) is still in the clinic's database, where an earlier centrovision-sync version kept it",
+        )
+        .with_hint(format!(
+            "run `centrovision-sync init` to upgrade in place: it moves every journaled change, synced or not, to the journal database {}",
+            catalog::quote_literal(&cfg.local_postgres.journal_database)
+        )));
+    }
+    let journal_client = connect_journal(cfg).await?;
+    let journal = JournalStore::new(&journal_client, JOURNAL);
     // Bookkeeping from another cluster first: a restored database has its
     // control tables but not its slot, and the fix needs saying.
-    if store.control_tables_present().await? {
-        check_cluster(&store, &cfg.sync.slot_name).await?;
+    if journal.tables_present().await? {
+        check_cluster(&store, &journal, &cfg.sync.slot_name).await?;
     }
-    if !store.initialized(&cfg.sync.slot_name).await? {
+    if !journal.initialized(&cfg.sync.slot_name).await? {
         return Err(SyncError::new(
             ErrorKind::NotInitialized,
             "the local database is not initialized for sync (control tables or slot missing)",
@@ -66,9 +79,9 @@ pub async fn check_contract(up: &upstream::Client) -> Result<()> {
 
 /// Capture positions belong to one cluster: bookkeeping from another one (a
 /// restored or moved database) or from before this version needs `init`.
-pub async fn check_cluster(store: &Store<'_>, slot: &str) -> Result<()> {
+pub async fn check_cluster(store: &Store<'_>, journal: &JournalStore<'_>, slot: &str) -> Result<()> {
     let now = store.system_identifier().await?;
-    match store.capture_identity(slot).await? {
+    match journal.capture_identity(slot).await? {
         Some((Some(was), _)) if was == now => Ok(()),
         Some((Some(was), _)) => Err(SyncError::new(
             ErrorKind::NotInitialized,

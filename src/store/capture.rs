@@ -3,7 +3,7 @@
 
 use postgres_types::PgLsn;
 
-use super::Store;
+use super::{JournalStore, Store};
 use crate::error::{ErrorKind, Result, SyncError};
 use crate::lsn::Lsn;
 
@@ -46,7 +46,9 @@ impl Store<'_> {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+}
 
+impl JournalStore<'_> {
     /// Creates the slot's row if it is missing (`init`).
     pub async fn ensure_capture_row(&self, slot: &str) -> Result<()> {
         self.client
@@ -138,12 +140,6 @@ impl Store<'_> {
         Ok((r.get(0), r.get(1)))
     }
 
-    /// The cluster this database runs on now (`pg_control_system()`).
-    pub async fn system_identifier(&self) -> Result<String> {
-        let row = self.client.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await.map_err(|e| self.err(e))?;
-        Ok(row.get(0))
-    }
-
     /// The cluster the capture bookkeeping of `slot` describes (None before
     /// the first `init` of this version) and the current capture epoch.
     /// Read through `to_jsonb` so that the control tables of an earlier
@@ -210,5 +206,13 @@ impl Store<'_> {
             .await
             .map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+impl Store<'_> {
+    /// The cluster this database runs on now (`pg_control_system()`).
+    pub async fn system_identifier(&self) -> Result<String> {
+        let row = self.client.query_one("SELECT system_identifier::text FROM pg_control_system()", &[]).await.map_err(|e| self.err(e))?;
+        Ok(row.get(0))
     }
 }

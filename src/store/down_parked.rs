@@ -43,16 +43,9 @@ impl Store<'_> {
         Ok(row.get(0))
     }
 
-    /// The journal's highest id: a local change journaled after it is newer
-    /// than anything the down path decided so far.
-    pub async fn journal_high_water(&self) -> Result<i64> {
-        let row = self.client.query_one("SELECT coalesce(max(id), 0)::int8 FROM _sync_pending", &[]).await.map_err(|e| self.err(e))?;
-        Ok(row.get(0))
-    }
-
     /// Parks `rows` of `table` (or records another failed attempt of an
     /// entry, with the newer version and error), `journal_id` being
-    /// [`Store::journal_high_water`] read after capture caught up.
+    /// [`JournalStore::journal_high_water`](super::JournalStore::journal_high_water) read after capture caught up.
     pub async fn park_down(&self, table: &str, rows: &[ToPark<'_>], journal_id: i64) -> Result<()> {
         for r in rows {
             self.client
@@ -82,15 +75,29 @@ impl Store<'_> {
             .map_err(|e| self.err(e))
     }
 
-    /// Drops the entries a local change journaled after them supersedes;
-    /// returns how many.
-    pub async fn drop_superseded_down_parked(&self) -> Result<u64> {
+    /// Every entry as (table, record id, journal id), for
+    /// [`JournalStore::superseded`](super::JournalStore::superseded).
+    pub async fn down_parked_marks(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = self
+            .client
+            .query("SELECT table_name::text, record_id, journal_id FROM _sync_down_parked", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Drops the entries a later local change superseded; returns how many.
+    pub async fn drop_down_parked(&self, entries: &[(String, String)]) -> Result<u64> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let tables: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let ids: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
         self.client
             .execute(
-                "DELETE FROM _sync_down_parked d WHERE EXISTS (
-                    SELECT 1 FROM _sync_pending p
-                    WHERE p.table_name = d.table_name AND p.record_id = d.record_id AND p.id > d.journal_id)",
-                &[],
+                "DELETE FROM _sync_down_parked d USING unnest($1::text[], $2::text[]) e(t, r)
+                 WHERE d.table_name = e.t AND d.record_id = e.r",
+                &[&tables, &ids],
             )
             .await
             .map_err(|e| self.err(e))

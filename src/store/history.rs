@@ -114,29 +114,4 @@ impl Store<'_> {
         }
         Ok(n)
     }
-
-    /// The most recently parked rows (at most `limit`), newest first.
-    pub async fn parked_rows(&self, limit: i64) -> Result<Vec<ParkedRow>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT id, table_name::text, record_id, operation::text, error, parked_at::text
-                 FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL
-                 ORDER BY parked_at DESC, id DESC LIMIT $1",
-                &[&limit],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(rows
-            .iter()
-            .map(|r| ParkedRow {
-                id: r.get(0),
-                table: r.get(1),
-                record_id: r.get(2),
-                operation: r.get(3),
-                error: r.get(4),
-                parked_at: r.get(5),
-            })
-            .collect())
-    }
 }

@@ -1,7 +1,7 @@
 //! `_sync_metadata`: per table, the down-path watermark, up- and down-path
 //! progress and the last error (see the invariants in [`crate::store`]).
 
-use super::{JournalSummary, Store};
+use super::{QueueCounts, Store};
 use crate::error::Result;
 use crate::feed::Cursor as FeedCursor;
 
@@ -72,55 +72,40 @@ impl Store<'_> {
         Ok(())
     }
 
-    /// Progress and pending work of `tables`, in that order (tables without
-    /// a row report nothing synced), and the whole journal's summary (every
-    /// table in it), from one reading of the unsynced rows.
-    pub async fn table_progress(&self, tables: &[String]) -> Result<(Vec<TableProgress>, JournalSummary)> {
+    /// Progress of `tables`, in that order (tables without a row report
+    /// nothing synced), with their pending work from `queue` (read from the
+    /// journal database, [`JournalStore::queue_counts`](super::JournalStore::queue_counts)).
+    pub async fn table_progress(&self, tables: &[String], queue: &QueueCounts) -> Result<Vec<TableProgress>> {
         let rows = self
             .client
             .query(
-                // Only the unsynced rows, once for all tables, each kind
-                // through its partial index (the queue's, the parked
-                // rows'): never over the synced rows the journal keeps.
-                "WITH q AS (
-                    SELECT table_name::text AS name, count(*) AS n, min(coalesce(commit_ts, created_at)) AS oldest
-                    FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL GROUP BY table_name),
-                 k AS (
-                    SELECT table_name::text AS name, count(*) AS n
-                    FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL GROUP BY table_name)
-                 SELECT t.name,
+                "SELECT t.name,
                     m.last_sync_from_supabase::text, m.last_sync_to_supabase::text,
-                    coalesce(m.records_synced_down, 0)::int8, coalesce(m.records_synced_up, 0)::int8, m.last_error,
-                    coalesce(q.n, 0)::int8, coalesce(k.n, 0)::int8,
-                    (SELECT coalesce(sum(n), 0)::int8 FROM q), (SELECT coalesce(sum(n), 0)::int8 FROM k),
-                    (SELECT extract(epoch FROM now() - min(oldest))::float8 FROM q)
+                    coalesce(m.records_synced_down, 0)::int8, coalesce(m.records_synced_up, 0)::int8, m.last_error
              FROM unnest($1::text[]) WITH ORDINALITY t(name, n)
              LEFT JOIN _sync_metadata m ON m.table_name = t.name
-             LEFT JOIN q ON q.name = t.name
-             LEFT JOIN k ON k.name = t.name
              ORDER BY t.n",
                 &[&tables],
             )
             .await
             .map_err(|e| self.err(e))?;
-        let journal = rows
-            .first()
-            .map(|r| JournalSummary { backlog: r.get(8), parked: r.get(9), oldest_pending_seconds: r.get(10) })
-            .unwrap_or(JournalSummary { backlog: 0, parked: 0, oldest_pending_seconds: None });
-        let progress = rows
+        Ok(rows
             .iter()
-            .map(|r| TableProgress {
-                table: r.get(0),
-                last_sync_down: r.get(1),
-                last_sync_up: r.get(2),
-                records_synced_down: r.get(3),
-                records_synced_up: r.get(4),
-                last_error: r.get(5),
-                pending: r.get(6),
-                parked: r.get(7),
+            .map(|r| {
+                let table: String = r.get(0);
+                let (pending, parked) = queue.per_table.get(&table).copied().unwrap_or((0, 0));
+                TableProgress {
+                    table,
+                    last_sync_down: r.get(1),
+                    last_sync_up: r.get(2),
+                    records_synced_down: r.get(3),
+                    records_synced_up: r.get(4),
+                    last_error: r.get(5),
+                    pending,
+                    parked,
+                }
             })
-            .collect();
-        Ok((progress, journal))
+            .collect())
     }
 
     /// Where each of `tables` stands in the upstream change feed, and for a

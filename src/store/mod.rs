@@ -60,6 +60,7 @@ pub mod base;
 pub mod capture;
 pub mod down_parked;
 pub mod history;
+pub mod journal_move;
 pub mod log;
 pub mod metadata;
 pub mod pending;
@@ -73,7 +74,7 @@ pub use down_parked::{DownParked, DownParkedSummary, ToPark};
 pub use history::{HourSample, ParkedRow};
 pub use log::{Direction, LogEntry};
 pub use metadata::TableProgress;
-pub use pending::{JournalRow, JournalSummary, Operation, Queued, ReplayStat, Source, tombstone_after};
+pub use pending::{JournalRow, JournalSummary, Operation, QueueCounts, Queued, ReplayStat, Source, tombstoned};
 pub use state::StateEntry;
 
 /// The local control schema, in order (`init` applies it; idempotent).
@@ -86,6 +87,9 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("006_history.sql", include_str!("../../sql/006_history.sql")),
     ("007_down_parked.sql", include_str!("../../sql/007_down_parked.sql")),
 ];
+
+/// The journal database's schema (`init` applies it there; idempotent).
+pub const JOURNAL_SCHEMA: &[(&str, &str)] = &[("journal/001_journal.sql", include_str!("../../sql/journal/001_journal.sql"))];
 
 /// The control tables as one component sees them: its local connection,
 /// and the label its database errors carry (e.g. "local database
@@ -123,22 +127,72 @@ impl<'c> Store<'c> {
         Ok(())
     }
 
-    /// Whether `init` created the four control tables `doctor` checks.
+    /// Whether `init` created the control tables of the clinic database
+    /// that `doctor` checks.
     pub async fn control_tables_present(&self) -> Result<bool> {
         let row = self
             .client
-            .query_one(
-                "SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_metadata') IS NOT NULL
-                    AND to_regclass('_sync_log') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL",
-                &[],
-            )
+            .query_one("SELECT to_regclass('_sync_metadata') IS NOT NULL AND to_regclass('_sync_log') IS NOT NULL", &[])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+}
+
+/// The journal database's tables (`_sync_pending`, `_sync_capture`,
+/// `_sync_epoch`) as one component sees them. The journal lives in a
+/// database of its own beside the clinic's (`[local_postgres]
+/// journal_database`, same cluster): logical decoding reads every WAL record
+/// but skips another database's at the first check, so capture's own
+/// writes (journal rows, positions, the pusher's marks) cost the walsender
+/// nothing. The price is that a journal statement can never be composed
+/// into a statement on a clinic table: the down path asks the journal first
+/// and passes what it learnt as a parameter ([`tombstoned`]).
+#[derive(Clone)]
+pub struct JournalStore<'c> {
+    client: &'c Client,
+    at: At,
+}
+
+impl<'c> JournalStore<'c> {
+    pub fn new(client: &'c Client, at: At) -> Self {
+        JournalStore { client, at }
+    }
+
+    /// The connection, for the caller's own statements in the same
+    /// transaction (BEGIN/COMMIT stay with the caller).
+    pub fn client(&self) -> &'c Client {
+        self.client
+    }
+
+    fn err(&self, e: tokio_postgres::Error) -> SyncError {
+        SyncError::from_pg(self.at.clone(), &e)
+    }
+
+    /// Applies [`JOURNAL_SCHEMA`], each file in its own transaction.
+    pub async fn install_schema(&self) -> Result<()> {
+        for (name, sql) in JOURNAL_SCHEMA {
+            let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
+            self.client
+                .batch_execute(&wrapped)
+                .await
+                .map_err(|e| SyncError::from_pg(self.at.doing(format_args!("applying sql/{name}")), &e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the journal and capture tables exist.
+    pub async fn tables_present(&self) -> Result<bool> {
+        let row = self
+            .client
+            .query_one("SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL", &[])
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))
     }
 
-    /// Whether the database is ready for the service: the journal and
-    /// capture tables exist and the slot does.
+    /// Whether the service can start: the journal and capture tables exist
+    /// and the slot does (slots are cluster-wide, visible from here).
     pub async fn initialized(&self, slot: &str) -> Result<bool> {
         let row = self
             .client

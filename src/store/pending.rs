@@ -6,7 +6,7 @@ use bytes::{BufMut, BytesMut};
 use postgres_types::{FromSql, IsNull, PgLsn, ToSql, Type, to_sql_checked};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-use super::Store;
+use super::JournalStore;
 use crate::error::{Result, SyncError};
 use crate::lsn::Lsn;
 
@@ -137,7 +137,7 @@ pub enum Source {
 }
 
 /// Totals over the unsynced journal, for `status`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct JournalSummary {
     /// Unsynced rows still queued.
     pub backlog: i64,
@@ -158,14 +158,23 @@ pub struct ReplayStat {
 }
 
 /// SQL condition, for composing into a statement on a user table: the
-/// journal holds a tombstone of the record — a local `DELETE` of it that
-/// committed at or after `ts`. `table`, `record_id` and `ts` are SQL
-/// expressions (the record id as text); `and`, when given, is a further
-/// condition inside the same subquery. Serves from the record index
-/// (`table_name, record_id`).
-pub fn tombstone_after(table: &str, record_id: &str, ts: &str, and: Option<&str>) -> String {
-    let and = and.map(|c| format!(" AND {c}")).unwrap_or_default();
-    format!("EXISTS (SELECT 1 FROM _sync_pending p WHERE {}{and})", tombstone_predicate(table, record_id, ts))
+/// record has a tombstone — a journaled local `DELETE` that committed at or
+/// after `ts`. `tombstones` is a bind parameter holding what
+/// [`JournalStore::tombstones`] returned for the statement's records (a
+/// JSON object, record id → latest delete's commit time); `record_id` and
+/// `ts` are SQL expressions (the record id as text). The journal lives in
+/// another database, so the statement cannot read it itself.
+pub fn tombstoned(tombstones: &str, record_id: &str, ts: &str) -> String {
+    format!("coalesce(({tombstones}::text::jsonb ->> ({record_id}))::timestamptz >= {ts}, false)")
+}
+
+/// Queued and parked journal rows per table, and the whole journal's
+/// summary, from one reading of the unsynced rows (for `status`).
+#[derive(Debug, Clone, Default)]
+pub struct QueueCounts {
+    /// Table → (queued, parked).
+    pub per_table: std::collections::HashMap<String, (i64, i64)>,
+    pub summary: JournalSummary,
 }
 
 /// The one definition of a tombstone match on journal rows aliased `p`.
@@ -173,7 +182,7 @@ fn tombstone_predicate(table: &str, record_id: &str, ts: &str) -> String {
     format!("p.table_name = {table} AND p.record_id = {record_id} AND p.operation = 'DELETE' AND p.commit_ts >= {ts}")
 }
 
-impl Store<'_> {
+impl JournalStore<'_> {
     /// Writes `rows` to the journal with binary COPY, in the caller's open
     /// transaction (see the module invariants). Returns the rows written.
     pub async fn journal_batch<'r>(&self, rows: impl IntoIterator<Item = JournalRow<'r>>) -> Result<u64> {
@@ -354,6 +363,85 @@ impl Store<'_> {
         Ok(row.and_then(|r| r.get(0)))
     }
 
+    /// The tombstones of `record_ids` of `table`: a JSON object from each
+    /// record with a journaled local `DELETE` to the latest such delete's
+    /// commit time, for [`tombstoned`]. Served by the record index.
+    pub async fn tombstones(&self, table: &str, record_ids: &[&str]) -> Result<String> {
+        if record_ids.is_empty() {
+            return Ok("{}".into());
+        }
+        let row = self
+            .client
+            .query_one(
+                "SELECT coalesce(jsonb_object_agg(record_id, ts), '{}')::text FROM (
+                    SELECT p.record_id, max(p.commit_ts) AS ts FROM _sync_pending p
+                    WHERE p.table_name = $1 AND p.record_id = ANY($2) AND p.operation = 'DELETE'
+                    GROUP BY p.record_id) t",
+                &[&table, &record_ids],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// Queued and parked rows per table and in all (see [`QueueCounts`]):
+    /// only the unsynced rows, each kind through its partial index, never
+    /// the synced rows the journal keeps.
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        let rows = self
+            .client
+            .query(
+                "SELECT table_name::text, count(*) FILTER (WHERE parked_at IS NULL)::int8,
+                        count(*) FILTER (WHERE parked_at IS NOT NULL)::int8,
+                        extract(epoch FROM now() - min(coalesce(commit_ts, created_at)) FILTER (WHERE parked_at IS NULL))::float8
+                 FROM _sync_pending WHERE synced = FALSE GROUP BY table_name",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = QueueCounts::default();
+        for r in &rows {
+            let (queued, parked): (i64, i64) = (r.get(1), r.get(2));
+            out.per_table.insert(r.get(0), (queued, parked));
+            out.summary.backlog += queued;
+            out.summary.parked += parked;
+            let age: Option<f64> = r.get(3);
+            out.summary.oldest_pending_seconds = match (out.summary.oldest_pending_seconds, age) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(out)
+    }
+
+    /// The journal's highest id: a local change journaled after it is newer
+    /// than anything the down path decided so far.
+    pub async fn journal_high_water(&self) -> Result<i64> {
+        let row = self.client.query_one("SELECT coalesce(max(id), 0)::int8 FROM _sync_pending", &[]).await.map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// Of `entries` (table, record id, journal id), those a local change
+    /// journaled after that id supersedes.
+    pub async fn superseded(&self, entries: &[(String, String, i64)]) -> Result<Vec<(String, String)>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tables: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let ids: Vec<&str> = entries.iter().map(|e| e.1.as_str()).collect();
+        let after: Vec<i64> = entries.iter().map(|e| e.2).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT e.t, e.r FROM unnest($1::text[], $2::text[], $3::int8[]) e(t, r, after)
+                 WHERE EXISTS (SELECT 1 FROM _sync_pending p WHERE p.table_name = e.t AND p.record_id = e.r AND p.id > e.after)",
+                &[&tables, &ids, &after],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Deletes up to `batch` synced rows older than `retention_hours` and,
     /// in the same statement, moves the slot's `pruned_through_lsn` past
     /// them. Returns the rows deleted.
@@ -433,5 +521,30 @@ impl Store<'_> {
             .await
             .map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The most recently parked rows (at most `limit`), newest first.
+    pub async fn parked_rows(&self, limit: i64) -> Result<Vec<super::ParkedRow>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, table_name::text, record_id, operation::text, error, parked_at::text
+                 FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL
+                 ORDER BY parked_at DESC, id DESC LIMIT $1",
+                &[&limit],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| super::ParkedRow {
+                id: r.get(0),
+                table: r.get(1),
+                record_id: r.get(2),
+                operation: r.get(3),
+                error: r.get(4),
+                parked_at: r.get(5),
+            })
+            .collect())
     }
 }

@@ -146,7 +146,7 @@ async fn identifiers_that_need_quoting_sync_both_ways(mode: Mode) {
         local.query_one(r#"SELECT "select" FROM "order" WHERE id = '00000000-0000-0000-0000-0000000000a3'"#, &[]).await.unwrap().get(0);
     assert_eq!(s, "still text");
     assert_eq!(count(&pair.upstream, r#"SELECT count(*) FROM "Pacientes""#).await, 1, "the local delete reached upstream");
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await, 0);
     // `status` names the tables as configured.
     let st = pair.ok(&["status", "--json"]).await;
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
@@ -185,7 +185,11 @@ async fn a_numeric_price_into_an_integer_column_is_parked_with_the_reason(mode: 
     let err = stderr(&out);
     assert!(err.contains("parked"), "once should say some changes are parked:\n{err}");
     let (error, parked): (String, i64) = {
-        let r = local
+        let r = pair
+            .local
+            .journal()
+            .connect()
+            .await
             .query_one("SELECT max(error), count(*) FROM _sync_pending WHERE parked_at IS NOT NULL AND NOT synced", &[])
             .await
             .unwrap();
@@ -324,7 +328,7 @@ async fn a_column_on_one_side_only_is_left_alone_and_reported_once(mode: Mode) {
     assert_eq!(lines.len(), 1, "reported once per table, not per cycle:\n{}", lines.join("\n"));
     assert!(lines[0].contains("local_note") && lines[0].contains("cloud_note") && lines[0].contains("branches"), "{}", lines[0]);
     // Nothing was journaled by the down path (the updates came from upstream).
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending").await, 0);
 }
 
 // ---------------------------------------------------------------------------

@@ -915,7 +915,7 @@ async fn restart_cluster(cluster: &Arc<Cluster>, kill_postmaster: bool) {
 
 /// Journal rows delivered so far (a progress signal for pacing only).
 async fn synced_rows(local: &TestDb) -> Option<i64> {
-    let c = local.try_connect().await.ok()?;
+    let c = local.journal().try_connect().await.ok()?;
     c.query_one("SELECT count(*) FROM _sync_pending WHERE synced", &[]).await.ok().map(|r| r.get(0))
 }
 
@@ -954,6 +954,7 @@ async fn final_once(pair: &Pair, name: &str, history: &History, log: &mut String
             let again = workarounds().iter().any(|w| matches!(w, Workaround::OnceAgain { .. }));
             let left: i64 = pair
                 .local
+                .journal()
                 .connect()
                 .await
                 .query_one("SELECT count(*) FROM _sync_pending WHERE NOT synced AND parked_at IS NULL", &[])
@@ -1176,7 +1177,7 @@ async fn chaos(mode: Mode) {
     // The clinics' journals: commit time and row count per transaction.
     let mut journals: Vec<HashMap<i64, (i64, String)>> = Vec::new();
     for db in &locals {
-        let l = db.connect().await;
+        let l = db.journal().connect().await;
         l.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
         journals.push(
             l.query(
@@ -1359,7 +1360,7 @@ async fn chaos(mode: Mode) {
     // 4. Each clinic's journal: no duplicates, each local transaction exactly once.
     for (c, db) in locals.iter().enumerate() {
         let name = CLINIC_IDS[c];
-        let l = db.connect().await;
+        let l = db.journal().connect().await;
         let dup: i64 = l
             .query_one("SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending WHERE commit_lsn IS NOT NULL", &[])
             .await
@@ -1636,7 +1637,7 @@ async fn a_local_restart_under_run_does_not_stop_pushing(mode: Mode) {
     pair.local.connect().await.batch_execute("INSERT INTO services (name) VALUES ('after the restart')").await.unwrap();
     // Capture journals it within a few seconds of the restart...
     support::wait_for("the change journaled", Duration::from_secs(60), || async {
-        let n: i64 = pair.local.connect().await.query_one("SELECT count(*) FROM _sync_pending", &[]).await.unwrap().get(0);
+        let n: i64 = pair.local.journal().connect().await.query_one("SELECT count(*) FROM _sync_pending", &[]).await.unwrap().get(0);
         (n == 2).then_some(())
     })
     .await;
@@ -1687,7 +1688,8 @@ async fn once_delivers_everything_committed_before_it_started(mode: Mode) {
     let pair = Pair::new("once_race", mode).await;
     pair.init().await;
     let local = pair.local.connect().await;
-    local
+    let journal = pair.local.journal().connect().await;
+    journal
         .batch_execute(
             "INSERT INTO _sync_pending (table_name, record_id, operation, synced, synced_at)
              SELECT 'services', 'old-' || g, 'INSERT', true, now() FROM generate_series(1, 2000000) g;
@@ -1699,7 +1701,7 @@ async fn once_delivers_everything_committed_before_it_started(mode: Mode) {
     for round in 0..3 {
         local.batch_execute(&format!("INSERT INTO services (name) VALUES ('round {round}')")).await.unwrap();
         pair.once().await;
-        let unsynced: i64 = local.query_one("SELECT count(*) FROM _sync_pending WHERE NOT synced", &[]).await.unwrap().get(0);
+        let unsynced: i64 = journal.query_one("SELECT count(*) FROM _sync_pending WHERE NOT synced", &[]).await.unwrap().get(0);
         assert_eq!(unsynced, 0, "round {round}: `once` exited 0 leaving {unsynced} changes committed before it started unsent");
     }
     pair.assert_converged().await;

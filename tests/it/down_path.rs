@@ -37,7 +37,7 @@ async fn upstream_rows_arrive_identically_and_are_not_echoed(mode: Mode) {
         pair.once().await;
         pair.assert_converged().await;
     }
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 0, "down-path writes were journaled (echo)");
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending").await, 0, "down-path writes were journaled (echo)");
     // updated_at is identical, not re-stamped by the local trigger.
     let l: String = pair.local.connect().await.query_one("SELECT max(updated_at)::text FROM patients", &[]).await.unwrap().get(0);
     let u: String = up.query_one("SELECT max(updated_at)::text FROM patients", &[]).await.unwrap().get(0);
@@ -283,7 +283,7 @@ async fn an_upstream_row_the_local_table_rejects_is_parked_and_the_rest_of_the_t
     let status = status_text(&pair).await;
     assert!(!status.contains("down: ") && status.contains("in sync: yes"), "{status}");
     assert_eq!(count(&pair.local, "SELECT count(*) FROM services").await, 64);
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 0, "no echo of the retried rows");
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending").await, 0, "no echo of the retried rows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

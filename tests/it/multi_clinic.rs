@@ -58,6 +58,8 @@ async fn text(db: &TestDb, sql: &str) -> Option<String> {
 }
 
 const R: &str = "00000000-0000-0000-0000-0000000000e1";
+/// A change journaled under the old version but not yet sent (upgrade test).
+const R2: &str = "00000000-0000-0000-0000-0000000000e2";
 
 fn name_of(id: &str) -> String {
     format!("SELECT name FROM services WHERE id = '{id}'")
@@ -404,12 +406,14 @@ async fn a_table_added_while_running_is_captured_and_its_existing_rows_uploaded(
 }
 
 /// Upgrade in place: an installation of the previous version (contract 2:
-/// no per-row state upstream, a timestamp watermark locally) moves to this
-/// one with `init` + `init --upstream` (or the printed SQL). Until then the
-/// new binary refuses to sync and says how to upgrade; afterwards the change
-/// made under the old version is pushed, the cloud edit made after the old
-/// watermark comes down, and none of the rows both sides already had are
-/// downloaded again.
+/// no per-row state upstream, a timestamp watermark locally, the journal in
+/// the clinic's own database) moves to this one with `init` + `init
+/// --upstream` (or the printed SQL). Until then the new binary refuses to
+/// sync and says how to upgrade; afterwards the journal lives in the journal
+/// database with every row it had (the change journaled but not yet sent
+/// under the old version arrives upstream, once), the change made under the
+/// old version is pushed, the cloud edit made after the old watermark comes
+/// down, and none of the rows both sides already had are downloaded again.
 async fn an_installation_of_the_previous_version_upgrades_in_place_without_downloading_everything_again(mode: Mode) {
     let p = Pair::new("upgrade", mode).await;
     p.init().await;
@@ -428,11 +432,61 @@ async fn an_installation_of_the_previous_version_upgrades_in_place_without_downl
          CREATE OR REPLACE FUNCTION public.centrovision_sync_version() RETURNS integer LANGUAGE sql AS 'SELECT 2';",
     )
     .await;
+    // The old version's journal, in the clinic's database, holding what the
+    // journal database holds now plus one change journaled but not yet sent.
+    let journal = p.local.journal().connect().await;
+    let json = |sql: &'static str| {
+        let journal = &journal;
+        async move { journal.query_one(sql, &[]).await.unwrap().get::<_, String>(0) }
+    };
+    let capture = json(
+        "SELECT jsonb_agg(jsonb_build_object('slot_name', slot_name, 'journaled_lsn', journaled_lsn, 'confirmed_end_lsn', confirmed_end_lsn, 'updated_at', updated_at))::text
+         FROM _sync_capture",
+    )
+    .await;
+    let pending = json("SELECT coalesce(jsonb_agg(t), '[]')::text FROM _sync_pending t").await;
+    drop(journal);
+    let l = p.local.connect().await;
+    l.batch_execute(
+        "CREATE TABLE _sync_pending (id BIGSERIAL PRIMARY KEY, table_name VARCHAR(100) NOT NULL, record_id TEXT,
+            operation VARCHAR(10) NOT NULL, data JSONB, created_at TIMESTAMPTZ DEFAULT NOW(), synced BOOLEAN DEFAULT FALSE,
+            synced_at TIMESTAMPTZ, error TEXT, retry_count INTEGER DEFAULT 0, commit_lsn PG_LSN, ordinal INTEGER,
+            commit_ts TIMESTAMPTZ, xid BIGINT, unchanged_columns TEXT[], parked_at TIMESTAMPTZ);
+         CREATE TABLE _sync_capture (slot_name TEXT PRIMARY KEY, journaled_lsn PG_LSN NOT NULL DEFAULT '0/0',
+            confirmed_end_lsn PG_LSN NOT NULL DEFAULT '0/0', updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW());",
+    )
+    .await
+    .unwrap();
+    l.execute("INSERT INTO _sync_capture SELECT * FROM jsonb_populate_recordset(NULL::_sync_capture, $1::text::jsonb)", &[&capture])
+        .await
+        .unwrap();
+    l.execute("INSERT INTO _sync_pending SELECT * FROM jsonb_populate_recordset(NULL::_sync_pending, $1::text::jsonb)", &[&pending])
+        .await
+        .unwrap();
+    // Under the origin, so capture skips it: the old version had journaled it.
+    l.batch_execute(&format!("SELECT pg_replication_origin_session_setup('o_{}')", p.local.name)).await.unwrap();
+    l.batch_execute(&format!(
+        "INSERT INTO services (id, name, created_at, updated_at) VALUES ('{R2}', 'journaled, not sent, under the old version', now(), now())"
+    ))
+    .await
+    .unwrap();
+    l.batch_execute("SELECT pg_replication_origin_session_reset()").await.unwrap();
+    l.batch_execute(&format!(
+        "SELECT setval('_sync_pending_id_seq', coalesce((SELECT max(id) FROM _sync_pending), 0) + 1, false);
+         INSERT INTO _sync_pending (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts, xid)
+         SELECT 'services', id::text, 'INSERT', (SELECT jsonb_object_agg(k, v) FROM jsonb_each_text(to_jsonb(s)) e(k, v)),
+                pg_current_wal_lsn(), 1, updated_at, 1
+         FROM services s WHERE id = '{R2}';"
+    ))
+    .await
+    .unwrap();
+    l.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", centrovision_sync::catalog::quote_ident(&p.local.journal().name)))
+        .await
+        .unwrap();
+    let moved = count(&p.local, "SELECT count(*) FROM _sync_pending").await;
     exec(
         &p.local,
-        "ALTER TABLE _sync_capture DROP COLUMN system_identifier, DROP COLUMN epoch;
-         DROP TABLE _sync_epoch;
-         DROP TABLE _sync_history, _sync_backlog_history;
+        "DROP TABLE _sync_history, _sync_backlog_history;
          ALTER TABLE _sync_metadata DROP COLUMN feed_prev, DROP COLUMN feed_target, DROP COLUMN feed_after;
          UPDATE _sync_metadata SET last_sync_from_supabase = now(), records_synced_down = 0;",
     )
@@ -446,8 +500,20 @@ async fn an_installation_of_the_previous_version_upgrades_in_place_without_downl
     assert!(err.contains("earlier centrovision-sync version") && err.contains("upgrade in place"), "{err}");
 
     p.init().await;
+    assert_eq!(count(&p.local, "SELECT count(*) FROM pg_tables WHERE tablename IN ('_sync_pending', '_sync_capture')").await, 0);
+    assert_eq!(count(&p.local.journal(), "SELECT count(*) FROM _sync_pending").await, moved, "every journal row moved");
     p.once().await;
     assert_eq!(text(&p.upstream, &name_of(R)).await.as_deref(), Some("made under the old version"));
+    assert_eq!(text(&p.upstream, &name_of(R2)).await.as_deref(), Some("journaled, not sent, under the old version"));
+    let r2 = format!(
+        "SELECT coalesce(string_agg(format('%s %s %s %s', id, operation, commit_lsn, xid), '; '), '') FROM _sync_pending WHERE record_id = '{R2}'"
+    );
+    let journaled = text(&p.local.journal(), &r2).await.unwrap_or_default();
+    assert_eq!(
+        count(&p.local.journal(), &format!("SELECT count(*) FROM _sync_pending WHERE record_id = '{R2}' AND synced")).await,
+        1,
+        "{journaled}"
+    );
     assert_eq!(count(&p.local, "SELECT count(*) FROM services WHERE name = 'cloud edit after the watermark'").await, 1);
     assert_eq!(
         count(&p.local, "SELECT coalesce(sum(records_synced_down), 0)::bigint FROM _sync_metadata").await,

@@ -69,7 +69,7 @@ async fn replay_refuses_an_lsn_older_than_the_retained_history() {
     pair.local.connect().await.batch_execute("INSERT INTO services (name) VALUES ('x')").await.unwrap();
     pair.once().await;
     // Retention pruned everything up to the current position.
-    pair.local.connect().await.batch_execute("UPDATE _sync_capture SET pruned_through_lsn = journaled_lsn").await.unwrap();
+    pair.local.journal().connect().await.batch_execute("UPDATE _sync_capture SET pruned_through_lsn = journaled_lsn").await.unwrap();
     let o = pair.exec(&["replay", "--from-lsn", "0/1"], &[]).await;
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");

@@ -29,7 +29,7 @@ async fn a_batch_hitting_429_then_503_then_success_is_applied_once() {
     pair.assert_converged().await;
     assert_eq!(s.requests(APPLY), 3, "429, 503, then the one that applied");
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 50);
-    let retries: i64 = count(&pair.local, "SELECT max(retry_count)::int8 FROM _sync_pending").await;
+    let retries: i64 = count(&pair.local.journal(), "SELECT max(retry_count)::int8 FROM _sync_pending").await;
     assert_eq!(retries, 2, "both failed attempts are recorded on the rows");
 }
 
@@ -59,7 +59,7 @@ async fn an_upstream_413_splits_the_batch_in_half_and_every_row_arrives() {
     pair.once().await;
     pair.assert_converged().await;
     assert_eq!(pair.standin().requests(APPLY), 3, "30 rows refused, then two halves of 15");
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL OR retry_count > 0").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL OR retry_count > 0").await, 0);
     let status = String::from_utf8_lossy(&pair.ok(&["status"]).await.stdout).to_string();
     assert!(status.contains("push: batch size reduced to 15 after upstream refused a request as too large (configured 500)"), "{status}");
 }
@@ -74,6 +74,7 @@ async fn a_single_change_upstream_refuses_as_too_large_is_parked_saying_why_and_
     assert_eq!(pair.standin().requests(APPLY), 1, "a lone change too large is not retried as it is");
     let error: String = pair
         .local
+        .journal()
         .connect()
         .await
         .query_one("SELECT error FROM _sync_pending WHERE NOT synced AND parked_at IS NOT NULL", &[])
@@ -114,7 +115,7 @@ async fn a_wrong_key_yields_one_clear_error_an_alert_and_no_tight_retry_loop() {
     let version_calls = s.requests("/rest/v1/rpc/centrovision_sync_version");
     assert!(version_calls < 30, "{version_calls} calls: a tight retry loop");
     assert!(!log.contains("sb_secret_not_the_right_one"), "the key leaked into the log");
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 1, "the change waits, journaled");
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 1, "the change waits, journaled");
 }
 
 async fn a_missing_upstream_table_is_reported_by_name(mode: Mode) {

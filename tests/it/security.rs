@@ -185,7 +185,7 @@ async fn a_self_signed_certificate_is_refused() {
         pair.run_log().to_lowercase().contains("certificate").then_some(())
     })
     .await;
-    let c = pair.local.connect().await;
+    let c = pair.local.journal().connect().await;
     wait_for("the change journaled", Duration::from_secs(30), || async {
         let n: i64 = c.query_one("SELECT count(*) FROM _sync_pending", &[]).await.unwrap().get(0);
         (n == 1).then_some(())
@@ -222,7 +222,8 @@ async fn a_server_that_does_not_speak_tls_is_an_error_not_a_success() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("could not connect") || err.contains("connection failed"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let synced: i64 = pair.local.connect().await.query_one("SELECT count(*) FROM _sync_pending WHERE synced", &[]).await.unwrap().get(0);
+    let synced: i64 =
+        pair.local.journal().connect().await.query_one("SELECT count(*) FROM _sync_pending WHERE synced", &[]).await.unwrap().get(0);
     assert_eq!(synced, 0);
     assert_eq!(pair.standin().requests("/rest/v1/"), 0);
 }
@@ -328,14 +329,15 @@ async fn gather_outputs(
         out.push((format!("`{}` stderr", args.join(" ")), stderr(&o)));
     }
     let c = pair.local.connect().await;
-    for (what, sql) in [
-        ("_sync_log", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_log t"),
-        ("_sync_pending.error", "SELECT coalesce(string_agg(error, E'\\n'), '') FROM _sync_pending"),
-        ("_sync_metadata", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_metadata t"),
-        ("_sync_state", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_state t"),
-        ("_sync_capture", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_capture t"),
+    let j = pair.local.journal().connect().await;
+    for (what, sql, db) in [
+        ("_sync_log", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_log t", &c),
+        ("_sync_pending.error", "SELECT coalesce(string_agg(error, E'\\n'), '') FROM _sync_pending", &j),
+        ("_sync_metadata", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_metadata t", &c),
+        ("_sync_state", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_state t", &c),
+        ("_sync_capture", "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM _sync_capture t", &j),
     ] {
-        out.push((what.into(), c.query_one(sql, &[]).await.unwrap().get(0)));
+        out.push((what.into(), db.query_one(sql, &[]).await.unwrap().get(0)));
     }
     for (i, body) in hook.lock().unwrap().iter().enumerate() {
         out.push((format!("webhook body {i}"), body.clone()));
@@ -1135,7 +1137,7 @@ async fn a_table_not_set_up_upstream_waits_queued_with_the_fix_until_init_upstre
     assert!(err.contains("public.staff_notes is not a table this project syncs"), "{err}");
     assert!(err.contains("[sync] tables") && err.contains("init --upstream"), "the fix is in the message:\n{err}");
     let queued = "SELECT count(*) FROM _sync_pending WHERE table_name = 'staff_notes' AND NOT synced AND parked_at IS NULL";
-    assert_eq!(count(&p.local, queued).await, 1, "the change stays queued, not parked");
+    assert_eq!(count(&p.local.journal(), queued).await, 1, "the change stays queued, not parked");
     assert_eq!(count(&p.upstream, "SELECT count(*) FROM staff_notes").await, 0);
 
     p.init().await; // now with the upstream set up for it

@@ -86,7 +86,7 @@ async fn a_restart_of_the_local_database_under_the_service_resumes_from_the_righ
     }
     pair.wait_converged(Duration::from_secs(120)).await;
     kill9(&mut child);
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 600, "each change journaled exactly once");
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending").await, 600, "each change journaled exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +150,7 @@ async fn status_json_and_metrics_report_the_backlog_and_slot_lag() {
     let st: serde_json::Value = serde_json::from_slice(&before.stdout).expect("status --json is JSON");
     assert!(st["slot"]["lag_bytes"].as_i64().unwrap() > 0, "{st}");
     let mut child = pair.spawn_run(&[]);
-    let local = pair.local.connect().await;
+    let local = pair.local.journal().connect().await;
     wait_for("the rows journaled", Duration::from_secs(60), || async {
         let n: i64 = local.query_one("SELECT count(*) FROM _sync_pending WHERE NOT synced", &[]).await.unwrap().get(0);
         (n == 120).then_some(())

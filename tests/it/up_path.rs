@@ -57,13 +57,14 @@ async fn mixed_workload(c: &Client, seed: u64, n: usize) -> usize {
 /// On divergence, prints what the journal says about rows missing upstream.
 async fn diagnose_missing(pair: &Pair, table: &str) {
     let l = pair.local.connect().await;
+    let j = pair.local.journal().connect().await;
     let u = pair.upstream.connect().await;
     let lids: Vec<String> = l.query(&format!("SELECT id::text FROM {table}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let uids: std::collections::HashSet<String> =
         u.query(&format!("SELECT id::text FROM {table}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let missing: Vec<&String> = lids.iter().filter(|i| !uids.contains(*i)).take(3).collect();
     for id in missing {
-        let rows = l
+        let rows = j
             .query(
                 "SELECT id, operation, synced, commit_lsn::text, ordinal, parked_at IS NOT NULL, error, xid FROM _sync_pending WHERE record_id = $1 ORDER BY id",
                 &[id],
@@ -87,7 +88,7 @@ async fn diagnose_missing(pair: &Pair, table: &str) {
         let xmin: String = l.query_one(&format!("SELECT xmin::text FROM {table} WHERE id = $1::text::uuid"), &[id]).await.unwrap().get(0);
         eprintln!("   local row xmin {xmin}");
     }
-    let cap = l.query_one("SELECT journaled_lsn::text, confirmed_end_lsn::text FROM _sync_capture", &[]).await.unwrap();
+    let cap = j.query_one("SELECT journaled_lsn::text, confirmed_end_lsn::text FROM _sync_capture", &[]).await.unwrap();
     eprintln!("capture state: journaled {} confirmed_end {}", cap.get::<_, String>(0), cap.get::<_, String>(1));
 }
 
@@ -101,8 +102,8 @@ async fn ten_thousand_mixed_changes_reach_upstream_identically(mode: Mode) {
     let patients = count(&pair.local, "SELECT count(*) FROM patients").await;
     assert!(patients > 1000, "workload too small: {patients} patients");
     // Everything journaled is synced, and nothing was journaled twice.
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
-    assert_eq!(count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await, 0);
 }
 
 async fn each_row_change_is_journaled_exactly_once_across_crashes(mode: Mode) {
@@ -135,8 +136,8 @@ async fn each_row_change_is_journaled_exactly_once_across_crashes(mode: Mode) {
     // A clean run after the crashes finishes the job.
     pair.once().await;
     pair.assert_converged().await;
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, expected);
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending").await, expected);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
 }
 
 async fn sigkill_of_a_running_service_loses_nothing(mode: Mode) {
@@ -158,7 +159,7 @@ async fn sigkill_of_a_running_service_loses_nothing(mode: Mode) {
     pair.once().await;
     diagnose_missing(&pair, "patients").await;
     pair.assert_converged().await;
-    assert_eq!(count(&pair.local, "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) - count(DISTINCT (commit_lsn, ordinal)) FROM _sync_pending").await, 0);
 }
 
 async fn an_update_that_leaves_a_toasted_column_unchanged_does_not_touch_it_upstream(mode: Mode) {
@@ -211,7 +212,7 @@ async fn a_column_added_mid_stream_is_carried_or_parked_by_name(mode: Mode) {
     local.batch_execute("ALTER TABLE branches ADD COLUMN manager text").await.unwrap();
     local.batch_execute("INSERT INTO branches (name, manager) VALUES ('lacking', 'ana')").await.unwrap();
     let error: String = wait_for("the row parked", Duration::from_secs(60), || async {
-        let c = pair.local.connect().await;
+        let c = pair.local.journal().connect().await;
         c.query_opt("SELECT error FROM _sync_pending WHERE parked_at IS NOT NULL", &[]).await.unwrap().map(|r| r.get(0))
     })
     .await;
@@ -260,7 +261,7 @@ async fn a_batch_that_hits_the_statement_timeout_settles_on_a_working_size_withi
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 300, "every row arrives");
     pair.assert_converged().await;
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await, 0, "nothing parked");
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await, 0, "nothing parked");
     // Attempts to settle: the 300-row call times out, the probe and the
     // estimate go through (a loaded machine may cost one more refusal).
     let refused = refused_calls(&log);
@@ -293,7 +294,7 @@ async fn a_change_too_slow_for_upstream_even_alone_is_parked_alone_and_the_rest_
     pair.once().await;
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 40, "the rest arrive");
     assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services WHERE name = 'glacial'").await, 0);
-    let c = pair.local.connect().await;
+    let c = pair.local.journal().connect().await;
     let parked = c.query("SELECT data->>'name', error FROM _sync_pending WHERE parked_at IS NOT NULL AND NOT synced", &[]).await.unwrap();
     assert_eq!(parked.len(), 1, "only the one change is parked");
     let (name, error): (String, String) = (parked[0].get(0), parked[0].get(1));
@@ -376,13 +377,13 @@ async fn an_upstream_outage_grows_the_journal_and_drains_when_it_is_back(mode: M
         local.execute("INSERT INTO services (name, price) VALUES ($1, 1)", &[&format!("offline {i}")]).await.unwrap();
     }
     wait_for("the journal holding the offline writes", Duration::from_secs(60), || async {
-        (count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await >= 200).then_some(())
+        (count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE NOT synced").await >= 200).then_some(())
     })
     .await;
     upstream_cluster.start_again();
     pair.wait_converged(Duration::from_secs(120)).await;
     kill9(&mut child);
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending WHERE NOT synced").await, 0);
 }
 
 async fn rows_that_predate_the_slot_are_uploaded_once_on_request(mode: Mode) {
@@ -401,7 +402,7 @@ async fn rows_that_predate_the_slot_are_uploaded_once_on_request(mode: Mode) {
     pair.assert_converged().await;
     let again = pair.ok(&["init", "--upload-existing"]).await;
     assert!(String::from_utf8_lossy(&again.stdout).contains("already uploaded"));
-    assert_eq!(count(&pair.local, "SELECT count(*) FROM _sync_pending").await, 301);
+    assert_eq!(count(&pair.local.journal(), "SELECT count(*) FROM _sync_pending").await, 301);
 }
 
 all_modes!(

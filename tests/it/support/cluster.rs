@@ -557,6 +557,13 @@ impl TestDb {
         TestDb { user: user.to_owned(), password: password.to_owned(), ..self.clone() }
     }
 
+    /// The service's journal database beside this one (`[local_postgres]
+    /// journal_database` left at its default, `<database>_journal`), which
+    /// `init` creates: where `_sync_pending` and `_sync_capture` live.
+    pub fn journal(&self) -> TestDb {
+        TestDb { name: format!("{}_journal", self.name), ..self.clone() }
+    }
+
     /// Connect and spawn the connection task on the current tokio runtime.
     /// Panics with the server's error and the log tail on failure.
     pub async fn connect(&self) -> tokio_postgres::Client {
@@ -925,8 +932,9 @@ fn unique_db_name(hint: &str) -> String {
         base.insert_str(0, "t_");
     }
     let suffix = format!("_{}_{n}", std::process::id());
-    // Identifiers are at most 63 bytes; base is ASCII so any cut is valid.
-    base.truncate(63 - suffix.len());
+    // Identifiers are at most 63 bytes, and the service's journal database
+    // is named `<name>_journal`; base is ASCII so any cut is valid.
+    base.truncate(63 - "_journal".len() - suffix.len());
     base + &suffix
 }
 
