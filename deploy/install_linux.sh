@@ -268,7 +268,8 @@ a superuser in the clinic database (names are the [sync] defaults):
   SELECT pg_drop_replication_slot('centrovision_sync');
   DROP PUBLICATION IF EXISTS centrovision_sync;
   SELECT pg_replication_origin_drop('centrovision_sync');
-  -- optional: DROP TABLE _sync_metadata, _sync_pending, _sync_log, _sync_capture, _sync_state;
+  -- optional: DROP TABLE _sync_metadata, _sync_log, _sync_state;
+  -- optional: DROP DATABASE centrovision_journal;   -- the journal ([local_postgres] journal_database)
   -- optional: DROP OWNED BY centrovision_sync; DROP ROLE centrovision_sync;
 EOF
 }

@@ -204,9 +204,12 @@ END
 $cvsync$;
 
 -- ---------------------------------------------------------------------------
--- The control tables (_sync_metadata, _sync_pending, _sync_log,
--- _sync_capture, _sync_state, ...: every public._sync_* table; `init`
--- creates them in schema public). The role must own them: `init` alters them
+-- The control tables (_sync_metadata, _sync_log, _sync_state, ...: every
+-- public._sync_* table; `init` creates them in schema public). The journal
+-- (_sync_pending, _sync_capture, _sync_epoch) is in its own database beside
+-- this one ([local_postgres] journal_database, default <database>_journal),
+-- which `init` creates during its SUPERUSER window: run as the role, the role
+-- owns that database and its tables; nothing there needs a grant. The role must own them: `init` alters them
 -- on upgrades, the service writes and prunes them. When `init` ran as the role
 -- they already are its own; if someone else created them (e.g. `init` with a
 -- superuser's own credentials, or the tables of the original trigger-based

@@ -126,6 +126,7 @@ impl Writer {
         if !self.in_txn {
             self.client.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
             self.in_txn = true;
+            self.store().lock_for_writing().await?;
         }
         Ok(())
     }
@@ -255,11 +256,11 @@ pub async fn next_batch(client: &Client, source: &Source, limit: i64, after_id: 
     Ok(rows)
 }
 
-/// The first `limit` queued rows, wherever a transaction ends: the
-/// pusher's reduced batch ([`crate::push::Sizer`]), always a prefix of the
-/// queue.
-pub async fn next_prefix(client: &Client, limit: i64) -> Result<Vec<Queued>> {
-    fetch(client, &Source::Queue, limit.max(1), 0, None).await
+/// The first `limit` queued rows after journal id `after_id` (every row up
+/// to it settled), wherever a transaction ends: the pusher's reduced batch
+/// ([`crate::push::Sizer`]), always a prefix of the queue.
+pub async fn next_prefix(client: &Client, limit: i64, after_id: i64) -> Result<Vec<Queued>> {
+    fetch(client, &Source::Queue, limit.max(1), after_id, None).await
 }
 
 async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {

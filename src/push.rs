@@ -32,6 +32,16 @@
 //! - a single change that still cannot fit is parked alone with its error
 //!   (too large: at once; too slow: after `retry_max_attempts` calls, since a
 //!   loaded server may time out once), and the rest moves on.
+//!
+//! Where the next batch starts ([`QueueCursor`]): after the last journal id
+//! this process saw settled (delivered or parked), not at the start of the
+//! queue, so a long drain never re-reads what it just marked (a queue read
+//! from the start wades through the index entries of every row marked since
+//! the last vacuum). Journal writers take one lock while they write
+//! ([`crate::store::JournalStore::lock_for_writing`]), so ids commit in
+//! order and no row can appear behind the cursor; even so, a read that
+//! finds nothing after the cursor is confirmed from the start of the queue
+//! before the queue counts as empty.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -380,6 +390,21 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
     Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?))
 }
 
+/// Where the pusher's next read of the queue starts (see the module docs):
+/// every journal row with an id at or below `after` is delivered or parked.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueCursor {
+    after: i64,
+}
+
+impl QueueCursor {
+    /// Back to the start of the queue (after a failure the batch is read
+    /// again from wherever its first row is).
+    pub fn reset(&mut self) {
+        self.after = 0;
+    }
+}
+
 /// Delivers one batch, split as [`Sizer`] says when upstream cannot take it
 /// as it is. `Ok` with `rows == 0` means the queue is empty.
 pub async fn push_batch<U: Upstream>(
@@ -387,16 +412,25 @@ pub async fn push_batch<U: Upstream>(
     journal: &Client,
     upstream: &U,
     sizer: &mut Sizer,
+    cursor: &mut QueueCursor,
     schema: Option<&str>,
     max_attempts: u32,
 ) -> std::result::Result<BatchReport, BatchFailure> {
     let mut split_attempts = 0;
     let (rows, built, outcome) = loop {
-        let rows = match sizer.limit() {
-            None => journal::next_batch(journal, &journal::Source::Queue, sizer.configured as i64, 0).await,
-            Some(limit) => journal::next_prefix(journal, limit as i64).await,
+        let (limit, configured) = (sizer.limit(), sizer.configured as i64);
+        let read = |after: i64| async move {
+            match limit {
+                None => journal::next_batch(journal, &journal::Source::Queue, configured, after).await,
+                Some(limit) => journal::next_prefix(journal, limit as i64, after).await,
+            }
+        };
+        let mut rows = read(cursor.after).await.map_err(|error| BatchFailure { error, ids: vec![] })?;
+        if rows.is_empty() && cursor.after > 0 {
+            // Nothing after the cursor: confirm from the start of the queue.
+            cursor.after = 0;
+            rows = read(0).await.map_err(|error| BatchFailure { error, ids: vec![] })?;
         }
-        .map_err(|error| BatchFailure { error, ids: vec![] })?;
         if rows.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -423,6 +457,7 @@ pub async fn push_batch<U: Upstream>(
                     );
                     continue;
                 }
+                cursor.reset();
                 return park_unsplittable(local, journal, &rows, &built, &e, max_attempts, split_attempts).await;
             }
             Err(e) => return Err(fail(e)),
@@ -453,6 +488,8 @@ pub async fn push_batch<U: Upstream>(
     // change.
     let jstore = JournalStore::new(journal, JOURNAL);
     let mut table_errors: Vec<(&str, String)> = Vec::new();
+    // Rows that stay queued (rejected for a transient reason, not parked).
+    let mut requeued: Vec<i64> = Vec::new();
     let write = async {
         journal.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
         jstore.mark_synced(&synced).await?;
@@ -463,6 +500,7 @@ pub async fn push_batch<U: Upstream>(
             let park = class != Class::Transient || attempts as u32 >= max_attempts;
             if !park {
                 report.should_back_off = true;
+                requeued.extend_from_slice(c);
             }
             let text = r.describe();
             // The detail may quote row values (patient data): journal only.
@@ -480,6 +518,13 @@ pub async fn push_batch<U: Upstream>(
         let _ = journal.batch_execute("ROLLBACK").await;
         return Err(BatchFailure { error: e, ids: vec![] });
     }
+    // Every row of the batch is settled unless some stay queued; rows the
+    // batch did not cover (none today) would keep the cursor before them.
+    let last = rows.last().map_or(cursor.after, |r| r.id);
+    cursor.after = match requeued.iter().min() {
+        Some(first) => first - 1,
+        None => last,
+    };
     crate::crash::point("push.after_journal_marks");
     let store = Store::new(local, LOCAL);
     let stats = async {

@@ -219,8 +219,9 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
     check_contract(&up).await?;
     let journal = connect_journal(cfg).await?;
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
+    let mut cursor = push::QueueCursor::default();
     loop {
-        match push::push_batch(&local, &journal, &up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
+        match push::push_batch(&local, &journal, &up, &mut sizer, &mut cursor, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
             Ok(r) if r.rows == 0 => break,
             Ok(_) => {}
             Err(f) => return Err(f.error),

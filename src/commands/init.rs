@@ -225,6 +225,7 @@ async fn journal_existing_rows(
     let position = store.settled_position().await?;
     local.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.map_err(q)?;
     journal.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
+    jstore.lock_for_writing().await?;
     let now: crate::store::pending::PgMicros = local.query_one("SELECT now()", &[]).await.map_err(q)?.get(0);
     let mut total = 0u64;
     let mut ordinal = 0i32;

@@ -72,6 +72,7 @@ pub(crate) async fn push_while(
     let mut cycle: HashMap<String, i64> = HashMap::new();
     let mut cycle_started = Instant::now();
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
+    let mut cursor = push::QueueCursor::default();
     loop {
         if !give_up {
             rt.upstream_link.wait_online(&mut done).await;
@@ -94,7 +95,8 @@ pub(crate) async fn push_while(
         // Read before the fetch: an empty queue only means "done" if capture
         // had already passed its target when the queue was read.
         let finishing = *done.borrow();
-        let result = push::push_batch(&local, &journal, up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await;
+        let result =
+            push::push_batch(&local, &journal, up, &mut sizer, &mut cursor, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await;
         if let Some(note) = sizer.take_note_change() {
             match &note {
                 Some(n) => tracing::warn!(limit = sizer.limit(), "{n}"),
@@ -142,6 +144,7 @@ pub(crate) async fn push_while(
                 if local.is_closed() || journal.is_closed() {
                     return Err(f.error);
                 }
+                cursor.reset();
                 failures += 1;
                 if f.error.is_outage() && f.error.kind != ErrorKind::LocalUnreachable {
                     rt.upstream_link.report_down(&f.error);

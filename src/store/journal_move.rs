@@ -64,6 +64,7 @@ pub async fn move_journal(local: &Store<'_>, journal: &JournalStore<'_>) -> Resu
     let mut moved = Moved::default();
     j.batch_execute("BEGIN").await.map_err(je)?;
     let result = async {
+        journal.lock_for_writing().await?;
         if present("_sync_pending").await.map_err(le)? {
             j.batch_execute("CREATE TEMP TABLE _cvs_moving (LIKE _sync_pending) ON COMMIT DROP").await.map_err(je)?;
             let out = l

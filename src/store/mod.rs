@@ -1,28 +1,34 @@
 //! The one owner of the control tables: every SQL statement on a `_sync_*`
-//! table lives in this module, as a named operation on [`Store`] (or, where
-//! the statement must be composed into a user-table statement, as a named
-//! SQL fragment such as [`tombstone_after`]). The schema itself is
-//! `sql/00*.sql`, applied by [`Store::install_schema`].
+//! table lives in this module, as a named operation on [`Store`] (the
+//! clinic's database) or [`JournalStore`] (the journal database beside it),
+//! or, where a statement on a clinic table needs what the journal knows, as
+//! a named SQL fragment over a parameter the journal filled (such as
+//! [`tombstoned`]). The schema itself is `sql/00*.sql`
+//! ([`Store::install_schema`]) and `sql/journal/00*.sql`
+//! ([`JournalStore::install_schema`]).
 //!
 //! Invariants, per table (who writes it, and in which transaction):
 //!
-//! - `_sync_pending`, the journal ([`pending`]). Rows are written only by
-//!   [`Store::journal_batch`] (binary COPY): by capture, inside the local
-//!   transaction that also moves `_sync_capture.journaled_lsn`
-//!   ([`Store::record_journaled`]), one decoded transaction never split
-//!   across two local ones; and by `init --upload-existing`, inside the
-//!   transaction that also sets `uploaded_existing_at` (those rows have no
-//!   commit position). `(commit_lsn, ordinal)` identifies a captured change.
-//!   The pusher reads the queue (unsynced, unparked) in `id` order
-//!   ([`Store::journal_rows`]) and marks rows synced ([`Store::mark_synced`])
-//!   only after upstream confirmed them, in the same local transaction as the
-//!   table's up-path progress ([`Store::record_synced_up`]) and its
-//!   rejections ([`Store::record_failure`], which parks). A `DELETE` row is a
-//!   tombstone for `verify --repair` ([`tombstone_after`],
-//!   [`Store::latest_tombstone`]). Synced rows past retention are pruned
-//!   ([`Store::prune_journal`]) in the same statement that moves
-//!   `_sync_capture.pruned_through_lsn`.
-//! - `_sync_capture` ([`capture`]), one row per slot. `journaled_lsn` and
+//! - `_sync_pending`, the journal ([`pending`], journal database). Rows are
+//!   written only by [`JournalStore::journal_batch`] (binary COPY): by
+//!   capture, inside the transaction that also moves
+//!   `_sync_capture.journaled_lsn` ([`JournalStore::record_journaled`]), one
+//!   decoded transaction never split across two; and by `init
+//!   --upload-existing` (those rows carry a settled position). `(commit_lsn,
+//!   ordinal)` identifies a captured change. The pusher reads the queue
+//!   (unsynced, unparked) in `id` order ([`JournalStore::journal_rows`]) and
+//!   marks rows synced ([`JournalStore::mark_synced`]) only after upstream
+//!   confirmed them, in one transaction with its rejections
+//!   ([`JournalStore::record_failure`], which parks); the clinic database's
+//!   up-path statistics ([`Store::record_synced_up`], the hourly history)
+//!   follow in a transaction of their own, best effort. A `DELETE` row is a
+//!   tombstone for the down path ([`JournalStore::tombstones`] →
+//!   [`tombstoned`]) and `verify --repair` ([`JournalStore::latest_tombstone`]).
+//!   Synced rows past retention are pruned ([`JournalStore::prune_journal`])
+//!   in the same statement that moves `_sync_capture.pruned_through_lsn`. An
+//!   older installation's journal in the clinic's database is moved here by
+//!   `init` ([`journal_move`]).
+//! - `_sync_capture` ([`capture`], journal database), one row per slot. `journaled_lsn` and
 //!   `confirmed_end_lsn` only grow within a capture epoch, and
 //!   `journaled_lsn` moves in the same transaction as the journal rows it
 //!   covers: capture skips re-sent transactions at or below it, which is
@@ -31,7 +37,7 @@
 //!   start at or below it. `system_identifier` names the cluster whose LSNs
 //!   these are; `init` starts a new `epoch` (and restarts both LSNs from
 //!   0/0) when it creates the slot or finds another cluster's bookkeeping
-//!   ([`Store::tie_to_cluster`]); `_sync_epoch` records where each epoch's
+//!   ([`JournalStore::tie_to_cluster`]); `_sync_epoch` records where each epoch's
 //!   journal ids start, so every journal row keeps its position.
 //! - `_sync_metadata` ([`metadata`]), one row per synced table (created by
 //!   `init`). The down path's feed cursor (`feed_prev`, `feed_target`,
@@ -87,6 +93,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("006_history.sql", include_str!("../../sql/006_history.sql")),
     ("007_down_parked.sql", include_str!("../../sql/007_down_parked.sql")),
 ];
+
+/// The advisory lock key of the journal's writers (the journal database is
+/// the service's own, so the key space is too): "cvsjrnl" in ASCII.
+const JOURNAL_WRITER_LOCK: i64 = 0x0063_7673_6a72_6e6c;
 
 /// The journal database's schema (`init` applies it there; idempotent).
 pub const JOURNAL_SCHEMA: &[(&str, &str)] = &[("journal/001_journal.sql", include_str!("../../sql/journal/001_journal.sql"))];
@@ -178,6 +188,17 @@ impl<'c> JournalStore<'c> {
                 .await
                 .map_err(|e| SyncError::from_pg(self.at.doing(format_args!("applying sql/{name}")), &e))?;
         }
+        Ok(())
+    }
+
+    /// Serializes the journal's writers (capture, `init` journaling existing
+    /// rows, moving an old journal) until the caller's transaction ends, so
+    /// journal ids commit in the order they were drawn: the pusher's cursor
+    /// ([`crate::push::QueueCursor`]) can then never be passed by a row
+    /// committing later with a smaller id. Readers and the pusher's marks do
+    /// not take it.
+    pub async fn lock_for_writing(&self) -> Result<()> {
+        self.client.execute("SELECT pg_advisory_xact_lock($1)", &[&JOURNAL_WRITER_LOCK]).await.map_err(|e| self.err(e))?;
         Ok(())
     }
 

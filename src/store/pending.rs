@@ -39,7 +39,7 @@ impl Operation {
     }
 }
 
-/// One journal row as [`Store::journal_batch`] writes it.
+/// One journal row as [`JournalStore::journal_batch`] writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct JournalRow<'a> {
     pub table: &'a str,

@@ -113,10 +113,15 @@ async fn each_row_change_is_journaled_exactly_once_across_crashes(mode: Mode) {
     // Count row changes exactly with a per-statement workload we control.
     local.batch_execute("INSERT INTO branches (name) SELECT 'b' || g FROM generate_series(1, 3) g").await.unwrap();
     let mut expected = 3i64;
-    for (round, point) in
-        ["capture.mid_transaction", "capture.after_journal_commit", "push.after_upstream_apply", "push.after_upstream_apply:2"]
-            .iter()
-            .enumerate()
+    for (round, point) in [
+        "capture.mid_transaction",
+        "capture.after_journal_commit",
+        "push.after_upstream_apply",
+        "push.after_upstream_apply:2",
+        "push.after_journal_marks:2",
+    ]
+    .iter()
+    .enumerate()
     {
         for txn in 0..20 {
             local

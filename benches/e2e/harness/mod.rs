@@ -970,6 +970,7 @@ impl Bench {
         let cfg = site.config("once", &Cfg::default())?;
         site.init(&cfg).await?;
         let local = site.local.connect().await;
+        let journal = site.local.journal().connect().await;
         // Two more slots right after init, so all three see the same WAL.
         let recv_slot = format!("{}_recv", site.slot());
         let cap_slot = format!("{}_cap", site.slot());
@@ -979,7 +980,7 @@ impl Bench {
         // The service refuses a slot whose capture bookkeeping is not tied
         // to this cluster (`init` does that for the main slot): the capture
         // slot shares the main slot's cluster and epoch.
-        local
+        journal
             .execute(
                 "INSERT INTO _sync_capture (slot_name, system_identifier, epoch)
                  SELECT $1, system_identifier, epoch FROM _sync_capture WHERE slot_name = $2",
@@ -1035,7 +1036,7 @@ impl Bench {
         let mut w = site.spawn_run(&cap_cfg)?;
         let limit = self.n_timeout(n);
         let all = poll("capture to journal every change", limit, Duration::from_millis(20), || {
-            let local = &local;
+            let local = &journal;
             let w = &w;
             async move {
                 if w.is_finished() {
@@ -1058,18 +1059,18 @@ impl Bench {
         if let Some(c) = cpu_at_done {
             u.cpu = c;
         }
-        let count = one_i64(&local, "SELECT count(*) FROM _sync_pending").await? as u64;
+        let count = one_i64(&journal, "SELECT count(*) FROM _sync_pending").await? as u64;
         if count != made {
             return Err(format!("capture journaled {count} rows for {made} row changes"));
         }
         let from = started_line.unwrap_or_default().min(all);
         let cap = all - from;
-        let avg = one_f64(&local, "SELECT avg(octet_length(data::text))::float8 FROM _sync_pending").await?;
+        let avg = one_f64(&journal, "SELECT avg(octet_length(data::text))::float8 FROM _sync_pending").await?;
         self.report.stage("4a: capture alone (run, upstream unreachable)", secs(cap), "s",
             format!("from the \"capture started\" log line ({:.2} s after spawn) to the last change journaled; {:.0} rows/s; service CPU {:.2} s; avg journal image {avg:.0} bytes", secs(from), rate(made, cap), secs(u.cpu)));
         self.res.capture = Some((cap, u));
-        local.batch_execute("TRUNCATE _sync_pending RESTART IDENTITY").await.ctx("truncate journal")?;
-        local.execute("DELETE FROM _sync_capture WHERE slot_name = $1", &[&cap_slot]).await.ctx("reset capture state")?;
+        journal.batch_execute("TRUNCATE _sync_pending RESTART IDENTITY").await.ctx("truncate journal")?;
+        journal.execute("DELETE FROM _sync_capture WHERE slot_name = $1", &[&cap_slot]).await.ctx("reset capture state")?;
         drop_slot(&local, &cap_slot).await?;
 
         self.step("once (drain)");
@@ -1077,7 +1078,7 @@ impl Bench {
         let (w, u) = site.once(&cfg).await?;
         let up = w.line_at("up path drained").ok_or("`once` did not log \"up path drained\"")?;
         let rows = site.check_converged("drain (postgres mode)").await?;
-        let unsynced = one_i64(&local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await?;
+        let unsynced = one_i64(&journal, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await?;
         if unsynced != 0 {
             return Err(format!("{unsynced} journal rows are still unsynced after `once`"));
         }
@@ -1171,7 +1172,7 @@ impl Bench {
         let (w, u) = site.once(&cfg).await?;
         let up_t = w.line_at("up path drained").ok_or("`once` did not log \"up path drained\"")?;
         site.check_converged(&format!("drain {hint}")).await?;
-        let unsynced = one_i64(&site.local.connect().await, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await?;
+        let unsynced = one_i64(&site.local.journal().connect().await, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await?;
         if unsynced != 0 {
             return Err(format!("{hint}: {unsynced} journal rows are still unsynced after `once`"));
         }
@@ -1651,6 +1652,7 @@ impl Bench {
         let port = free_port();
         let cfg = site.config("run", &Cfg { unreachable: true, http_port: Some(port), ..Default::default() })?;
         let local = site.local.connect().await;
+        let journal = site.local.journal().connect().await;
         // 30 days of history, as the service keeps it.
         local
             .batch_execute(
@@ -1680,7 +1682,7 @@ impl Bench {
         }
         let want = (tables.len() * per_table) as i64;
         let r = poll("the journal to fill", Duration::from_secs(120), Duration::from_millis(100), || {
-            let local = &local;
+            let local = &journal;
             async move { Ok((one_i64(local, "SELECT count(*) FROM _sync_pending").await? >= want).then_some(())) }
         })
         .await;
@@ -1689,14 +1691,14 @@ impl Bench {
             w.terminate().await;
             return Err(format!("{e}\n{tail}"));
         }
-        local
+        journal
             .batch_execute(
                 "UPDATE _sync_pending SET synced = true, synced_at = now() WHERE id <= (SELECT max(id) * 0.8 FROM _sync_pending);
                  UPDATE _sync_pending SET parked_at = now(), error = 'bench: 22P02 invalid input syntax' WHERE NOT synced AND id % 20 = 1;",
             )
             .await
             .ctx("journal state")?;
-        local.batch_execute("VACUUM ANALYZE _sync_pending").await.ctx("vacuum")?;
+        journal.batch_execute("VACUUM ANALYZE _sync_pending").await.ctx("vacuum")?;
         local.batch_execute("ANALYZE _sync_history, _sync_backlog_history").await.ctx("analyze")?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| e.to_string())?;
         let base = format!("http://127.0.0.1:{port}");
@@ -1730,7 +1732,7 @@ impl Bench {
         // The answer is the real page: every table, the parked rows.
         let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("/api/page is not JSON: {e}"))?;
         let html = v["html"].as_str().unwrap_or("");
-        let parked = one_i64(&local, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await?;
+        let parked = one_i64(&journal, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await?;
         if !tables.iter().all(|t| html.contains(&format!("<td>{t}</td>"))) || !html.contains(&format!("({parked})")) {
             w.terminate().await;
             return Err(format!("/api/page does not show the 23 tables and {parked} parked rows: {}", &html[..html.len().min(400)]));
@@ -1878,6 +1880,7 @@ impl Bench {
         let cfg = site.config("run", &Cfg::default())?;
         let cap_cfg = site.config("capture", &Cfg { unreachable: true, ..Default::default() })?;
         site.init(&cfg).await?;
+        let journal = site.local.journal().connect().await;
         // Warm-up (caches, plans, table growth past the seed), not reported.
         self.pgbench_once(&site, &script, secs_.div_ceil(2)).await?;
 
@@ -1899,12 +1902,12 @@ impl Bench {
                     async move { Ok(w.line_at("capture started").map(|_| ())) }
                 })
                 .await?;
-                let before = one_i64(&local, "SELECT coalesce(max(id), 0) FROM _sync_pending").await?;
+                let before = one_i64(&journal, "SELECT coalesce(max(id), 0) FROM _sync_pending").await?;
                 let (tps, txns) = self.pgbench_once(&site, &script, secs_).await?;
                 let ended = Instant::now();
                 let want = before + 3 * txns as i64;
                 poll("capture to catch up after pgbench", Duration::from_secs(300), Duration::from_millis(20), || {
-                    let local = &local;
+                    let local = &journal;
                     // max(id): cheap, and ids are dense here (nothing rolls back).
                     async move { Ok((one_i64(local, "SELECT coalesce(max(id), 0) FROM _sync_pending").await? >= want).then_some(())) }
                 })
@@ -1929,10 +1932,11 @@ impl Bench {
                 let q = format!("SELECT count(*) FROM _sync_log WHERE direction = 'DOWN' AND created_at > '{t0}'");
                 poll("the backlog to be pushed and a down cycle to finish", Duration::from_secs(600), Duration::from_millis(100), || {
                     let local = &local;
+                    let journal = &journal;
                     let q = &q;
                     async move {
                         let down = one_i64(local, q).await? >= SAMPLE_TABLES.len() as i64;
-                        Ok((down && one_i64(local, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await? == 0).then_some(()))
+                        Ok((down && one_i64(journal, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await? == 0).then_some(()))
                     }
                 })
                 .await?;
@@ -2597,16 +2601,26 @@ async fn prepare_latency(site: &Site) -> R<()> {
 /// (name, [min, p50, p95, p99, max]) in ms.
 async fn latency_parts(site: &Site) -> R<Vec<(String, [f64; 5])>> {
     let local = site.local.connect().await;
+    let journal = site.local.journal().connect().await;
     let up = site.upstream.connect().await;
-    let l = local
+    // The journal is in its own database: its times are joined here.
+    let journaled: HashMap<String, f64> = journal
+        .query("SELECT record_id, extract(epoch FROM created_at)::float8 FROM _sync_pending WHERE table_name = 'patients'", &[])
+        .await
+        .ctx("journal times")?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let l: Vec<(String, f64, f64)> = local
         .query(
-            "SELECT p.full_name, extract(epoch FROM p.created_at)::float8, extract(epoch FROM j.created_at)::float8
-             FROM patients p JOIN _sync_pending j ON j.table_name = 'patients' AND j.record_id = p.id::text
-             WHERE p.full_name LIKE 'lat-%'",
+            "SELECT p.full_name, extract(epoch FROM p.created_at)::float8, p.id::text FROM patients p WHERE p.full_name LIKE 'lat-%'",
             &[],
         )
         .await
-        .ctx("journal times")?;
+        .ctx("commit times")?
+        .into_iter()
+        .filter_map(|r| journaled.get(&r.get::<_, String>(2)).map(|j| (r.get(0), r.get(1), *j)))
+        .collect();
     let u: HashMap<String, f64> = up
         .query("SELECT full_name, extract(epoch FROM arrived_at)::float8 FROM patients WHERE full_name LIKE 'lat-%'", &[])
         .await
@@ -2616,17 +2630,17 @@ async fn latency_parts(site: &Site) -> R<Vec<(String, [f64; 5])>> {
         .collect();
     let mut capture = Vec::new();
     let mut push = Vec::new();
-    let t0 = l.iter().map(|r| r.get::<_, f64>(1)).fold(f64::INFINITY, f64::min);
+    let t0 = l.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
     // Slow captures per one-second window of the load: spread evenly, or
     // bunched (a stall)?
     let mut slow_windows: std::collections::BTreeMap<i64, usize> = Default::default();
-    for r in &l {
-        let (name, c, j): (String, f64, f64) = (r.get(0), r.get(1), r.get(2));
+    for (name, c, j) in &l {
+        let (c, j) = (*c, *j);
         capture.push((j - c) * 1000.0);
         if (j - c) * 1000.0 > 100.0 {
             *slow_windows.entry((c - t0) as i64).or_default() += 1;
         }
-        if let Some(a) = u.get(&name) {
+        if let Some(a) = u.get(name) {
             push.push((a - j) * 1000.0);
         }
     }
