@@ -7,5 +7,10 @@
 --
 -- Idempotent.
 
-ALTER TABLE IF EXISTS _sync_capture ADD COLUMN IF NOT EXISTS uploaded_existing_at TIMESTAMPTZ;
-ALTER TABLE IF EXISTS _sync_capture ADD COLUMN IF NOT EXISTS pruned_through_lsn PG_LSN;
+DO $$
+BEGIN
+    IF to_regclass('_sync_capture') IS NOT NULL THEN
+        ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS uploaded_existing_at TIMESTAMPTZ;
+        ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS pruned_through_lsn PG_LSN;
+    END IF;
+END $$;

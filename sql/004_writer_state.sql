@@ -26,8 +26,13 @@
 -- _sync_capture and _sync_epoch now live in the journal database
 -- (sql/journal/001_journal.sql); an older installation's copy here is brought
 -- to its last layout so that `init` can move it.
-ALTER TABLE IF EXISTS _sync_capture ADD COLUMN IF NOT EXISTS system_identifier TEXT;
-ALTER TABLE IF EXISTS _sync_capture ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAULT 1;
+DO $$
+BEGIN
+    IF to_regclass('_sync_capture') IS NOT NULL THEN
+        ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS system_identifier TEXT;
+        ALTER TABLE _sync_capture ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAULT 1;
+    END IF;
+END $$;
 
 ALTER TABLE _sync_metadata ADD COLUMN IF NOT EXISTS feed_prev TEXT;
 ALTER TABLE _sync_metadata ADD COLUMN IF NOT EXISTS feed_target TEXT;

@@ -379,7 +379,8 @@ fn conf_snippet_settings() -> Vec<String> {
 }
 
 /// pg_hba.conf: the superuser line the harness needs, then the snippet's
-/// active lines with the database name replaced.
+/// active lines with the database names replaced (the clinic's and its
+/// journal database).
 fn hba_with_snippet(database: &str) -> String {
     let mut text = String::from("host all postgres 127.0.0.1/32 scram-sha-256\n");
     let mut rules = 0;
@@ -388,10 +389,11 @@ fn hba_with_snippet(database: &str) -> String {
         if fields.is_empty() || fields[0].starts_with('#') {
             continue;
         }
-        assert_eq!(fields[1], "centrovision", "snippet line {line:?}: unexpected database");
+        assert_eq!(fields[1], "centrovision,centrovision_journal", "snippet line {line:?}: unexpected database");
         assert_eq!(fields[2], ROLE, "snippet line {line:?}: unexpected user");
+        let databases = format!("{database},{database}_journal");
         let mut fields = fields;
-        fields[1] = database;
+        fields[1] = &databases;
         text.push_str(&fields.join(" "));
         text.push('\n');
         rules += 1;
