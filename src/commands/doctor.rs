@@ -2,7 +2,7 @@
 //! for each problem. Exit 1 when anything is wrong.
 
 use crate::catalog::{self, quote_ident, quote_literal};
-use crate::config::{Config, connect_journal, connect_local};
+use crate::config::{Config, connect_local};
 use crate::store::{JournalStore, Store};
 use crate::upstream::{self, CONTRACT_VERSION, Upstream};
 
@@ -173,7 +173,7 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
         );
     }
     let jdb = &cfg.local_postgres.journal_database;
-    match connect_journal(cfg).await {
+    match crate::service::open_journal(cfg, &store).await {
         Err(e) => r.fail(&format!("journal database {}: {e}", quote_literal(jdb)), e.hint.as_deref().unwrap_or("centrovision-sync init")),
         Ok(jc) => {
             let journal = JournalStore::new(&jc, crate::error::JOURNAL);

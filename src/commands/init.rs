@@ -152,7 +152,9 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     // Positions of this clinic's changes: tied to this cluster and slot.
     let sysid = store.system_identifier().await?;
     let before = journal.capture_identity(&cfg.sync.slot_name).await?;
-    let epoch = journal.tie_to_cluster(&cfg.sync.slot_name, &sysid, created_slot).await?;
+    let known = store.capture_epoch_mirror().await?;
+    let epoch = journal.tie_to_cluster(&cfg.sync.slot_name, &sysid, created_slot, known).await?;
+    store.set_note("capture:epoch", Some(&epoch.to_string())).await?;
     match before {
         Some((Some(old), _)) if old != sysid => tracing::warn!(
             previous_cluster = %old, cluster = %sysid, epoch,

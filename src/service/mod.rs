@@ -72,7 +72,7 @@ pub use audit::compare_tables;
 pub use lock::{InstanceLock, acquire_instance_lock};
 pub use once::once;
 pub(crate) use once::once_with;
-pub use readiness::{check_cluster, check_contract, local_tables};
+pub use readiness::{check_cluster, check_contract, local_tables, open_journal};
 pub use signals::shutdown_signal;
 
 use crate::config::Config;

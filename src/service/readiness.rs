@@ -26,7 +26,7 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
             catalog::quote_literal(&cfg.local_postgres.journal_database)
         )));
     }
-    let journal_client = connect_journal(cfg).await?;
+    let journal_client = open_journal(cfg, &store).await?;
     let journal = JournalStore::new(&journal_client, JOURNAL);
     // Bookkeeping from another cluster first: a restored database has its
     // control tables but not its slot, and the fix needs saying.
@@ -59,6 +59,26 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
         return Err(SyncError::new(ErrorKind::Config, what).with_hint(fix));
     }
     Ok(tables)
+}
+
+/// Connects to the journal database; when it does not exist although this
+/// clinic database was set up for sync, says what happened and what to do.
+pub async fn open_journal(cfg: &Config, store: &Store<'_>) -> Result<tokio_postgres::Client> {
+    match connect_journal(cfg).await {
+        Err(e) if e.code.as_deref() == Some("3D000") && store.control_tables_present().await.unwrap_or(false) => Err(SyncError::new(
+            ErrorKind::NotInitialized,
+            format!(
+                "the journal database {} does not exist on this server, but this clinic database was set up for sync: \
+                 it was restored or moved here without its journal database, or that was dropped",
+                catalog::quote_literal(&cfg.local_postgres.journal_database)
+            ),
+        )
+        .with_hint(
+            "run `centrovision-sync init`: it creates the journal database and starts a new capture epoch (changes the old \
+             journal held and had not sent are not on this server); then `centrovision-sync verify` compares both sides",
+        )),
+        r => r,
+    }
 }
 
 /// Checks that the upstream functions are installed, in this build's version.

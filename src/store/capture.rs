@@ -164,14 +164,18 @@ impl JournalStore<'_> {
     /// journaled/confirmed LSNs restart from 0/0: LSNs of the old slot or
     /// cluster say nothing about the new one. The first call of this version
     /// on an existing installation only records the cluster and opens epoch
-    /// 1 for the journal as it is. Returns the epoch in force.
-    pub async fn tie_to_cluster(&self, slot: &str, sysid: &str, fresh_positions: bool) -> Result<i32> {
+    /// 1 for the journal as it is — unless the clinic's database says it
+    /// already wrote under epoch `known` (a journal database created afresh
+    /// for a clinic database moved without it): then epoch `known + 1`
+    /// opens, so nothing captured now is ordered before what was sent then.
+    /// Returns the epoch in force.
+    pub async fn tie_to_cluster(&self, slot: &str, sysid: &str, fresh_positions: bool, known: Option<i32>) -> Result<i32> {
         let row = self
             .client
             .query_one(
                 "WITH cur AS (SELECT epoch, system_identifier FROM _sync_capture WHERE slot_name = $1),
                       first AS (SELECT NOT EXISTS (SELECT 1 FROM _sync_epoch) AS yes),
-                      nxt AS (SELECT CASE WHEN (SELECT yes FROM first) THEN (SELECT epoch FROM cur)
+                      nxt AS (SELECT CASE WHEN (SELECT yes FROM first) THEN greatest((SELECT epoch FROM cur), coalesce($4 + 1, 0))
                                           WHEN $3 OR (SELECT system_identifier FROM cur) IS DISTINCT FROM $2
                                                THEN (SELECT greatest(max(epoch), (SELECT epoch FROM cur)) + 1 FROM _sync_epoch)
                                           ELSE (SELECT epoch FROM cur) END AS epoch),
@@ -191,7 +195,7 @@ impl JournalStore<'_> {
                    updated_at = now()
                  WHERE c.slot_name = $1
                  RETURNING c.epoch",
-                &[&slot, &sysid, &fresh_positions],
+                &[&slot, &sysid, &fresh_positions, &known],
             )
             .await
             .map_err(|e| self.err(e))?;

@@ -73,6 +73,16 @@ impl Store<'_> {
         Ok(())
     }
 
+    /// The capture epoch `init` last tied this clinic's database to, as kept
+    /// in the clinic's own database (key `capture:epoch`): the journal
+    /// database keeps the epochs, but a clinic database moved or restored
+    /// without it must still start a later epoch than any it wrote before
+    /// ([`super::JournalStore::tie_to_cluster`]).
+    pub async fn capture_epoch_mirror(&self) -> Result<Option<i32>> {
+        let row = self.client.query_opt("SELECT value FROM _sync_state WHERE key = 'capture:epoch'", &[]).await.map_err(|e| self.err(e))?;
+        Ok(row.and_then(|r| r.get::<_, Option<String>>(0)).and_then(|v| v.parse().ok()))
+    }
+
     /// Every `_sync_state` row.
     pub async fn service_state(&self) -> Result<Vec<StateEntry>> {
         let rows = self.client.query("SELECT key, value, since::text FROM _sync_state", &[]).await.map_err(|e| self.err(e))?;

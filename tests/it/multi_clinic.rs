@@ -322,10 +322,13 @@ async fn resync_never_deletes_a_row_another_clinic_created_that_this_one_never_h
 }
 
 /// Situation 5: the clinic database restored into a new cluster (pg_dump /
-/// pg_restore: a new system identifier, LSNs far below the old
-/// `journaled_lsn`). The service refuses to run on the old bookkeeping and
-/// `doctor` names it; after `init` every new change is captured, including
-/// edits of rows synced before, whose new LSNs are lower than before.
+/// pg_restore: a new system identifier, LSNs far below the old ones),
+/// without its journal database. The service refuses to run and says what
+/// happened, and `doctor` names it; after `init` (a new journal database, in
+/// a later capture epoch than the clinic wrote in, which the clinic's own
+/// database remembers) every new change is captured and wins upstream,
+/// including edits of rows synced before, whose new LSNs are lower than
+/// before.
 async fn a_database_restored_into_a_new_cluster_captures_every_change_after_init(mode: Mode) {
     let mut p = Pair::new("restored", mode).await;
     p.init().await;
@@ -353,15 +356,19 @@ async fn a_database_restored_into_a_new_cluster_captures_every_change_after_init
     p.local = restored;
     p.write_config();
 
+    // Only the clinic's database moved: its journal database stayed behind.
     let refused = p.exec(&["once"], &[]).await;
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{err}");
-    assert!(err.contains("belongs to another PostgreSQL cluster"), "{err}");
+    assert!(err.contains("does not exist on this server") && err.contains("restored or moved here without"), "{err}");
     let doctor = p.exec(&["doctor"], &[]).await;
     let said = String::from_utf8_lossy(&doctor.stdout);
-    assert!(said.contains("belongs to another PostgreSQL cluster") && said.contains("centrovision-sync init"), "{said}");
+    assert!(said.contains("restored or moved here without") && said.contains("centrovision-sync init"), "{said}");
 
     p.init().await;
+    // A later epoch than any the clinic wrote in (its database remembers it).
+    let epoch = count(&p.local.journal(), "SELECT max(epoch)::int8 FROM _sync_epoch").await;
+    assert!(epoch >= 2, "the new journal starts capture epoch {epoch}, not after the clinic's earlier one");
     exec(&p.local, &format!("UPDATE services SET name = 'after the move' WHERE id = '{R}'")).await;
     exec(&p.local, "INSERT INTO services (name) SELECT 'new ' || g FROM generate_series(1, 20) g").await;
     p.once().await;
