@@ -59,6 +59,17 @@
 -- version for a row whose local change upstream has not processed yet (it will be decided
 -- upstream, and re-emitted if the local change loses).
 --
+-- BRANCH SCOPE (contract 4): a clinic server configured with `[sync] branch_ids` passes `scope`
+-- ({"branches": [...], "tables": {"<table>": {"branch": "branch_id", "via": [{"fk", "parent",
+-- "pk"}, ...]}}}; tables absent from it are shared).  The feed then returns a row image only when
+-- the row is in scope now — its branch column (reached through the `via` foreign keys, each parent
+-- a synced table) is one of the branches, or NULL (not assigned to a branch) — so no other
+-- branch's row ever leaves.  A version whose row is out of scope is left out of the first window
+-- (prev NULL: nothing of it is downloaded yet) and afterwards returned as {"op": "out"} with its
+-- key only: the row may have moved away from the caller's branches, and the caller removes its
+-- local copy if that copy was in its scope.  Deletes (tombstones) carry no row and are returned
+-- as before.  `centrovision_sync.scope_predicate` builds the test; written by no one, read only.
+--
 -- `public.centrovision_sync_row_versions` answers the current version of given rows, for
 -- `verify --repair` and `resync`.
 --
@@ -273,6 +284,50 @@ WHERE tg.tgname = 'centrovision_sync_record'
   AND n.nspname NOT IN ('information_schema', 'centrovision_sync') AND n.nspname NOT LIKE 'pg\_%'
 ON CONFLICT DO NOTHING;
 
+-- The branch test of one table for the feed (see BRANCH SCOPE in the header): a boolean SQL
+-- expression on the row alias `d`, comparing the branch column with `$9` (text[]); 'true' for a
+-- table `p_scope` does not list (shared) or a NULL `p_scope` (unscoped caller).  Every parent a
+-- `via` step names must be a synced table of `p_schema` (42501 otherwise): the test reads no
+-- other table.  Identifiers are quoted with %I.
+CREATE OR REPLACE FUNCTION centrovision_sync.scope_predicate(p_schema text, p_table text, p_scope jsonb)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = ''
+AS $fn$
+DECLARE
+  v_t     jsonb := p_scope -> 'tables' -> p_table;
+  v_hop   jsonb;
+  v_prev  text := 'd';
+  v_alias text;
+  v_i     integer := 0;
+  v_open  text := '';
+  v_close text := '';
+BEGIN
+  IF p_scope IS NULL OR v_t IS NULL OR pg_catalog.jsonb_typeof(v_t) <> 'object' THEN
+    RETURN 'true';
+  END IF;
+  FOR v_hop IN SELECT h FROM pg_catalog.jsonb_array_elements(coalesce(v_t -> 'via', '[]')) h LOOP
+    v_i := v_i + 1;
+    IF v_i > 8 OR NOT EXISTS (SELECT 1 FROM centrovision_sync.synced_table st
+                              WHERE st.schema_name = p_schema AND st.table_name = v_hop ->> 'parent') THEN
+      RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = pg_catalog.format('the branch scope of %s reaches %s, which this project does not sync',
+                                    p_table, coalesce(v_hop ->> 'parent', 'NULL'));
+    END IF;
+    v_alias := '_cvs_s' || v_i;
+    v_open := v_open || pg_catalog.format(
+      '(%1$s.%2$I IS NULL OR EXISTS (SELECT 1 FROM %3$I.%4$I %5$s WHERE %5$s.%6$I = %1$s.%2$I AND ',
+      v_prev, v_hop ->> 'fk', p_schema, v_hop ->> 'parent', v_alias, v_hop ->> 'pk');
+    v_close := v_close || '))';
+    v_prev := v_alias;
+  END LOOP;
+  RETURN v_open || pg_catalog.format('(%1$s.%2$I IS NULL OR %1$s.%2$I::text = ANY ($9))',
+                                     v_prev, coalesce(v_t ->> 'branch', 'branch_id')) || v_close;
+END
+$fn$;
+REVOKE EXECUTE ON FUNCTION centrovision_sync.scope_predicate(text, text, jsonb) FROM PUBLIC;
+
+-- Contract 3's signature (no scope) is replaced by the one below.
+DROP FUNCTION IF EXISTS public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz);
+
 -- The change feed (see the header).  Arguments:
 --   writer        the calling clinic (its own versions are left out)
 --   schema_name   the synced schema; tables: the synced tables
@@ -282,18 +337,23 @@ ON CONFLICT DO NOTHING;
 --   lim           page size
 --   since         only with prev NULL: skip versions stamped before it (upgrade from a
 --                 timestamp watermark: what the clinic already has is not downloaded again)
+--   scope         the caller's branch scope (BRANCH SCOPE in the header), NULL = unscoped
 -- Returns {"target": snapshot, "complete": bool, "after": last version_id,
 --          "horizon_passed": bool, "restarted": bool (the cursor was ahead of this server — a
 --          restored database — and the window starts again from the beginning),
 --          "missing": requested tables that do not exist upstream (their versions are skipped), "progress": {"epoch": n, "journal_id": n, "lsn": "X/Y"} | null,
---          "changes": [{"t", "k", "op": "upsert"|"delete", "w", "v", "ts", "row"}]}
+--          "changes": [{"t", "k", "op": "upsert"|"delete"|"out", "w", "v", "ts", "row"}]}
 -- as one jsonb value (never cut by PostgREST's max-rows).
 CREATE OR REPLACE FUNCTION public.centrovision_sync_changes(
   writer text, schema_name text, tables text[], prev text, target text, after bigint,
-  lim integer, since timestamptz DEFAULT NULL)
+  lim integer, since timestamptz DEFAULT NULL, scope jsonb DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
 AS $fn$
 DECLARE
+  v_branches text[] := ARRAY(SELECT pg_catalog.jsonb_array_elements_text(
+                               CASE WHEN pg_catalog.jsonb_typeof(scope -> 'branches') = 'array'
+                                    THEN scope -> 'branches' ELSE '[]' END));
+  v_pred    text;
   v_prev    pg_catalog.pg_snapshot := prev::pg_catalog.pg_snapshot;
   v_target  pg_catalog.pg_snapshot := coalesce(target::pg_catalog.pg_snapshot, pg_catalog.pg_current_snapshot());
   v_lim     integer := greatest(1, least(coalesce(lim, 1000), 10000));
@@ -380,17 +440,22 @@ BEGIN
     WHERE a.attrelid = pg_catalog.format('%I.%I', schema_name, v_t)::regclass AND a.attnum > 0
       AND NOT a.attisdropped AND ty.typcategory = 'A'
       AND ty.typelem IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype);
+    -- the branch test (BRANCH SCOPE): out-of-scope rows never carry their image
+    v_pred := centrovision_sync.scope_predicate(schema_name, v_t, scope);
     EXECUTE pg_catalog.format(
-      'SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('
+      'SELECT coalesce(pg_catalog.jsonb_agg(CASE WHEN d.%2$I IS NULL OR (%4$s) THEN'
+      '  pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('
       '  ''o'', p.o, ''t'', p.t, ''k'', p.k, ''w'', p.w, ''v'', p.v, ''ts'', p.ts,'
       '  ''op'', CASE WHEN d.%2$I IS NULL THEN ''delete'' ELSE ''upsert'' END))'
       '  || CASE WHEN d.%2$I IS NOT NULL THEN pg_catalog.jsonb_build_object(''row'', pg_catalog.to_jsonb(d.*)%3$s)'
-      '          ELSE ''{}'' END), ''[]'')'
+      '          ELSE ''{}'' END'
+      '  ELSE pg_catalog.jsonb_build_object(''o'', p.o, ''t'', p.t, ''k'', p.k, ''w'', p.w, ''v'', p.v, ''op'', ''out'')'
+      '  END), ''[]'')'
       ' FROM unnest($1, $2, $3, $4, $5, $6, $7) AS p(o, t, k, w, v, ts, del)'
       ' LEFT JOIN %1$s d ON d.%2$I::text = p.k AND NOT p.del'
-      ' WHERE p.t = $8',
-      pg_catalog.format('%I.%I', schema_name, v_t), v_pk, v_astext)
-    INTO v_part USING v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del, v_t;
+      ' WHERE p.t = $8 AND (d.%2$I IS NULL OR $10 OR (%4$s))',
+      pg_catalog.format('%I.%I', schema_name, v_t), v_pk, v_astext, v_pred)
+    INTO v_part USING v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del, v_t, v_branches, v_prev IS NOT NULL;
     v_changes := v_changes || v_part;
   END LOOP;
   IF v_n > 0 THEN
@@ -504,7 +569,7 @@ BEGIN
 END
 $fn$;
 
-REVOKE EXECUTE ON FUNCTION public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_conflicts(text, text[], timestamptz, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_conflict_count(text, timestamptz) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_prune() FROM PUBLIC;
@@ -515,7 +580,7 @@ DECLARE
   f text;
 BEGIN
   FOREACH f IN ARRAY ARRAY[
-      'public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz)',
+      'public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz, jsonb)',
       'public.centrovision_sync_conflicts(text, text[], timestamptz, integer)',
       'public.centrovision_sync_conflict_count(text, timestamptz)',
       'public.centrovision_sync_row_versions(text, text, text[], text)',
