@@ -387,6 +387,7 @@ pub async fn push_batch<U: Upstream>(
     sizer: &mut Sizer,
     schema: Option<&str>,
     max_attempts: u32,
+    scope: Option<&crate::scope::UpFilter>,
 ) -> std::result::Result<BatchReport, BatchFailure> {
     let mut split_attempts = 0;
     let (rows, built, outcome) = loop {
@@ -400,6 +401,13 @@ pub async fn push_batch<U: Upstream>(
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let fail = |error| BatchFailure { error, ids: ids.clone() };
+        // Branch scope: changes of other branches' rows are parked, not sent; read the batch again without them.
+        if let Some(f) = scope {
+            let tagged: Vec<(i64, &str)> = rows.iter().map(|r| (r.id, r.table.as_str())).collect();
+            if f.hold_back(local, &tagged).await.map_err(fail)? > 0 {
+                continue;
+            }
+        }
         let store = Store::new(local, LOCAL);
         let epochs = store.epochs().await.map_err(fail)?;
         let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();

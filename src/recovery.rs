@@ -217,8 +217,9 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
+    let scope = crate::scope::UpFilter::load(cfg, &local).await?;
     loop {
-        match push::push_batch(&local, &up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
+        match push::push_batch(&local, &up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts, scope.as_ref()).await {
             Ok(r) if r.rows == 0 => break,
             Ok(_) => {}
             Err(f) => return Err(f.error),

@@ -244,6 +244,53 @@ fn resolve_one(
     Ok(scope)
 }
 
+/// The up path's side of the scope: holds back journaled changes of rows
+/// outside this server's branches (see [`crate::store::branch_hold`]).
+pub struct UpFilter {
+    scopes: Scopes,
+    tables: BTreeMap<String, Table>,
+}
+
+impl UpFilter {
+    /// None when the server is unscoped.
+    pub async fn load(cfg: &Config, local: &tokio_postgres::Client) -> Result<Option<UpFilter>> {
+        if cfg.sync.branches.branch_ids.is_none() {
+            return Ok(None);
+        }
+        let tables = crate::catalog::load(local, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
+        let scopes = resolve(cfg, &tables)?;
+        Ok(Some(UpFilter { scopes, tables }))
+    }
+
+    /// Parks the changes among the journal rows `rows` (id, table) that must
+    /// not be sent; returns how many.
+    pub async fn hold_back(&self, local: &tokio_postgres::Client, rows: &[(i64, &str)]) -> Result<u64> {
+        let store = crate::store::Store::new(local, crate::error::LOCAL);
+        let branches = self.scopes.branch_ids.clone().unwrap_or_default();
+        let mut by_table: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for (id, t) in rows {
+            if self.scopes.of(t).is_scoped() {
+                by_table.entry(t).or_default().push(*id);
+            }
+        }
+        let mut n = 0;
+        for (t, ids) in by_table {
+            let Some(table) = self.tables.get(t) else { continue };
+            let pred = self.scopes.predicate(&self.tables, t, "d", "$3");
+            let held = store.hold_back_out_of_scope(t, &table.qualified(), &pred, &branches, &ids).await?;
+            if held > 0 {
+                store.record_table_error(t, crate::store::branch_hold::HELD_BACK).await?;
+                tracing::warn!(
+                    table = %t, rows = held,
+                    "local changes of rows outside this server's branches held back (parked, not sent); `status` lists them"
+                );
+            }
+            n += held;
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

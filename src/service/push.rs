@@ -71,6 +71,7 @@ pub(crate) async fn push_while(
     let mut cycle: HashMap<String, i64> = HashMap::new();
     let mut cycle_started = Instant::now();
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
+    let scope = crate::scope::UpFilter::load(cfg, &local).await?;
     loop {
         if !give_up {
             rt.upstream_link.wait_online(&mut done).await;
@@ -93,7 +94,7 @@ pub(crate) async fn push_while(
         // Read before the fetch: an empty queue only means "done" if capture
         // had already passed its target when the queue was read.
         let finishing = *done.borrow();
-        let result = push::push_batch(&local, up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await;
+        let result = push::push_batch(&local, up, &mut sizer, cfg.upstream_schema(), cfg.sync.retry_max_attempts, scope.as_ref()).await;
         if let Some(note) = sizer.take_note_change() {
             match &note {
                 Some(n) => tracing::warn!(limit = sizer.limit(), "{n}"),

@@ -4,7 +4,7 @@
 //! scope on the upstream database — plus the parents of another branch its
 //! rows refer to; a row that moves follows its branch with its children;
 //! nothing of another branch crosses the network (REST: the stand-in's log of
-//! answers).
+//! answers); rows of another branch written at a clinic are held back.
 
 use crate::support;
 use support::TestDb;
@@ -190,6 +190,47 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
     assert_eq!(count(&a.upstream, &items).await, 2, "A's local removal was not sent upstream as a delete");
     assert_eq!(count(&a.upstream, &format!("SELECT count(*) FROM invoices WHERE id = '{MOVING_INVOICE}'")).await, 1);
     assert_nothing_foreign_returned("A", &a, &foreign_ids(&[1]), &[CROSS_PATIENT]);
+
+    // 3. Up: A writes a patient of b1, a patient and an invoice with an item
+    //    of b3 by mistake, then edits the b3 patient, and moves one of its
+    //    appointments to b2. The b1 patient and the move go up (B gets the
+    //    appointment); the b3 rows are held back, parked, listed by status.
+    let (mine, wrong, wrong_inv, wrong_item, moved) = (id(1, 1, 50), id(1, 3, 50), id(3, 3, 50), id(4, 3, 50), id(2, 1, 2));
+    exec(
+        &a.local,
+        &format!(
+            "INSERT INTO patients (id, branch_id, full_name) VALUES ('{mine}', '{b1}', 'new at b1'), ('{wrong}', '{b3}', 'typed at the wrong branch');
+             INSERT INTO invoices (id, branch_id, patient_id, number) VALUES ('{wrong_inv}', '{b3}', '{wrong}', 'F-wrong');
+             INSERT INTO invoice_items (id, invoice_id, quantity) VALUES ('{wrong_item}', '{wrong_inv}', 1);
+             UPDATE patients SET full_name = 'edited' WHERE id = '{wrong}';
+             UPDATE appointments SET branch_id = '{b2}' WHERE id = '{moved}';",
+            b1 = B[0],
+            b2 = B[1],
+            b3 = B[2]
+        ),
+    )
+    .await;
+    a.once().await;
+    b.once().await;
+    let up_has = |t: &str, k: &str| format!("SELECT count(*) FROM {t} WHERE id = '{k}'");
+    assert_eq!(count(&a.upstream, &up_has("patients", &mine)).await, 1, "A's patient of b1 went up");
+    assert_eq!(count(&a.upstream, &up_has("patients", &wrong)).await, 0, "A's patient of b3 was not sent");
+    assert_eq!(count(&a.upstream, &up_has("invoices", &wrong_inv)).await, 0, "A's invoice of b3 was not sent");
+    assert_eq!(count(&a.upstream, &up_has("invoice_items", &wrong_item)).await, 0, "its item (b3 through the invoice) was not sent");
+    assert_eq!(
+        count(&b.local, &format!("SELECT count(*) FROM appointments WHERE id = '{moved}' AND branch_id = '{}'", B[1])).await,
+        1,
+        "the appointment A moved to b2 arrived at B"
+    );
+    let status = a.ok(&["status", "--json"]).await;
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert!(st["parked"].as_i64().unwrap_or(0) >= 4, "status counts the held-back changes as parked: {}", st["parked"]);
+    assert!(
+        st["tables"].to_string().contains("outside this server's [sync] branch_ids"),
+        "status says why they were not sent: {}",
+        st["tables"]
+    );
+    assert_eq!(st["branch_scope"]["tables"]["invoice_items"], "via invoice_id → invoices", "status prints each table's scope");
 }
 
 crate::both_modes!(each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_branch);

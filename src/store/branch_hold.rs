@@ -1,0 +1,38 @@
+//! Branch scope on the up path ([`crate::scope`]): journaled changes of rows
+//! outside this server's branches are held back — parked in `_sync_pending`
+//! with the reason, which `status` lists — instead of being sent. Runs in the
+//! pusher before a batch is built, on that batch's journal rows only.
+
+use super::Store;
+use crate::error::Result;
+
+/// The `error` text of a change held back by the branch scope.
+pub const HELD_BACK: &str = "not sent: the row belongs to a branch outside this server's [sync] branch_ids \
+     (written here by mistake?); fix or delete it locally, or add its branch to branch_ids";
+
+impl Store<'_> {
+    /// Parks, among the unsynced journal rows `ids` of `table`, the inserts
+    /// whose image is outside the scope (`in_scope`: a boolean SQL
+    /// expression on the image as row `d` of `qualified`, its branches bound
+    /// as `$3`), and every later change of a row already held back. Returns
+    /// the rows parked.
+    pub async fn hold_back_out_of_scope(
+        &self,
+        table: &str,
+        qualified: &str,
+        in_scope: &str,
+        branches: &[String],
+        ids: &[i64],
+    ) -> Result<u64> {
+        let sql = format!(
+            "UPDATE _sync_pending p SET parked_at = now(), error = $4, retry_count = coalesce(p.retry_count, 0) + 1
+             WHERE p.id = ANY($1) AND p.table_name = $2 AND NOT p.synced AND p.parked_at IS NULL
+               AND ((p.operation = 'INSERT' AND p.data IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM jsonb_populate_record(NULL::{qualified}, p.data) d WHERE {in_scope}))
+                 OR EXISTS (SELECT 1 FROM _sync_pending q
+                            WHERE q.table_name = p.table_name AND q.record_id = p.record_id AND q.id < p.id
+                              AND q.parked_at IS NOT NULL AND NOT q.synced AND q.error = $4))"
+        );
+        self.client.execute(&sql, &[&ids, &table, &branches, &HELD_BACK]).await.map_err(|e| self.err(e))
+    }
+}
