@@ -156,6 +156,7 @@ pub async fn cycle<U: Upstream>(
     let store = session.store();
     let started = Instant::now();
     let order = catalog::parents_first(tables);
+    follow_branch_set(&store, &scopes, &order).await?;
     let mut reports: BTreeMap<String, TableReport> =
         order.iter().map(|n| (n.clone(), TableReport { table: n.clone(), ..Default::default() })).collect();
     let r = match retry_parked(&ctx, &order, &mut reports).await {
@@ -1031,4 +1032,140 @@ fn remove_children<'a, U: Upstream>(
         }
         Ok(n)
     })
+}
+
+/// The branch set in `scopes` against the one the feed was last read for
+/// (`_sync_state`, [`store::branch_hold::BRANCH_SET_KEY`]): branches added
+/// (or the scope lifted) restart the feed of the scoped tables, so their
+/// next read is a first download of the new branches' rows (rows already
+/// here are identical and not rewritten); branches dropped leave their rows
+/// until `drop-branch-rows --yes` ([`drop_out_of_scope_rows`]).
+async fn follow_branch_set(store: &Store<'_>, scopes: &Scopes, order: &[String]) -> Result<()> {
+    let now = match &scopes.branch_ids {
+        None => "*".to_string(),
+        Some(ids) => {
+            let mut ids = ids.clone();
+            ids.sort();
+            serde_json::to_string(&ids).expect("strings serialize")
+        }
+    };
+    let was = store.branch_set().await?;
+    if was.as_deref() == Some(now.as_str()) {
+        return Ok(());
+    }
+    if let Some(was) = &was {
+        let old: Option<Vec<String>> = serde_json::from_str(was).ok();
+        let added = match (&old, &scopes.branch_ids) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(old), Some(new)) => new.iter().any(|b| !old.contains(b)),
+        };
+        let dropped = match (&old, &scopes.branch_ids) {
+            (None, Some(_)) => true,
+            (_, None) => false,
+            (Some(old), Some(new)) => old.iter().any(|b| !new.contains(b)),
+        };
+        if added {
+            let scoped: Vec<String> = order.iter().filter(|t| scopes.of(t).is_scoped() || scopes.branch_ids.is_none()).cloned().collect();
+            store.restart_feed(&scoped).await?;
+            tracing::warn!(
+                tables = scoped.len(),
+                "[sync] branch_ids gained branches: their rows are downloaded from the start of the feed"
+            );
+        }
+        if dropped {
+            tracing::warn!(
+                "[sync] branch_ids lost branches: their rows stay in this database until `centrovision-sync drop-branch-rows --yes` removes them"
+            );
+        }
+    }
+    store.set_note(store::branch_hold::BRANCH_SET_KEY, Some(&now)).await
+}
+
+/// What `drop-branch-rows` removed from one table.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Dropped {
+    pub table: String,
+    pub removed: u64,
+    /// Rows of other branches kept because a row of this server's branches
+    /// refers to them.
+    pub kept_as_parents: u64,
+}
+
+/// Removes the local rows outside this server's branch scope (after
+/// `[sync] branch_ids` lost a branch), children first, keeping a row another
+/// local row still refers to, in one local transaction under the
+/// replication origin (capture drops the deletes: nothing is deleted
+/// upstream). With `apply` false, only counts. Refuses, changing nothing,
+/// while any of those rows has a journaled change not synced yet.
+pub async fn drop_out_of_scope_rows(cfg: &Config, apply: bool) -> Result<Vec<Dropped>> {
+    let session = Session::open(cfg).await?;
+    let (c, store) = (&session.client, session.store());
+    let tables = &catalog::load(c, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
+    let scopes = crate::scope::resolve(cfg, tables)?;
+    let Some(branches) = scopes.branch_ids.clone() else {
+        return Err(SyncError::new(ErrorKind::Config, "[sync] branch_ids is not set: every branch's rows belong here, nothing to drop"));
+    };
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let mut order = catalog::parents_first(tables);
+    order.reverse();
+    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(q)?;
+    let result = async {
+        let mut out = Vec::new();
+        for name in &order {
+            if !scopes.of(name).is_scoped() {
+                continue;
+            }
+            let table = &tables[name.as_str()];
+            let pk = table.pk().expect("syncable");
+            let qpk = quote_ident(&pk.name);
+            let pred = scopes.predicate(tables, name, "d", "$1");
+            let sql = format!("SELECT d.{qpk}::text FROM {t} d WHERE NOT ({pred})", t = table.qualified());
+            let keys: Vec<String> = c.query(&sql, &[&branches]).await.map_err(q)?.iter().map(|r| r.get(0)).collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let unsynced = store.unsynced_changes_of(name, &keys).await?;
+            if unsynced > 0 {
+                return Err(SyncError::new(
+                    ErrorKind::Config,
+                    format!("{unsynced} local changes to rows of {name} outside [sync] branch_ids are not synced yet: nothing was removed"),
+                )
+                .with_hint("let the service send them (or resolve the parked ones `status` lists), then run drop-branch-rows again"));
+            }
+            let mut refs = Vec::new();
+            for other in tables.values() {
+                for fk in &other.foreign_keys {
+                    if let ([col], [pcol]) = (fk.columns.as_slice(), fk.parent_columns.as_slice())
+                        && fk.parent_table == table.name
+                        && fk.parent_schema == table.schema
+                        && *pcol == pk.name
+                    {
+                        refs.push(format!(
+                            " AND NOT EXISTS (SELECT 1 FROM {o} r WHERE r.{col} = d.{qpk})",
+                            o = other.qualified(),
+                            col = quote_ident(col)
+                        ));
+                    }
+                }
+            }
+            let sql = if apply {
+                format!(
+                    "WITH x AS (DELETE FROM {t} d WHERE d.{qpk}::text = ANY($1){refs} RETURNING 1) SELECT count(*) FROM x",
+                    t = table.qualified(),
+                    refs = refs.concat()
+                )
+            } else {
+                // A preview: rows whose children would go first are counted as kept.
+                format!("SELECT count(*) FROM {t} d WHERE d.{qpk}::text = ANY($1){refs}", t = table.qualified(), refs = refs.concat())
+            };
+            let removed = c.query_one(&sql, &[&keys]).await.map_err(q)?.get::<_, i64>(0) as u64;
+            out.push(Dropped { table: name.clone(), removed, kept_as_parents: keys.len() as u64 - removed });
+        }
+        Ok::<_, SyncError>(out)
+    }
+    .await;
+    let end = if apply && result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    c.batch_execute(end).await.map_err(q)?;
+    result
 }

@@ -36,3 +36,42 @@ impl Store<'_> {
         self.client.execute(&sql, &[&ids, &table, &branches, &HELD_BACK]).await.map_err(|e| self.err(e))
     }
 }
+
+/// `_sync_state` key of the branch set the down path last read for:
+/// a JSON array of branch ids, or `"*"` (unscoped).
+pub const BRANCH_SET_KEY: &str = "branch_ids";
+
+impl Store<'_> {
+    /// The branch set recorded under [`BRANCH_SET_KEY`], if any.
+    pub async fn branch_set(&self) -> Result<Option<String>> {
+        let row =
+            self.client.query_opt("SELECT value FROM _sync_state WHERE key = $1", &[&BRANCH_SET_KEY]).await.map_err(|e| self.err(e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Puts `tables` back at the start of the change feed (no window, no
+    /// upgrade watermark): their next read is a first download, which
+    /// brings the rows of branches added to the scope.
+    pub async fn restart_feed(&self, tables: &[String]) -> Result<u64> {
+        self.client
+            .execute(
+                "UPDATE _sync_metadata SET feed_prev = NULL, feed_target = NULL, feed_after = 0,
+                    last_sync_from_supabase = NULL, updated_at = now()
+                 WHERE table_name = ANY($1)",
+                &[&tables],
+            )
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Journal rows of `table` for these keys not yet synced (queued or
+    /// parked).
+    pub async fn unsynced_changes_of(&self, table: &str, keys: &[String]) -> Result<i64> {
+        let row = self
+            .client
+            .query_one("SELECT count(*) FROM _sync_pending WHERE table_name = $1 AND record_id = ANY($2) AND NOT synced", &[&table, &keys])
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+}

@@ -147,7 +147,7 @@ fn assert_nothing_foreign_returned(who: &str, clinic: &Pair, foreign: &[String],
 
 async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_branch(mode: Mode) {
     let a = clinic("bs_a", None, mode, "clinic-a", &[B[0]]).await;
-    let b = clinic("bs_b", Some(&a), mode, "clinic-b", &[B[1]]).await;
+    let mut b = clinic("bs_b", Some(&a), mode, "clinic-b", &[B[1]]).await;
     let c = clinic("bs_c", Some(&a), mode, "clinic-c", &[B[0], B[1]]).await;
     for p in [&a, &b, &c] {
         if mode.is_rest() {
@@ -231,6 +231,21 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
         st["tables"]
     );
     assert_eq!(st["branch_scope"]["tables"]["invoice_items"], "via invoice_id → invoices", "status prints each table's scope");
+
+    // 4. B takes over b3 and gives up b2: b3's rows are downloaded; b2's stay
+    //    until `drop-branch-rows --yes`, which removes them locally only.
+    b.sync_extra = b.sync_extra.replace(B[1], B[2]);
+    b.write_config();
+    b.once().await;
+    let b2_invoices = format!("SELECT count(*) FROM invoices WHERE branch_id = '{}'", B[1]);
+    assert!(count(&b.local, &b2_invoices).await > 0, "b2's rows stay until the removal is confirmed");
+    let out = b.ok(&["drop-branch-rows"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("run again with --yes"), "without --yes nothing is removed");
+    assert!(count(&b.local, &b2_invoices).await > 0, "without --yes nothing is removed");
+    b.ok(&["drop-branch-rows", "--yes"]).await;
+    b.once().await;
+    assert_holds_its_scope("B after the change", &b, &[B[2]]).await;
+    assert_eq!(count(&b.upstream, &b2_invoices).await, 5, "B's removal deleted nothing upstream");
 }
 
 crate::both_modes!(each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_branch);
