@@ -459,7 +459,8 @@ BEGIN
     v_changes := v_changes || v_part;
   END LOOP;
   IF v_n > 0 THEN
-    SELECT pg_catalog.jsonb_agg(c - 'o' ORDER BY (c->>'o')::int)
+    -- (a scoped caller's page may keep none of its versions: still an array)
+    SELECT coalesce(pg_catalog.jsonb_agg(c - 'o' ORDER BY (c->>'o')::int), '[]')
     INTO v_changes FROM pg_catalog.jsonb_array_elements(v_changes) c;
   END IF;
 

@@ -105,6 +105,8 @@ async fn clinic(hint: &str, first: Option<&Pair>, mode: Mode, clinic_id: &str, b
         None => Pair::new(hint, mode).await,
         Some(f) => Pair::joining(hint, f).await,
     };
+    // Small pages: some hold only other branches' versions, which the feed leaves out.
+    p.batch_size = 7;
     let list = branches.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", ");
     p.sync_extra.push_str(&format!("clinic_id = \"{clinic_id}\"\nbranch_ids = [{list}]\n"));
     p.write_config();
