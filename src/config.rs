@@ -164,6 +164,29 @@ pub struct Sync {
     pub tombstone_retention_days: u64,
     /// How long upstream keeps the conflict log (`init --upstream`).
     pub conflict_retention_days: u64,
+    /// Branch scoping (`[sync] branch_ids`, `[sync.table.<name>] scope`):
+    /// see [`crate::scope`].
+    pub branches: BranchScope,
+}
+
+/// `[sync] branch_ids` and the per-table scope overrides. `branch_ids`
+/// None: unscoped (every branch's rows are synced).
+#[derive(Debug, Clone, Default)]
+pub struct BranchScope {
+    pub branch_ids: Option<Vec<String>>,
+    /// `[sync.table.<name>] scope`, by table.
+    pub overrides: std::collections::BTreeMap<String, ScopeSetting>,
+}
+
+/// A table's scope as written in `[sync.table.<name>] scope`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeSetting {
+    /// `"branch"`: the table's own `branch_id` column.
+    Branch,
+    /// `"shared"`: every branch's rows (catalogues).
+    Shared,
+    /// `"via:<fk column>"`: the branch of the parent that column refers to.
+    Via(String),
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +249,10 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("Config key {key} {problem}")]
     Invalid { key: &'static str, problem: String },
+    /// Like `Invalid`, for keys whose name depends on the file
+    /// (`[sync.table.<name>] scope`).
+    #[error("Config key {key} {problem}")]
+    InvalidNamed { key: String, problem: String },
 }
 
 impl ConfigError {
@@ -316,6 +343,15 @@ struct RawSync {
     max_clock_skew_seconds: Option<u64>,
     tombstone_retention_days: Option<u64>,
     conflict_retention_days: Option<u64>,
+    branch_ids: Option<Vec<String>>,
+    /// `[sync.table.<name>]` sections.
+    table: Option<std::collections::BTreeMap<String, RawTable>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    scope: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -484,6 +520,7 @@ impl Config {
                 format!("is {batch_size}; it must be between 1 and 1000 (Supabase returns at most 1,000 rows per request)"),
             ));
         }
+        let branches = branch_scope(sy.branch_ids, sy.table, &tables)?;
         let sync = Sync {
             interval_seconds: positive("[sync] interval_seconds", sy.interval_seconds.unwrap_or(30))?,
             batch_size,
@@ -501,6 +538,7 @@ impl Config {
             max_clock_skew_seconds: positive("[sync] max_clock_skew_seconds", sy.max_clock_skew_seconds.unwrap_or(300))?,
             tombstone_retention_days: positive("[sync] tombstone_retention_days", sy.tombstone_retention_days.unwrap_or(90))?,
             conflict_retention_days: positive("[sync] conflict_retention_days", sy.conflict_retention_days.unwrap_or(90))?,
+            branches,
         };
 
         let ra = raw.alerts.unwrap_or_default();
@@ -631,6 +669,56 @@ impl Config {
 /// connector always verifies the certificate chain and host name anyway.
 pub fn normalize_db_url(url: &str) -> String {
     url.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require")
+}
+
+/// `[sync] branch_ids` and `[sync.table.<name>] scope`, checked.
+fn branch_scope(
+    branch_ids: Option<Vec<String>>,
+    table: Option<std::collections::BTreeMap<String, RawTable>>,
+    tables: &[String],
+) -> Result<BranchScope, ConfigError> {
+    if let Some(ids) = &branch_ids {
+        if ids.is_empty() {
+            return Err(ConfigError::invalid(
+                "[sync] branch_ids",
+                "is empty; list the branches this server serves, or remove the key to sync every branch",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for id in ids {
+            if id.trim().is_empty() || id.len() > 200 {
+                return Err(ConfigError::invalid("[sync] branch_ids", format!("contains {id:?}: expected a branch id (branches.id)")));
+            }
+            if !seen.insert(id.as_str()) {
+                return Err(ConfigError::invalid("[sync] branch_ids", format!("lists {id:?} twice")));
+            }
+        }
+    }
+    let mut overrides = std::collections::BTreeMap::new();
+    for (name, raw) in table.unwrap_or_default() {
+        let key = format!("[sync.table.{name}] scope");
+        if !tables.contains(&name) {
+            return Err(ConfigError::InvalidNamed { key, problem: format!("names {name:?}, which is not in [sync] tables") });
+        }
+        let Some(v) = raw.scope else {
+            return Err(ConfigError::InvalidNamed { key, problem: "is missing; use \"branch\", \"shared\" or \"via:<fk column>\"".into() });
+        };
+        let setting = match v.as_str() {
+            "branch" => ScopeSetting::Branch,
+            "shared" => ScopeSetting::Shared,
+            other => match other.strip_prefix("via:") {
+                Some(col) if !col.is_empty() && col.len() <= 63 => ScopeSetting::Via(col.to_string()),
+                _ => {
+                    return Err(ConfigError::InvalidNamed {
+                        key,
+                        problem: format!("is {v:?}; use \"branch\", \"shared\" or \"via:<fk column>\" (e.g. \"via:invoice_id\")"),
+                    });
+                }
+            },
+        };
+        overrides.insert(name, setting);
+    }
+    Ok(BranchScope { branch_ids, overrides })
 }
 
 fn positive(key: &'static str, v: u64) -> Result<u64, ConfigError> {
@@ -866,6 +954,24 @@ password = "pw-very-secret"
         assert!(!format!("{c:?}").contains("a-long-enough-page-token"), "the token must not print");
         let text = format!("{MIN_REST}\n[http]\nlisten = \"127.0.0.1:9187\"\n");
         assert!(Config::from_toml(&text, "t", no_env).unwrap().http.token.is_empty(), "loopback needs no token");
+    }
+
+    #[test]
+    fn branch_scope_settings_are_checked_naming_the_key() {
+        let c = Config::from_toml(MIN_REST, "t", no_env).unwrap();
+        assert!(c.sync.branches.branch_ids.is_none(), "absent branch_ids: unscoped");
+        let text = format!("{MIN_REST}\n[sync]\nbranch_ids = [\"b1\", \"b2\"]\n[sync.table.invoice_items]\nscope = \"via:invoice_id\"\n");
+        let c = Config::from_toml(&text, "t", no_env).unwrap();
+        assert_eq!(c.sync.branches.branch_ids.as_deref(), Some(&["b1".to_string(), "b2".to_string()][..]));
+        assert_eq!(c.sync.branches.overrides["invoice_items"], ScopeSetting::Via("invoice_id".into()));
+        let text = format!("{MIN_REST}\n[sync]\nbranch_ids = []\n");
+        assert!(Config::from_toml(&text, "t", no_env).unwrap_err().to_string().contains("[sync] branch_ids"));
+        let text = format!("{MIN_REST}\n[sync.table.patients]\nscope = \"branches\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[sync.table.patients] scope") && e.contains("via:<fk column>"), "{e}");
+        let text = format!("{MIN_REST}\n[sync.table.nope]\nscope = \"shared\"\n");
+        let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("[sync.table.nope] scope") && e.contains("not in [sync] tables"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ use crate::error::{Class, ErrorKind, Result, SyncError};
 use crate::feed;
 use crate::lsn::Lsn;
 use crate::replication::wait_progress;
+use crate::scope::Scopes;
 use crate::store::{self, Direction, JournalStore, LogEntry, Store};
 use crate::upstream::{FeedRequest, TableRef, Upstream};
 use serde_json::value::RawValue;
@@ -132,6 +133,10 @@ struct Ctx<'a, U> {
     /// Capture's progress: a page that inserted rows waits on it before
     /// trusting the journal's tombstones.
     progress: &'a watch::Receiver<Lsn>,
+    /// This server's branch scope ([`crate::scope`]).
+    scopes: &'a Scopes,
+    /// `scopes` as the feed's `scope` argument (None: unscoped).
+    scope_arg: Option<&'a serde_json::Value>,
 }
 
 /// What one table's poll did.
@@ -154,10 +159,13 @@ pub async fn cycle<U: Upstream>(
     tables: &BTreeMap<String, Table>,
     progress: &watch::Receiver<Lsn>,
 ) -> Result<Vec<TableReport>> {
-    let ctx = Ctx { cfg, session, upstream, tables, progress };
+    let scopes = crate::scope::resolve(cfg, tables)?;
+    let scope_arg = scopes.feed_arg();
+    let ctx = Ctx { cfg, session, upstream, tables, progress, scopes: &scopes, scope_arg: scope_arg.as_ref() };
     let store = session.store();
     let started = Instant::now();
     let order = catalog::parents_first(tables);
+    follow_branch_set(&store, &scopes, &order).await?;
     let mut reports: BTreeMap<String, TableReport> =
         order.iter().map(|n| (n.clone(), TableReport { table: n.clone(), ..Default::default() })).collect();
     let r = match retry_parked(&ctx, &order, &mut reports).await {
@@ -361,6 +369,7 @@ async fn read_group<U: Upstream>(
             after: cursor.after,
             limit: ctx.cfg.sync.batch_size as i64,
             since,
+            scope: ctx.scope_arg,
         };
         let pulled = Instant::now();
         let text = ctx.upstream.changes(&req).await?;
@@ -401,7 +410,9 @@ async fn read_group<U: Upstream>(
             );
         }
         let next = cursor.advanced(&page);
-        apply_feed_page(ctx, &page, group, &next, reports).await?;
+        // Inside the first window every in-scope row comes through the feed itself.
+        let incremental = cursor.prev.is_some() && !page.restarted;
+        apply_feed_page(ctx, &page, group, &next, incremental, reports).await?;
         cursor = next;
         if page.complete {
             return Ok(cursor);
@@ -416,6 +427,7 @@ async fn apply_feed_page<U: Upstream>(
     page: &feed::Page,
     group: &[String],
     next: &feed::Cursor,
+    incremental: bool,
     reports: &mut BTreeMap<String, TableReport>,
 ) -> Result<()> {
     let c = &ctx.session.client;
@@ -434,7 +446,8 @@ async fn apply_feed_page<U: Upstream>(
             // 1. Lock the local rows the page touches (sorted: one order for every page).
             for name in &order {
                 let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
-                let keys: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
+                let keys: Vec<&str> =
+                    changes.upsert_keys.iter().chain(changes.deletes.iter()).chain(changes.outs.iter()).copied().collect();
                 lock_rows(c, table, &keys).await?;
             }
             // 2. Every local commit before the locks is journaled before we decide.
@@ -448,7 +461,9 @@ async fn apply_feed_page<U: Upstream>(
                 let (table, changes) = (&ctx.tables[name.as_str()], &by_table[name.as_str()]);
                 let pk = table.pk().expect("syncable");
                 let all: Vec<&str> = changes.upsert_keys.iter().chain(changes.deletes.iter()).copied().collect();
-                let pending: HashSet<String> = journal.pending_keys(name, &all, processed, &epochs).await?.into_iter().collect();
+                let mut asked = all.clone();
+                asked.extend(changes.outs.iter().copied());
+                let pending: HashSet<String> = journal.pending_keys(name, &asked, processed, &epochs).await?.into_iter().collect();
                 if !pending.is_empty() {
                     tracing::debug!(table = %name, rows = pending.len(), "left alone: local changes upstream has not processed yet");
                 }
@@ -459,6 +474,14 @@ async fn apply_feed_page<U: Upstream>(
                     changes.upserts.iter().zip(&changes.upsert_keys).filter(|(_, k)| !pending.contains(**k)).map(|(r, k)| (*r, *k)).unzip();
                 let mut n = 0u64;
                 let mut rejected: HashSet<&str> = HashSet::new();
+                // Rows that arrive here for the first time after the first window
+                // (e.g. moved into this server's branches): their via-children never
+                // passed the scope before, so they are fetched with them.
+                let arriving = if incremental && ctx.scopes.scoped() && !ctx.scopes.children_of(name).is_empty() {
+                    absent_keys(c, table, &row_keys).await?
+                } else {
+                    Vec::new()
+                };
                 if !rows.is_empty() {
                     let (written, failed) = write_parking(ctx, table, &rows, report).await?;
                     n += written;
@@ -487,6 +510,9 @@ async fn apply_feed_page<U: Upstream>(
                         store.park_down(name, &park, high_water).await?;
                     }
                 }
+                if !arriving.is_empty() {
+                    report.parents_fetched += fetch_children(ctx, table, &arriving, 0).await?;
+                }
                 let deletes: Vec<&str> = changes.deletes.iter().filter(|k| !pending.contains(**k)).copied().collect();
                 if !deletes.is_empty() {
                     n += c
@@ -501,6 +527,11 @@ async fn apply_feed_page<U: Upstream>(
                         )
                         .await
                         .map_err(q)?;
+                }
+                // 5. Rows that left this server's branches (crate::scope).
+                let outs: Vec<&str> = changes.outs.iter().filter(|k| !pending.contains(**k)).copied().collect();
+                if !outs.is_empty() {
+                    n += remove_out_of_scope(ctx, table, &outs).await?;
                 }
                 // What each written row now stands on upstream (sent back as `b` with the next local change).
                 let written: Vec<&str> = all.iter().copied().filter(|k| !pending.contains(*k) && !rejected.contains(*k)).collect();
@@ -697,7 +728,8 @@ pub async fn apply_rows<U: Upstream>(
     rows_json: &str,
 ) -> Result<u64> {
     let (_tx, no_wait) = watch::channel(Lsn::from_u64(u64::MAX));
-    let ctx = Ctx { cfg, session, upstream, tables, progress: &no_wait };
+    let scopes = crate::scope::resolve(cfg, tables)?;
+    let ctx = Ctx { cfg, session, upstream, tables, progress: &no_wait, scopes: &scopes, scope_arg: None };
     let mut report = TableReport::default();
     apply_page(&ctx, table, rows_json, &mut report).await
 }
@@ -882,4 +914,303 @@ fn repair_parents<'a, U: Upstream>(
         }
         Ok(())
     })
+}
+
+/// Keys among `keys` that `table` does not have locally.
+async fn absent_keys(c: &Client, table: &Table, keys: &[&str]) -> Result<Vec<String>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pk = table.pk().expect("syncable");
+    let sql = format!(
+        "SELECT k FROM unnest($1::text[]) k WHERE NOT EXISTS (SELECT 1 FROM {t} d WHERE d.{qpk}::text = k)",
+        t = table.qualified(),
+        qpk = quote_ident(&pk.name)
+    );
+    let rows = c.query(&sql, &[&keys]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Fetches from upstream the via-children ([`Scopes::children_of`]) of the
+/// rows `keys` of `parent` that just arrived here, and theirs, by foreign
+/// key; writes them as they are. Returns rows written.
+fn fetch_children<'a, U: Upstream>(
+    ctx: &'a Ctx<'a, U>,
+    parent: &'a Table,
+    keys: &'a [String],
+    depth: usize,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<u64>> + Send + 'a>> {
+    Box::pin(async move {
+        let c = &ctx.session.client;
+        let mut n = 0u64;
+        if depth >= MAX_PARENT_DEPTH || keys.is_empty() {
+            return Ok(0);
+        }
+        for (child_name, hop) in ctx.scopes.children_of(&parent.name) {
+            let Some(child) = ctx.tables.get(&child_name) else { continue };
+            let Some(col) = child.column(&hop.column) else { continue };
+            let cpk = child.pk().expect("syncable");
+            let tref = TableRef { name: &child.name, pk: &col.name, pk_type: &col.type_name };
+            for chunk in keys.chunks(ctx.cfg.sync.batch_size.max(1)) {
+                let json = ctx.upstream.fetch(&tref, chunk).await?;
+                let row = c
+                    .query_one(
+                        "SELECT coalesce((SELECT array_agg(k) FROM jsonb_object_keys($1::text::jsonb->0) k), '{}'),
+                                coalesce((SELECT array_agg(e->>$2) FROM jsonb_array_elements($1::text::jsonb) e), '{}')",
+                        &[&json, &cpk.name],
+                    )
+                    .await
+                    .map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+                let (cols, child_keys): (Vec<String>, Vec<String>) = (row.get(0), row.get(1));
+                if cols.is_empty() {
+                    continue;
+                }
+                let cols = ctx.session.shared_columns(child, &cols);
+                let w = write_rows(c, child, &cols, &json).await?;
+                tracing::info!(table = %child.name, parent = %parent.name, rows = w, "fetched the children of rows that moved into this server's branches");
+                n += w + fetch_children(ctx, child, &child_keys, depth + 1).await?;
+            }
+        }
+        Ok(n)
+    })
+}
+
+/// Removes the local copies of rows that left this server's branch scope
+/// (feed `out`): only copies in scope here (a parent of another branch
+/// fetched by key stays), their via-children first, and a row another local
+/// row still refers to is kept (and refreshed from upstream by key) so
+/// foreign keys never break. Runs in the page's transaction, under the
+/// replication origin: capture drops these deletes, nothing goes upstream.
+async fn remove_out_of_scope<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, keys: &[&str]) -> Result<u64> {
+    let c = &ctx.session.client;
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let branches: Vec<String> = ctx.scopes.branch_ids.clone().unwrap_or_default();
+    let pk = table.pk().expect("syncable");
+    let qpk = quote_ident(&pk.name);
+    let pred = ctx.scopes.predicate(ctx.tables, &table.name, "d", "$2");
+    let sql = format!(
+        "SELECT d.{qpk}::text FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[]) AND {pred}",
+        t = table.qualified(),
+        ty = pk.type_name
+    );
+    let in_scope: Vec<String> = c.query(&sql, &[&keys, &branches]).await.map_err(q)?.iter().map(|r| r.get(0)).collect();
+    if in_scope.is_empty() {
+        return Ok(0);
+    }
+    let mut n = remove_children(ctx, table, &in_scope, 0).await?;
+    // Still referred to by another local row: kept.
+    let mut refs = Vec::new();
+    for other in ctx.tables.values() {
+        for fk in &other.foreign_keys {
+            if let ([col], [pcol]) = (fk.columns.as_slice(), fk.parent_columns.as_slice())
+                && fk.parent_table == table.name
+                && fk.parent_schema == table.schema
+                && *pcol == pk.name
+            {
+                refs.push(format!(
+                    "NOT EXISTS (SELECT 1 FROM {o} r WHERE r.{col} = d.{qpk})",
+                    o = other.qualified(),
+                    col = quote_ident(col)
+                ));
+            }
+        }
+    }
+    let sql = format!(
+        "DELETE FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[]){and}{refs} RETURNING d.{qpk}::text",
+        t = table.qualified(),
+        ty = pk.type_name,
+        and = if refs.is_empty() { "" } else { " AND " },
+        refs = refs.join(" AND ")
+    );
+    let gone: HashSet<String> = c.query(&sql, &[&in_scope]).await.map_err(q)?.iter().map(|r| r.get(0)).collect();
+    n += gone.len() as u64;
+    let kept: Vec<String> = in_scope.into_iter().filter(|k| !gone.contains(k)).collect();
+    tracing::info!(table = %table.name, removed = gone.len(), kept_as_parents = kept.len(), "rows that left this server's branches");
+    if !kept.is_empty() {
+        // Now a parent of another branch: brought up to date like a fetched parent.
+        let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
+        let json = ctx.upstream.fetch(&tref, &kept).await?;
+        let cols: Vec<String> = c
+            .query_one("SELECT coalesce((SELECT array_agg(k) FROM jsonb_object_keys($1::text::jsonb->0) k), '{}')", &[&json])
+            .await
+            .map_err(q)?
+            .get(0);
+        if !cols.is_empty() {
+            let cols = ctx.session.shared_columns(table, &cols);
+            write_rows(c, table, &cols, &json).await?;
+        }
+    }
+    Ok(n)
+}
+
+/// Deletes the local via-children of rows `keys` of `parent` (theirs first).
+fn remove_children<'a, U: Upstream>(
+    ctx: &'a Ctx<'a, U>,
+    parent: &'a Table,
+    keys: &'a [String],
+    depth: usize,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<u64>> + Send + 'a>> {
+    Box::pin(async move {
+        let c = &ctx.session.client;
+        let mut n = 0u64;
+        if depth >= MAX_PARENT_DEPTH || keys.is_empty() {
+            return Ok(0);
+        }
+        for (child_name, hop) in ctx.scopes.children_of(&parent.name) {
+            let Some(child) = ctx.tables.get(&child_name) else { continue };
+            let cpk = child.pk().expect("syncable");
+            let sql = format!(
+                "SELECT d.{qpk}::text FROM {t} d WHERE d.{col}::text = ANY($1::text[])",
+                t = child.qualified(),
+                qpk = quote_ident(&cpk.name),
+                col = quote_ident(&hop.column)
+            );
+            let child_keys: Vec<String> =
+                c.query(&sql, &[&keys]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.iter().map(|r| r.get(0)).collect();
+            if child_keys.is_empty() {
+                continue;
+            }
+            n += remove_children(ctx, child, &child_keys, depth + 1).await?;
+            let sql =
+                format!("DELETE FROM {t} d WHERE d.{qpk}::text = ANY($1::text[])", t = child.qualified(), qpk = quote_ident(&cpk.name));
+            n += c.execute(&sql, &[&child_keys]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        }
+        Ok(n)
+    })
+}
+
+/// The branch set in `scopes` against the one the feed was last read for
+/// (`_sync_state`, [`store::branch_hold::BRANCH_SET_KEY`]): branches added
+/// (or the scope lifted) restart the feed of the scoped tables, so their
+/// next read is a first download of the new branches' rows (rows already
+/// here are identical and not rewritten); branches dropped leave their rows
+/// until `drop-branch-rows --yes` ([`drop_out_of_scope_rows`]).
+async fn follow_branch_set(store: &Store<'_>, scopes: &Scopes, order: &[String]) -> Result<()> {
+    let now = match &scopes.branch_ids {
+        None => "*".to_string(),
+        Some(ids) => {
+            let mut ids = ids.clone();
+            ids.sort();
+            serde_json::to_string(&ids).expect("strings serialize")
+        }
+    };
+    let was = store.branch_set().await?;
+    if was.as_deref() == Some(now.as_str()) {
+        return Ok(());
+    }
+    if let Some(was) = &was {
+        let old: Option<Vec<String>> = serde_json::from_str(was).ok();
+        let added = match (&old, &scopes.branch_ids) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(old), Some(new)) => new.iter().any(|b| !old.contains(b)),
+        };
+        let dropped = match (&old, &scopes.branch_ids) {
+            (None, Some(_)) => true,
+            (_, None) => false,
+            (Some(old), Some(new)) => old.iter().any(|b| !new.contains(b)),
+        };
+        if added {
+            let scoped: Vec<String> = order.iter().filter(|t| scopes.of(t).is_scoped() || scopes.branch_ids.is_none()).cloned().collect();
+            store.restart_feed(&scoped).await?;
+            tracing::warn!(
+                tables = scoped.len(),
+                "[sync] branch_ids gained branches: their rows are downloaded from the start of the feed"
+            );
+        }
+        if dropped {
+            tracing::warn!(
+                "[sync] branch_ids lost branches: their rows stay in this database until `centrovision-sync drop-branch-rows --yes` removes them"
+            );
+        }
+    }
+    store.set_note(store::branch_hold::BRANCH_SET_KEY, Some(&now)).await
+}
+
+/// What `drop-branch-rows` removed from one table.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Dropped {
+    pub table: String,
+    pub removed: u64,
+    /// Rows of other branches kept because a row of this server's branches
+    /// refers to them.
+    pub kept_as_parents: u64,
+}
+
+/// Removes the local rows outside this server's branch scope (after
+/// `[sync] branch_ids` lost a branch), children first, keeping a row another
+/// local row still refers to, in one local transaction under the
+/// replication origin (capture drops the deletes: nothing is deleted
+/// upstream). With `apply` false, only counts. Refuses, changing nothing,
+/// while any of those rows has a journaled change not synced yet.
+pub async fn drop_out_of_scope_rows(cfg: &Config, apply: bool) -> Result<Vec<Dropped>> {
+    let session = Session::open(cfg).await?;
+    let c = &session.client;
+    let tables = &catalog::load(c, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
+    let scopes = crate::scope::resolve(cfg, tables)?;
+    let Some(branches) = scopes.branch_ids.clone() else {
+        return Err(SyncError::new(ErrorKind::Config, "[sync] branch_ids is not set: every branch's rows belong here, nothing to drop"));
+    };
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let mut order = catalog::parents_first(tables);
+    order.reverse();
+    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(q)?;
+    let result = async {
+        let mut out = Vec::new();
+        for name in &order {
+            if !scopes.of(name).is_scoped() {
+                continue;
+            }
+            let table = &tables[name.as_str()];
+            let pk = table.pk().expect("syncable");
+            let qpk = quote_ident(&pk.name);
+            let pred = scopes.predicate(tables, name, "d", "$1");
+            let sql = format!("SELECT d.{qpk}::text FROM {t} d WHERE NOT ({pred})", t = table.qualified());
+            let keys: Vec<String> = c.query(&sql, &[&branches]).await.map_err(q)?.iter().map(|r| r.get(0)).collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let unsynced = session.journal().unsynced_changes_of(name, &keys).await?;
+            if unsynced > 0 {
+                return Err(SyncError::new(
+                    ErrorKind::Config,
+                    format!("{unsynced} local changes to rows of {name} outside [sync] branch_ids are not synced yet: nothing was removed"),
+                )
+                .with_hint("let the service send them (or resolve the parked ones `status` lists), then run drop-branch-rows again"));
+            }
+            let mut refs = Vec::new();
+            for other in tables.values() {
+                for fk in &other.foreign_keys {
+                    if let ([col], [pcol]) = (fk.columns.as_slice(), fk.parent_columns.as_slice())
+                        && fk.parent_table == table.name
+                        && fk.parent_schema == table.schema
+                        && *pcol == pk.name
+                    {
+                        refs.push(format!(
+                            " AND NOT EXISTS (SELECT 1 FROM {o} r WHERE r.{col} = d.{qpk})",
+                            o = other.qualified(),
+                            col = quote_ident(col)
+                        ));
+                    }
+                }
+            }
+            let sql = if apply {
+                format!(
+                    "WITH x AS (DELETE FROM {t} d WHERE d.{qpk}::text = ANY($1){refs} RETURNING 1) SELECT count(*) FROM x",
+                    t = table.qualified(),
+                    refs = refs.concat()
+                )
+            } else {
+                // A preview: rows whose children would go first are counted as kept.
+                format!("SELECT count(*) FROM {t} d WHERE d.{qpk}::text = ANY($1){refs}", t = table.qualified(), refs = refs.concat())
+            };
+            let removed = c.query_one(&sql, &[&keys]).await.map_err(q)?.get::<_, i64>(0) as u64;
+            out.push(Dropped { table: name.clone(), removed, kept_as_parents: keys.len() as u64 - removed });
+        }
+        Ok::<_, SyncError>(out)
+    }
+    .await;
+    let end = if apply && result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    c.batch_execute(end).await.map_err(q)?;
+    result
 }

@@ -68,6 +68,10 @@ pub struct Processed {
 pub enum Op {
     Upsert,
     Delete,
+    /// The row exists upstream but is outside this server's branch scope
+    /// (contract 4, [`crate::scope`]): key only; the local copy, if in
+    /// scope here, has moved away and is removed.
+    Out,
 }
 
 /// One row version.
@@ -138,6 +142,8 @@ pub struct ByTable<'a> {
     pub upserts: Vec<&'a RawValue>,
     pub upsert_keys: Vec<&'a str>,
     pub deletes: Vec<&'a str>,
+    /// Keys whose row left this server's branch scope ([`Op::Out`]).
+    pub outs: Vec<&'a str>,
     /// The version of each key (upserts' and deletes' alike).
     pub versions: HashMap<&'a str, i64>,
 }
@@ -152,6 +158,7 @@ pub fn split(page: &Page) -> BTreeMap<&str, ByTable<'_>> {
                 e.upserts.push(row);
                 e.upsert_keys.push(&c.key);
             }
+            (Op::Out, _) => e.outs.push(&c.key),
             _ => e.deletes.push(&c.key),
         }
     }
@@ -167,7 +174,8 @@ mod tests {
             r#"{{"target":"10:12:11","complete":{complete},"after":7,"horizon_passed":false,
                 "progress":{{"epoch":2,"journal_id":41,"lsn":"0/16B3748"}},
                 "changes":[{{"t":"patients","k":"a","op":"upsert","w":"cloud:service_role","v":6,"ts":"2026-01-01T00:00:00+00:00","row":{{"id":"a"}}}},
-                           {{"t":"patients","k":"b","op":"delete","w":"clinic-b","v":7}}]}}"#
+                           {{"t":"patients","k":"b","op":"delete","w":"clinic-b","v":7}},
+                           {{"t":"patients","k":"c","op":"out","w":"clinic-b","v":8}}]}}"#
         ))
         .unwrap()
     }
@@ -195,6 +203,7 @@ mod tests {
         assert_eq!(t.upsert_keys, vec!["a"]);
         assert_eq!(t.upserts[0].get(), r#"{"id":"a"}"#);
         assert_eq!(t.deletes, vec!["b"]);
+        assert_eq!(t.outs, vec!["c"], "a row that left the branch scope is neither an upsert nor a delete");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod pgoutput;
 pub mod push;
 pub mod recovery;
 pub mod replication;
+pub mod scope;
 pub mod service;
 pub mod status;
 pub mod store;

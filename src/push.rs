@@ -405,17 +405,29 @@ impl QueueCursor {
     }
 }
 
+/// What the pusher works with, passed to [`push_batch`] as one.
+pub struct Pusher<'a, U> {
+    /// The clinic's database (row bases, statistics, the branch scope).
+    pub local: &'a Client,
+    /// The journal database (the queue, its marks).
+    pub journal: &'a Client,
+    pub upstream: &'a U,
+    /// `[supabase] schema` when not public.
+    pub schema: Option<&'a str>,
+    /// `[sync] retry_max_attempts`.
+    pub max_attempts: u32,
+    /// The branch scope, when this server has one.
+    pub scope: Option<&'a crate::scope::UpFilter>,
+}
+
 /// Delivers one batch, split as [`Sizer`] says when upstream cannot take it
 /// as it is. `Ok` with `rows == 0` means the queue is empty.
 pub async fn push_batch<U: Upstream>(
-    local: &Client,
-    journal: &Client,
-    upstream: &U,
+    p: &Pusher<'_, U>,
     sizer: &mut Sizer,
     cursor: &mut QueueCursor,
-    schema: Option<&str>,
-    max_attempts: u32,
 ) -> std::result::Result<BatchReport, BatchFailure> {
+    let &Pusher { local, journal, upstream, schema, max_attempts, scope } = p;
     let mut split_attempts = 0;
     let (rows, built, outcome) = loop {
         let (limit, configured) = (sizer.limit(), sizer.configured as i64);
@@ -436,6 +448,12 @@ pub async fn push_batch<U: Upstream>(
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let fail = |error| BatchFailure { error, ids: ids.clone() };
+        // Branch scope: changes of other branches' rows are parked, not sent; read the batch again without them.
+        if let Some(f) = scope
+            && f.hold_back(local, journal, &rows).await.map_err(fail)? > 0
+        {
+            continue;
+        }
         let store = Store::new(local, LOCAL);
         let epochs = JournalStore::new(journal, JOURNAL).epochs().await.map_err(fail)?;
         let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();

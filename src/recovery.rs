@@ -220,8 +220,17 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
     let journal = connect_journal(cfg).await?;
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
     let mut cursor = push::QueueCursor::default();
+    let scope = crate::scope::UpFilter::load(cfg, &local).await?;
     loop {
-        match push::push_batch(&local, &journal, &up, &mut sizer, &mut cursor, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await {
+        let pusher = push::Pusher {
+            local: &local,
+            journal: &journal,
+            upstream: &up,
+            schema: cfg.upstream_schema(),
+            max_attempts: cfg.sync.retry_max_attempts,
+            scope: scope.as_ref(),
+        };
+        match push::push_batch(&pusher, &mut sizer, &mut cursor).await {
             Ok(r) if r.rows == 0 => break,
             Ok(_) => {}
             Err(f) => return Err(f.error),

@@ -59,6 +59,17 @@
 -- version for a row whose local change upstream has not processed yet (it will be decided
 -- upstream, and re-emitted if the local change loses).
 --
+-- BRANCH SCOPE (contract 4): a clinic server configured with `[sync] branch_ids` passes `scope`
+-- ({"branches": [...], "tables": {"<table>": {"branch": "branch_id", "via": [{"fk", "parent",
+-- "pk"}, ...]}}}; tables absent from it are shared).  The feed then returns a row image only when
+-- the row is in scope now — its branch column (reached through the `via` foreign keys, each parent
+-- a synced table) is one of the branches, or NULL (not assigned to a branch) — so no other
+-- branch's row ever leaves.  A version whose row is out of scope is left out of the first window
+-- (prev NULL: nothing of it is downloaded yet) and afterwards returned as {"op": "out"} with its
+-- key only: the row may have moved away from the caller's branches, and the caller removes its
+-- local copy if that copy was in its scope.  Deletes (tombstones) carry no row and are returned
+-- as before.  `centrovision_sync.scope_predicate` builds the test; written by no one, read only.
+--
 -- `public.centrovision_sync_row_versions` answers the current version of given rows, for
 -- `verify --repair` and `resync`.
 --
@@ -273,6 +284,50 @@ WHERE tg.tgname = 'centrovision_sync_record'
   AND n.nspname NOT IN ('information_schema', 'centrovision_sync') AND n.nspname NOT LIKE 'pg\_%'
 ON CONFLICT DO NOTHING;
 
+-- The branch test of one table for the feed (see BRANCH SCOPE in the header): a boolean SQL
+-- expression on the row alias `d`, comparing the branch column with `$9` (text[]); 'true' for a
+-- table `p_scope` does not list (shared) or a NULL `p_scope` (unscoped caller).  Every parent a
+-- `via` step names must be a synced table of `p_schema` (42501 otherwise): the test reads no
+-- other table.  Identifiers are quoted with %I.
+CREATE OR REPLACE FUNCTION centrovision_sync.scope_predicate(p_schema text, p_table text, p_scope jsonb)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = ''
+AS $fn$
+DECLARE
+  v_t     jsonb := p_scope -> 'tables' -> p_table;
+  v_hop   jsonb;
+  v_prev  text := 'd';
+  v_alias text;
+  v_i     integer := 0;
+  v_open  text := '';
+  v_close text := '';
+BEGIN
+  IF p_scope IS NULL OR v_t IS NULL OR pg_catalog.jsonb_typeof(v_t) <> 'object' THEN
+    RETURN 'true';
+  END IF;
+  FOR v_hop IN SELECT h FROM pg_catalog.jsonb_array_elements(coalesce(v_t -> 'via', '[]')) h LOOP
+    v_i := v_i + 1;
+    IF v_i > 8 OR NOT EXISTS (SELECT 1 FROM centrovision_sync.synced_table st
+                              WHERE st.schema_name = p_schema AND st.table_name = v_hop ->> 'parent') THEN
+      RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = pg_catalog.format('the branch scope of %s reaches %s, which this project does not sync',
+                                    p_table, coalesce(v_hop ->> 'parent', 'NULL'));
+    END IF;
+    v_alias := '_cvs_s' || v_i;
+    v_open := v_open || pg_catalog.format(
+      '(%1$s.%2$I IS NULL OR EXISTS (SELECT 1 FROM %3$I.%4$I %5$s WHERE %5$s.%6$I = %1$s.%2$I AND ',
+      v_prev, v_hop ->> 'fk', p_schema, v_hop ->> 'parent', v_alias, v_hop ->> 'pk');
+    v_close := v_close || '))';
+    v_prev := v_alias;
+  END LOOP;
+  RETURN v_open || pg_catalog.format('(%1$s.%2$I IS NULL OR %1$s.%2$I::text = ANY ($9))',
+                                     v_prev, coalesce(v_t ->> 'branch', 'branch_id')) || v_close;
+END
+$fn$;
+REVOKE EXECUTE ON FUNCTION centrovision_sync.scope_predicate(text, text, jsonb) FROM PUBLIC;
+
+-- Contract 3's signature (no scope) is replaced by the one below.
+DROP FUNCTION IF EXISTS public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz);
+
 -- The change feed (see the header).  Arguments:
 --   writer        the calling clinic (its own versions are left out)
 --   schema_name   the synced schema; tables: the synced tables
@@ -282,18 +337,25 @@ ON CONFLICT DO NOTHING;
 --   lim           page size
 --   since         only with prev NULL: skip versions stamped before it (upgrade from a
 --                 timestamp watermark: what the clinic already has is not downloaded again)
+--   scope         the caller's branch scope (BRANCH SCOPE in the header), NULL = unscoped
 -- Returns {"target": snapshot, "complete": bool, "after": last version_id,
 --          "horizon_passed": bool, "restarted": bool (the cursor was ahead of this server — a
 --          restored database — and the window starts again from the beginning),
 --          "missing": requested tables that do not exist upstream (their versions are skipped), "progress": {"epoch": n, "journal_id": n, "lsn": "X/Y"} | null,
---          "changes": [{"t", "k", "op": "upsert"|"delete", "w", "v", "ts", "row"}]}
+--          "changes": [{"t", "k", "op": "upsert"|"delete"|"out", "w", "v", "ts", "row"}]}
 -- as one jsonb value (never cut by PostgREST's max-rows).
 CREATE OR REPLACE FUNCTION public.centrovision_sync_changes(
   writer text, schema_name text, tables text[], prev text, target text, after bigint,
-  lim integer, since timestamptz DEFAULT NULL)
+  lim integer, since timestamptz DEFAULT NULL, scope jsonb DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
 AS $fn$
 DECLARE
+  v_branches text[] := ARRAY(SELECT pg_catalog.jsonb_array_elements_text(
+                               CASE WHEN pg_catalog.jsonb_typeof(scope -> 'branches') = 'array'
+                                    THEN scope -> 'branches' ELSE '[]' END));
+  v_pred    text;
+  v_first   text;
+  v_pktype  text;
   v_prev    pg_catalog.pg_snapshot := prev::pg_catalog.pg_snapshot;
   v_target  pg_catalog.pg_snapshot := coalesce(target::pg_catalog.pg_snapshot, pg_catalog.pg_current_snapshot());
   v_lim     integer := greatest(1, least(coalesce(lim, 1000), 10000));
@@ -341,25 +403,46 @@ BEGIN
                                 WHERE st.schema_name = centrovision_sync_changes.schema_name
                                   AND st.table_name = t));
 
+  -- A scoped caller's first window (prev NULL) leaves out-of-scope rows out of the page itself
+  -- (BRANCH SCOPE in the header): the page's LIMIT counts only versions it will return, so one
+  -- branch of ten costs about a tenth of the calls.  Elsewhere the test is 'true'.
+  v_first := 'true';
+  IF scope IS NOT NULL AND v_prev IS NULL THEN
+    v_first := '';
+    FOR v_t IN SELECT x FROM unnest(tables) x WHERE x <> ALL (v_missing) AND (scope -> 'tables') ? x LOOP
+      SELECT min(a.attname::text), min(pg_catalog.format_type(a.atttypid, a.atttypmod)) INTO v_pk, v_pktype
+      FROM pg_catalog.pg_index x
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
+      WHERE x.indrelid = pg_catalog.format('%I.%I', schema_name, v_t)::regclass AND x.indisprimary;
+      v_first := v_first || pg_catalog.format(
+        ' WHEN %L THEN EXISTS (SELECT 1 FROM %I.%I d WHERE d.%I = r.pk::%s AND (%s))',
+        v_t, schema_name, v_t, v_pk, v_pktype, centrovision_sync.scope_predicate(schema_name, v_t, scope));
+    END LOOP;
+    v_first := CASE WHEN v_first = '' THEN 'true' ELSE 'CASE r.table_name' || v_first || ' ELSE true END' END;
+  END IF;
+
   -- the page's versions, ordered by version_id
-  SELECT coalesce(array_agg(q.o ORDER BY q.o), '{}'), array_agg(q.table_name ORDER BY q.o),
-         array_agg(q.pk ORDER BY q.o), array_agg(q.writer ORDER BY q.o),
-         array_agg(q.version_id ORDER BY q.o), array_agg(q.stamp ORDER BY q.o),
-         array_agg(q.deleted ORDER BY q.o)
+  EXECUTE pg_catalog.format(
+    'SELECT coalesce(array_agg(q.o ORDER BY q.o), ''{}''), array_agg(q.table_name ORDER BY q.o),'
+    '       array_agg(q.pk ORDER BY q.o), array_agg(q.writer ORDER BY q.o),'
+    '       array_agg(q.version_id ORDER BY q.o), array_agg(q.stamp ORDER BY q.o),'
+    '       array_agg(q.deleted ORDER BY q.o)'
+    ' FROM ('
+    '   SELECT (row_number() OVER (ORDER BY r.version_id))::int AS o, r.*'
+    '   FROM centrovision_sync.row_version r'
+    '   WHERE r.xid >= $1'
+    '     AND r.schema_name = $2'
+    '     AND r.table_name = ANY ($3)'
+    '     AND r.version_id > $4'
+    '     AND r.writer <> $5'
+    '     AND pg_catalog.pg_visible_in_snapshot(r.xid, $6)'
+    '     AND ($10::pg_catalog.pg_snapshot IS NULL OR NOT pg_catalog.pg_visible_in_snapshot(r.xid, $10))'
+    '     AND ($10::pg_catalog.pg_snapshot IS NOT NULL OR $7::timestamptz IS NULL OR r.stamp IS NULL OR r.stamp >= $7)'
+    '     AND (r.deleted OR %s)'
+    '   ORDER BY r.version_id'
+    '   LIMIT $8) q', v_first)
   INTO v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del
-  FROM (
-    SELECT (row_number() OVER (ORDER BY r.version_id))::int AS o, r.*
-    FROM centrovision_sync.row_version r
-    WHERE r.xid >= v_floor
-      AND r.schema_name = centrovision_sync_changes.schema_name
-      AND r.table_name = ANY (tables)
-      AND r.version_id > v_last
-      AND r.writer <> centrovision_sync_changes.writer
-      AND pg_catalog.pg_visible_in_snapshot(r.xid, v_target)
-      AND (v_prev IS NULL OR NOT pg_catalog.pg_visible_in_snapshot(r.xid, v_prev))
-      AND (v_prev IS NOT NULL OR since IS NULL OR r.stamp IS NULL OR r.stamp >= since)
-    ORDER BY r.version_id
-    LIMIT v_lim) q;
+  USING v_floor, schema_name, tables, v_last, writer, v_target, since, v_lim, v_branches, v_prev;
   v_n := cardinality(v_o);
   IF v_n > 0 THEN
     v_last := v_vs[v_n];
@@ -380,21 +463,27 @@ BEGIN
     WHERE a.attrelid = pg_catalog.format('%I.%I', schema_name, v_t)::regclass AND a.attnum > 0
       AND NOT a.attisdropped AND ty.typcategory = 'A'
       AND ty.typelem IN ('pg_catalog.json'::pg_catalog.regtype, 'pg_catalog.jsonb'::pg_catalog.regtype);
+    -- the branch test (BRANCH SCOPE): out-of-scope rows never carry their image
+    v_pred := centrovision_sync.scope_predicate(schema_name, v_t, scope);
     EXECUTE pg_catalog.format(
-      'SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('
+      'SELECT coalesce(pg_catalog.jsonb_agg(CASE WHEN d.%2$I IS NULL OR (%4$s) THEN'
+      '  pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('
       '  ''o'', p.o, ''t'', p.t, ''k'', p.k, ''w'', p.w, ''v'', p.v, ''ts'', p.ts,'
       '  ''op'', CASE WHEN d.%2$I IS NULL THEN ''delete'' ELSE ''upsert'' END))'
       '  || CASE WHEN d.%2$I IS NOT NULL THEN pg_catalog.jsonb_build_object(''row'', pg_catalog.to_jsonb(d.*)%3$s)'
-      '          ELSE ''{}'' END), ''[]'')'
+      '          ELSE ''{}'' END'
+      '  ELSE pg_catalog.jsonb_build_object(''o'', p.o, ''t'', p.t, ''k'', p.k, ''w'', p.w, ''v'', p.v, ''op'', ''out'')'
+      '  END), ''[]'')'
       ' FROM unnest($1, $2, $3, $4, $5, $6, $7) AS p(o, t, k, w, v, ts, del)'
       ' LEFT JOIN %1$s d ON d.%2$I::text = p.k AND NOT p.del'
-      ' WHERE p.t = $8',
-      pg_catalog.format('%I.%I', schema_name, v_t), v_pk, v_astext)
-    INTO v_part USING v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del, v_t;
+      ' WHERE p.t = $8 AND (d.%2$I IS NULL OR $10 OR (%4$s))',
+      pg_catalog.format('%I.%I', schema_name, v_t), v_pk, v_astext, v_pred)
+    INTO v_part USING v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del, v_t, v_branches, v_prev IS NOT NULL;
     v_changes := v_changes || v_part;
   END LOOP;
   IF v_n > 0 THEN
-    SELECT pg_catalog.jsonb_agg(c - 'o' ORDER BY (c->>'o')::int)
+    -- (a scoped caller's page may keep none of its versions: still an array)
+    SELECT coalesce(pg_catalog.jsonb_agg(c - 'o' ORDER BY (c->>'o')::int), '[]')
     INTO v_changes FROM pg_catalog.jsonb_array_elements(v_changes) c;
   END IF;
 
@@ -504,7 +593,7 @@ BEGIN
 END
 $fn$;
 
-REVOKE EXECUTE ON FUNCTION public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_conflicts(text, text[], timestamptz, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_conflict_count(text, timestamptz) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION public.centrovision_sync_prune() FROM PUBLIC;
@@ -515,7 +604,7 @@ DECLARE
   f text;
 BEGIN
   FOREACH f IN ARRAY ARRAY[
-      'public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz)',
+      'public.centrovision_sync_changes(text, text, text[], text, text, bigint, integer, timestamptz, jsonb)',
       'public.centrovision_sync_conflicts(text, text[], timestamptz, integer)',
       'public.centrovision_sync_conflict_count(text, timestamptz)',
       'public.centrovision_sync_row_versions(text, text, text[], text)',

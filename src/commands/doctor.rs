@@ -276,6 +276,7 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
                     no_write.push(t.qualified());
                 }
             }
+            branch_scopes(cfg, &tables, r);
             if no_write.is_empty() {
                 r.ok("role can read and write the synced tables");
             } else {
@@ -286,5 +287,22 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
             }
         }
         Err(e) => r.fail(&format!("cannot read the catalog: {e}"), "see the message"),
+    }
+}
+
+/// Each table's branch scope (`[sync] branch_ids`, `[sync.table.<name>] scope`).
+fn branch_scopes(cfg: &Config, tables: &std::collections::BTreeMap<String, catalog::Table>, r: &mut Report) {
+    match crate::scope::resolve(cfg, tables) {
+        Ok(s) => {
+            match &s.branch_ids {
+                None => r.ok("branch scope: none ([sync] branch_ids absent: every branch's rows are synced)"),
+                Some(ids) => r.ok(&format!("branch scope: branches {}", ids.join(", "))),
+            }
+            for (t, sc) in &s.tables {
+                let how = if s.overridden.contains(t) { "set in [sync.table]" } else { "inferred" };
+                r.ok(&format!("scope of {t}: {} ({how})", sc.describe()));
+            }
+        }
+        Err(e) => r.fail(&e.to_string(), e.hint.as_deref().unwrap_or("see the message")),
     }
 }

@@ -87,6 +87,13 @@ pub enum Command {
     },
     /// Recreate a lost or missing replication slot and reconcile both sides
     Resync,
+    /// Remove the local rows of branches outside [sync] branch_ids (after a
+    /// branch was dropped from it); without --yes only counts them
+    DropBranchRows {
+        /// Remove them (nothing is deleted upstream)
+        #[arg(long)]
+        yes: bool,
+    },
     /// List what the conflict rule decided upstream (the versions that lost)
     Conflicts {
         /// Only these tables (repeatable)
@@ -184,6 +191,7 @@ pub async fn dispatch(cli: Cli) -> i32 {
             return finish(recovery::verify(&cfg, tables, json, repair).await);
         }
         Command::Resync => return finish(recovery::resync(&cfg).await),
+        Command::DropBranchRows { yes } => drop_branch_rows(&cfg, yes).await,
         Command::Conflicts { tables, since, limit, json } => {
             if let Err(e) = recovery::check_tables(&cfg, &tables) {
                 eprintln!("error: {e}");
@@ -200,6 +208,23 @@ pub async fn dispatch(cli: Cli) -> i32 {
             EXIT_FAILURE
         }
     }
+}
+
+/// `drop-branch-rows [--yes]`: prints, per table, the rows removed (or
+/// removable) and the rows of other branches kept as parents.
+async fn drop_branch_rows(cfg: &Config, yes: bool) -> crate::error::Result<()> {
+    let dropped = crate::down::drop_out_of_scope_rows(cfg, yes).await?;
+    if dropped.is_empty() {
+        println!("no local rows outside [sync] branch_ids");
+    }
+    for d in &dropped {
+        let verb = if yes { "removed" } else { "would remove" };
+        println!("{}: {verb} {} rows; kept {} rows other rows refer to", d.table, d.removed, d.kept_as_parents);
+    }
+    if !yes && dropped.iter().any(|d| d.removed > 0) {
+        println!("nothing removed yet: run again with --yes (nothing is deleted upstream)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

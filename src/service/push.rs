@@ -73,6 +73,7 @@ pub(crate) async fn push_while(
     let mut cycle_started = Instant::now();
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
     let mut cursor = push::QueueCursor::default();
+    let scope = crate::scope::UpFilter::load(cfg, &local).await?;
     loop {
         if !give_up {
             rt.upstream_link.wait_online(&mut done).await;
@@ -95,8 +96,15 @@ pub(crate) async fn push_while(
         // Read before the fetch: an empty queue only means "done" if capture
         // had already passed its target when the queue was read.
         let finishing = *done.borrow();
-        let result =
-            push::push_batch(&local, &journal, up, &mut sizer, &mut cursor, cfg.upstream_schema(), cfg.sync.retry_max_attempts).await;
+        let pusher = push::Pusher {
+            local: &local,
+            journal: &journal,
+            upstream: up,
+            schema: cfg.upstream_schema(),
+            max_attempts: cfg.sync.retry_max_attempts,
+            scope: scope.as_ref(),
+        };
+        let result = push::push_batch(&pusher, &mut sizer, &mut cursor).await;
         if let Some(note) = sizer.take_note_change() {
             match &note {
                 Some(n) => tracing::warn!(limit = sizer.limit(), "{n}"),

@@ -58,6 +58,8 @@ pub async fn local_tables(cfg: &Config) -> Result<BTreeMap<String, Table>> {
     if let Some((what, fix)) = tables.values().find_map(|t| t.replica_identity_problem()) {
         return Err(SyncError::new(ErrorKind::Config, what).with_hint(fix));
     }
+    // Branch scopes that cannot hold are refused before syncing (crate::scope).
+    crate::scope::resolve(cfg, &tables)?;
     Ok(tables)
 }
 

@@ -63,6 +63,7 @@
 //!   check on every run, so it describes the present, not a history.
 
 pub mod base;
+pub mod branch_hold;
 pub mod capture;
 pub mod down_parked;
 pub mod history;

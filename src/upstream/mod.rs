@@ -28,7 +28,8 @@ use crate::error::{ErrorKind, Result, SyncError};
 /// Version of the upstream SQL contract this build expects: the one
 /// definition (`public.centrovision_sync_version()` is generated from it by
 /// [`contract_sql`]). 3: per-row sync state, writers, the change feed.
-pub const CONTRACT_VERSION: i32 = 3;
+/// 4: the feed takes the caller's branch scope (`crate::scope`).
+pub const CONTRACT_VERSION: i32 = 4;
 
 /// The upstream SQL files, in install order.
 pub const UPSTREAM_SQL: &[(&str, &str)] = &[
@@ -231,6 +232,10 @@ pub struct FeedRequest<'a> {
     pub limit: i64,
     /// With `prev` None: skip versions stamped before this (timestamptz text).
     pub since: Option<&'a str>,
+    /// This server's branch scope ([`crate::scope::Scopes::feed_arg`]);
+    /// None: unscoped (not sent: the argument defaults to NULL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'a serde_json::Value>,
 }
 
 /// Arguments of `centrovision_sync_conflicts`.

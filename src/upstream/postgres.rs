@@ -215,10 +215,11 @@ impl Upstream for PgUpstream {
     }
 
     async fn changes(&self, req: &FeedRequest<'_>) -> Result<String> {
+        let scope = req.scope.map(|s| s.to_string());
         self.with_client(async |c| {
             c.query_one(
-                "SELECT public.centrovision_sync_changes($1, $2, $3, $4, $5, $6, $7::int, $8::text::timestamptz)::text",
-                &[&self.writer, &req.schema, &req.tables, &req.prev, &req.target, &req.after, &(req.limit as i32), &req.since],
+                "SELECT public.centrovision_sync_changes($1, $2, $3, $4, $5, $6, $7::int, $8::text::timestamptz, $9::text::jsonb)::text",
+                &[&self.writer, &req.schema, &req.tables, &req.prev, &req.target, &req.after, &(req.limit as i32), &req.since, &scope],
             )
             .await
             .map(|r| r.get(0))

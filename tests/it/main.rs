@@ -26,7 +26,8 @@
 //! - [`upstream_apply`]: `centrovision_sync_apply()` (sql/upstream) case by
 //!   case; [`conflict_rule`]: the multi-writer conflict rule line by line;
 //! - [`multi_clinic`]: two clinics and one upstream, each everyday
-//!   situation of many writers;
+//!   situation of many writers; [`branch_scope`]: clinics of different
+//!   branches on one upstream, each holding only its branches' rows;
 //! - [`type_round_trip`]: every type a clinic is likely to use, both ways
 //!   in both modes, value for value, on a table whose columns are named
 //!   like the aliases generated SQL uses;
@@ -47,6 +48,7 @@ mod support;
 
 mod bad_input;
 mod bench_quick;
+mod branch_scope;
 mod catalogue;
 mod chaos;
 mod conflict_rule;

@@ -753,6 +753,7 @@ async fn feed_changes_from_start(cfg: &Path, tables: &[&str]) -> R<u64> {
             after,
             limit: BATCH_SIZE as i64,
             since: None,
+            scope: None,
         };
         let text = client.changes(&req).await.map_err(|e| e.to_string())?;
         let page: centrovision_sync::feed::Page = serde_json::from_str(&text).map_err(|e| format!("feed page: {e}"))?;
@@ -1627,6 +1628,7 @@ impl Bench {
                 after,
                 limit: BATCH_SIZE as i64,
                 since: None,
+                scope: None,
             };
             let t = Instant::now();
             let text = centrovision_sync::upstream::Upstream::changes(&client, &req).await.map_err(|e| e.to_string())?;

@@ -281,6 +281,8 @@ impl PostgrestStandIn {
             max_rows: AtomicUsize::new(options.max_rows),
             capped_reads: AtomicUsize::new(0),
             tx_override: AtomicBool::new(false),
+            log_responses: AtomicBool::new(false),
+            responses: Mutex::new(Vec::new()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("PostgREST stand-in: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr of a bound listener");
@@ -317,6 +319,18 @@ impl PostgrestStandIn {
     /// `route_prefix` were received, including faulted and refused ones.
     pub fn requests(&self, route_prefix: &str) -> usize {
         lock(&self.shared.requests).iter().filter(|p| p.starts_with(route_prefix)).count()
+    }
+
+    /// From now on keep the body of every RPC answer and table read (path,
+    /// body), so a test can show what upstream returned.
+    pub fn log_responses(&self) {
+        self.shared.log_responses.store(true, Ordering::SeqCst);
+    }
+
+    /// The kept answers (see [`log_responses`](Self::log_responses)) whose
+    /// raw path starts with `route_prefix`.
+    pub fn response_log(&self, route_prefix: &str) -> Vec<(String, String)> {
+        lock(&self.shared.responses).iter().filter(|(p, _)| p.starts_with(route_prefix)).cloned().collect()
     }
 
     /// PostgREST's `db-max-rows` (default 1000): reads and set-returning RPCs
@@ -462,6 +476,10 @@ struct Shared {
     /// Table reads the max-rows cap cut short.
     capped_reads: AtomicUsize,
     tx_override: AtomicBool,
+    /// While set, the bodies of RPC answers and table reads are kept
+    /// ([`PostgrestStandIn::response_log`]).
+    log_responses: AtomicBool,
+    responses: Mutex<Vec<(String, String)>>,
 }
 
 /// `db-max-rows` at start: Supabase's 1000, or `PG_TEST_MAX_ROWS` to run
@@ -882,6 +900,7 @@ async fn serve(st: &Shared, req: Request) -> Response {
                 Err(_) => return json_response(413, &json!({"message": "Payload too large"})),
             };
             let resp = call_rpc(st, &ctx, &func, &body).await;
+            let resp = keep_response(st, &ctx.path, resp).await;
             ctx.prefs.applied(resp)
         }
         [table] if !table.is_empty() => {
@@ -891,6 +910,7 @@ async fn serve(st: &Shared, req: Request) -> Response {
                 Method::HEAD => read_table(st, &ctx, &table, &params, true).await,
                 _ => not_implemented("writes on tables (POST/PATCH/PUT/DELETE)"),
             };
+            let resp = keep_response(st, &ctx.path, resp).await;
             ctx.prefs.applied(resp)
         }
         _ => pgrst_error(404, "PGRST125", "Invalid path specified in request URL", None, None),
@@ -2021,6 +2041,17 @@ JOIN pg_catalog.pg_type rt ON rt.oid = p.prorettype
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = $2 AND p.proname = $1 AND p.prokind = 'f'
 ORDER BY p.oid";
+
+/// Keeps the answer's body when [`PostgrestStandIn::log_responses`] is on.
+async fn keep_response(st: &Shared, path: &str, resp: Response) -> Response {
+    if !st.log_responses.load(Ordering::SeqCst) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    lock(&st.responses).push((path.to_owned(), String::from_utf8_lossy(&bytes).into_owned()));
+    Response::from_parts(parts, Body::from(bytes))
+}
 
 async fn call_rpc(st: &Shared, ctx: &RequestCtx, func: &str, body: &[u8]) -> Response {
     let schema = ctx.schema.as_str();
