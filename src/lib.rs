@@ -28,6 +28,7 @@ pub mod recovery;
 pub mod replication;
 pub mod service;
 pub mod status;
+pub mod storage;
 pub mod store;
 pub mod upstream;
 pub mod verify;
