@@ -173,3 +173,80 @@ async fn a_large_upload_goes_by_tus_in_6_mib_chunks_and_resumes_from_the_server_
     let local_md5 = mirror::md5_file(&file).await.unwrap();
     assert_eq!(standin.objects(BUCKET), vec![("scans/oct-20.bin".to_string(), local_md5)], "the object is the file");
 }
+
+/// A local database with the control tables and a `study_files` table.
+async fn clinic_db(hint: &str) -> tokio_postgres::Client {
+    let db = support::Cluster::shared().create_database(hint).await;
+    let c = db.connect().await;
+    centrovision_sync::store::Store::new(&c, centrovision_sync::error::LOCAL).install_schema().await.unwrap();
+    c.batch_execute("CREATE TABLE study_files (id serial PRIMARY KEY, storage_path text, updated_at timestamptz DEFAULT now())")
+        .await
+        .unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_losers_and_removes_deleted_rows_files() {
+    use centrovision_sync::storage::queue;
+    use centrovision_sync::store::Store;
+
+    let standin = StorageStandIn::start(&[BUCKET]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&standin.url(), SERVICE_KEY, dir.path());
+    let storage = cfg.storage.as_mut().unwrap();
+    storage.retention_days = 0;
+    let storage = cfg.storage.clone().unwrap();
+    let c = client(&standin, SERVICE_KEY, dir.path());
+    let db = clinic_db("storage_queue").await;
+    let store = Store::new(&db, centrovision_sync::error::LOCAL);
+    let run = || queue::cycle(&store, &c, &storage, "public", "clinic-a");
+
+    // A row arrives (from upstream) naming an object: it is downloaded.
+    standin.put(BUCKET, "scans/oct-1.bin", b"oct one").await;
+    db.batch_execute("INSERT INTO study_files (storage_path) VALUES ('scans/oct-1.bin')").await.unwrap();
+    let r = run().await.unwrap();
+    assert_eq!((r.downloaded, r.waiting), (1, 0), "{r:?}");
+    assert_eq!(std::fs::read(dir.path().join("scans/oct-1.bin")).unwrap(), b"oct one");
+    assert_eq!(run().await.unwrap(), queue::CycleReport::default(), "a synced file costs no transfer");
+
+    // Offline, the clinic writes a file and its row: it waits, then goes up
+    // when the link is back.
+    standin.set_offline(true);
+    std::fs::create_dir_all(dir.path().join("pdf")).unwrap();
+    std::fs::write(dir.path().join("pdf/visit-7.pdf"), b"%PDF written offline").unwrap();
+    db.batch_execute("INSERT INTO study_files (storage_path) VALUES ('pdf/visit-7.pdf')").await.unwrap();
+    let e = run().await.unwrap_err();
+    assert!(e.is_transient(), "offline is retried later: {e}");
+    let s = store.files_summary().await.unwrap();
+    assert_eq!(s.pending, 1, "the offline file waits in the persisted queue: {s:?}");
+    standin.set_offline(false);
+    let r = run().await.unwrap();
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    assert_eq!(standin.get(BUCKET, "pdf/visit-7.pdf").await.unwrap(), b"%PDF written offline");
+    assert_eq!(store.files_summary().await.unwrap().pending, 0);
+
+    // Both sides change the same file: upstream's version wins, the
+    // clinic's is kept beside it on both sides; nothing overwritten.
+    standin.put(BUCKET, "scans/oct-1.bin", b"oct one, re-exported upstream").await;
+    std::fs::write(dir.path().join("scans/oct-1.bin"), b"oct one, annotated at the clinic").unwrap();
+    let r = run().await.unwrap();
+    assert_eq!(r.conflicts, 1, "{r:?}");
+    assert_eq!(std::fs::read(dir.path().join("scans/oct-1.bin")).unwrap(), b"oct one, re-exported upstream");
+    let losers: Vec<_> = standin.objects(BUCKET).into_iter().filter(|(p, _)| p.starts_with("scans/oct-1.bin.conflict-clinic-a-")).collect();
+    assert_eq!(losers.len(), 1, "the clinic's version is kept beside the object: {:?}", standin.objects(BUCKET));
+    assert_eq!(standin.get(BUCKET, &losers[0].0).await.unwrap(), b"oct one, annotated at the clinic");
+
+    // Only the clinic changes it: it goes up over the unchanged object.
+    std::fs::write(dir.path().join("pdf/visit-7.pdf"), b"%PDF corrected").unwrap();
+    let r = run().await.unwrap();
+    assert_eq!((r.uploaded, r.conflicts), (1, 0), "{r:?}");
+    assert_eq!(standin.get(BUCKET, "pdf/visit-7.pdf").await.unwrap(), b"%PDF corrected");
+
+    // The row is deleted: with retention 0 its mirror file goes (the
+    // object upstream is the cloud's to delete).
+    db.batch_execute("DELETE FROM study_files WHERE storage_path = 'scans/oct-1.bin'").await.unwrap();
+    let r = run().await.unwrap();
+    assert_eq!(r.removed, 1, "{r:?}");
+    assert!(!dir.path().join("scans/oct-1.bin").exists(), "a deleted row's file is removed");
+    assert!(dir.path().join("pdf/visit-7.pdf").exists(), "other files stay");
+}
