@@ -250,3 +250,56 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     assert!(!dir.path().join("scans/oct-1.bin").exists(), "a deleted row's file is removed");
     assert!(dir.path().join("pdf/visit-7.pdf").exists(), "other files stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_mid_download_resumes_after_restart_and_its_mirror_equals_the_bucket() {
+    use support::sync::{Mode, Pair, kill9, terminate};
+    use support::wait_for;
+
+    let standin = StorageStandIn::start(&[BUCKET]).await;
+    let big = standin.put_large(BUCKET, "scans/oct-40.bin", 40 * MB).await;
+    standin.put(BUCKET, "pdf/small.pdf", b"%PDF small").await;
+    let mut pair = Pair::new("storage_kill9", Mode::Postgres).await;
+    let mirror_dir = pair.dir.path().join("mirror");
+    pair.sections = format!("[storage]\nbuckets = [\"{BUCKET}\"]\nlocal_dir = \"{}\"\nurl = \"{}\"\n", mirror_dir.display(), standin.url());
+    pair.write_config();
+    pair.init().await;
+    pair.local
+        .connect()
+        .await
+        .batch_execute(
+            "CREATE TABLE study_files (id serial PRIMARY KEY, storage_path text);
+             INSERT INTO study_files (storage_path) VALUES ('scans/oct-40.bin'), ('pdf/small.pdf');",
+        )
+        .await
+        .unwrap();
+    let env = [(centrovision_sync::config::SERVICE_KEY_ENV, SERVICE_KEY)];
+    standin.set_slow(Some(Duration::from_millis(20)));
+    let mut run = pair.spawn_run(&env);
+    let scans = mirror_dir.join("scans");
+    wait_for("a partial download in the mirror", Duration::from_secs(60), || {
+        let scans = scans.clone();
+        async move { temporaries(&scans).iter().any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 4 * MB)).then_some(()) }
+    })
+    .await;
+    kill9(&mut run);
+    let target = scans.join("oct-40.bin");
+    assert!(!target.exists(), "the download cut by kill -9 is not under the real name");
+
+    standin.set_slow(None);
+    standin.clear_log();
+    let mut run = pair.spawn_run(&env);
+    wait_for("the mirror equal to the bucket", Duration::from_secs(60), || {
+        let (target, small) = (target.clone(), mirror_dir.join("pdf/small.pdf"));
+        let big = big.clone();
+        async move {
+            let same = target.exists() && mirror::md5_file(&target).await.ok()? == big;
+            (same && std::fs::read(small).ok()? == b"%PDF small").then_some(())
+        }
+    })
+    .await;
+    terminate(&mut run);
+    let resumed = standin.log().iter().filter(|l| l.method == "GET" && l.path.ends_with("oct-40.bin")).find_map(|l| l.range_start);
+    assert!(resumed.is_some_and(|r| r >= 4 * MB), "the restarted service resumed the partial file: {:?}", standin.log());
+    assert!(temporaries(&scans).is_empty(), "no temporary file left");
+}
