@@ -8,7 +8,8 @@
 //!   visible under its real name once complete and verified;
 //! - [`queue`]: the persisted queue (`_sync_files`) and one reconcile cycle
 //!   (which file moves which way, conflicts, retention); the service runs
-//!   it in its own task (`service::files`).
+//!   it in its own task (`service::files`);
+//! - [`verify`]: `verify --files`, the mirror against the buckets.
 //!
 //! Rules: a file is never held whole in memory; a half or corrupt download
 //! is never under the real name; file transfers never block table sync.
@@ -16,6 +17,7 @@
 pub mod client;
 pub mod mirror;
 pub mod queue;
+pub mod verify;
 
 pub use client::{Listed, ObjectInfo, StorageClient};
 

@@ -302,4 +302,16 @@ async fn a_service_killed_mid_download_resumes_after_restart_and_its_mirror_equa
     let resumed = standin.log().iter().filter(|l| l.method == "GET" && l.path.ends_with("oct-40.bin")).find_map(|l| l.range_start);
     assert!(resumed.is_some_and(|r| r >= 4 * MB), "the restarted service resumed the partial file: {:?}", standin.log());
     assert!(temporaries(&scans).is_empty(), "no temporary file left");
+
+    // The operator's view: status, then verify --files (exit 0 equal, 1 not).
+    let out = pair.exec(&["status"], &env).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("study files: 0 waiting to move"), "status shows the file queue: {text}");
+    let out = pair.exec(&["verify", "--files"], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    std::fs::remove_file(mirror_dir.join("pdf/small.pdf")).unwrap();
+    let out = pair.exec(&["verify", "--files"], &env).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a missing mirror file is a difference: {text}");
+    assert!(text.contains(&format!("only upstream: {BUCKET}/pdf/small.pdf")), "and it is named: {text}");
 }
