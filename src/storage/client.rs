@@ -206,7 +206,9 @@ impl StorageClient {
     /// Appends the object's bytes from `file`'s current length on (a
     /// `Range` request when it is not empty) until the end. Returns the
     /// bytes received.
-    pub async fn download_into(&self, bucket: &str, path: &str, file: &mut tokio::fs::File) -> Result<u64> {
+    /// `hash` sees every byte written, in order (restarted with the file
+    /// when the server sends the whole object instead of the range).
+    pub async fn download_into(&self, bucket: &str, path: &str, file: &mut tokio::fs::File, hash: &mut md5::Md5) -> Result<u64> {
         let what = "storage (download)";
         let have = file.metadata().await.map_err(|e| io_error("temporary file", e))?.len();
         file.seek(std::io::SeekFrom::Start(have)).await.map_err(|e| io_error("temporary file", e))?;
@@ -219,6 +221,7 @@ impl StorageClient {
             // The server sent the whole object: start over.
             file.set_len(0).await.map_err(|e| io_error("temporary file", e))?;
             file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_error("temporary file", e))?;
+            *hash = md5::Md5::default();
         }
         let mut got = 0u64;
         let pace = Pace::new(self.bandwidth);
@@ -228,6 +231,7 @@ impl StorageClient {
                     if let Err(e) = file.write_all(&chunk).await {
                         break Err(io_error("temporary file", e));
                     }
+                    md5::Digest::update(hash, &chunk);
                     got += chunk.len() as u64;
                     pace.after(got).await;
                 }

@@ -6,7 +6,8 @@
 //! - **Never a half file under the real name.** A download goes to a hidden
 //!   temporary file beside its target (`.<name>.<etag>.part`, same
 //!   directory so the rename is atomic), is checked against the object's
-//!   info (size, and the MD5 when the ETag is one), fsynced, renamed, and
+//!   info (size, and the MD5 — hashed as the bytes arrive — when the
+//!   ETag is one), fsynced, renamed, and
 //!   the directory fsynced. A check that fails deletes the temporary file.
 //! - **Resumable.** The temporary file is named by the object's version
 //!   (its ETag), so an interrupted download of the same version continues
@@ -81,10 +82,18 @@ pub async fn download(client: &StorageClient, bucket: &str, object: &str, target
         file.set_len(0).await.map_err(|e| io_error("temporary file", e))?;
         resumed_from = 0;
     }
-    let received = if resumed_from == info.size && info.size > 0 { 0 } else { client.download_into(bucket, object, &mut file).await? };
+    // The MD5 is computed as the bytes arrive (the part kept from an
+    // interrupted run is hashed first), so the check needs no second read.
+    let mut hash = Md5::new();
+    if resumed_from > 0 {
+        hash_prefix(&temp, resumed_from, &mut hash).await?;
+    }
+    let received =
+        if resumed_from == info.size && info.size > 0 { 0 } else { client.download_into(bucket, object, &mut file, &mut hash).await? };
     file.sync_all().await.map_err(|e| io_error("temporary file", e))?;
     drop(file);
-    if let Err(e) = check(&temp, info).await {
+    let md5: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if let Err(e) = check(&temp, info, &md5).await {
         let _ = tokio::fs::remove_file(&temp).await;
         return Err(e);
     }
@@ -93,8 +102,23 @@ pub async fn download(client: &StorageClient, bucket: &str, object: &str, target
     Ok(Fetched { received, resumed_from })
 }
 
-/// The file's size and MD5 against the object's info.
-async fn check(file: &Path, info: &ObjectInfo) -> Result<()> {
+/// Feeds the first `len` bytes of `path` to `hash`.
+async fn hash_prefix(path: &Path, len: u64, hash: &mut Md5) -> Result<()> {
+    let f = tokio::fs::File::open(path).await.map_err(|e| io_error("temporary file", e))?;
+    let mut f = f.take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await.map_err(|e| io_error("temporary file", e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hash.update(&buf[..n]);
+    }
+}
+
+/// The file's size and MD5 (`md5`, of what was written) against the
+/// object's info.
+async fn check(file: &Path, info: &ObjectInfo, md5: &str) -> Result<()> {
     let len = tokio::fs::metadata(file).await.map_err(|e| io_error("temporary file", e))?.len();
     if len != info.size {
         return Err(SyncError::new(
@@ -102,14 +126,13 @@ async fn check(file: &Path, info: &ObjectInfo) -> Result<()> {
             format!("storage download: got {len} bytes where the object has {}; retrying", info.size),
         ));
     }
-    if let Some(want) = info.md5() {
-        let got = md5_file(file).await?;
-        if !got.eq_ignore_ascii_case(want) {
-            return Err(SyncError::new(
-                ErrorKind::UpstreamUnreachable,
-                "storage download: the content does not match the object's checksum (changed or corrupted in transit); retrying",
-            ));
-        }
+    if let Some(want) = info.md5()
+        && !md5.eq_ignore_ascii_case(want)
+    {
+        return Err(SyncError::new(
+            ErrorKind::UpstreamUnreachable,
+            "storage download: the content does not match the object's checksum (changed or corrupted in transit); retrying",
+        ));
     }
     Ok(())
 }
