@@ -14,6 +14,9 @@
 --                    either side puts the row back to 'pending'.
 --   state 'gone':    no row names it since gone_at; the mirror file is removed
 --                    after [storage] retention_days, then this row.
+-- upload_url: the TUS upload under way for this file (with the size and mtime
+-- of the file it sends), so an upload cut by a crash resumes from the offset
+-- the server reports; cleared when the file is synced.
 -- attempts/last_error: failures of a file that no retry fixes (too large, a
 -- path Storage refuses); they stay pending and count towards the alert.
 CREATE TABLE IF NOT EXISTS _sync_files (
@@ -25,6 +28,8 @@ CREATE TABLE IF NOT EXISTS _sync_files (
     local_mtime   bigint,
     waiting_since timestamptz NOT NULL DEFAULT now(),
     gone_at       timestamptz,
+    upload_url    text,
+    upload_of     text,
     attempts      integer     NOT NULL DEFAULT 0,
     last_error    text,
     PRIMARY KEY (bucket, path)

@@ -265,6 +265,11 @@ impl StorageClient {
         self.tus_send(&location, file, len).await
     }
 
+    /// Whether a file of this size goes up by TUS.
+    pub fn resumable(len: u64) -> bool {
+        len > PLAIN_UPLOAD_MAX
+    }
+
     /// Starts a TUS upload; returns its URL.
     pub async fn tus_create(&self, bucket: &str, path: &str, len: u64, upsert: bool) -> Result<Url> {
         let what = "storage (resumable upload)";

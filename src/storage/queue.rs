@@ -38,6 +38,7 @@ use super::mirror;
 use crate::config::Storage;
 use crate::error::{Class, ErrorKind, Result, SyncError};
 use crate::store::Store;
+use crate::store::files::FileEntry;
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,7 +128,7 @@ pub async fn cycle(store: &Store<'_>, client: &StorageClient, cfg: &Storage, sch
             }
             store.file_pending(&entry.bucket, &entry.path, up.map(|u| u.size as i64)).await?;
         }
-        match one(client, cfg, &entry, &target, up, local, clinic_id, &mut report).await {
+        match one(store, client, cfg, &entry, &target, up, local, clinic_id, &mut report).await {
             Ok(true) => {}
             Ok(false) => report.waiting += 1,
             Err(e) if e.class() == Class::Data => {
@@ -151,9 +152,10 @@ pub async fn cycle(store: &Store<'_>, client: &StorageClient, cfg: &Storage, sch
 /// Moves one pending file; false when there is nothing to move yet.
 #[allow(clippy::too_many_arguments, reason = "one file's whole situation; called once, from the cycle")]
 async fn one(
+    store: &Store<'_>,
     client: &StorageClient,
     cfg: &Storage,
-    entry: &crate::store::files::FileEntry,
+    entry: &FileEntry,
     target: &Path,
     up: Option<&ObjectInfo>,
     local: Option<(u64, i64)>,
@@ -180,7 +182,7 @@ async fn one(
             if size > cfg.max_file_bytes {
                 return Err(too_large(size));
             }
-            upload(client, bucket, path, target, false).await?;
+            upload(store, client, entry, target, false).await?;
             report.uploaded += 1;
             report.bytes += size;
             Ok(true)
@@ -192,7 +194,7 @@ async fn one(
             }
             if entry.etag.is_some() && entry.etag == u.etag {
                 // Upstream is still what was last synced: the mirror changed.
-                upload(client, bucket, path, target, true).await?;
+                upload(store, client, entry, target, true).await?;
                 report.uploaded += 1;
                 report.bytes += size;
                 return Ok(true);
@@ -206,7 +208,7 @@ async fn one(
                 target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
             ));
             tokio::fs::rename(target, &loser).await.map_err(|e| super::client::io_error("keeping a conflicting file", e))?;
-            upload(client, bucket, &loser_path, &loser, false).await?;
+            plain_upload(client, bucket, &loser_path, &loser).await?;
             tracing::warn!(bucket, "a study file changed on both sides: upstream's version kept, the clinic's kept beside it");
             let f = mirror::download(client, bucket, path, target, u).await?;
             report.conflicts += 1;
@@ -217,10 +219,40 @@ async fn one(
     }
 }
 
-/// Uploads; an object that appeared meanwhile (409) is left for the next
-/// cycle to compare, never overwritten.
-async fn upload(client: &StorageClient, bucket: &str, path: &str, file: &Path, upsert: bool) -> Result<()> {
-    match client.upload(bucket, path, file, upsert).await {
+/// Uploads a file named by a row. A large one goes by TUS, its upload URL
+/// recorded first, so a cut (or a crash) resumes from the server's offset
+/// instead of starting over. An object that appeared meanwhile (409) is
+/// left for the next cycle to compare, never overwritten.
+async fn upload(store: &Store<'_>, client: &StorageClient, entry: &FileEntry, file: &Path, upsert: bool) -> Result<()> {
+    let (bucket, path) = (entry.bucket.as_str(), entry.path.as_str());
+    let Some((len, mtime)) = stat(file) else { return Ok(()) };
+    if !StorageClient::resumable(len) {
+        return appeared(client.upload(bucket, path, file, upsert).await);
+    }
+    let of = format!("{len}:{mtime}");
+    let known = match (&entry.upload_url, &entry.upload_of) {
+        (Some(u), Some(o)) if *o == of => reqwest::Url::parse(u).ok(),
+        _ => None,
+    };
+    if let Some(url) = known {
+        match client.tus_send(&url, file, len).await {
+            // The server forgot it (expired, or finished meanwhile): start over.
+            Err(e) if e.code.as_deref() == Some("404") => {}
+            r => return appeared(r),
+        }
+    }
+    let url = appeared(client.tus_create(bucket, path, len, upsert).await)?;
+    store.file_upload_started(bucket, path, url.as_str(), &of).await?;
+    appeared(client.tus_send(&url, file, len).await)
+}
+
+/// A conflict's loser, under its own new name.
+async fn plain_upload(client: &StorageClient, bucket: &str, path: &str, file: &Path) -> Result<()> {
+    appeared(client.upload(bucket, path, file, false).await)
+}
+
+fn appeared<T>(r: Result<T>) -> Result<T> {
+    match r {
         Err(e) if e.code.as_deref() == Some("409") => {
             Err(SyncError::new(ErrorKind::Busy, "storage upload: the object appeared upstream meanwhile; compared again on the next cycle"))
         }

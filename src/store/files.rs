@@ -18,6 +18,10 @@ pub struct FileEntry {
     /// Seconds since it started waiting (pending), or since its row went
     /// (gone).
     pub age_seconds: i64,
+    /// The TUS upload under way, and which file version it sends
+    /// (`<size>:<mtime>`).
+    pub upload_url: Option<String>,
+    pub upload_of: Option<String>,
 }
 
 /// What `status` shows of the queue.
@@ -66,7 +70,8 @@ impl Store<'_> {
             .client
             .query(
                 "SELECT bucket, path, state, etag, size, local_mtime,
-                        extract(epoch FROM now() - CASE WHEN state = 'gone' THEN gone_at ELSE waiting_since END)::bigint
+                        extract(epoch FROM now() - CASE WHEN state = 'gone' THEN gone_at ELSE waiting_since END)::bigint,
+                        upload_url, upload_of
                  FROM _sync_files ORDER BY bucket, path",
                 &[],
             )
@@ -82,6 +87,8 @@ impl Store<'_> {
                 size: r.get(4),
                 local_mtime: r.get(5),
                 age_seconds: r.get(6),
+                upload_url: r.get(7),
+                upload_of: r.get(8),
             })
             .collect())
     }
@@ -90,7 +97,8 @@ impl Store<'_> {
     pub async fn file_synced(&self, bucket: &str, path: &str, etag: Option<&str>, size: i64, mtime: i64) -> Result<()> {
         self.client
             .execute(
-                "UPDATE _sync_files SET state = 'synced', etag = $3, size = $4, local_mtime = $5, attempts = 0, last_error = NULL
+                "UPDATE _sync_files SET state = 'synced', etag = $3, size = $4, local_mtime = $5, attempts = 0, last_error = NULL,
+                     upload_url = NULL, upload_of = NULL
                  WHERE bucket = $1 AND path = $2 AND state <> 'gone'",
                 &[&bucket, &path, &etag, &size, &mtime],
             )
@@ -108,6 +116,15 @@ impl Store<'_> {
                  WHERE bucket = $1 AND path = $2 AND state = 'synced'",
                 &[&bucket, &path, &size],
             )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A TUS upload was created for this file version (`of`).
+    pub async fn file_upload_started(&self, bucket: &str, path: &str, url: &str, of: &str) -> Result<()> {
+        self.client
+            .execute("UPDATE _sync_files SET upload_url = $3, upload_of = $4 WHERE bucket = $1 AND path = $2", &[&bucket, &path, &url, &of])
             .await
             .map_err(|e| self.err(e))?;
         Ok(())

@@ -242,6 +242,24 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     assert_eq!((r.uploaded, r.conflicts), (1, 0), "{r:?}");
     assert_eq!(standin.get(BUCKET, "pdf/visit-7.pdf").await.unwrap(), b"%PDF corrected");
 
+    // A large file written at the clinic goes up by TUS; the upload is cut
+    // after one chunk, and the next cycle resumes it (its URL is in the
+    // persisted queue) instead of starting over.
+    let large = dir.path().join("scans/oct-13.bin");
+    std::fs::File::create(&large).unwrap().set_len(13 * MB).unwrap();
+    db.batch_execute("INSERT INTO study_files (storage_path) VALUES ('scans/oct-13.bin')").await.unwrap();
+    standin.fail_patch_after(1);
+    let e = run().await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    standin.clear_log();
+    let r = run().await.unwrap();
+    assert_eq!(r.uploaded, 1, "{r:?}");
+    let log = standin.log();
+    assert!(!log.iter().any(|l| l.method == "POST" && l.path.ends_with("/upload/resumable")), "no new upload was created: {log:?}");
+    let sent: Vec<u64> = log.iter().filter(|l| l.method == "PATCH").map(|l| l.bytes.load(Ordering::SeqCst)).collect();
+    assert_eq!(sent, vec![6 * MB, MB], "only the chunks the server lacked were sent");
+    assert_eq!(standin.get(BUCKET, "scans/oct-13.bin").await.map(|b| b.len() as u64), Some(13 * MB));
+
     // The row is deleted: with retention 0 its mirror file goes (the
     // object upstream is the cloud's to delete).
     db.batch_execute("DELETE FROM study_files WHERE storage_path = 'scans/oct-1.bin'").await.unwrap();
