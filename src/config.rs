@@ -101,6 +101,8 @@ pub struct Config {
     pub alerts: Alerts,
     pub http: Http,
     pub audit: Audit,
+    /// `[storage]`: the study-files mirror (off when the section is absent).
+    pub storage: Option<Storage>,
     /// Where the config was read from (for messages), if from a file.
     pub source: Option<PathBuf>,
 }
@@ -209,6 +211,31 @@ pub struct Audit {
     pub daily_at: Option<(u32, u32)>,
 }
 
+/// `[storage]`: Supabase Storage objects named by `study_files` rows,
+/// mirrored into a local directory both ways ([`crate::storage`]).
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// Buckets mirrored; the first one is where new local files go up.
+    pub buckets: Vec<String>,
+    /// The mirror: an object `scans/a.bin` of bucket `b` is
+    /// `<local_dir>/b/scans/a.bin`.
+    pub local_dir: PathBuf,
+    /// Storage API base, e.g. `https://<ref>.supabase.co/storage/v1`
+    /// (default: `[supabase] url` + `/storage/v1`).
+    pub url: String,
+    /// The table naming the objects and its column holding the object path.
+    pub table: String,
+    pub path_column: String,
+    /// Objects larger than this are not mirrored (reported instead).
+    pub max_file_bytes: u64,
+    /// Bytes per second for transfers (0: unlimited).
+    pub bandwidth_bytes_per_second: u64,
+    /// Days a mirrored file stays after its row is deleted (0: at once).
+    pub retention_days: u64,
+    /// Alert when a file waits longer than this to move.
+    pub alert_after_minutes: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Http {
     /// Address for the status page, /health, /status, /metrics and POST
@@ -273,6 +300,21 @@ struct RawFile {
     alerts: Option<RawAlerts>,
     http: Option<RawHttp>,
     audit: Option<RawAudit>,
+    storage: Option<RawStorage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    buckets: Option<Vec<String>>,
+    local_dir: Option<PathBuf>,
+    url: Option<String>,
+    table: Option<String>,
+    path_column: Option<String>,
+    max_file_mb: Option<u64>,
+    bandwidth_limit_mbps: Option<f64>,
+    retention_days: Option<u64>,
+    alert_after_minutes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -614,7 +656,12 @@ impl Config {
             max_files: positive("[logging] max_files", lg.max_files.unwrap_or(5) as u64)? as usize,
         };
 
-        Ok(Config { supabase, local_postgres, sync, logging, alerts, http, audit, source: None })
+        let storage = match raw.storage {
+            None => None,
+            Some(rs) => Some(storage(rs, supabase.url.as_deref())?),
+        };
+
+        Ok(Config { supabase, local_postgres, sync, logging, alerts, http, audit, storage, source: None })
     }
 
     /// The upstream schema to name in apply calls (None for `public`, the
@@ -766,6 +813,68 @@ fn validate_rest_url(u: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `[storage]`, validated; `supabase_url` gives the default Storage URL.
+fn storage(rs: RawStorage, supabase_url: Option<&str>) -> Result<Storage, ConfigError> {
+    let buckets = rs.buckets.unwrap_or_default();
+    if buckets.is_empty() {
+        return Err(ConfigError::invalid("[storage] buckets", "must list at least one bucket (e.g. [\"study-files\"])"));
+    }
+    for b in &buckets {
+        if b.is_empty() || b.len() > 100 || !b.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) {
+            return Err(ConfigError::invalid(
+                "[storage] buckets",
+                format!("contains {b:?}: bucket names are 1 to 100 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+    }
+    let local_dir = rs
+        .local_dir
+        .filter(|d| !d.as_os_str().is_empty())
+        .ok_or_else(|| ConfigError::invalid("[storage] local_dir", "is required (the directory holding the mirror)"))?;
+    if !local_dir.is_absolute() {
+        return Err(ConfigError::invalid("[storage] local_dir", format!("is {}; use an absolute path", local_dir.display())));
+    }
+    let url = match rs.url.filter(|u| !u.is_empty()) {
+        Some(u) => u,
+        None => match supabase_url {
+            Some(base) => format!("{}/storage/v1", base.trim_end_matches('/')),
+            None => return Err(ConfigError::invalid("[storage] url", "is required when [supabase] url is not set")),
+        },
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| ConfigError::invalid("[storage] url", format!("is not a valid URL ({e})")))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(ConfigError::invalid(
+                "[storage] url",
+                "must use https:// (plain http:// only for a loopback address); the service key would travel unencrypted",
+            ));
+        }
+    }
+    let bandwidth = match rs.bandwidth_limit_mbps.unwrap_or(0.0) {
+        v if v.is_finite() && v >= 0.0 => (v * 1_000_000.0 / 8.0) as u64,
+        v => return Err(ConfigError::invalid("[storage] bandwidth_limit_mbps", format!("is {v}; use 0 (unlimited) or a positive number"))),
+    };
+    Ok(Storage {
+        buckets,
+        local_dir,
+        url: url.trim_end_matches('/').to_string(),
+        table: ident("[storage] table", rs.table.unwrap_or_else(|| "study_files".into()))?,
+        path_column: ident("[storage] path_column", rs.path_column.unwrap_or_else(|| "storage_path".into()))?,
+        max_file_bytes: positive("[storage] max_file_mb", rs.max_file_mb.unwrap_or(1024))? * 1024 * 1024,
+        bandwidth_bytes_per_second: bandwidth,
+        retention_days: rs.retention_days.unwrap_or(30),
+        alert_after_minutes: positive("[storage] alert_after_minutes", rs.alert_after_minutes.unwrap_or(60))?,
+    })
+}
+
 /// Removes any occurrence of the secret from a message.
 fn scrub(msg: &str, secret: &str) -> String {
     if secret.len() >= 4 { msg.replace(secret, "<redacted>") } else { msg.to_string() }
@@ -871,6 +980,24 @@ password = "pw-very-secret"
         let text = MIN_REST.replace("database = \"centrovision\"\n", "database = \"centrovision\"\njournal_database = \"centrovision\"\n");
         let e = Config::from_toml(&text, "t", no_env).unwrap_err().to_string();
         assert!(e.contains("[local_postgres] journal_database") && e.contains("other than"), "{e}");
+    }
+
+    #[test]
+    fn storage_section_defaults_its_url_to_supabase_and_names_a_bad_key() {
+        let text = format!("{MIN_REST}\n[storage]\nbuckets = [\"study-files\"]\nlocal_dir = \"/var/lib/cv/files\"\n");
+        let s = Config::from_toml(&text, "t", no_env).unwrap().storage.unwrap();
+        assert_eq!(s.url, "https://example.supabase.co/storage/v1");
+        assert_eq!((s.table.as_str(), s.path_column.as_str()), ("study_files", "storage_path"));
+        assert_eq!(s.max_file_bytes, 1024 * 1024 * 1024);
+        assert!(Config::from_toml(MIN_REST, "t", no_env).unwrap().storage.is_none(), "no section, no mirror");
+        let bad = |extra: &str| Config::from_toml(&format!("{MIN_REST}\n[storage]\n{extra}\n"), "t", no_env).unwrap_err().to_string();
+        assert!(bad("local_dir = \"/x\"").contains("[storage] buckets"));
+        assert!(bad("buckets = [\"a b\"]\nlocal_dir = \"/x\"").contains("[storage] buckets"));
+        assert!(bad("buckets = [\"b\"]").contains("[storage] local_dir"));
+        assert!(bad("buckets = [\"b\"]\nlocal_dir = \"rel\"").contains("[storage] local_dir"));
+        assert!(bad("buckets = [\"b\"]\nlocal_dir = \"/x\"\nurl = \"http://example.com/storage/v1\"").contains("[storage] url"));
+        assert!(bad("buckets = [\"b\"]\nlocal_dir = \"/x\"\nmax_file_mb = 0").contains("[storage] max_file_mb"));
+        assert!(bad("buckets = [\"b\"]\nlocal_dir = \"/x\"\nbandwidth = 1").contains("bandwidth"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod replication;
 pub mod scope;
 pub mod service;
 pub mod status;
+pub mod storage;
 pub mod store;
 pub mod upstream;
 pub mod verify;

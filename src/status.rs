@@ -70,6 +70,9 @@ pub struct Status {
     /// The pusher's batch size while reduced, and why ("batch size reduced
     /// to N after statement timeout"), with since when.
     pub push_note: Option<String>,
+    /// The study-files queue (`[storage]`; None without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::store::files::FilesSummary>,
 }
 
 pub async fn gather(cfg: &Config, dbs: &LocalDbs) -> Result<Status> {
@@ -144,6 +147,10 @@ pub async fn gather(cfg: &Config, dbs: &LocalDbs) -> Result<Status> {
         upstream,
         alerts,
         push_note,
+        files: match cfg.storage {
+            Some(_) => Some(store.files_summary().await?),
+            None => None,
+        },
     })
 }
 
@@ -223,6 +230,21 @@ pub fn render(cfg: &Config, st: &Status) -> String {
             format!(
                 "journaled through LSN {l}; replayable from {} (note these before restoring upstream)",
                 st.oldest_replayable_lsn.as_deref().unwrap_or("-")
+            ),
+        );
+    }
+    if let Some(f) = &st.files {
+        w(
+            &mut o,
+            format!(
+                "study files: {} waiting to move ({} MB){}{}",
+                f.pending,
+                f.pending_bytes / (1024 * 1024),
+                f.oldest_waiting_seconds.map_or(String::new(), |s| format!(
+                    ", oldest waiting {}",
+                    crate::connectivity::human(std::time::Duration::from_secs(s.max(0) as u64))
+                )),
+                if f.failed > 0 { format!(", {} failed (see the log)", f.failed) } else { String::new() }
             ),
         );
     }

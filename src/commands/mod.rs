@@ -84,6 +84,9 @@ pub enum Command {
         json: bool,
         #[arg(long)]
         repair: bool,
+        /// Compare the study-files mirror ([storage] local_dir) with the buckets instead
+        #[arg(long)]
+        files: bool,
     },
     /// Recreate a lost or missing replication slot and reconcile both sides
     Resync,
@@ -183,7 +186,8 @@ pub async fn dispatch(cli: Cli) -> i32 {
             }
             recovery::replay(&cfg, from_lsn, to_lsn, tables, dry_run).await
         }
-        Command::Verify { tables, json, repair } => {
+        Command::Verify { files: true, json, .. } => return finish(recovery::verify_files(&cfg, json).await),
+        Command::Verify { tables, json, repair, files: false } => {
             if let Err(e) = recovery::check_tables(&cfg, &tables) {
                 eprintln!("error: {e}");
                 return EXIT_USAGE;

@@ -51,6 +51,27 @@ pub async fn verify(cfg: &Config, only: Vec<String>, json: bool, repair: bool) -
     report(v, json)
 }
 
+/// `verify --files`: the study-files mirror against the buckets (exit 0
+/// equal, 1 different).
+pub async fn verify_files(cfg: &Config, json: bool) -> Result<bool> {
+    let (Some(storage), Some(client)) = (&cfg.storage, crate::storage::StorageClient::from_config(cfg)?) else {
+        return Err(SyncError::new(ErrorKind::Config, "verify --files needs a [storage] section"));
+    };
+    let d = crate::storage::verify::compare(&client, storage).await?;
+    if json {
+        println!("{}", serde_json::json!({ "equal": d.equal(), "files": d }));
+    } else {
+        println!("study files: {} compared", d.compared);
+        for (what, list) in [("only upstream", &d.only_upstream), ("only in the mirror", &d.only_local), ("different", &d.different)] {
+            for p in list {
+                println!("  {what}: {p}");
+            }
+        }
+        println!("{}", if d.equal() { "mirror equals the buckets" } else { "mirror differs from the buckets" });
+    }
+    Ok(d.equal())
+}
+
 /// Recreates a lost or missing slot and reconciles both sides.
 pub async fn resync(cfg: &Config) -> Result<bool> {
     let slot = &cfg.sync.slot_name;

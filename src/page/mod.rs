@@ -690,6 +690,7 @@ mod tests {
             upstream: None,
             alerts: vec![],
             push_note: None,
+            files: None,
         }
     }
 

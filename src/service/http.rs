@@ -206,9 +206,35 @@ fn render_metrics(rt: &Runtime, st: &status::Status) -> prometheus::Result<Strin
     let pulled = IntCounter::new("rows_pulled_total", "Upstream rows applied locally by this process")?;
     pulled.inc_by(rt.pulled_total.load(Ordering::Relaxed));
     reg.register(Box::new(pulled))?;
+    render_file_metrics(&reg, rt)?;
     let mut buf = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The study-files task's figures (`[storage]`; zeros without it).
+fn render_file_metrics(reg: &Registry, rt: &Runtime) -> prometheus::Result<()> {
+    let f = &rt.files;
+    for (name, help, v) in [
+        ("files_downloaded_total", "Study files downloaded into the mirror by this process", &f.downloaded),
+        ("files_uploaded_total", "Study files uploaded from the mirror by this process", &f.uploaded),
+        ("files_conflicts_total", "Study files changed on both sides (the clinic's kept beside)", &f.conflicts),
+        ("files_bytes_total", "Study file bytes moved either way by this process", &f.bytes),
+    ] {
+        let c = IntCounter::new(name, help)?;
+        c.inc_by(v.load(Ordering::Relaxed));
+        reg.register(Box::new(c))?;
+    }
+    for (name, help, v) in [
+        ("files_pending", "Study files waiting to move", &f.pending),
+        ("files_pending_bytes", "Bytes of the study files waiting to move", &f.pending_bytes),
+        ("files_oldest_waiting_seconds", "How long the oldest waiting study file has waited", &f.oldest_waiting_seconds),
+    ] {
+        let g = IntGauge::new(name, help)?;
+        g.set(v.load(Ordering::Relaxed));
+        reg.register(Box::new(g))?;
+    }
+    Ok(())
 }
 
 async fn sync_now(State(st): State<Arc<HttpState>>) -> impl IntoResponse {

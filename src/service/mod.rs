@@ -17,6 +17,7 @@
 //!   lock    keeps the instance lock (a definite loss stops every task)
 //!   health  checks both links, raises/resolves alerts, writes _sync_state, prunes
 //!   audit   compares both sides daily (optional)      http  /health /status /metrics /sync
+//!   files   mirrors Storage objects named by study_files ([storage], optional)
 //! ```
 //!
 //! Rules:
@@ -52,6 +53,7 @@ mod access;
 mod audit;
 mod capture;
 mod down;
+mod files;
 mod health;
 mod http;
 mod lock;
@@ -139,6 +141,7 @@ pub async fn run(cfg: &Config) -> Result<()> {
         health::task(&rt, &up, stop.clone()),
         http::task(rt.clone(), stop.clone()),
         audit::task(&rt, &up, stop.clone()),
+        files::task(&rt, &stop),
     );
     lost_lock?;
     tracing::info!("stopped cleanly");

@@ -24,6 +24,8 @@ pub(crate) struct Runtime {
     pub slot_ok: watch::Sender<bool>,
     pub pushed_total: AtomicU64,
     pub pulled_total: AtomicU64,
+    /// The study-files task's figures (`[storage]`).
+    pub files: crate::storage::Counters,
 }
 
 impl Runtime {
@@ -38,6 +40,7 @@ impl Runtime {
             slot_ok: watch::channel(true).0,
             pushed_total: AtomicU64::new(0),
             pulled_total: AtomicU64::new(0),
+            files: Default::default(),
         }
     }
 

@@ -58,6 +58,9 @@
 //!   transaction that moves the cursor past them; deleted in the transaction
 //!   that applies the record, dropped when a later local change supersedes
 //!   them.
+//! - `_sync_files` ([`files`]): the study-files mirror's queue, written
+//!   only by the storage task, one statement per change (the files are not
+//!   in the database; a crash repeats a check, never skips one).
 //! - `_sync_state` ([`state`]): what the running service knows that `status`
 //!   (another process) should show; one row per key, upserted by the health
 //!   check on every run, so it describes the present, not a history.
@@ -66,6 +69,7 @@ pub mod base;
 pub mod branch_hold;
 pub mod capture;
 pub mod down_parked;
+pub mod files;
 pub mod history;
 pub mod journal_move;
 pub mod log;
@@ -93,6 +97,7 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("005_row_base.sql", include_str!("../../sql/005_row_base.sql")),
     ("006_history.sql", include_str!("../../sql/006_history.sql")),
     ("007_down_parked.sql", include_str!("../../sql/007_down_parked.sql")),
+    ("010_storage.sql", include_str!("../../sql/010_storage.sql")),
 ];
 
 /// The advisory lock key of the journal's writers (the journal database is

@@ -21,6 +21,8 @@
 //! - [`chaos`]: two clinics and the cloud app writing the same rows under
 //!   faults, then no data lost and every row as the conflict rule allows;
 //! - [`security`]: secrets, TLS, least privilege at runtime;
+//! - [`storage`]: study files mirrored from and to Supabase Storage (its
+//!   stand-in in `support::storage`): resumable, verified, never half;
 //! - [`status_page`]: the page for people, rendered by headless Chromium;
 //! - [`deploy_files`]: installers, unit file, role SQL, config snippets;
 //! - [`upstream_apply`]: `centrovision_sync_apply()` (sql/upstream) case by
@@ -64,6 +66,7 @@ mod rest_mode;
 mod security;
 mod service;
 mod status_page;
+mod storage;
 mod type_round_trip;
 mod up_path;
 mod upstream_apply;

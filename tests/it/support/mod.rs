@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod floor;
 pub mod postgrest;
 pub mod proxy;
+pub mod storage;
 pub mod sync;
 pub mod wait;
 

@@ -1,0 +1,461 @@
+//! The Supabase Storage REST API as the mirror needs it: object info, list,
+//! ranged download, upload (plain for small files, TUS 1.0.0 resumable for
+//! large ones), delete.
+//!
+//! Rules:
+//!
+//! - **Never a whole file in memory.** Downloads are read chunk by chunk
+//!   (`Response::chunk`) into a file; uploads send at most one TUS chunk
+//!   (6 MiB, the size Supabase requires for every chunk but the last).
+//! - **One classifier** ([`classify`]) turns a Storage answer into an
+//!   [`ErrorKind`]: connect errors, 5xx and 429 are transient; 401/403 and a
+//!   missing bucket need the operator; 400/413 are about the one file
+//!   (`RejectedRow`: parked, the rest flows on).
+//!   Storage puts the real status in its JSON body (`"statusCode":"404"`
+//!   under HTTP 400 in some versions), so the body decides first.
+//! - The service key goes in `apikey` and `Authorization: Bearer`, marked
+//!   sensitive; URLs and messages never carry it.
+//!
+//! Why no TUS crate: the crates.io TUS clients (`tus_client`, `tus-rs`) are
+//! blocking or unmaintained and none speaks Supabase's metadata and 6 MiB
+//! chunk rule; the protocol subset needed (create, PATCH, HEAD) is small.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::config::{Config, Secret};
+use crate::error::{ErrorKind, Result, SyncError};
+
+/// Every TUS chunk but the last has exactly this size (Supabase's rule).
+pub const TUS_CHUNK: usize = 6 * 1024 * 1024;
+/// Files up to this size go up in one plain POST.
+pub const PLAIN_UPLOAD_MAX: u64 = 6 * 1024 * 1024;
+
+/// What Storage says about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// Storage's ETag without quotes: the MD5 of the content for a plain
+    /// upload (`<md5>-<parts>` for a multipart one).
+    pub etag: Option<String>,
+}
+
+impl ObjectInfo {
+    /// The content's MD5 as hex, when the ETag is one.
+    pub fn md5(&self) -> Option<&str> {
+        self.etag.as_deref().filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub path: String,
+    pub info: ObjectInfo,
+}
+
+pub struct StorageClient {
+    http: reqwest::Client,
+    base: Url,
+    /// Bytes per second (0: unlimited).
+    bandwidth: u64,
+}
+
+/// Storage's error body: `{"statusCode":"404","error":"not_found","message":"Object not found"}`.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "statusCode")]
+    status_code: Option<serde_json::Value>,
+    error: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoBody {
+    size: Option<u64>,
+    etag: Option<String>,
+    metadata: Option<ListMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListEntry {
+    name: String,
+    id: Option<String>,
+    metadata: Option<ListMetadata>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListMetadata {
+    size: Option<u64>,
+    #[serde(rename = "eTag")]
+    etag: Option<String>,
+}
+
+fn unquote(e: &str) -> String {
+    e.trim().trim_start_matches("W/").trim_matches('"').to_string()
+}
+
+impl StorageClient {
+    pub fn from_config(cfg: &Config) -> Result<Option<StorageClient>> {
+        let Some(s) = &cfg.storage else { return Ok(None) };
+        let mut base = Url::parse(&s.url).map_err(|e| SyncError::new(ErrorKind::Config, format!("[storage] url: {e}")))?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(auth_headers(&cfg.supabase.service_key)?)
+            .connect_timeout(cfg.supabase.connect_timeout)
+            // No overall timeout: a 1 GB object takes long. A stalled
+            // transfer is cut by the read timeout instead.
+            .read_timeout(cfg.supabase.request_timeout.max(Duration::from_secs(30)))
+            .user_agent(concat!("centrovision-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SyncError::new(ErrorKind::Config, format!("cannot build the HTTP client: {e}")))?;
+        Ok(Some(StorageClient { http, base, bandwidth: s.bandwidth_bytes_per_second }))
+    }
+
+    fn url(&self, parts: &[&str], object: &str) -> Url {
+        let mut u = self.base.clone();
+        {
+            let mut seg = u.path_segments_mut().expect("http(s) URL");
+            seg.pop_if_empty();
+            seg.extend(parts);
+            seg.extend(object.split('/').filter(|p| !p.is_empty()));
+        }
+        u
+    }
+
+    async fn send(&self, what: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| transport_error(what, &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.unwrap_or_default();
+        let mut e = classify(what, status, &body);
+        e.retry_after = retry_after;
+        Err(e)
+    }
+
+    /// The object's size and ETag; None when it does not exist.
+    pub async fn info(&self, bucket: &str, path: &str) -> Result<Option<ObjectInfo>> {
+        let what = "storage (object info)";
+        match self.send(what, self.http.get(self.url(&["object", "info", bucket], path))).await {
+            Ok(resp) => {
+                let b: InfoBody = resp
+                    .json()
+                    .await
+                    .map_err(|e| SyncError::new(ErrorKind::Decode, format!("{what}: unexpected answer: {e}")).with_source(e))?;
+                let size = b.size.or_else(|| b.metadata.as_ref().and_then(|m| m.size)).unwrap_or(0);
+                let etag = b.etag.or_else(|| b.metadata.and_then(|m| m.etag)).map(|e| unquote(&e));
+                Ok(Some(ObjectInfo { size, etag }))
+            }
+            Err(e) if e.code.as_deref() == Some("404") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every object under `prefix` (recursively; Storage lists one level
+    /// at a time), sorted by path.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<Listed>> {
+        let what = "storage (list)";
+        let mut out = Vec::new();
+        let mut dirs = vec![prefix.trim_matches('/').to_string()];
+        while let Some(dir) = dirs.pop() {
+            let mut offset = 0;
+            loop {
+                let body =
+                    serde_json::json!({ "prefix": dir, "limit": 1000, "offset": offset, "sortBy": { "column": "name", "order": "asc" } });
+                let resp = self.send(what, self.http.post(self.url(&["object", "list", bucket], "")).json(&body)).await?;
+                let entries: Vec<ListEntry> = resp
+                    .json()
+                    .await
+                    .map_err(|e| SyncError::new(ErrorKind::Decode, format!("{what}: unexpected answer: {e}")).with_source(e))?;
+                let n = entries.len();
+                for e in entries {
+                    let path = if dir.is_empty() { e.name.clone() } else { format!("{dir}/{}", e.name) };
+                    match (e.id, e.metadata) {
+                        (Some(_), Some(m)) => {
+                            out.push(Listed { path, info: ObjectInfo { size: m.size.unwrap_or(0), etag: m.etag.map(|t| unquote(&t)) } })
+                        }
+                        _ => dirs.push(path),
+                    }
+                }
+                if n < 1000 {
+                    break;
+                }
+                offset += n;
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Appends the object's bytes from `file`'s current length on (a
+    /// `Range` request when it is not empty) until the end. Returns the
+    /// bytes received.
+    /// `hash` sees every byte written, in order (restarted with the file
+    /// when the server sends the whole object instead of the range).
+    pub async fn download_into(&self, bucket: &str, path: &str, file: &mut tokio::fs::File, hash: &mut md5::Md5) -> Result<u64> {
+        let what = "storage (download)";
+        let have = file.metadata().await.map_err(|e| io_error("temporary file", e))?.len();
+        file.seek(std::io::SeekFrom::Start(have)).await.map_err(|e| io_error("temporary file", e))?;
+        let mut req = self.http.get(self.url(&["object", bucket], path));
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut resp = self.send(what, req).await?;
+        if have > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+            // The server sent the whole object: start over.
+            file.set_len(0).await.map_err(|e| io_error("temporary file", e))?;
+            file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_error("temporary file", e))?;
+            *hash = md5::Md5::default();
+        }
+        let mut got = 0u64;
+        let pace = Pace::new(self.bandwidth);
+        let outcome = loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = file.write_all(&chunk).await {
+                        break Err(io_error("temporary file", e));
+                    }
+                    md5::Digest::update(hash, &chunk);
+                    got += chunk.len() as u64;
+                    pace.after(got).await;
+                }
+                Ok(None) => break Ok(got),
+                Err(e) => break Err(transport_error(what, &e)),
+            }
+        };
+        // Also after a cut: what arrived is on disk to resume from (a tokio
+        // file writes in the background until flushed).
+        file.flush().await.map_err(|e| io_error("temporary file", e))?;
+        outcome
+    }
+
+    /// Uploads `file` as `bucket/path`: one POST up to 6 MiB, else TUS.
+    /// Without `upsert` an existing object is a 409 (`ErrorKind::Refused`,
+    /// code "409").
+    pub async fn upload(&self, bucket: &str, path: &str, file: &Path, upsert: bool) -> Result<()> {
+        let len = tokio::fs::metadata(file).await.map_err(|e| io_error("mirror file", e))?.len();
+        if len <= PLAIN_UPLOAD_MAX {
+            let bytes = tokio::fs::read(file).await.map_err(|e| io_error("mirror file", e))?;
+            let req = self
+                .http
+                .post(self.url(&["object", bucket], path))
+                .header("x-upsert", if upsert { "true" } else { "false" })
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes);
+            self.send("storage (upload)", req).await?;
+            return Ok(());
+        }
+        let location = self.tus_create(bucket, path, len, upsert).await?;
+        self.tus_send(&location, file, len).await
+    }
+
+    /// Whether a file of this size goes up by TUS.
+    pub fn resumable(len: u64) -> bool {
+        len > PLAIN_UPLOAD_MAX
+    }
+
+    /// Starts a TUS upload; returns its URL.
+    pub async fn tus_create(&self, bucket: &str, path: &str, len: u64, upsert: bool) -> Result<Url> {
+        let what = "storage (resumable upload)";
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let meta = format!("bucketName {},objectName {},contentType {}", b64(bucket), b64(path), b64("application/octet-stream"));
+        let req = self
+            .http
+            .post(self.url(&["upload", "resumable"], ""))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", len.to_string())
+            .header("Upload-Metadata", meta)
+            .header("x-upsert", if upsert { "true" } else { "false" });
+        let resp = self.send(what, req).await?;
+        let loc = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| SyncError::new(ErrorKind::Contract, format!("{what}: no Location in the answer")))?;
+        self.base.join(loc).map_err(|e| SyncError::new(ErrorKind::Contract, format!("{what}: bad Location: {e}")))
+    }
+
+    /// The bytes of a TUS upload the server has (`HEAD`, `Upload-Offset`).
+    pub async fn tus_offset(&self, location: &Url) -> Result<u64> {
+        let what = "storage (resumable upload offset)";
+        let resp = self.send(what, self.http.head(location.clone()).header("Tus-Resumable", "1.0.0")).await?;
+        resp.headers()
+            .get("Upload-Offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| SyncError::new(ErrorKind::Contract, format!("{what}: no Upload-Offset")))
+    }
+
+    /// Sends `file` from the server's offset on, 6 MiB per PATCH.
+    pub async fn tus_send(&self, location: &Url, file: &Path, len: u64) -> Result<()> {
+        let what = "storage (resumable upload)";
+        let mut offset = self.tus_offset(location).await?;
+        let mut f = tokio::fs::File::open(file).await.map_err(|e| io_error("mirror file", e))?;
+        let pace = Pace::new(self.bandwidth);
+        let mut sent = 0u64;
+        while offset < len {
+            let n = (len - offset).min(TUS_CHUNK as u64) as usize;
+            let mut buf = vec![0u8; n];
+            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| io_error("mirror file", e))?;
+            f.read_exact(&mut buf).await.map_err(|e| io_error("mirror file", e))?;
+            let req = self
+                .http
+                .patch(location.clone())
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Offset", offset.to_string())
+                .header(reqwest::header::CONTENT_TYPE, "application/offset+octet-stream")
+                .body(buf);
+            let resp = self.send(what, req).await?;
+            offset = resp
+                .headers()
+                .get("Upload-Offset")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| SyncError::new(ErrorKind::Contract, format!("{what}: no Upload-Offset after PATCH")))?;
+            sent += n as u64;
+            pace.after(sent).await;
+        }
+        Ok(())
+    }
+
+    pub async fn delete(&self, bucket: &str, path: &str) -> Result<()> {
+        match self.send("storage (delete)", self.http.delete(self.url(&["object", bucket], path))).await {
+            Err(e) if e.code.as_deref() == Some("404") => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+}
+
+/// Sleeps so that `bytes` since `start` do not exceed the limit.
+struct Pace {
+    start: tokio::time::Instant,
+    per_second: u64,
+}
+
+impl Pace {
+    fn new(per_second: u64) -> Pace {
+        Pace { start: tokio::time::Instant::now(), per_second }
+    }
+    async fn after(&self, bytes: u64) {
+        if self.per_second == 0 {
+            return;
+        }
+        let due = self.start + Duration::from_secs_f64(bytes as f64 / self.per_second as f64);
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+fn auth_headers(key: &Secret) -> Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    let bad = || SyncError::new(ErrorKind::Config, "[supabase] service_key contains characters that cannot be sent in a header");
+    let mut k = HeaderValue::from_str(key.expose()).map_err(|_| bad())?;
+    k.set_sensitive(true);
+    h.insert("apikey", k);
+    let mut b = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| bad())?;
+    b.set_sensitive(true);
+    h.insert(reqwest::header::AUTHORIZATION, b);
+    Ok(h)
+}
+
+pub(crate) fn io_error(what: &str, e: std::io::Error) -> SyncError {
+    SyncError::new(ErrorKind::Refused, format!("storage mirror: {what}: {e}"))
+        .with_hint("check [storage] local_dir: it must exist, be writable by the service and have free space")
+        .with_source(e)
+}
+
+fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
+    let (kind, how) = if e.is_timeout() {
+        (ErrorKind::Timeout, "timed out")
+    } else if e.is_connect() {
+        (ErrorKind::UpstreamUnreachable, "could not connect")
+    } else {
+        (ErrorKind::UpstreamUnreachable, "connection failed")
+    };
+    let mut detail = String::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        detail = s.to_string();
+        src = s.source();
+    }
+    SyncError::new(kind, format!("{what}: {how}: {detail}"))
+}
+
+/// The one place a Storage answer becomes an [`ErrorKind`]. The error's
+/// `code` is Storage's status (from the body when it has one: some
+/// versions answer HTTP 400 with `"statusCode":"404"`), or `NoSuchBucket`.
+pub fn classify(what: &str, status: StatusCode, body: &str) -> SyncError {
+    let parsed: ErrorBody = serde_json::from_str(body).unwrap_or_default();
+    let code: u16 = match &parsed.status_code {
+        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(status.as_u16()),
+        Some(serde_json::Value::Number(n)) => n.as_u64().map_or(status.as_u16(), |n| n as u16),
+        _ => status.as_u16(),
+    };
+    let message = parsed.message.unwrap_or_else(|| body.chars().take(200).collect());
+    let error = parsed.error.unwrap_or_default();
+    let full = format!("{what}: HTTP {} {error}: {message}", status.as_u16());
+    let bucket_missing = error.eq_ignore_ascii_case("Bucket not found") || message.contains("Bucket not found");
+    let (kind, hint): (ErrorKind, Option<&str>) = match code {
+        401 => (ErrorKind::Auth, Some("Storage rejected the key: use the service_role key (Supabase → Settings → API), not the anon key")),
+        403 => (ErrorKind::Privilege, Some("the key may not use this bucket; use the service_role key")),
+        404 if bucket_missing => {
+            (ErrorKind::MissingObject, Some("the bucket does not exist: create it in Supabase → Storage, or fix [storage] buckets"))
+        }
+        404 => (ErrorKind::MissingObject, None),
+        408 => (ErrorKind::Timeout, None),
+        429 => (ErrorKind::RateLimited, None),
+        // About this one file: no retry changes it (unlike a 413 of a
+        // batch, which the pusher splits), so it is parked, not retried.
+        413 => (ErrorKind::RejectedRow, Some("the file exceeds the bucket's or project's upload limit")),
+        409 => (ErrorKind::Refused, None),
+        s if s >= 500 => (ErrorKind::UpstreamUnreachable, None),
+        400 => (ErrorKind::RejectedRow, None),
+        _ => (ErrorKind::Refused, None),
+    };
+    // A missing bucket is not a missing object: "NoSuchBucket", S3's name.
+    let code = if bucket_missing { "NoSuchBucket".to_string() } else { code.to_string() };
+    let mut e = SyncError::new(kind, full).with_code(code);
+    if let Some(h) = hint {
+        e = e.with_hint(h);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Class;
+
+    #[test]
+    fn storage_answers_fall_in_the_three_classes_reading_the_body_status_first() {
+        let c = |s: u16, body: &str| classify("t", StatusCode::from_u16(s).unwrap(), body);
+        assert_eq!(c(503, "").class(), Class::Transient);
+        assert_eq!(c(429, "").class(), Class::Transient);
+        assert_eq!(c(401, r#"{"statusCode":"401","error":"Unauthorized","message":"Invalid JWT"}"#).class(), Class::Operator);
+        assert_eq!(c(403, "").class(), Class::Operator);
+        let bucket = c(400, r#"{"statusCode":"404","error":"Bucket not found","message":"Bucket not found"}"#);
+        assert_eq!(
+            (bucket.kind, bucket.class(), bucket.code.as_deref()),
+            (ErrorKind::MissingObject, Class::Operator, Some("NoSuchBucket"))
+        );
+        let missing = c(400, r#"{"statusCode":"404","error":"not_found","message":"Object not found"}"#);
+        assert_eq!(missing.code.as_deref(), Some("404"), "a 404 inside a 400 is a missing object");
+        assert_eq!(c(413, r#"{"statusCode":"413","error":"Payload too large","message":"too large"}"#).class(), Class::Data);
+        assert_eq!(c(400, r#"{"statusCode":"400","error":"InvalidKey","message":"bad key"}"#).class(), Class::Data);
+    }
+}

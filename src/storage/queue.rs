@@ -1,0 +1,261 @@
+//! The persisted transfer queue (`_sync_files`) and one cycle of it: what
+//! moves which way, decided from what each side holds.
+//!
+//! A cycle: read the object paths the local `[storage] table` names, make
+//! them known to the queue (new ones pending, the others gone), list each
+//! bucket once, then for each file:
+//!
+//! - only upstream → download (verified, renamed into place);
+//! - only in the mirror → upload (never over an existing object: no upsert);
+//! - both, equal (MD5) → synced;
+//! - both, different: if the object is still the version last synced, the
+//!   mirror changed → upload over it; otherwise both changed, and upstream
+//!   wins (as a row's tie): the mirror's version is renamed
+//!   `<path>.conflict-<clinic_id>-<unix time>` and uploaded under that name
+//!   beside the object, then the object is downloaded. Nothing is
+//!   overwritten silently;
+//! - neither → stays pending (the file has not been written yet);
+//! - gone (no row names it) → its mirror file is removed after
+//!   `[storage] retention_days`.
+//!
+//! A transient error (Storage unreachable, 5xx) ends the cycle: the task
+//! retries it later, resuming partial downloads. A file that no retry
+//! fixes (too large, a path Storage refuses) is counted with its error and
+//! the others go on.
+//!
+//! Why a periodic reconcile rather than hooks in the row paths: rows reach
+//! `study_files` from the down path, from the clinic's app and from
+//! `verify --repair`; reading the table's path column is one cheap query
+//! and catches all of them, as well as files that appear later than their
+//! rows.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::client::{ObjectInfo, StorageClient};
+use super::mirror;
+use crate::config::Storage;
+use crate::error::{Class, ErrorKind, Result, SyncError};
+use crate::store::Store;
+use crate::store::files::FileEntry;
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub removed: u64,
+    pub conflicts: u64,
+    /// Bytes that crossed the network either way.
+    pub bytes: u64,
+    /// Files still pending after the cycle.
+    pub waiting: u64,
+}
+
+/// Where a row's value lives: (bucket, object path). With several buckets
+/// a value starts with its bucket's name (`b/scans/x.bin`); otherwise it is
+/// the path in the first bucket.
+pub fn locate<'a>(cfg: &'a Storage, value: &'a str) -> (&'a str, &'a str) {
+    if cfg.buckets.len() > 1
+        && let Some((b, rest)) = value.split_once('/')
+        && let Some(bucket) = cfg.buckets.iter().find(|x| *x == b)
+    {
+        return (bucket, rest);
+    }
+    (&cfg.buckets[0], value)
+}
+
+/// The mirror file of an object: `<local_dir>/<value>` (the row's value).
+fn mirror_file(cfg: &Storage, bucket: &str, path: &str) -> Result<std::path::PathBuf> {
+    if cfg.buckets.len() > 1 && bucket != cfg.buckets[0] {
+        mirror::local_path(&cfg.local_dir, &format!("{bucket}/{path}"))
+    } else {
+        mirror::local_path(&cfg.local_dir, path)
+    }
+}
+
+fn stat(p: &Path) -> Option<(u64, i64)> {
+    let m = std::fs::metadata(p).ok().filter(|m| m.is_file())?;
+    let mtime = m.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos() as i64;
+    Some((m.len(), mtime))
+}
+
+/// One pass over the queue; see the module docs.
+pub async fn cycle(store: &Store<'_>, client: &StorageClient, cfg: &Storage, schema: &str, clinic_id: &str) -> Result<CycleReport> {
+    let values = store.storage_paths(schema, &cfg.table, &cfg.path_column).await?;
+    let (mut buckets, mut paths) = (Vec::new(), Vec::new());
+    for v in &values {
+        let (b, p) = locate(cfg, v);
+        buckets.push(b.to_string());
+        paths.push(p.to_string());
+    }
+    store.files_reconcile(&buckets, &paths).await?;
+    let mut listing: HashMap<(String, String), ObjectInfo> = HashMap::new();
+    for b in &cfg.buckets {
+        for l in client.list(b, "").await? {
+            listing.insert((b.clone(), l.path), l.info);
+        }
+    }
+    let mut report = CycleReport::default();
+    let retention = Duration::from_secs(cfg.retention_days * 86_400);
+    for entry in store.files_all().await? {
+        let target = match mirror_file(cfg, &entry.bucket, &entry.path) {
+            Ok(t) => t,
+            Err(e) => {
+                store.file_failed(&entry.bucket, &entry.path, &e.to_string()).await?;
+                continue;
+            }
+        };
+        if entry.state == "gone" {
+            if entry.age_seconds as u64 >= retention.as_secs() {
+                match tokio::fs::remove_file(&target).await {
+                    Ok(()) => report.removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(super::client::io_error("removing a mirror file", e)),
+                }
+                store.file_forget(&entry.bucket, &entry.path).await?;
+            }
+            continue;
+        }
+        let up = listing.get(&(entry.bucket.clone(), entry.path.clone()));
+        let local = stat(&target);
+        if entry.state == "synced" {
+            let same_up = up.is_some_and(|u| u.etag == entry.etag);
+            let same_local = local.is_some_and(|(s, m)| Some(s as i64) == entry.size && Some(m) == entry.local_mtime);
+            if same_up && same_local {
+                continue;
+            }
+            store.file_pending(&entry.bucket, &entry.path, up.map(|u| u.size as i64)).await?;
+        }
+        match one(store, client, cfg, &entry, &target, up, local, clinic_id, &mut report).await {
+            Ok(true) => {}
+            Ok(false) => report.waiting += 1,
+            Err(e) if e.class() == Class::Data => {
+                tracing::warn!(bucket = %entry.bucket, error = %e, "a study file cannot be moved; the others go on");
+                store.file_failed(&entry.bucket, &entry.path, &e.to_string()).await?;
+                report.waiting += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some((size, mtime)) = stat(&target)
+            && let Some(info) = client.info(&entry.bucket, &entry.path).await?
+            && info.size == size
+        {
+            store.file_synced(&entry.bucket, &entry.path, info.etag.as_deref(), size as i64, mtime).await?;
+        }
+    }
+    Ok(report)
+}
+
+/// Moves one pending file; false when there is nothing to move yet.
+#[allow(clippy::too_many_arguments, reason = "one file's whole situation; called once, from the cycle")]
+async fn one(
+    store: &Store<'_>,
+    client: &StorageClient,
+    cfg: &Storage,
+    entry: &FileEntry,
+    target: &Path,
+    up: Option<&ObjectInfo>,
+    local: Option<(u64, i64)>,
+    clinic_id: &str,
+    report: &mut CycleReport,
+) -> Result<bool> {
+    let (bucket, path) = (entry.bucket.as_str(), entry.path.as_str());
+    let too_large = |size: u64| {
+        SyncError::new(ErrorKind::RejectedRow, format!("study file of {size} bytes exceeds [storage] max_file_mb"))
+            .with_hint("raise [storage] max_file_mb to mirror it")
+    };
+    match (local, up) {
+        (None, None) => Ok(false),
+        (None, Some(u)) => {
+            if u.size > cfg.max_file_bytes {
+                return Err(too_large(u.size));
+            }
+            let f = mirror::download(client, bucket, path, target, u).await?;
+            report.downloaded += 1;
+            report.bytes += f.received;
+            Ok(true)
+        }
+        (Some((size, _)), None) => {
+            if size > cfg.max_file_bytes {
+                return Err(too_large(size));
+            }
+            upload(store, client, entry, target, false).await?;
+            report.uploaded += 1;
+            report.bytes += size;
+            Ok(true)
+        }
+        (Some((size, _)), Some(u)) => {
+            let md5 = mirror::md5_file(target).await?;
+            if u.md5().is_some_and(|m| m.eq_ignore_ascii_case(&md5)) || (u.md5().is_none() && u.size == size) {
+                return Ok(true);
+            }
+            if entry.etag.is_some() && entry.etag == u.etag {
+                // Upstream is still what was last synced: the mirror changed.
+                upload(store, client, entry, target, true).await?;
+                report.uploaded += 1;
+                report.bytes += size;
+                return Ok(true);
+            }
+            // Both changed (or never synced and different): upstream wins;
+            // the mirror's version is kept beside it, on both sides.
+            let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let loser_path = format!("{path}.conflict-{clinic_id}-{stamp}");
+            let loser = target.with_file_name(format!(
+                "{}.conflict-{clinic_id}-{stamp}",
+                target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            ));
+            tokio::fs::rename(target, &loser).await.map_err(|e| super::client::io_error("keeping a conflicting file", e))?;
+            plain_upload(client, bucket, &loser_path, &loser).await?;
+            tracing::warn!(bucket, "a study file changed on both sides: upstream's version kept, the clinic's kept beside it");
+            let f = mirror::download(client, bucket, path, target, u).await?;
+            report.conflicts += 1;
+            report.downloaded += 1;
+            report.bytes += f.received + size;
+            Ok(true)
+        }
+    }
+}
+
+/// Uploads a file named by a row. A large one goes by TUS, its upload URL
+/// recorded first, so a cut (or a crash) resumes from the server's offset
+/// instead of starting over. An object that appeared meanwhile (409) is
+/// left for the next cycle to compare, never overwritten.
+async fn upload(store: &Store<'_>, client: &StorageClient, entry: &FileEntry, file: &Path, upsert: bool) -> Result<()> {
+    let (bucket, path) = (entry.bucket.as_str(), entry.path.as_str());
+    let Some((len, mtime)) = stat(file) else { return Ok(()) };
+    if !StorageClient::resumable(len) {
+        return appeared(client.upload(bucket, path, file, upsert).await);
+    }
+    let of = format!("{len}:{mtime}");
+    let known = match (&entry.upload_url, &entry.upload_of) {
+        (Some(u), Some(o)) if *o == of => reqwest::Url::parse(u).ok(),
+        _ => None,
+    };
+    if let Some(url) = known {
+        match client.tus_send(&url, file, len).await {
+            // The server forgot it (expired, or finished meanwhile): start over.
+            Err(e) if e.code.as_deref() == Some("404") => {}
+            r => return appeared(r),
+        }
+    }
+    let url = appeared(client.tus_create(bucket, path, len, upsert).await)?;
+    store.file_upload_started(bucket, path, url.as_str(), &of).await?;
+    appeared(client.tus_send(&url, file, len).await)
+}
+
+/// A conflict's loser, under its own new name.
+async fn plain_upload(client: &StorageClient, bucket: &str, path: &str, file: &Path) -> Result<()> {
+    appeared(client.upload(bucket, path, file, false).await)
+}
+
+fn appeared<T>(r: Result<T>) -> Result<T> {
+    match r {
+        Err(e) if e.code.as_deref() == Some("409") => {
+            Err(SyncError::new(ErrorKind::Busy, "storage upload: the object appeared upstream meanwhile; compared again on the next cycle"))
+        }
+        r => r,
+    }
+}
