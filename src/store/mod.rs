@@ -133,14 +133,7 @@ impl<'c> Store<'c> {
 
     /// Applies [`SCHEMA`], each file in its own transaction.
     pub async fn install_schema(&self) -> Result<()> {
-        for (name, sql) in SCHEMA {
-            let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
-            self.client
-                .batch_execute(&wrapped)
-                .await
-                .map_err(|e| SyncError::from_pg(self.at.doing(format_args!("applying sql/{name}")), &e))?;
-        }
-        Ok(())
+        apply_files(self.client, &self.at, SCHEMA).await
     }
 
     /// Whether `init` created the control tables of the clinic database
@@ -187,14 +180,7 @@ impl<'c> JournalStore<'c> {
 
     /// Applies [`JOURNAL_SCHEMA`], each file in its own transaction.
     pub async fn install_schema(&self) -> Result<()> {
-        for (name, sql) in JOURNAL_SCHEMA {
-            let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
-            self.client
-                .batch_execute(&wrapped)
-                .await
-                .map_err(|e| SyncError::from_pg(self.at.doing(format_args!("applying sql/{name}")), &e))?;
-        }
-        Ok(())
+        apply_files(self.client, &self.at, JOURNAL_SCHEMA).await
     }
 
     /// Serializes the journal's writers (capture, `init` journaling existing
@@ -232,4 +218,13 @@ impl<'c> JournalStore<'c> {
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))
     }
+}
+
+/// Applies numbered schema files, each in its own transaction.
+async fn apply_files(client: &Client, at: &At, files: &[(&str, &str)]) -> Result<()> {
+    for (name, sql) in files {
+        let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;");
+        client.batch_execute(&wrapped).await.map_err(|e| SyncError::from_pg(at.doing(format_args!("applying sql/{name}")), &e))?;
+    }
+    Ok(())
 }
