@@ -113,21 +113,25 @@ pub async fn move_journal(local: &Store<'_>, journal: &JournalStore<'_>) -> Resu
                 .map_err(je)?;
             moved = Moved { rows: copied, unsynced };
         }
-        for table in ["_sync_capture", "_sync_epoch"] {
+        // The capture positions and epochs, a few rows each (fixed statements).
+        const SMALL: [(&str, &str, &str); 2] = [
+            (
+                "_sync_capture",
+                "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text FROM _sync_capture t",
+                "INSERT INTO _sync_capture SELECT * FROM jsonb_populate_recordset(NULL::_sync_capture, $1::text::jsonb) ON CONFLICT DO NOTHING",
+            ),
+            (
+                "_sync_epoch",
+                "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text FROM _sync_epoch t",
+                "INSERT INTO _sync_epoch SELECT * FROM jsonb_populate_recordset(NULL::_sync_epoch, $1::text::jsonb) ON CONFLICT DO NOTHING",
+            ),
+        ];
+        for (table, read, write) in SMALL {
             if !present(table).await.map_err(le)? {
                 continue;
             }
-            let rows: String = l
-                .query_one(&format!("SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]')::text FROM {table} t"), &[])
-                .await
-                .map_err(le)?
-                .get(0);
-            j.execute(
-                &format!("INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) ON CONFLICT DO NOTHING"),
-                &[&rows],
-            )
-            .await
-            .map_err(je)?;
+            let rows: String = l.query_one(read, &[]).await.map_err(le)?.get(0);
+            j.execute(write, &[&rows]).await.map_err(je)?;
         }
         Ok::<_, SyncError>(())
     }

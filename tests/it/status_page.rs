@@ -364,9 +364,10 @@ async fn beyond_loopback_the_token_is_required_and_without_it_every_request_gets
     assert!(!pair.run_log().contains(TOKEN), "the token reached the service log");
 }
 
-/// Calls so far, on database `db`, of (the page's own reads: its hourly
-/// history and its parked rows; the health check's backlog sample, one per
-/// health check), from pg_stat_statements.
+/// Calls so far, on database `db` and its journal database, of (the page's
+/// own reads: its hourly history and its parked rows, the latter in the
+/// journal database; the health check's backlog sample, one per health
+/// check), from pg_stat_statements.
 async fn page_and_health_calls(cluster: &Cluster, db: &str) -> (i64, i64) {
     let r = cluster
         .connect("postgres")
@@ -374,7 +375,7 @@ async fn page_and_health_calls(cluster: &Cluster, db: &str) -> (i64, i64) {
         .query_one(
             "SELECT coalesce(sum(s.calls) FILTER (WHERE s.query LIKE '%WITH span AS%' OR s.query LIKE '%ORDER BY parked_at DESC%'), 0)::int8,
                     coalesce(sum(s.calls) FILTER (WHERE s.query LIKE 'INSERT INTO _sync_backlog_history%'), 0)::int8
-             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname::text IN ($1::text, $1::text || '_journal')",
             &[&db],
         )
         .await
