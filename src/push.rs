@@ -33,15 +33,24 @@
 //!   (too large: at once; too slow: after `retry_max_attempts` calls, since a
 //!   loaded server may time out once), and the rest moves on.
 //!
-//! Where the next batch starts ([`QueueCursor`]): after the last journal id
-//! this process saw settled (delivered or parked), not at the start of the
-//! queue, so a long drain never re-reads what it just marked (a queue read
-//! from the start wades through the index entries of every row marked since
-//! the last vacuum). Journal writers take one lock while they write
-//! ([`crate::store::JournalStore::lock_for_writing`]), so ids commit in
-//! order and no row can appear behind the cursor; even so, a read that
-//! finds nothing after the cursor is confirmed from the start of the queue
-//! before the queue counts as empty.
+//! Progress is a cursor, not a mark on every row
+//! (`sql/journal/002_push_cursor.sql`):
+//!
+//! ```text
+//!   journal ids:  … settled … │ queue: read in id order, batch by batch ─►
+//!                          through_id (_sync_push)
+//! ```
+//!
+//! - A batch is the first rows after `through_id` that are neither
+//!   delivered nor parked. Journal writers take one lock while they write
+//!   ([`crate::store::JournalStore::lock_for_writing`]), so ids commit in
+//!   order and no row can appear behind the cursor.
+//! - After upstream confirmed a batch, one journal transaction records its
+//!   rejections (parking what will not go) and moves `through_id` to the
+//!   batch's last row, or to just before its first row that stays queued (a
+//!   transient rejection); a delivered row beyond that is marked on its own
+//!   row. A crash before that commit re-sends the batch (the apply is
+//!   idempotent); after it, nothing of the batch is read again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -390,21 +399,6 @@ fn merge_partial(prev: &Queued, prev_merged: Option<&RawValue>, next: &Queued) -
     Ok(Some(RawValue::from_string(text).map_err(|e| SyncError::new(ErrorKind::Decode, format!("merging images: {e}")))?))
 }
 
-/// Where the pusher's next read of the queue starts (see the module docs):
-/// every journal row with an id at or below `after` is delivered or parked.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct QueueCursor {
-    after: i64,
-}
-
-impl QueueCursor {
-    /// Back to the start of the queue (after a failure the batch is read
-    /// again from wherever its first row is).
-    pub fn reset(&mut self) {
-        self.after = 0;
-    }
-}
-
 /// What the pusher works with, passed to [`push_batch`] as one.
 pub struct Pusher<'a, U> {
     /// The clinic's database (row bases, statistics, the branch scope).
@@ -422,27 +416,16 @@ pub struct Pusher<'a, U> {
 
 /// Delivers one batch, split as [`Sizer`] says when upstream cannot take it
 /// as it is. `Ok` with `rows == 0` means the queue is empty.
-pub async fn push_batch<U: Upstream>(
-    p: &Pusher<'_, U>,
-    sizer: &mut Sizer,
-    cursor: &mut QueueCursor,
-) -> std::result::Result<BatchReport, BatchFailure> {
+pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> std::result::Result<BatchReport, BatchFailure> {
     let &Pusher { local, journal, upstream, schema, max_attempts, scope } = p;
     let mut split_attempts = 0;
     let (rows, built, outcome) = loop {
         let (limit, configured) = (sizer.limit(), sizer.configured as i64);
-        let read = |after: i64| async move {
-            match limit {
-                None => journal::next_batch(journal, &journal::Source::Queue, configured, after).await,
-                Some(limit) => journal::next_prefix(journal, limit as i64, after).await,
-            }
-        };
-        let mut rows = read(cursor.after).await.map_err(|error| BatchFailure { error, ids: vec![] })?;
-        if rows.is_empty() && cursor.after > 0 {
-            // Nothing after the cursor: confirm from the start of the queue.
-            cursor.after = 0;
-            rows = read(0).await.map_err(|error| BatchFailure { error, ids: vec![] })?;
+        let rows = match limit {
+            None => journal::next_batch(journal, &journal::Source::Queue, configured, 0).await,
+            Some(limit) => journal::next_prefix(journal, limit as i64, 0).await,
         }
+        .map_err(|error| BatchFailure { error, ids: vec![] })?;
         if rows.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -475,7 +458,6 @@ pub async fn push_batch<U: Upstream>(
                     );
                     continue;
                 }
-                cursor.reset();
                 return park_unsplittable(local, journal, &rows, &built, &e, max_attempts, split_attempts).await;
             }
             Err(e) => return Err(fail(e)),
@@ -506,11 +488,9 @@ pub async fn push_batch<U: Upstream>(
     // change.
     let jstore = JournalStore::new(journal, JOURNAL);
     let mut table_errors: Vec<(&str, String)> = Vec::new();
-    // Rows that stay queued (rejected for a transient reason, not parked).
-    let mut requeued: Vec<i64> = Vec::new();
+    let last_id = rows.last().map_or(0, |r| r.id);
     let write = async {
         journal.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
-        jstore.mark_synced(&synced).await?;
         for r in &outcome.rejected {
             let Some(c) = built.covers.get(r.index as usize) else { continue };
             let class = r.code.as_deref().map(class_of_sqlstate).unwrap_or(Class::Data);
@@ -518,7 +498,6 @@ pub async fn push_batch<U: Upstream>(
             let park = class != Class::Transient || attempts as u32 >= max_attempts;
             if !park {
                 report.should_back_off = true;
-                requeued.extend_from_slice(c);
             }
             let text = r.describe();
             // The detail may quote row values (patient data): journal only.
@@ -529,6 +508,8 @@ pub async fn push_batch<U: Upstream>(
             jstore.record_failure(c, &text, park).await?;
             table_errors.push((built.tables[r.index as usize].as_str(), text));
         }
+        // After the rejections: the cursor stops before what stays queued.
+        jstore.settle(&synced, last_id).await?;
         journal.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
         Ok::<_, SyncError>(())
     };
@@ -536,13 +517,6 @@ pub async fn push_batch<U: Upstream>(
         let _ = journal.batch_execute("ROLLBACK").await;
         return Err(BatchFailure { error: e, ids: vec![] });
     }
-    // Every row of the batch is settled unless some stay queued; rows the
-    // batch did not cover (none today) would keep the cursor before them.
-    let last = rows.last().map_or(cursor.after, |r| r.id);
-    cursor.after = match requeued.iter().min() {
-        Some(first) => first - 1,
-        None => last,
-    };
     crate::crash::point("push.after_journal_marks");
     let store = Store::new(local, LOCAL);
     let stats = async {

@@ -219,7 +219,6 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
     check_contract(&up).await?;
     let journal = connect_journal(cfg).await?;
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
-    let mut cursor = push::QueueCursor::default();
     let scope = crate::scope::UpFilter::load(cfg, &local).await?;
     loop {
         let pusher = push::Pusher {
@@ -230,7 +229,7 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
             max_attempts: cfg.sync.retry_max_attempts,
             scope: scope.as_ref(),
         };
-        match push::push_batch(&pusher, &mut sizer, &mut cursor).await {
+        match push::push_batch(&pusher, &mut sizer).await {
             Ok(r) if r.rows == 0 => break,
             Ok(_) => {}
             Err(f) => return Err(f.error),

@@ -13,8 +13,9 @@
 --                   decoded transaction (several decoded transactions may share one
 --                   transaction, a transaction is never split across two), and in
 --                   that same transaction moves _sync_capture.journaled_lsn.
---                   (commit_lsn, ordinal) identifies a change; the pusher marks rows
---                   synced or parks them (parked_at) with their error. A DELETE row is
+--                   (commit_lsn, ordinal) identifies a change; the pusher's progress
+--                   is a cursor (002: the table becomes _sync_journal, _sync_pending
+--                   a view), parked rows carry parked_at and their error. A DELETE row is
 --                   a tombstone the down path and `verify --repair` consult.
 --                   `data` holds the row image as JSON: column values in PostgreSQL's
 --                   text form as JSON strings (json/jsonb columns embedded as JSON);
@@ -40,36 +41,43 @@
 --
 -- Idempotent.
 
-CREATE TABLE IF NOT EXISTS _sync_pending (
-    id BIGSERIAL PRIMARY KEY,
-    table_name VARCHAR(100) NOT NULL,
-    record_id TEXT,                  -- NULL for TRUNCATE
-    operation VARCHAR(10) NOT NULL,  -- INSERT, UPDATE, DELETE, TRUNCATE
-    data JSONB,
-    created_at TIMESTAMPTZ DEFAULT NOW(),
-    synced BOOLEAN DEFAULT FALSE,
-    synced_at TIMESTAMPTZ,
-    error TEXT,
-    retry_count INTEGER DEFAULT 0,
-    commit_lsn PG_LSN,
-    ordinal INTEGER,
-    commit_ts TIMESTAMPTZ,
-    xid BIGINT,
-    unchanged_columns TEXT[],
-    parked_at TIMESTAMPTZ
-);
--- The pusher's queue: unsynced, unparked rows in journal (= commit) order.
-CREATE INDEX IF NOT EXISTS idx_sync_pending_queue ON _sync_pending(id)
-    WHERE synced = FALSE AND parked_at IS NULL;
--- Idempotency key of a captured change.
-CREATE UNIQUE INDEX IF NOT EXISTS idx_sync_pending_change ON _sync_pending(commit_lsn, ordinal);
--- Latest image / tombstone of a record (TOAST fill, delete tombstones).
-CREATE INDEX IF NOT EXISTS idx_sync_pending_record ON _sync_pending(table_name, record_id, id);
--- The parked rows (unsynced, parked_at set), for the status page's list and
--- every count of them. Rows are journaled unparked, so capture never writes
--- this index; only parking a row (rare) and marking a parked row synced do.
-CREATE INDEX IF NOT EXISTS idx_sync_pending_parked ON _sync_pending (parked_at)
-    WHERE synced = FALSE AND parked_at IS NOT NULL;
+-- Guarded: once 002 has renamed the table to _sync_journal, _sync_pending is a
+-- view, on which these statements would fail.
+DO $cvsync$
+BEGIN
+    IF to_regclass('_sync_journal') IS NULL THEN
+        CREATE TABLE IF NOT EXISTS _sync_pending (
+            id BIGSERIAL PRIMARY KEY,
+            table_name VARCHAR(100) NOT NULL,
+            record_id TEXT,                  -- NULL for TRUNCATE
+            operation VARCHAR(10) NOT NULL,  -- INSERT, UPDATE, DELETE, TRUNCATE
+            data JSONB,
+            created_at TIMESTAMPTZ DEFAULT NOW(),
+            synced BOOLEAN DEFAULT FALSE,
+            synced_at TIMESTAMPTZ,
+            error TEXT,
+            retry_count INTEGER DEFAULT 0,
+            commit_lsn PG_LSN,
+            ordinal INTEGER,
+            commit_ts TIMESTAMPTZ,
+            xid BIGINT,
+            unchanged_columns TEXT[],
+            parked_at TIMESTAMPTZ
+        );
+        -- (001 also created a partial queue index, idx_sync_pending_queue; 002 drops
+        -- it: the queue is a range of the primary key after the pusher's cursor.)
+        -- Idempotency key of a captured change.
+        CREATE UNIQUE INDEX IF NOT EXISTS idx_sync_pending_change ON _sync_pending(commit_lsn, ordinal);
+        -- Latest image / tombstone of a record (TOAST fill, delete tombstones).
+        CREATE INDEX IF NOT EXISTS idx_sync_pending_record ON _sync_pending(table_name, record_id, id);
+        -- The parked rows (unsynced, parked_at set), for the status page's list and
+        -- every count of them. Rows are journaled unparked, so capture never writes
+        -- this index; only parking a row (rare) and marking a parked row synced do.
+        CREATE INDEX IF NOT EXISTS idx_sync_pending_parked ON _sync_pending (parked_at)
+            WHERE synced = FALSE AND parked_at IS NOT NULL;
+    END IF;
+END
+$cvsync$;
 
 CREATE TABLE IF NOT EXISTS _sync_capture (
     slot_name TEXT PRIMARY KEY,

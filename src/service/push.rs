@@ -72,7 +72,6 @@ pub(crate) async fn push_while(
     let mut cycle: HashMap<String, i64> = HashMap::new();
     let mut cycle_started = Instant::now();
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
-    let mut cursor = push::QueueCursor::default();
     let scope = crate::scope::UpFilter::load(cfg, &local).await?;
     loop {
         if !give_up {
@@ -104,7 +103,7 @@ pub(crate) async fn push_while(
             max_attempts: cfg.sync.retry_max_attempts,
             scope: scope.as_ref(),
         };
-        let result = push::push_batch(&pusher, &mut sizer, &mut cursor).await;
+        let result = push::push_batch(&pusher, &mut sizer).await;
         if let Some(note) = sizer.take_note_change() {
             match &note {
                 Some(n) => tracing::warn!(limit = sizer.limit(), "{n}"),
@@ -152,7 +151,6 @@ pub(crate) async fn push_while(
                 if local.is_closed() || journal.is_closed() {
                     return Err(f.error);
                 }
-                cursor.reset();
                 failures += 1;
                 if f.error.is_outage() && f.error.kind != ErrorKind::LocalUnreachable {
                     rt.upstream_link.report_down(&f.error);

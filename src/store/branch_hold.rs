@@ -1,5 +1,5 @@
 //! Branch scope on the up path ([`crate::scope`]): journaled changes of rows
-//! outside this server's branches are held back — parked in `_sync_pending`
+//! outside this server's branches are held back — parked in the journal
 //! with the reason, which `status` lists — instead of being sent. Runs in the
 //! pusher before a batch is built, on that batch's journal rows only: the
 //! clinic's database judges the images (the scope may follow foreign keys),
@@ -42,10 +42,10 @@ impl JournalStore<'_> {
     pub async fn hold_back(&self, table: &str, ids: &[i64], out: &[i64]) -> Result<u64> {
         self.client
             .execute(
-                "UPDATE _sync_pending p SET parked_at = now(), error = $4, retry_count = coalesce(p.retry_count, 0) + 1
+                "UPDATE _sync_journal p SET parked_at = now(), error = $4, retry_count = coalesce(p.retry_count, 0) + 1
                  WHERE p.id = ANY($1) AND p.table_name = $2 AND NOT p.synced AND p.parked_at IS NULL
                    AND (p.id = ANY($3)
-                        OR EXISTS (SELECT 1 FROM _sync_pending q
+                        OR EXISTS (SELECT 1 FROM _sync_journal q
                                    WHERE q.table_name = p.table_name AND q.record_id = p.record_id AND q.id < p.id
                                      AND q.parked_at IS NOT NULL AND NOT q.synced AND q.error = $4))",
                 &[&ids, &table, &out, &HELD_BACK],
@@ -54,12 +54,17 @@ impl JournalStore<'_> {
             .map_err(|e| self.err(e))
     }
 
-    /// Journal rows of `table` for these keys not yet synced (queued or
-    /// parked).
+    /// Journal rows of `table` for these keys not yet delivered (queued
+    /// after the cursor, or parked).
     pub async fn unsynced_changes_of(&self, table: &str, keys: &[String]) -> Result<i64> {
         let row = self
             .client
-            .query_one("SELECT count(*) FROM _sync_pending WHERE table_name = $1 AND record_id = ANY($2) AND NOT synced", &[&table, &keys])
+            .query_one(
+                "SELECT count(*) FROM _sync_journal
+                 WHERE table_name = $1 AND record_id = ANY($2) AND NOT synced
+                   AND (parked_at IS NOT NULL OR id > (SELECT through_id FROM _sync_push))",
+                &[&table, &keys],
+            )
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))

@@ -116,7 +116,7 @@ impl JournalStore<'_> {
         let r = self
             .client
             .query_one(
-                "SELECT (SELECT min(commit_lsn) FROM _sync_pending),
+                "SELECT (SELECT min(commit_lsn) FROM _sync_journal),
                     (SELECT pruned_through_lsn FROM _sync_capture WHERE slot_name = $1)",
                 &[&slot],
             )
@@ -132,7 +132,7 @@ impl JournalStore<'_> {
             .client
             .query_one(
                 "SELECT (SELECT journaled_lsn::text FROM _sync_capture WHERE slot_name = $1),
-                    (SELECT min(commit_lsn)::text FROM _sync_pending)",
+                    (SELECT min(commit_lsn)::text FROM _sync_journal)",
                 &[&slot],
             )
             .await
@@ -182,7 +182,7 @@ impl JournalStore<'_> {
                       ins AS (INSERT INTO _sync_epoch (epoch, first_journal_id, system_identifier)
                               SELECT nxt.epoch,
                                      CASE WHEN (SELECT yes FROM first) THEN 0
-                                          ELSE (SELECT coalesce(max(id), 0) + 1 FROM _sync_pending) END,
+                                          ELSE (SELECT coalesce(max(id), 0) + 1 FROM _sync_journal) END,
                                      $2
                               FROM nxt ON CONFLICT (epoch) DO NOTHING RETURNING epoch)
                  UPDATE _sync_capture c SET

@@ -9,6 +9,8 @@
 //!    whatever the backlog); rows already there (an interrupted earlier
 //!    move) are skipped by id. The copy is checked row for row before the
 //!    transaction commits.
+//!    The rows keep their per-row `synced` marks, which the journal still
+//!    honours above the pusher's cursor (`sql/journal/002_push_cursor.sql`).
 //! 2. Only after that commit are the old tables dropped.
 //!
 //! A crash between the two leaves both copies; the next `init` repeats step
@@ -66,7 +68,7 @@ pub async fn move_journal(local: &Store<'_>, journal: &JournalStore<'_>) -> Resu
     let result = async {
         journal.lock_for_writing().await?;
         if present("_sync_pending").await.map_err(le)? {
-            j.batch_execute("CREATE TEMP TABLE _cvs_moving (LIKE _sync_pending) ON COMMIT DROP").await.map_err(je)?;
+            j.batch_execute("CREATE TEMP TABLE _cvs_moving (LIKE _sync_journal) ON COMMIT DROP").await.map_err(je)?;
             let out = l
                 .copy_out(&format!("COPY (SELECT {PENDING_COLUMNS} FROM _sync_pending ORDER BY id) TO STDOUT (FORMAT binary)"))
                 .await
@@ -79,7 +81,7 @@ pub async fn move_journal(local: &Store<'_>, journal: &JournalStore<'_>) -> Resu
             }
             let copied = sink.finish().await.map_err(je)? as i64;
             j.execute(
-                &format!("INSERT INTO _sync_pending ({PENDING_COLUMNS}) SELECT {PENDING_COLUMNS} FROM _cvs_moving ON CONFLICT DO NOTHING"),
+                &format!("INSERT INTO _sync_journal ({PENDING_COLUMNS}) SELECT {PENDING_COLUMNS} FROM _cvs_moving ON CONFLICT DO NOTHING"),
                 &[],
             )
             .await
@@ -90,7 +92,7 @@ pub async fn move_journal(local: &Store<'_>, journal: &JournalStore<'_>) -> Resu
                     "SELECT count(*) FILTER (WHERE p.id IS NULL OR p.commit_lsn IS DISTINCT FROM m.commit_lsn
                                               OR p.ordinal IS DISTINCT FROM m.ordinal),
                             count(*) FILTER (WHERE NOT coalesce(m.synced, false))
-                     FROM _cvs_moving m LEFT JOIN _sync_pending p ON p.id = m.id",
+                     FROM _cvs_moving m LEFT JOIN _sync_journal p ON p.id = m.id",
                     &[],
                 )
                 .await
@@ -108,7 +110,7 @@ pub async fn move_journal(local: &Store<'_>, journal: &JournalStore<'_>) -> Resu
                     "the journal database belongs to another installation: set [local_postgres] journal_database to a new name and run `init` again",
                 ));
             }
-            j.batch_execute("SELECT setval(pg_get_serial_sequence('_sync_pending', 'id'), coalesce(max(id), 0) + 1, false) FROM _sync_pending")
+            j.batch_execute("SELECT setval(pg_get_serial_sequence('_sync_journal', 'id'), coalesce(max(id), 0) + 1, false) FROM _sync_journal")
                 .await
                 .map_err(je)?;
             moved = Moved { rows: copied, unsynced };

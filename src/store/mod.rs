@@ -9,22 +9,25 @@
 //!
 //! Invariants, per table (who writes it, and in which transaction):
 //!
-//! - `_sync_pending`, the journal ([`pending`], journal database). Rows are
+//! - `_sync_journal`, the journal ([`pending`], journal database; the view
+//!   `_sync_pending` shows it with the specification's columns). Rows are
 //!   written only by [`JournalStore::journal_batch`] (binary COPY): by
 //!   capture, inside the transaction that also moves
 //!   `_sync_capture.journaled_lsn` ([`JournalStore::record_journaled`]), one
 //!   decoded transaction never split across two; and by `init
 //!   --upload-existing` (those rows carry a settled position). `(commit_lsn,
 //!   ordinal)` identifies a captured change. The pusher reads the queue
-//!   (unsynced, unparked) in `id` order ([`JournalStore::journal_rows`]) and
-//!   marks rows synced ([`JournalStore::mark_synced`]) only after upstream
-//!   confirmed them, in one transaction with its rejections
-//!   ([`JournalStore::record_failure`], which parks); the clinic database's
+//!   (after the cursor `_sync_push.through_id`, neither delivered nor parked)
+//!   in `id` order ([`JournalStore::journal_rows`]) and moves the cursor
+//!   once per batch ([`JournalStore::settle`]) only after upstream confirmed
+//!   the batch, in one transaction with its rejections
+//!   ([`JournalStore::record_failure`], which parks; parked rows and rows
+//!   delivered while an earlier one waits are the per-row exceptions); the clinic database's
 //!   up-path statistics ([`Store::record_synced_up`], the hourly history)
 //!   follow in a transaction of their own, best effort. A `DELETE` row is a
 //!   tombstone for the down path ([`JournalStore::tombstones`] →
 //!   [`tombstoned`]) and `verify --repair` ([`JournalStore::latest_tombstone`]).
-//!   Synced rows past retention are pruned ([`JournalStore::prune_journal`])
+//!   Rows the cursor passed longer ago than retention (`_sync_push_log`) are pruned ([`JournalStore::prune_journal`])
 //!   in the same statement that moves `_sync_capture.pruned_through_lsn`. An
 //!   older installation's journal in the clinic's database is moved here by
 //!   `init` ([`journal_move`]).
@@ -105,7 +108,10 @@ pub const SCHEMA: &[(&str, &str)] = &[
 const JOURNAL_WRITER_LOCK: i64 = 0x0063_7673_6a72_6e6c;
 
 /// The journal database's schema (`init` applies it there; idempotent).
-pub const JOURNAL_SCHEMA: &[(&str, &str)] = &[("journal/001_journal.sql", include_str!("../../sql/journal/001_journal.sql"))];
+pub const JOURNAL_SCHEMA: &[(&str, &str)] = &[
+    ("journal/001_journal.sql", include_str!("../../sql/journal/001_journal.sql")),
+    ("journal/002_push_cursor.sql", include_str!("../../sql/journal/002_push_cursor.sql")),
+];
 
 /// The control tables as one component sees them: its local connection,
 /// and the label its database errors carry (e.g. "local database
@@ -148,8 +154,9 @@ impl<'c> Store<'c> {
     }
 }
 
-/// The journal database's tables (`_sync_pending`, `_sync_capture`,
-/// `_sync_epoch`) as one component sees them. The journal lives in a
+/// The journal database's tables (`_sync_journal` with its cursor
+/// `_sync_push` and the `_sync_pending` view, `_sync_capture`, `_sync_epoch`)
+/// as one component sees them. The journal lives in a
 /// database of its own beside the clinic's (`[local_postgres]
 /// journal_database`, same cluster): logical decoding reads every WAL record
 /// but skips another database's at the first check, so capture's own
@@ -186,7 +193,7 @@ impl<'c> JournalStore<'c> {
     /// Serializes the journal's writers (capture, `init` journaling existing
     /// rows, moving an old journal) until the caller's transaction ends, so
     /// journal ids commit in the order they were drawn: the pusher's cursor
-    /// ([`crate::push::QueueCursor`]) can then never be passed by a row
+    /// (`_sync_push.through_id`) can then never be passed by a row
     /// committing later with a smaller id. Readers and the pusher's marks do
     /// not take it.
     pub async fn lock_for_writing(&self) -> Result<()> {
@@ -194,11 +201,12 @@ impl<'c> JournalStore<'c> {
         Ok(())
     }
 
-    /// Whether the journal and capture tables exist.
+    /// Whether the journal, its cursor and the capture tables exist (a
+    /// journal database of an earlier version has no cursor yet: `init`).
     pub async fn tables_present(&self) -> Result<bool> {
         let row = self
             .client
-            .query_one("SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL", &[])
+            .query_one("SELECT to_regclass('_sync_push') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL", &[])
             .await
             .map_err(|e| self.err(e))?;
         Ok(row.get(0))
@@ -210,7 +218,7 @@ impl<'c> JournalStore<'c> {
         let row = self
             .client
             .query_one(
-                "SELECT to_regclass('_sync_pending') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL
+                "SELECT to_regclass('_sync_push') IS NOT NULL AND to_regclass('_sync_capture') IS NOT NULL
                     AND EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
                 &[&slot],
             )

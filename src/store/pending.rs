@@ -1,4 +1,5 @@
-//! `_sync_pending`, the journal: its row types and every statement on it
+//! The journal (`_sync_journal`, its cursor `_sync_push`; `_sync_pending`
+//! is their view for people): its row types and every statement on it
 //! (see the invariants in [`crate::store`]; the capture and push protocols
 //! built on it are in [`crate::journal`] and [`crate::push`]).
 
@@ -189,7 +190,7 @@ impl JournalStore<'_> {
         let sink = self
             .client
             .copy_in(
-                "COPY _sync_pending (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts, xid, unchanged_columns) FROM STDIN (FORMAT binary)",
+                "COPY _sync_journal (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts, xid, unchanged_columns) FROM STDIN (FORMAT binary)",
             )
             .await
             .map_err(|e| self.err(e))?;
@@ -233,7 +234,7 @@ impl JournalStore<'_> {
                 "SELECT jsonb_object_agg(k, v)::text FROM (
                    SELECT DISTINCT ON (k) k, p.data -> k AS v
                    FROM unnest($3::text[]) k
-                   JOIN _sync_pending p ON p.table_name = $1 AND p.record_id = $2 AND p.data ? k
+                   JOIN _sync_journal p ON p.table_name = $1 AND p.record_id = $2 AND p.data ? k
                    ORDER BY k, p.id DESC) s",
                 &[&table, &record_id, &columns],
             )
@@ -246,15 +247,17 @@ impl JournalStore<'_> {
     /// order; with `only_lsn`, only rows of that transaction.
     pub async fn journal_rows(&self, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
         const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
-                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn, ordinal FROM _sync_pending";
+                    coalesce(commit_ts, created_at)::text, retry_count, commit_lsn, ordinal FROM _sync_journal";
         let only = only_lsn.map(PgLsn::from);
         let rows = match source {
-            // Separate statement text so the partial queue index serves it.
+            // The queue: a primary-key range after the pusher's cursor, less
+            // the rows already delivered or parked out of order.
             Source::Queue => {
                 self.client
                     .query(
                         &format!(
-                            "{COLUMNS} WHERE synced = FALSE AND parked_at IS NULL AND id > $2
+                            "{COLUMNS} WHERE id > (SELECT through_id FROM _sync_push) AND id > $2
+                           AND synced = FALSE AND parked_at IS NULL
                            AND ($3::pg_lsn IS NULL OR commit_lsn = $3) ORDER BY id LIMIT $1"
                         ),
                         &[&limit, &after_id, &only],
@@ -300,17 +303,37 @@ impl JournalStore<'_> {
             .collect()
     }
 
-    /// Marks rows delivered (applied upstream, or superseded by a newer
-    /// upstream row).
-    pub async fn mark_synced(&self, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.client
-            .execute("UPDATE _sync_pending SET synced = TRUE, synced_at = now(), error = NULL WHERE id = ANY($1)", &[&ids])
+    /// Settles a batch whose rows up to `last_id` were all read: `delivered`
+    /// (applied upstream, or superseded by a newer upstream row) are done,
+    /// and rows parked or failed by [`JournalStore::record_failure`] earlier
+    /// in the same transaction are already marked. The cursor
+    /// (`_sync_push.through_id`) moves to just before the first row up to
+    /// `last_id` that still waits, or to `last_id`; a delivered row beyond
+    /// it (an earlier one waits to be retried) is marked on its own row, the
+    /// exception. Returns the cursor.
+    pub async fn settle(&self, delivered: &[i64], last_id: i64) -> Result<i64> {
+        let row = self
+            .client
+            .query_one(
+                "WITH p AS (SELECT through_id FROM _sync_push FOR UPDATE),
+                 n AS (SELECT coalesce((SELECT min(j.id) - 1 FROM _sync_journal j
+                                        WHERE j.id > p.through_id AND j.id <= $2 AND j.synced = FALSE
+                                          AND j.parked_at IS NULL AND j.id <> ALL($1)), $2) AS through
+                       FROM p),
+                 moved AS (UPDATE _sync_push SET through_id = n.through, updated_at = now()
+                           FROM n WHERE n.through > _sync_push.through_id RETURNING n.through),
+                 logged AS (INSERT INTO _sync_push_log (through_id) SELECT through FROM moved ON CONFLICT DO NOTHING),
+                 marked AS (UPDATE _sync_journal j
+                            SET synced = j.synced OR j.id > n.through,
+                                synced_at = CASE WHEN j.id > n.through THEN now() ELSE j.synced_at END,
+                                error = NULL
+                            FROM n WHERE j.id = ANY($1) AND (j.id > n.through OR j.error IS NOT NULL))
+                 SELECT greatest(n.through, p.through_id) FROM n, p",
+                &[&delivered, &last_id],
+            )
             .await
             .map_err(|e| self.err(e))?;
-        Ok(())
+        Ok(row.get(0))
     }
 
     /// Records a failed attempt for rows; `park` takes them out of the queue
@@ -321,7 +344,7 @@ impl JournalStore<'_> {
         }
         self.client
             .execute(
-                "UPDATE _sync_pending SET retry_count = coalesce(retry_count, 0) + 1, error = $2,
+                "UPDATE _sync_journal SET retry_count = coalesce(retry_count, 0) + 1, error = $2,
                     parked_at = CASE WHEN $3 THEN now() ELSE parked_at END
              WHERE id = ANY($1)",
                 &[&ids, &error, &park],
@@ -335,7 +358,11 @@ impl JournalStore<'_> {
     pub async fn backlog(&self) -> Result<i64> {
         let r = self
             .client
-            .query_one("SELECT count(*) FROM _sync_pending WHERE synced = FALSE AND parked_at IS NULL", &[])
+            .query_one(
+                "SELECT count(*) FROM _sync_journal
+                 WHERE id > (SELECT through_id FROM _sync_push) AND synced = FALSE AND parked_at IS NULL",
+                &[],
+            )
             .await
             .map_err(|e| self.err(e))?;
         Ok(r.get(0))
@@ -345,7 +372,7 @@ impl JournalStore<'_> {
     pub async fn parked(&self) -> Result<i64> {
         let r = self
             .client
-            .query_one("SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL AND synced = FALSE", &[])
+            .query_one("SELECT count(*) FROM _sync_journal WHERE parked_at IS NOT NULL AND synced = FALSE", &[])
             .await
             .map_err(|e| self.err(e))?;
         Ok(r.get(0))
@@ -356,7 +383,7 @@ impl JournalStore<'_> {
     /// (timestamptz text; None: any).
     pub async fn latest_tombstone(&self, table: &str, record_id: &str, not_before: Option<&str>) -> Result<Option<String>> {
         let sql = format!(
-            "SELECT max(p.commit_ts)::text FROM _sync_pending p WHERE {}",
+            "SELECT max(p.commit_ts)::text FROM _sync_journal p WHERE {}",
             tombstone_predicate("$1", "$2", "coalesce($3::text::timestamptz, '-infinity')")
         );
         let row = self.client.query_opt(&sql, &[&table, &record_id, &not_before]).await.map_err(|e| self.err(e))?;
@@ -374,7 +401,7 @@ impl JournalStore<'_> {
             .client
             .query_one(
                 "SELECT coalesce(jsonb_object_agg(record_id, ts), '{}')::text FROM (
-                    SELECT p.record_id, max(p.commit_ts) AS ts FROM _sync_pending p
+                    SELECT p.record_id, max(p.commit_ts) AS ts FROM _sync_journal p
                     WHERE p.table_name = $1 AND p.record_id = ANY($2) AND p.operation = 'DELETE'
                     GROUP BY p.record_id) t",
                 &[&table, &record_ids],
@@ -385,8 +412,8 @@ impl JournalStore<'_> {
     }
 
     /// Queued and parked rows per table and in all (see [`QueueCounts`]):
-    /// only the unsynced rows, each kind through its partial index, never
-    /// the synced rows the journal keeps.
+    /// the queue (a key range after the cursor) and the parked rows (their
+    /// partial index), never the delivered rows the journal keeps.
     pub async fn queue_counts(&self) -> Result<QueueCounts> {
         let rows = self
             .client
@@ -394,7 +421,12 @@ impl JournalStore<'_> {
                 "SELECT table_name::text, count(*) FILTER (WHERE parked_at IS NULL)::int8,
                         count(*) FILTER (WHERE parked_at IS NOT NULL)::int8,
                         extract(epoch FROM now() - min(coalesce(commit_ts, created_at)) FILTER (WHERE parked_at IS NULL))::float8
-                 FROM _sync_pending WHERE synced = FALSE GROUP BY table_name",
+                 FROM (SELECT table_name, parked_at, commit_ts, created_at FROM _sync_journal
+                       WHERE id > (SELECT through_id FROM _sync_push) AND synced = FALSE AND parked_at IS NULL
+                       UNION ALL
+                       SELECT table_name, parked_at, commit_ts, created_at FROM _sync_journal
+                       WHERE synced = FALSE AND parked_at IS NOT NULL) q
+                 GROUP BY table_name",
                 &[],
             )
             .await
@@ -417,7 +449,7 @@ impl JournalStore<'_> {
     /// The journal's highest id: a local change journaled after it is newer
     /// than anything the down path decided so far.
     pub async fn journal_high_water(&self) -> Result<i64> {
-        let row = self.client.query_one("SELECT coalesce(max(id), 0)::int8 FROM _sync_pending", &[]).await.map_err(|e| self.err(e))?;
+        let row = self.client.query_one("SELECT coalesce(max(id), 0)::int8 FROM _sync_journal", &[]).await.map_err(|e| self.err(e))?;
         Ok(row.get(0))
     }
 
@@ -434,7 +466,7 @@ impl JournalStore<'_> {
             .client
             .query(
                 "SELECT e.t, e.r FROM unnest($1::text[], $2::text[], $3::int8[]) e(t, r, after)
-                 WHERE EXISTS (SELECT 1 FROM _sync_pending p WHERE p.table_name = e.t AND p.record_id = e.r AND p.id > e.after)",
+                 WHERE EXISTS (SELECT 1 FROM _sync_journal p WHERE p.table_name = e.t AND p.record_id = e.r AND p.id > e.after)",
                 &[&tables, &ids, &after],
             )
             .await
@@ -442,17 +474,24 @@ impl JournalStore<'_> {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Deletes up to `batch` synced rows older than `retention_hours` and,
-    /// in the same statement, moves the slot's `pruned_through_lsn` past
-    /// them. Returns the rows deleted.
+    /// Deletes up to `batch` delivered rows that the cursor passed more than
+    /// `retention_hours` ago (parked rows stay until they are delivered)
+    /// and, in the same statement, moves the slot's `pruned_through_lsn`
+    /// past them and forgets the cursor's older moves. Returns the rows
+    /// deleted.
     pub async fn prune_journal(&self, retention_hours: i32, batch: i64, slot: &str) -> Result<i64> {
         let r = self
             .client
             .query_one(
-                "WITH d AS (
-                    DELETE FROM _sync_pending WHERE id IN (
-                        SELECT id FROM _sync_pending WHERE synced AND synced_at < now() - make_interval(hours => $1) LIMIT $2)
+                "WITH cut AS (
+                    SELECT coalesce(max(through_id), 0) AS id FROM _sync_push_log
+                    WHERE pushed_at < now() - make_interval(hours => $1)),
+                 d AS (
+                    DELETE FROM _sync_journal WHERE id IN (
+                        SELECT j.id FROM _sync_journal j, cut
+                        WHERE j.id <= cut.id AND (j.parked_at IS NULL OR j.synced) ORDER BY j.id LIMIT $2)
                     RETURNING commit_lsn),
+                 l AS (DELETE FROM _sync_push_log WHERE through_id < (SELECT id FROM cut)),
                  u AS (
                     UPDATE _sync_capture SET pruned_through_lsn = GREATEST(pruned_through_lsn, (SELECT max(commit_lsn) FROM d))
                     WHERE slot_name = $3 AND EXISTS (SELECT 1 FROM d) RETURNING 1)
@@ -471,7 +510,7 @@ impl JournalStore<'_> {
             .client
             .query(
                 "SELECT table_name::text, operation::text, count(*), min(commit_lsn)::text, max(commit_lsn)::text
-             FROM _sync_pending
+             FROM _sync_journal
              WHERE commit_lsn >= $1 AND ($2::pg_lsn IS NULL OR commit_lsn <= $2)
                AND (cardinality($3::text[]) = 0 OR table_name = ANY($3))
              GROUP BY 1, 2 ORDER BY 1, 2",
@@ -488,7 +527,7 @@ impl JournalStore<'_> {
     /// Keys of `table` among `keys` with a local change upstream has not
     /// processed yet: journal rows after `processed` = (epoch, journal id)
     /// as the change feed reported it, or, when upstream has processed
-    /// nothing of this clinic's, rows not yet synced. Parked rows were
+    /// nothing of this clinic's, rows not yet delivered (after the cursor). Parked rows were
     /// processed (rejected). A pending TRUNCATE of the table holds every key.
     pub async fn pending_keys(
         &self,
@@ -509,13 +548,17 @@ impl JournalStore<'_> {
             .client
             .query(
                 "SELECT DISTINCT k FROM unnest($2::text[]) AS k
-                 WHERE EXISTS (SELECT 1 FROM _sync_pending p
+                 WHERE EXISTS (SELECT 1 FROM _sync_journal p
                                WHERE p.table_name = $1 AND p.record_id = k AND p.parked_at IS NULL
-                                 AND CASE WHEN $3::bigint IS NULL THEN NOT p.synced ELSE p.id > $3 END)
-                    OR EXISTS (SELECT 1 FROM _sync_pending p
+                                 AND CASE WHEN $3::bigint IS NULL
+                                          THEN NOT p.synced AND p.id > (SELECT through_id FROM _sync_push)
+                                          ELSE p.id > $3 END)
+                    OR EXISTS (SELECT 1 FROM _sync_journal p
                                WHERE p.table_name = $1 AND p.record_id IS NULL AND p.operation = 'TRUNCATE'
                                  AND p.parked_at IS NULL
-                                 AND CASE WHEN $3::bigint IS NULL THEN NOT p.synced ELSE p.id > $3 END)",
+                                 AND CASE WHEN $3::bigint IS NULL
+                                          THEN NOT p.synced AND p.id > (SELECT through_id FROM _sync_push)
+                                          ELSE p.id > $3 END)",
                 &[&table, &keys, &after_id],
             )
             .await
@@ -529,7 +572,7 @@ impl JournalStore<'_> {
             .client
             .query(
                 "SELECT id, table_name::text, record_id, operation::text, error, parked_at::text
-                 FROM _sync_pending WHERE synced = FALSE AND parked_at IS NOT NULL
+                 FROM _sync_journal WHERE synced = FALSE AND parked_at IS NOT NULL
                  ORDER BY parked_at DESC, id DESC LIMIT $1",
                 &[&limit],
             )

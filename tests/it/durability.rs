@@ -59,7 +59,7 @@ async fn exec(db: &TestDb, sql: &str) {
 }
 
 /// Records, from inside each writing transaction, the session's
-/// `synchronous_commit`: on the journal (`_sync_pending` in the journal
+/// `synchronous_commit`: on the journal (`_sync_journal` in the journal
 /// database, written by capture's journal writer) and on `services` as the
 /// down path writes it (under `session_replication_role = replica`, hence
 /// `ENABLE ALWAYS`). Installed in both databases.
@@ -72,7 +72,7 @@ BEGIN
 END $$;
 "#;
 const SEEN_JOURNAL: &str =
-    "CREATE TRIGGER seen_commit_mode AFTER INSERT ON _sync_pending FOR EACH STATEMENT EXECUTE FUNCTION seen_commit_mode();";
+    "CREATE TRIGGER seen_commit_mode AFTER INSERT ON _sync_journal FOR EACH STATEMENT EXECUTE FUNCTION seen_commit_mode();";
 const SEEN_LOCAL: &str =
     "CREATE TRIGGER seen_commit_mode AFTER INSERT OR UPDATE ON services FOR EACH STATEMENT EXECUTE FUNCTION seen_commit_mode();
 ALTER TABLE services ENABLE ALWAYS TRIGGER seen_commit_mode;";
@@ -95,7 +95,7 @@ async fn the_journal_writer_and_the_down_path_commit_synchronously_on_a_database
     let seen =
         |tab: &str, role: &str| format!("SELECT count(*) FROM seen_commit_mode WHERE tab = '{tab}' AND role = '{role}' AND mode = 'on'");
     assert!(
-        count(&pair.local.journal(), &seen("_sync_pending", "origin")).await >= 1,
+        count(&pair.local.journal(), &seen("_sync_journal", "origin")).await >= 1,
         "the journal writer wrote with synchronous_commit = on"
     );
     assert!(count(&pair.local, &seen("services", "replica")).await >= 1, "the down path wrote with synchronous_commit = on");

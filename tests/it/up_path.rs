@@ -420,3 +420,58 @@ all_modes!(
     an_upstream_outage_grows_the_journal_and_drains_when_it_is_back,
     rows_that_predate_the_slot_are_uploaded_once_on_request,
 );
+
+/// The pusher's progress is one cursor (`_sync_push.through_id`), not a
+/// mark on every row: a row that stays queued (a transient rejection) holds
+/// the cursor before it, the rows delivered after it are marked on their
+/// own and never read again, a parked row lets the cursor pass, and the
+/// `_sync_pending` view still answers the specification's `synced`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_cursor_waits_for_a_queued_row_and_never_rereads_what_was_delivered() {
+    use centrovision_sync::error::At;
+    use centrovision_sync::journal::{Source, next_batch};
+    use centrovision_sync::store::JournalStore;
+    let pair = Pair::new("push_cursor", Mode::Postgres).await;
+    pair.init().await;
+    let j = pair.local.journal().connect().await;
+    let before: i64 = j.query_one("SELECT coalesce(max(id), 0) FROM _sync_journal", &[]).await.unwrap().get(0);
+    j.batch_execute(
+        "INSERT INTO _sync_journal (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts)
+         SELECT 'services', 'r' || g, 'INSERT', '{}', ('0/' || to_hex(1000 + g))::pg_lsn, 1, now()
+         FROM generate_series(1, 6) g",
+    )
+    .await
+    .unwrap();
+    let js = JournalStore::new(&j, At::local("test journal"));
+    let queue = |after: i64| {
+        let j = &j;
+        async move { next_batch(j, &Source::Queue, 100, after).await.unwrap().iter().map(|r| r.id - before).collect::<Vec<_>>() }
+    };
+    assert_eq!(queue(0).await, vec![1, 2, 3, 4, 5, 6], "the queue is every row after the cursor");
+    let id = |n: i64| before + n;
+    // Row 3 is rejected for a transient reason (stays queued), row 5 is parked, the rest delivered.
+    js.record_failure(&[id(3)], "transient", false).await.unwrap();
+    js.record_failure(&[id(5)], "data error", true).await.unwrap();
+    let through = js.settle(&[id(1), id(2), id(4), id(6)], id(6)).await.unwrap();
+    assert_eq!(through, id(2), "the cursor stops just before the row that stays queued");
+    assert_eq!(queue(0).await, vec![3], "delivered and parked rows are not read again");
+    let marked: i64 = j.query_one("SELECT count(*) FROM _sync_journal WHERE synced", &[]).await.unwrap().get(0);
+    assert_eq!(marked, 2, "only the rows delivered past the cursor (4 and 6) carry a mark of their own");
+    let through = js.settle(&[id(3)], id(3)).await.unwrap();
+    assert_eq!(through, id(3), "the retried row delivered, the cursor passes it");
+    assert!(queue(0).await.is_empty(), "nothing left to send");
+    assert_eq!(js.backlog().await.unwrap(), 0, "backlog");
+    assert_eq!(js.parked().await.unwrap(), 1, "the parked row is still counted as parked");
+    let (unsynced, without_time): (i64, i64) = {
+        let r = j
+            .query_one(
+                "SELECT count(*) FILTER (WHERE NOT synced), count(*) FILTER (WHERE synced AND synced_at IS NULL) FROM _sync_pending",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(unsynced, 1, "the view says synced = false only for the parked row");
+    assert_eq!(without_time, 0, "every delivered row shows when it was delivered");
+}

@@ -1089,7 +1089,10 @@ impl Bench {
         self.report.stage("4a: capture alone (run, upstream unreachable)", secs(cap), "s",
             format!("from the \"capture started\" log line ({:.2} s after spawn) to the last change journaled; {:.0} rows/s; service CPU {:.2} s; avg journal image {avg:.0} bytes", secs(from), rate(made, cap), secs(u.cpu)));
         self.res.capture = Some((cap, u));
-        journal.batch_execute("TRUNCATE _sync_pending RESTART IDENTITY").await.ctx("truncate journal")?;
+        journal
+            .batch_execute("TRUNCATE _sync_journal, _sync_push_log RESTART IDENTITY; UPDATE _sync_push SET through_id = 0")
+            .await
+            .ctx("truncate journal")?;
         journal.execute("DELETE FROM _sync_capture WHERE slot_name = $1", &[&cap_slot]).await.ctx("reset capture state")?;
         drop_slot(&local, &cap_slot).await?;
 
@@ -1714,12 +1717,14 @@ impl Bench {
         }
         journal
             .batch_execute(
-                "UPDATE _sync_pending SET synced = true, synced_at = now() WHERE id <= (SELECT max(id) * 0.8 FROM _sync_pending);
-                 UPDATE _sync_pending SET parked_at = now(), error = 'bench: 22P02 invalid input syntax' WHERE NOT synced AND id % 20 = 1;",
+                "UPDATE _sync_journal SET parked_at = now(), error = 'bench: 22P02 invalid input syntax'
+                   WHERE id <= (SELECT max(id) * 0.8 FROM _sync_journal) AND id % 20 = 1;
+                 UPDATE _sync_push SET through_id = (SELECT (max(id) * 0.8)::int8 FROM _sync_journal);
+                 INSERT INTO _sync_push_log (through_id) SELECT through_id FROM _sync_push;",
             )
             .await
             .ctx("journal state")?;
-        journal.batch_execute("VACUUM ANALYZE _sync_pending").await.ctx("vacuum")?;
+        journal.batch_execute("VACUUM ANALYZE _sync_journal").await.ctx("vacuum")?;
         local.batch_execute("ANALYZE _sync_history, _sync_backlog_history").await.ctx("analyze")?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| e.to_string())?;
         let base = format!("http://127.0.0.1:{port}");
