@@ -474,4 +474,11 @@ async fn the_push_cursor_waits_for_a_queued_row_and_never_rereads_what_was_deliv
     };
     assert_eq!(unsynced, 1, "the view says synced = false only for the parked row");
     assert_eq!(without_time, 0, "every delivered row shows when it was delivered");
+    // Retention counts from when the cursor passed a row; rows beyond the
+    // cursor (4 and 6, marked on their own) wait for it, the parked row stays.
+    let pruned = js.prune_journal(0, 1000, "no_such_slot").await.unwrap();
+    assert_eq!(pruned, 3, "rows 1-3, which the cursor passed, are pruned");
+    let left: Vec<i64> =
+        j.query("SELECT id FROM _sync_journal ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get::<_, i64>(0) - before).collect();
+    assert_eq!(left, vec![4, 5, 6], "what the cursor has not passed, and the parked row, stay");
 }
