@@ -45,6 +45,9 @@ pub struct ObjectInfo {
     /// Storage's ETag without quotes: the MD5 of the content for a plain
     /// upload (`<md5>-<parts>` for a multipart one).
     pub etag: Option<String>,
+    /// When Storage last wrote it (`last_modified` / `updated_at`): the
+    /// object's stamp under the conflict rule ([`super::queue`]).
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ObjectInfo {
@@ -82,6 +85,8 @@ struct InfoBody {
     size: Option<u64>,
     etag: Option<String>,
     metadata: Option<ListMetadata>,
+    last_modified: Option<String>,
+    updated_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +94,7 @@ struct ListEntry {
     name: String,
     id: Option<String>,
     metadata: Option<ListMetadata>,
+    updated_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +102,13 @@ struct ListMetadata {
     size: Option<u64>,
     #[serde(rename = "eTag")]
     etag: Option<String>,
+    #[serde(rename = "lastModified")]
+    last_modified: Option<String>,
+}
+
+/// Storage's times are RFC 3339 (`2024-05-01T10:00:00.123Z`).
+fn time(t: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(t?).ok().map(|t| t.to_utc())
 }
 
 fn unquote(e: &str) -> String {
@@ -160,8 +173,11 @@ impl StorageClient {
                     .await
                     .map_err(|e| SyncError::new(ErrorKind::Decode, format!("{what}: unexpected answer: {e}")).with_source(e))?;
                 let size = b.size.or_else(|| b.metadata.as_ref().and_then(|m| m.size)).unwrap_or(0);
+                let modified = time(b.last_modified.as_deref())
+                    .or_else(|| time(b.updated_at.as_deref()))
+                    .or_else(|| time(b.metadata.as_ref().and_then(|m| m.last_modified.as_deref())));
                 let etag = b.etag.or_else(|| b.metadata.and_then(|m| m.etag)).map(|e| unquote(&e));
-                Ok(Some(ObjectInfo { size, etag }))
+                Ok(Some(ObjectInfo { size, etag, modified }))
             }
             Err(e) if e.code.as_deref() == Some("404") => Ok(None),
             Err(e) => Err(e),
@@ -188,9 +204,14 @@ impl StorageClient {
                 for e in entries {
                     let path = if dir.is_empty() { e.name.clone() } else { format!("{dir}/{}", e.name) };
                     match (e.id, e.metadata) {
-                        (Some(_), Some(m)) => {
-                            out.push(Listed { path, info: ObjectInfo { size: m.size.unwrap_or(0), etag: m.etag.map(|t| unquote(&t)) } })
-                        }
+                        (Some(_), Some(m)) => out.push(Listed {
+                            path,
+                            info: ObjectInfo {
+                                size: m.size.unwrap_or(0),
+                                etag: m.etag.map(|t| unquote(&t)),
+                                modified: time(m.last_modified.as_deref()).or_else(|| time(e.updated_at.as_deref())),
+                            },
+                        }),
                         _ => dirs.push(path),
                     }
                 }

@@ -236,6 +236,27 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     assert_eq!(losers.len(), 1, "the clinic's version is kept beside the object: {:?}", standin.objects(BUCKET));
     assert_eq!(standin.get(BUCKET, &losers[0].0).await.unwrap(), b"oct one, annotated at the clinic");
 
+    // Both change it again, but now the clinic's row is later than the
+    // object's last write: the rule of rows gives the clinic's version the
+    // object, and upstream's is kept beside it.
+    standin.put(BUCKET, "scans/oct-1.bin", b"oct one, re-exported again upstream").await;
+    standin.set_modified(BUCKET, "scans/oct-1.bin", chrono::Utc::now() - chrono::Duration::minutes(10));
+    std::fs::write(dir.path().join("scans/oct-1.bin"), b"oct one, annotated again").unwrap();
+    db.batch_execute("UPDATE study_files SET updated_at = now() WHERE storage_path = 'scans/oct-1.bin'").await.unwrap();
+    let r = run().await.unwrap();
+    assert_eq!((r.conflicts, r.uploaded), (1, 1), "{r:?}");
+    assert_eq!(
+        standin.get(BUCKET, "scans/oct-1.bin").await.unwrap(),
+        b"oct one, annotated again",
+        "the later version (the clinic's row) wins upstream"
+    );
+    assert_eq!(std::fs::read(dir.path().join("scans/oct-1.bin")).unwrap(), b"oct one, annotated again");
+    let kept: Vec<_> = standin.objects(BUCKET).into_iter().filter(|(p, _)| p.starts_with("scans/oct-1.bin.conflict-upstream-")).collect();
+    assert_eq!(kept.len(), 1, "upstream's version is kept beside the object: {:?}", standin.objects(BUCKET));
+    assert_eq!(standin.get(BUCKET, &kept[0].0).await.unwrap(), b"oct one, re-exported again upstream");
+    assert_eq!(store.files_summary().await.unwrap().conflicts, 2, "both conflicts are counted for status");
+    assert_eq!(run().await.unwrap(), queue::CycleReport::default(), "after the conflict both sides are equal");
+
     // Only the clinic changes it: it goes up over the unchanged object.
     std::fs::write(dir.path().join("pdf/visit-7.pdf"), b"%PDF corrected").unwrap();
     let r = run().await.unwrap();
