@@ -244,7 +244,11 @@ pub fn render(cfg: &Config, st: &Status) -> String {
                     ", oldest waiting {}",
                     crate::connectivity::human(std::time::Duration::from_secs(s.max(0) as u64))
                 )),
-                if f.failed > 0 { format!(", {} failed (see the log)", f.failed) } else { String::new() },
+                match (&f.first_error, f.failed) {
+                    (Some(e), n) if n > 0 => format!(", {n} failed (first: {e})"),
+                    (_, n) if n > 0 => format!(", {n} failed (see the log)"),
+                    _ => String::new(),
+                },
                 if f.conflicts > 0 { format!(", {} conflict(s), each loser kept beside its file", f.conflicts) } else { String::new() }
             ),
         );

@@ -141,8 +141,14 @@ pub async fn cycle(store: &Store<'_>, client: &StorageClient, cfg: &Storage, sch
             Ok(true) => {}
             Ok(false) => report.waiting += 1,
             Err(e) if e.class() == Class::Data => {
-                tracing::warn!(bucket = %entry.bucket, error = %e, "a study file cannot be moved; the others go on");
-                store.file_failed(&entry.bucket, &entry.path, &e.to_string()).await?;
+                // Logged once per distinct failure, not every cycle; it
+                // stays pending (counted, shown in status) and no transfer
+                // is tried while the cause holds.
+                let msg = e.to_string();
+                if entry.last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(bucket = %entry.bucket, error = %e, "a study file cannot be moved; the others go on");
+                    store.file_failed(&entry.bucket, &entry.path, &msg).await?;
+                }
                 report.waiting += 1;
                 continue;
             }
@@ -174,8 +180,11 @@ async fn one(
 ) -> Result<bool> {
     let (bucket, path) = (entry.bucket.as_str(), entry.path.as_str());
     let too_large = |size: u64| {
-        SyncError::new(ErrorKind::RejectedRow, format!("study file of {size} bytes exceeds [storage] max_file_mb"))
-            .with_hint("raise [storage] max_file_mb to mirror it")
+        SyncError::new(
+            ErrorKind::RejectedRow,
+            format!("study file of {size} bytes exceeds [storage] max_file_mb ({} MB): not moved", cfg.max_file_bytes / (1024 * 1024)),
+        )
+        .with_hint("raise [storage] max_file_mb to mirror it")
     };
     match (local, up) {
         (None, None) => Ok(false),

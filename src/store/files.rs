@@ -23,6 +23,8 @@ pub struct FileEntry {
     /// (`<size>:<mtime>`).
     pub upload_url: Option<String>,
     pub upload_of: Option<String>,
+    /// Its last failure no retry fixes, if any.
+    pub last_error: Option<String>,
 }
 
 /// What `status` shows of the queue.
@@ -36,6 +38,8 @@ pub struct FilesSummary {
     pub failed: i64,
     /// Conflicts decided (a loser kept beside its object), all files.
     pub conflicts: i64,
+    /// The failure of the first failed file (by bucket, path): what to fix.
+    pub first_error: Option<String>,
 }
 
 impl Store<'_> {
@@ -105,7 +109,7 @@ impl Store<'_> {
             .query(
                 "SELECT bucket, path, state, etag, size, local_mtime,
                         extract(epoch FROM now() - CASE WHEN state = 'gone' THEN gone_at ELSE waiting_since END)::bigint,
-                        upload_url, upload_of
+                        upload_url, upload_of, last_error
                  FROM _sync_files ORDER BY bucket, path",
                 &[],
             )
@@ -123,6 +127,7 @@ impl Store<'_> {
                 age_seconds: r.get(6),
                 upload_url: r.get(7),
                 upload_of: r.get(8),
+                last_error: r.get(9),
             })
             .collect())
     }
@@ -197,7 +202,8 @@ impl Store<'_> {
             .query_one(
                 "SELECT count(*) FILTER (WHERE state = 'pending'), coalesce(sum(size) FILTER (WHERE state = 'pending'), 0)::bigint,
                         extract(epoch FROM now() - min(waiting_since) FILTER (WHERE state = 'pending'))::bigint,
-                        count(*) FILTER (WHERE state = 'pending' AND last_error IS NOT NULL), coalesce(sum(conflicts), 0)::bigint
+                        count(*) FILTER (WHERE state = 'pending' AND last_error IS NOT NULL), coalesce(sum(conflicts), 0)::bigint,
+                        (SELECT last_error FROM _sync_files WHERE state = 'pending' AND last_error IS NOT NULL ORDER BY bucket, path LIMIT 1)
                  FROM _sync_files",
                 &[],
             )
@@ -209,6 +215,7 @@ impl Store<'_> {
             oldest_waiting_seconds: r.get(2),
             failed: r.get(3),
             conflicts: r.get(4),
+            first_error: r.get(5),
         })
     }
 }
