@@ -10,7 +10,9 @@
 //!
 //! Download: `storage::mirror::download` (temporary file, size + MD5 check,
 //! fsync, rename) against `curl -o`. Upload: `StorageClient::upload` (TUS,
-//! 6 MiB chunks) against `curl -T` of the whole file in one request. Peak
+//! 6 MiB chunks) against `curl -T` of the whole file in one request and
+//! against curl doing the same TUS sequence on the same endpoint (the fair
+//! baseline: the stand-in's per-chunk cost is on both sides). Peak
 //! RSS is this process's high-water mark (VmHWM), stand-in included, read
 //! after the mirror's runs and before curl's (curl is a child process).
 
@@ -74,10 +76,26 @@ fn main() {
         let curl_down = t.elapsed().as_secs_f64();
         assert!(st.success(), "curl download failed");
         let up_url = format!("{}/object/{BUCKET}/scans/up-curl.bin", s.url());
+        let tus_auth = auth.clone();
         let t = Instant::now();
         let st = tokio::task::spawn_blocking(move || {
             Command::new("curl")
-                .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H", &auth[0], "-H", &auth[1], "-H", "x-upsert: true", "-T"])
+                .args([
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    "-X",
+                    "POST",
+                    "-H",
+                    "Expect:",
+                    "-H",
+                    &auth[0],
+                    "-H",
+                    &auth[1],
+                    "-H",
+                    "x-upsert: true",
+                    "-T",
+                ])
                 .arg(&curl_out)
                 .arg(&up_url)
                 .status()
@@ -87,6 +105,19 @@ fn main() {
         .unwrap();
         let curl_up = t.elapsed().as_secs_f64();
         assert!(st.success(), "curl upload failed");
+
+        // The fair baseline for TUS: curl doing the same sequence against
+        // the same stand-in endpoint (create, then one PATCH per 6 MiB
+        // chunk, sequential, one connection), so the stand-in's per-chunk
+        // cost (it writes, copies and fsyncs each chunk) is on both sides.
+        // The chunks are cut into files beforehand, untimed.
+        let chunks = split(&target, dir.path());
+        let (base, len) = (s.url(), size);
+        let t = Instant::now();
+        let st = tokio::task::spawn_blocking(move || curl_tus(&base, &tus_auth, len, &chunks)).await.unwrap();
+        let curl_tus = t.elapsed().as_secs_f64();
+        assert!(st, "curl TUS upload failed");
+        assert_eq!(s.objects(BUCKET).iter().filter(|(p, _)| p == "scans/up-curl-tus.bin").count(), 1, "curl's TUS upload landed");
 
         let rate = |secs: f64| mb as f64 / secs;
         println!("| study files, {mb} MiB object, loopback | seconds | MiB/s | vs curl |");
@@ -98,7 +129,77 @@ fn main() {
             100.0 * curl_down / mirror_down
         );
         println!("| curl -T (upload, one request) | {curl_up:.2} | {:.0} | 100% |", rate(curl_up));
-        println!("| mirror upload (TUS, 6 MiB chunks) | {mirror_up:.2} | {:.0} | {:.0}% |", rate(mirror_up), 100.0 * curl_up / mirror_up);
+        println!("| curl TUS (create + 6 MiB PATCHes, same stand-in endpoint) | {curl_tus:.2} | {:.0} | 100% |", rate(curl_tus));
+        println!(
+            "| mirror upload (TUS, 6 MiB chunks) | {mirror_up:.2} | {:.0} | {:.0}% of curl TUS ({:.0}% of curl -T) |",
+            rate(mirror_up),
+            100.0 * curl_tus / mirror_up,
+            100.0 * curl_up / mirror_up
+        );
         println!("peak RSS of this process (stand-in included): {hwm_after} MB (before the transfers: {hwm_before} MB)");
     });
+}
+
+/// Cuts `file` into 6 MiB chunk files (the last shorter), in `dir`.
+fn split(file: &std::path::Path, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(file).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; centrovision_sync::storage::client::TUS_CHUNK];
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            let r = f.read(&mut buf[n..]).unwrap();
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if n == 0 {
+            break;
+        }
+        let p = dir.join(format!("chunk-{}", out.len()));
+        std::fs::write(&p, &buf[..n]).unwrap();
+        out.push(p);
+    }
+    out
+}
+
+/// curl: TUS create, then every chunk as a PATCH in one curl process (one
+/// connection, `--next` between requests).
+fn curl_tus(base: &str, auth: &[String; 2], len: u64, chunks: &[std::path::PathBuf]) -> bool {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let meta = format!("bucketName {},objectName {}", b64(BUCKET), b64("scans/up-curl-tus.bin"));
+    let out = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-D", "-", "-X", "POST", "-H", &auth[0], "-H", &auth[1], "-H", "Tus-Resumable: 1.0.0"])
+        .args(["-H", &format!("Upload-Length: {len}"), "-H", &format!("Upload-Metadata: {meta}"), "-H", "x-upsert: true"])
+        .arg(format!("{base}/upload/resumable"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout);
+    let Some(loc) = head.lines().find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: "))) else {
+        return false;
+    };
+    let url = format!("http://127.0.0.1:{}{}", base.split(':').nth(2).unwrap().split('/').next().unwrap(), loc.trim());
+    let mut args: Vec<String> = Vec::new();
+    let mut offset = 0u64;
+    for (i, c) in chunks.iter().enumerate() {
+        if i > 0 {
+            args.push("--next".into());
+        }
+        for a in ["-sf", "-o", "/dev/null", "-X", "PATCH", "-H", "Expect:", "-H", &auth[0], "-H", &auth[1], "-H", "Tus-Resumable: 1.0.0"] {
+            args.push(a.into());
+        }
+        args.extend(["-H".into(), format!("Upload-Offset: {offset}")]);
+        args.extend([
+            "-H".into(),
+            "Content-Type: application/offset+octet-stream".into(),
+            "-T".into(),
+            c.display().to_string(),
+            url.clone(),
+        ]);
+        offset += std::fs::metadata(c).unwrap().len();
+    }
+    Command::new("curl").args(&args).status().unwrap().success()
 }

@@ -237,14 +237,19 @@ pub fn render(cfg: &Config, st: &Status) -> String {
         w(
             &mut o,
             format!(
-                "study files: {} waiting to move ({} MB){}{}",
+                "study files: {} waiting to move ({} MB){}{}{}",
                 f.pending,
                 f.pending_bytes / (1024 * 1024),
                 f.oldest_waiting_seconds.map_or(String::new(), |s| format!(
                     ", oldest waiting {}",
                     crate::connectivity::human(std::time::Duration::from_secs(s.max(0) as u64))
                 )),
-                if f.failed > 0 { format!(", {} failed (see the log)", f.failed) } else { String::new() }
+                match (&f.first_error, f.failed) {
+                    (Some(e), n) if n > 0 => format!(", {n} failed (first: {e})"),
+                    (_, n) if n > 0 => format!(", {n} failed (see the log)"),
+                    _ => String::new(),
+                },
+                if f.conflicts > 0 { format!(", {} conflict(s), each loser kept beside its file", f.conflicts) } else { String::new() }
             ),
         );
     }

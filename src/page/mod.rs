@@ -370,15 +370,44 @@ pub fn render(i: &PageInput<'_>) -> PageData {
             "<p class=\"foot\">{} <b>{}</b> · {}</p>",
             tr(l, "Clínica", "Clinic"),
             esc(&st.clinic_id),
-            tr(
-                l,
-                "Archivos de estudios: aún no se sincronizan (sin archivos pendientes).",
-                "Study files: not synced yet (no files pending)."
-            )
+            esc(&files_line(l, st.files.as_ref()))
         ));
     }
     let title = format!("{} — CentroVision Sync", headline);
     PageData { verdict: v, headline, reasons, title, html: h }
+}
+
+/// The study files' line: what waits to move, failures, conflicts.
+fn files_line(l: Language, f: Option<&crate::store::files::FilesSummary>) -> String {
+    let Some(f) = f else {
+        return tr(l, "Archivos de estudios: no se espejan ([storage] no configurado).", "Study files: not mirrored (no [storage]).")
+            .into();
+    };
+    let mut s = format!(
+        "{} {} ({} MB)",
+        tr(l, "Archivos de estudios esperando moverse:", "Study files waiting to move:"),
+        f.pending,
+        f.pending_bytes / (1024 * 1024)
+    );
+    if let Some(w) = f.oldest_waiting_seconds.filter(|_| f.pending > 0) {
+        s.push_str(&format!(
+            ", {} {}",
+            tr(l, "el más antiguo espera desde hace", "the oldest for"),
+            crate::connectivity::human(std::time::Duration::from_secs(w.max(0) as u64))
+        ));
+    }
+    if f.failed > 0 {
+        s.push_str(&format!(", {} {}", f.failed, tr(l, "no se pueden mover (ver estado)", "cannot move (see status)")));
+    }
+    if f.conflicts > 0 {
+        s.push_str(&format!(
+            ", {} {}",
+            f.conflicts,
+            tr(l, "conflictos (la versión perdedora se guardó al lado)", "conflicts (the losing version kept beside)")
+        ));
+    }
+    s.push('.');
+    s
 }
 
 fn verdict_key(v: Verdict) -> &'static str {
@@ -727,6 +756,24 @@ mod tests {
         let (v, _, reasons) = verdict(&input(&st, true, Language::Es));
         assert_eq!(v, Verdict::Attention);
         assert_eq!(reasons[0], "1 cambio rechazado por Supabase espera revisión");
+    }
+
+    #[test]
+    fn the_page_shows_the_study_files_waiting_and_their_conflicts() {
+        let mut st = status(0, 0);
+        st.files = Some(crate::store::files::FilesSummary {
+            pending: 3,
+            pending_bytes: 5 * 1024 * 1024,
+            oldest_waiting_seconds: Some(120),
+            failed: 1,
+            conflicts: 2,
+            first_error: None,
+        });
+        let html = render(&input(&st, true, Language::En)).html;
+        assert!(html.contains("Study files waiting to move: 3 (5 MB), the oldest for"), "{html}");
+        assert!(html.contains("1 cannot move") && html.contains("2 conflicts"), "{html}");
+        st.files = None;
+        assert!(render(&input(&st, true, Language::En)).html.contains("Study files: not mirrored"));
     }
 
     #[test]

@@ -218,7 +218,7 @@ fn render_file_metrics(reg: &Registry, rt: &Runtime) -> prometheus::Result<()> {
     for (name, help, v) in [
         ("files_downloaded_total", "Study files downloaded into the mirror by this process", &f.downloaded),
         ("files_uploaded_total", "Study files uploaded from the mirror by this process", &f.uploaded),
-        ("files_conflicts_total", "Study files changed on both sides (the clinic's kept beside)", &f.conflicts),
+        ("files_conflicts_total", "Study files changed on both sides (the loser kept beside)", &f.conflicts),
         ("files_bytes_total", "Study file bytes moved either way by this process", &f.bytes),
     ] {
         let c = IntCounter::new(name, help)?;

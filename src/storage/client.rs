@@ -5,8 +5,9 @@
 //! Rules:
 //!
 //! - **Never a whole file in memory.** Downloads are read chunk by chunk
-//!   (`Response::chunk`) into a file; uploads send at most one TUS chunk
-//!   (6 MiB, the size Supabase requires for every chunk but the last).
+//!   (`Response::chunk`) into a file; uploads hold at most two TUS chunks
+//!   (6 MiB, the size Supabase requires for every chunk but the last): the
+//!   one in flight and the next, read ahead.
 //! - **One classifier** ([`classify`]) turns a Storage answer into an
 //!   [`ErrorKind`]: connect errors, 5xx and 429 are transient; 401/403 and a
 //!   missing bucket need the operator; 400/413 are about the one file
@@ -27,7 +28,7 @@ use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::config::{Config, Secret};
 use crate::error::{ErrorKind, Result, SyncError};
@@ -44,6 +45,9 @@ pub struct ObjectInfo {
     /// Storage's ETag without quotes: the MD5 of the content for a plain
     /// upload (`<md5>-<parts>` for a multipart one).
     pub etag: Option<String>,
+    /// When Storage last wrote it (`last_modified` / `updated_at`): the
+    /// object's stamp under the conflict rule ([`super::queue`]).
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ObjectInfo {
@@ -81,6 +85,8 @@ struct InfoBody {
     size: Option<u64>,
     etag: Option<String>,
     metadata: Option<ListMetadata>,
+    last_modified: Option<String>,
+    updated_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +94,7 @@ struct ListEntry {
     name: String,
     id: Option<String>,
     metadata: Option<ListMetadata>,
+    updated_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +102,13 @@ struct ListMetadata {
     size: Option<u64>,
     #[serde(rename = "eTag")]
     etag: Option<String>,
+    #[serde(rename = "lastModified")]
+    last_modified: Option<String>,
+}
+
+/// Storage's times are RFC 3339 (`2024-05-01T10:00:00.123Z`).
+fn time(t: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(t?).ok().map(|t| t.to_utc())
 }
 
 fn unquote(e: &str) -> String {
@@ -159,8 +173,11 @@ impl StorageClient {
                     .await
                     .map_err(|e| SyncError::new(ErrorKind::Decode, format!("{what}: unexpected answer: {e}")).with_source(e))?;
                 let size = b.size.or_else(|| b.metadata.as_ref().and_then(|m| m.size)).unwrap_or(0);
+                let modified = time(b.last_modified.as_deref())
+                    .or_else(|| time(b.updated_at.as_deref()))
+                    .or_else(|| time(b.metadata.as_ref().and_then(|m| m.last_modified.as_deref())));
                 let etag = b.etag.or_else(|| b.metadata.and_then(|m| m.etag)).map(|e| unquote(&e));
-                Ok(Some(ObjectInfo { size, etag }))
+                Ok(Some(ObjectInfo { size, etag, modified }))
             }
             Err(e) if e.code.as_deref() == Some("404") => Ok(None),
             Err(e) => Err(e),
@@ -187,9 +204,14 @@ impl StorageClient {
                 for e in entries {
                     let path = if dir.is_empty() { e.name.clone() } else { format!("{dir}/{}", e.name) };
                     match (e.id, e.metadata) {
-                        (Some(_), Some(m)) => {
-                            out.push(Listed { path, info: ObjectInfo { size: m.size.unwrap_or(0), etag: m.etag.map(|t| unquote(&t)) } })
-                        }
+                        (Some(_), Some(m)) => out.push(Listed {
+                            path,
+                            info: ObjectInfo {
+                                size: m.size.unwrap_or(0),
+                                etag: m.etag.map(|t| unquote(&t)),
+                                modified: time(m.last_modified.as_deref()).or_else(|| time(e.updated_at.as_deref())),
+                            },
+                        }),
                         _ => dirs.push(path),
                     }
                 }
@@ -303,22 +325,30 @@ impl StorageClient {
     }
 
     /// Sends `file` from the server's offset on, 6 MiB per PATCH.
+    ///
+    /// The next chunk is read from disk while the current one is in flight
+    /// (at most two chunks, 12 MiB, in memory), in one blocking read each;
+    /// TUS allows one PATCH at a time per upload, so the round trips
+    /// themselves cannot overlap. Measured in benches/storage.rs.
     pub async fn tus_send(&self, location: &Url, file: &Path, len: u64) -> Result<()> {
         let what = "storage (resumable upload)";
         let mut offset = self.tus_offset(location).await?;
-        let mut f = tokio::fs::File::open(file).await.map_err(|e| io_error("mirror file", e))?;
+        let f = std::fs::File::open(file).map_err(|e| io_error("mirror file", e))?;
         let pace = Pace::new(self.bandwidth);
         let mut sent = 0u64;
-        while offset < len {
-            let n = (len - offset).min(TUS_CHUNK as u64) as usize;
-            let mut buf = vec![0u8; n];
-            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| io_error("mirror file", e))?;
-            f.read_exact(&mut buf).await.map_err(|e| io_error("mirror file", e))?;
+        let mut next = (offset < len).then(|| read_chunk(f, offset, len));
+        while let Some(pending) = next.take() {
+            let (f, at, buf) =
+                pending.await.map_err(|e| SyncError::new(ErrorKind::Refused, format!("{what}: reading the file: {e}")))??;
+            let n = buf.len() as u64;
+            let after = at + n;
+            // Read ahead while this chunk travels.
+            let ahead = (after < len).then(|| read_chunk(f, after, len));
             let req = self
                 .http
                 .patch(location.clone())
                 .header("Tus-Resumable", "1.0.0")
-                .header("Upload-Offset", offset.to_string())
+                .header("Upload-Offset", at.to_string())
                 .header(reqwest::header::CONTENT_TYPE, "application/offset+octet-stream")
                 .body(buf);
             let resp = self.send(what, req).await?;
@@ -328,8 +358,18 @@ impl StorageClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| SyncError::new(ErrorKind::Contract, format!("{what}: no Upload-Offset after PATCH")))?;
-            sent += n as u64;
+            sent += n;
             pace.after(sent).await;
+            next = match ahead {
+                Some(a) if offset == after => Some(a),
+                // The server kept another amount than sent: read from where
+                // it stands (the read-ahead is of the wrong place).
+                Some(a) if offset < len => {
+                    let (f, _, _) = a.await.map_err(|e| SyncError::new(ErrorKind::Refused, format!("{what}: reading the file: {e}")))??;
+                    Some(read_chunk(f, offset, len))
+                }
+                _ => None,
+            };
         }
         Ok(())
     }
@@ -340,6 +380,21 @@ impl StorageClient {
             r => r.map(|_| ()),
         }
     }
+}
+
+/// Reads the TUS chunk at `at` in one blocking call (`tokio::fs` would
+/// split it into 2 MiB operations); hands the file back for the next one.
+fn read_chunk(mut f: std::fs::File, at: u64, len: u64) -> tokio::task::JoinHandle<Result<(std::fs::File, u64, Vec<u8>)>> {
+    // Allocated here, on the runtime's thread, not in the blocking pool:
+    // glibc gives each blocking thread its own arena, and freed 6 MiB
+    // buffers there stay resident (peak RSS 91 MB instead of 22 MB for a
+    // 256 MiB upload).
+    let mut buf = vec![0u8; (len - at).min(TUS_CHUNK as u64) as usize];
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        f.seek(std::io::SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| io_error("mirror file", e))?;
+        Ok((f, at, buf))
+    })
 }
 
 /// Sleeps so that `bytes` since `start` do not exceed the limit.

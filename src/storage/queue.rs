@@ -9,11 +9,20 @@
 //! - only in the mirror → upload (never over an existing object: no upsert);
 //! - both, equal (MD5) → synced;
 //! - both, different: if the object is still the version last synced, the
-//!   mirror changed → upload over it; otherwise both changed, and upstream
-//!   wins (as a row's tie): the mirror's version is renamed
-//!   `<path>.conflict-<clinic_id>-<unix time>` and uploaded under that name
-//!   beside the object, then the object is downloaded. Nothing is
-//!   overwritten silently;
+//!   mirror changed → upload over it; otherwise both changed, and the
+//!   conflict rule of rows decides (README, "The conflict rule": between
+//!   writers the later stamp wins). The mirror's version is stamped with
+//!   its row's `updated_at` (the latest of the rows naming it), the object
+//!   with the time Storage last wrote it (Storage keeps no writer nor row
+//!   stamp). The clinic's later → its file goes up over the object, whose
+//!   version is first kept beside it as `<path>.conflict-upstream-<unix
+//!   time>` (both sides); otherwise (earlier, equal, or no stamp: the tie
+//!   goes upstream) the mirror's version is renamed
+//!   `<path>.conflict-<clinic_id>-<unix time>` and uploaded under that name,
+//!   then the object is downloaded. Each is logged and counted
+//!   (`_sync_files.conflicts`, `status`). Nothing is overwritten silently.
+//!   Limit: an object uploaded late (its writer was offline) carries its
+//!   upload time, not its row's;
 //! - neither → stays pending (the file has not been written yet);
 //! - gone (no row names it) → its mirror file is removed after
 //!   `[storage] retention_days`.
@@ -128,12 +137,18 @@ pub async fn cycle(store: &Store<'_>, client: &StorageClient, cfg: &Storage, sch
             }
             store.file_pending(&entry.bucket, &entry.path, up.map(|u| u.size as i64)).await?;
         }
-        match one(store, client, cfg, &entry, &target, up, local, clinic_id, &mut report).await {
+        match one(store, client, cfg, schema, &entry, &target, up, local, clinic_id, &mut report).await {
             Ok(true) => {}
             Ok(false) => report.waiting += 1,
             Err(e) if e.class() == Class::Data => {
-                tracing::warn!(bucket = %entry.bucket, error = %e, "a study file cannot be moved; the others go on");
-                store.file_failed(&entry.bucket, &entry.path, &e.to_string()).await?;
+                // Logged once per distinct failure, not every cycle; it
+                // stays pending (counted, shown in status) and no transfer
+                // is tried while the cause holds.
+                let msg = e.to_string();
+                if entry.last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(bucket = %entry.bucket, error = %e, "a study file cannot be moved; the others go on");
+                    store.file_failed(&entry.bucket, &entry.path, &msg).await?;
+                }
                 report.waiting += 1;
                 continue;
             }
@@ -155,6 +170,7 @@ async fn one(
     store: &Store<'_>,
     client: &StorageClient,
     cfg: &Storage,
+    schema: &str,
     entry: &FileEntry,
     target: &Path,
     up: Option<&ObjectInfo>,
@@ -164,8 +180,11 @@ async fn one(
 ) -> Result<bool> {
     let (bucket, path) = (entry.bucket.as_str(), entry.path.as_str());
     let too_large = |size: u64| {
-        SyncError::new(ErrorKind::RejectedRow, format!("study file of {size} bytes exceeds [storage] max_file_mb"))
-            .with_hint("raise [storage] max_file_mb to mirror it")
+        SyncError::new(
+            ErrorKind::RejectedRow,
+            format!("study file of {size} bytes exceeds [storage] max_file_mb ({} MB): not moved", cfg.max_file_bytes / (1024 * 1024)),
+        )
+        .with_hint("raise [storage] max_file_mb to mirror it")
     };
     match (local, up) {
         (None, None) => Ok(false),
@@ -199,18 +218,40 @@ async fn one(
                 report.bytes += size;
                 return Ok(true);
             }
-            // Both changed (or never synced and different): upstream wins;
-            // the mirror's version is kept beside it, on both sides.
+            // Both changed (or never synced and different): the rule of rows.
+            let value = if bucket == cfg.buckets[0] { path.to_string() } else { format!("{bucket}/{path}") };
+            let ours = store.storage_stamp(schema, &cfg.table, &cfg.path_column, &value).await?;
             let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let loser_path = format!("{path}.conflict-{clinic_id}-{stamp}");
-            let loser = target.with_file_name(format!(
-                "{}.conflict-{clinic_id}-{stamp}",
-                target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-            ));
+            let beside = |writer: &str| {
+                let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                (format!("{path}.conflict-{writer}-{stamp}"), target.with_file_name(format!("{name}.conflict-{writer}-{stamp}")))
+            };
+            if let (Some(ours), Some(theirs)) = (ours, u.modified)
+                && ours > theirs
+            {
+                // The clinic's version is later: upstream's is kept beside
+                // it (downloaded, uploaded under the loser's name), then the
+                // clinic's goes up over the object.
+                let (loser_path, loser) = beside("upstream");
+                let f = mirror::download(client, bucket, path, &loser, u).await?;
+                plain_upload(client, bucket, &loser_path, &loser).await?;
+                upload(store, client, entry, target, true).await?;
+                tracing::warn!(
+                    bucket,
+                    "a study file changed on both sides: the clinic's version is later and kept, upstream's kept beside it"
+                );
+                store.file_conflict(bucket, path).await?;
+                report.conflicts += 1;
+                report.uploaded += 1;
+                report.bytes += f.received + u.size + size;
+                return Ok(true);
+            }
+            let (loser_path, loser) = beside(clinic_id);
             tokio::fs::rename(target, &loser).await.map_err(|e| super::client::io_error("keeping a conflicting file", e))?;
             plain_upload(client, bucket, &loser_path, &loser).await?;
-            tracing::warn!(bucket, "a study file changed on both sides: upstream's version kept, the clinic's kept beside it");
+            tracing::warn!(bucket, "a study file changed on both sides: upstream's version is later and kept, the clinic's kept beside it");
             let f = mirror::download(client, bucket, path, target, u).await?;
+            store.file_conflict(bucket, path).await?;
             report.conflicts += 1;
             report.downloaded += 1;
             report.bytes += f.received + size;

@@ -1,5 +1,6 @@
-//! `_sync_files`: the study-files mirror's queue (`sql/010_storage.sql`),
-//! and the read of the object paths the `[storage] table` names.
+//! `_sync_files`: the study-files mirror's queue (`sql/010_storage.sql`,
+//! `sql/011_storage_conflicts.sql`), and the reads of the `[storage] table`
+//! (the object paths it names, and their rows' conflict stamp).
 
 use super::Store;
 use crate::catalog::{qualified, quote_ident};
@@ -22,6 +23,8 @@ pub struct FileEntry {
     /// (`<size>:<mtime>`).
     pub upload_url: Option<String>,
     pub upload_of: Option<String>,
+    /// Its last failure no retry fixes, if any.
+    pub last_error: Option<String>,
 }
 
 /// What `status` shows of the queue.
@@ -33,6 +36,10 @@ pub struct FilesSummary {
     pub oldest_waiting_seconds: Option<i64>,
     /// Pending files with a failure no retry fixes.
     pub failed: i64,
+    /// Conflicts decided (a loser kept beside its object), all files.
+    pub conflicts: i64,
+    /// The failure of the first failed file (by bucket, path): what to fix.
+    pub first_error: Option<String>,
 }
 
 impl Store<'_> {
@@ -45,6 +52,37 @@ impl Store<'_> {
         );
         let rows = self.client.query(&sql, &[]).await.map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The conflict stamp of the local version of a file: the latest
+    /// `updated_at` of the rows naming `value` (None when the table has no
+    /// such column or no row names it).
+    pub async fn storage_stamp(
+        &self,
+        schema: &str,
+        table: &str,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let sql = format!(
+            "SELECT max((to_jsonb(t) ->> 'updated_at')::timestamptz) FROM {tbl} t WHERE {c}::text = $1",
+            c = quote_ident(column),
+            tbl = qualified(schema, table)
+        );
+        let row = self.client.query_one(&sql, &[&value]).await.map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// A conflict was decided for this file (its loser kept beside it).
+    pub async fn file_conflict(&self, bucket: &str, path: &str) -> Result<()> {
+        self.client
+            .execute(
+                "UPDATE _sync_files SET conflicts = conflicts + 1, last_conflict_at = now() WHERE bucket = $1 AND path = $2",
+                &[&bucket, &path],
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Makes these objects known (pending when new, or back from gone) and
@@ -71,7 +109,7 @@ impl Store<'_> {
             .query(
                 "SELECT bucket, path, state, etag, size, local_mtime,
                         extract(epoch FROM now() - CASE WHEN state = 'gone' THEN gone_at ELSE waiting_since END)::bigint,
-                        upload_url, upload_of
+                        upload_url, upload_of, last_error
                  FROM _sync_files ORDER BY bucket, path",
                 &[],
             )
@@ -89,6 +127,7 @@ impl Store<'_> {
                 age_seconds: r.get(6),
                 upload_url: r.get(7),
                 upload_of: r.get(8),
+                last_error: r.get(9),
             })
             .collect())
     }
@@ -161,13 +200,22 @@ impl Store<'_> {
         let r = self
             .client
             .query_one(
-                "SELECT count(*), coalesce(sum(size), 0)::bigint,
-                        extract(epoch FROM now() - min(waiting_since))::bigint, count(*) FILTER (WHERE last_error IS NOT NULL)
-                 FROM _sync_files WHERE state = 'pending'",
+                "SELECT count(*) FILTER (WHERE state = 'pending'), coalesce(sum(size) FILTER (WHERE state = 'pending'), 0)::bigint,
+                        extract(epoch FROM now() - min(waiting_since) FILTER (WHERE state = 'pending'))::bigint,
+                        count(*) FILTER (WHERE state = 'pending' AND last_error IS NOT NULL), coalesce(sum(conflicts), 0)::bigint,
+                        (SELECT last_error FROM _sync_files WHERE state = 'pending' AND last_error IS NOT NULL ORDER BY bucket, path LIMIT 1)
+                 FROM _sync_files",
                 &[],
             )
             .await
             .map_err(|e| self.err(e))?;
-        Ok(FilesSummary { pending: r.get(0), pending_bytes: r.get(1), oldest_waiting_seconds: r.get(2), failed: r.get(3) })
+        Ok(FilesSummary {
+            pending: r.get(0),
+            pending_bytes: r.get(1),
+            oldest_waiting_seconds: r.get(2),
+            failed: r.get(3),
+            conflicts: r.get(4),
+            first_error: r.get(5),
+        })
     }
 }

@@ -101,6 +101,7 @@ pub const SCHEMA: &[(&str, &str)] = &[
     ("006_history.sql", include_str!("../../sql/006_history.sql")),
     ("007_down_parked.sql", include_str!("../../sql/007_down_parked.sql")),
     ("010_storage.sql", include_str!("../../sql/010_storage.sql")),
+    ("011_storage_conflicts.sql", include_str!("../../sql/011_storage_conflicts.sql")),
 ];
 
 /// The advisory lock key of the journal's writers (the journal database is

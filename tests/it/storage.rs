@@ -18,9 +18,14 @@ const BUCKET: &str = "study-files";
 const MB: u64 = 1024 * 1024;
 
 fn config(url: &str, key: &str, local_dir: &Path) -> Config {
+    config_with(url, key, local_dir, "")
+}
+
+/// `extra`: more `[storage]` lines.
+fn config_with(url: &str, key: &str, local_dir: &Path, extra: &str) -> Config {
     let text = format!(
         "[supabase]\nurl = \"http://127.0.0.1:9\"\nservice_key = \"{key}\"\n[local_postgres]\ndatabase = \"x\"\nuser = \"x\"\n\
-         [storage]\nbuckets = [\"{BUCKET}\"]\nlocal_dir = \"{}\"\nurl = \"{url}\"\n",
+         [storage]\nbuckets = [\"{BUCKET}\"]\nlocal_dir = \"{}\"\nurl = \"{url}\"\n{extra}",
         local_dir.display()
     );
     Config::from_toml(&text, "test", |_| None).unwrap()
@@ -145,7 +150,7 @@ fn dir_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_upload_goes_by_tus_in_6_mib_chunks_and_resumes_from_the_server_offset() {
+async fn a_large_upload_goes_by_tus_in_6_mib_chunks_resumes_from_the_server_offset_and_transfers_keep_under_the_bandwidth_limit() {
     let standin = StorageStandIn::start(&[BUCKET]).await;
     let dir = tempfile::tempdir().unwrap();
     let len = 20 * MB + 12_345;
@@ -172,6 +177,32 @@ async fn a_large_upload_goes_by_tus_in_6_mib_chunks_and_resumes_from_the_server_
     assert_eq!(patches, vec![6 * MB, 2 * MB + 12_345], "the resumed upload sent only what the server lacked");
     let local_md5 = mirror::md5_file(&file).await.unwrap();
     assert_eq!(standin.objects(BUCKET), vec![("scans/oct-20.bin".to_string(), local_md5)], "the object is the file");
+
+    // [storage] bandwidth_limit_mbps: 8 Mbit/s is 1 MB/s down; 64 Mbit/s
+    // is 8 MB/s up by TUS (paced per 6 MiB chunk). Each side moves about a
+    // second's worth; the rate measured stays under the limit (+10 % for
+    // timer slack) and is not far below it (the limit paces, not stalls).
+    let limited = |mbps: u32| {
+        StorageClient::from_config(&config_with(&standin.url(), SERVICE_KEY, dir.path(), &format!("bandwidth_limit_mbps = {mbps}\n")))
+            .unwrap()
+            .unwrap()
+    };
+    let check = |what: &str, bytes: u64, limit: f64, took: Duration| {
+        let rate = bytes as f64 / took.as_secs_f64();
+        assert!(rate <= limit * 1.1 && rate >= limit * 0.5, "{what}: {rate:.0} B/s against a limit of {limit:.0} B/s ({took:?})");
+    };
+    let body: Vec<u8> = (0..1_200_000u32).map(|i| (i % 253) as u8).collect();
+    standin.put(BUCKET, "pdf/paced.pdf", &body).await;
+    let down = limited(8);
+    let info = down.info(BUCKET, "pdf/paced.pdf").await.unwrap().unwrap();
+    let t = std::time::Instant::now();
+    mirror::download(&down, BUCKET, "pdf/paced.pdf", &dir.path().join("paced.pdf"), &info).await.unwrap();
+    check("download", body.len() as u64, 1_000_000.0, t.elapsed());
+    let up_file = dir.path().join("paced-up.bin");
+    std::fs::File::create(&up_file).unwrap().set_len(7 * MB).unwrap();
+    let t = std::time::Instant::now();
+    limited(64).upload(BUCKET, "scans/paced-up.bin", &up_file, false).await.unwrap();
+    check("TUS upload", 7 * MB, 8_000_000.0, t.elapsed());
 }
 
 /// A local database with the control tables and a `study_files` table.
@@ -195,6 +226,7 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     let mut cfg = config(&standin.url(), SERVICE_KEY, dir.path());
     let storage = cfg.storage.as_mut().unwrap();
     storage.retention_days = 0;
+    storage.max_file_bytes = 16 * MB;
     let storage = cfg.storage.clone().unwrap();
     let c = client(&standin, SERVICE_KEY, dir.path());
     let db = clinic_db("storage_queue").await;
@@ -236,6 +268,27 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     assert_eq!(losers.len(), 1, "the clinic's version is kept beside the object: {:?}", standin.objects(BUCKET));
     assert_eq!(standin.get(BUCKET, &losers[0].0).await.unwrap(), b"oct one, annotated at the clinic");
 
+    // Both change it again, but now the clinic's row is later than the
+    // object's last write: the rule of rows gives the clinic's version the
+    // object, and upstream's is kept beside it.
+    standin.put(BUCKET, "scans/oct-1.bin", b"oct one, re-exported again upstream").await;
+    standin.set_modified(BUCKET, "scans/oct-1.bin", chrono::Utc::now() - chrono::Duration::minutes(10));
+    std::fs::write(dir.path().join("scans/oct-1.bin"), b"oct one, annotated again").unwrap();
+    db.batch_execute("UPDATE study_files SET updated_at = now() WHERE storage_path = 'scans/oct-1.bin'").await.unwrap();
+    let r = run().await.unwrap();
+    assert_eq!((r.conflicts, r.uploaded), (1, 1), "{r:?}");
+    assert_eq!(
+        standin.get(BUCKET, "scans/oct-1.bin").await.unwrap(),
+        b"oct one, annotated again",
+        "the later version (the clinic's row) wins upstream"
+    );
+    assert_eq!(std::fs::read(dir.path().join("scans/oct-1.bin")).unwrap(), b"oct one, annotated again");
+    let kept: Vec<_> = standin.objects(BUCKET).into_iter().filter(|(p, _)| p.starts_with("scans/oct-1.bin.conflict-upstream-")).collect();
+    assert_eq!(kept.len(), 1, "upstream's version is kept beside the object: {:?}", standin.objects(BUCKET));
+    assert_eq!(standin.get(BUCKET, &kept[0].0).await.unwrap(), b"oct one, re-exported again upstream");
+    assert_eq!(store.files_summary().await.unwrap().conflicts, 2, "both conflicts are counted for status");
+    assert_eq!(run().await.unwrap(), queue::CycleReport::default(), "after the conflict both sides are equal");
+
     // Only the clinic changes it: it goes up over the unchanged object.
     std::fs::write(dir.path().join("pdf/visit-7.pdf"), b"%PDF corrected").unwrap();
     let r = run().await.unwrap();
@@ -259,6 +312,25 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     let sent: Vec<u64> = log.iter().filter(|l| l.method == "PATCH").map(|l| l.bytes.load(Ordering::SeqCst)).collect();
     assert_eq!(sent, vec![6 * MB, MB], "only the chunks the server lacked were sent");
     assert_eq!(standin.get(BUCKET, "scans/oct-13.bin").await.map(|b| b.len() as u64), Some(13 * MB));
+
+    // A file over [storage] max_file_mb is refused naming the key, without
+    // a transfer, and without ending the cycle: it waits, shown in status,
+    // and later cycles neither send it nor fail on it.
+    std::fs::File::create(dir.path().join("scans/oct-huge.bin")).unwrap().set_len(17 * MB).unwrap();
+    db.batch_execute("INSERT INTO study_files (storage_path) VALUES ('scans/oct-huge.bin')").await.unwrap();
+    standin.clear_log();
+    for _ in 0..2 {
+        let r = run().await.expect("a file too large does not fail the cycle");
+        assert_eq!((r.uploaded, r.waiting), (0, 1), "{r:?}");
+    }
+    assert!(!standin.log().iter().any(|l| l.path.contains("oct-huge")), "no transfer was tried: {:?}", standin.log());
+    let s = store.files_summary().await.unwrap();
+    assert_eq!((s.pending, s.failed), (1, 1), "{s:?}");
+    let why = s.first_error.unwrap_or_default();
+    assert!(why.contains("[storage] max_file_mb") && why.contains(&(17 * MB).to_string()), "the reason names the key and the size: {why}");
+    db.batch_execute("DELETE FROM study_files WHERE storage_path = 'scans/oct-huge.bin'").await.unwrap();
+    assert_eq!(run().await.unwrap().removed, 1, "its row gone, the refused file goes too");
+    assert_eq!(store.files_summary().await.unwrap().failed, 0, "and no longer counts as failed");
 
     // The row is deleted: with retention 0 its mirror file goes (the
     // object upstream is the cloud's to delete).
@@ -314,6 +386,38 @@ async fn a_service_killed_mid_download_resumes_after_restart_and_its_mirror_equa
             let same = target.exists() && mirror::md5_file(&target).await.ok()? == big;
             (same && std::fs::read(small).ok()? == b"%PDF small").then_some(())
         }
+    })
+    .await;
+
+    // A row names a file neither side has yet: it waits, `status` shows it,
+    // and once it has waited past [storage] alert_after_minutes (60 by
+    // default; its queue entry is made, and kept, two hours old here) the
+    // running service raises files_waiting; when the row goes, the alert
+    // is resolved.
+    let local = &pair.local.connect().await;
+    local
+        .batch_execute(&format!(
+            "INSERT INTO study_files (storage_path) VALUES ('pdf/later.pdf');
+             INSERT INTO _sync_files (bucket, path, waiting_since) VALUES ('{BUCKET}', 'pdf/later.pdf', now() - interval '2 hours');"
+        ))
+        .await
+        .unwrap();
+    let (p, e) = (&pair, &env[..]);
+    let text = wait_for("status showing the waiting file and the files_waiting alert", Duration::from_secs(30), || async move {
+        // Should a cycle have read the rows just before the insert (and so
+        // marked the entry gone, then pending from now), age it again.
+        let old = "UPDATE _sync_files SET waiting_since = now() - interval '2 hours'
+                   WHERE path = 'pdf/later.pdf' AND state = 'pending' AND waiting_since > now() - interval '1 hour'";
+        local.batch_execute(old).await.unwrap();
+        let t = String::from_utf8_lossy(&p.exec(&["status"], e).await.stdout).into_owned();
+        (t.contains("study files: 1 waiting to move") && t.contains("files_waiting")).then_some(t)
+    })
+    .await;
+    assert!(text.contains("oldest waiting"), "status says how long the oldest file waits: {text}");
+    local.batch_execute("DELETE FROM study_files WHERE storage_path = 'pdf/later.pdf'").await.unwrap();
+    wait_for("the alert resolved once nothing waits", Duration::from_secs(30), || async move {
+        let t = String::from_utf8_lossy(&p.exec(&["status"], e).await.stdout).into_owned();
+        (t.contains("study files: 0 waiting to move") && !t.contains("files_waiting")).then_some(())
     })
     .await;
     terminate(&mut run);

@@ -23,7 +23,9 @@
 //!   `HEAD` (`Upload-Offset`), `PATCH` (`Upload-Offset` must match; every
 //!   chunk but the last exactly 6 MiB, else 400); a chunk cut mid-way is not
 //!   kept, as Supabase's S3 backend keeps only whole parts.
-//! - ETag: the MD5 of the content (quoted), like a plain S3 upload.
+//! - ETag: the MD5 of the content (quoted), like a plain S3 upload; the time
+//!   of the last write as `last_modified` (info) and `updated_at` /
+//!   `metadata.lastModified` (list).
 //!
 //! Fault injection: [`StorageStandIn::cut_next_download_after`] (the
 //! connection drops after N body bytes), [`StorageStandIn::fail_next`]
@@ -71,6 +73,8 @@ pub struct Logged {
 struct Meta {
     size: u64,
     etag: String,
+    /// When it was last written (`last_modified`, list `updated_at`).
+    modified: chrono::DateTime<chrono::Utc>,
 }
 
 struct Upload {
@@ -162,7 +166,11 @@ impl StorageStandIn {
         tokio::fs::create_dir_all(f.parent().unwrap()).await.unwrap();
         tokio::fs::write(&f, bytes).await.unwrap();
         let etag = hex(&Md5::digest(bytes));
-        self.inner.objects.lock().unwrap().insert((bucket.into(), object.into()), Meta { size: bytes.len() as u64, etag });
+        self.inner
+            .objects
+            .lock()
+            .unwrap()
+            .insert((bucket.into(), object.into()), Meta { size: bytes.len() as u64, etag, modified: chrono::Utc::now() });
     }
 
     /// Stores a large object without holding it: a sparse file of `size`
@@ -182,7 +190,11 @@ impl StorageStandIn {
         file.sync_all().await.unwrap();
         drop(file);
         let etag = md5_of(&f).await;
-        self.inner.objects.lock().unwrap().insert((bucket.into(), object.into()), Meta { size, etag: etag.clone() });
+        self.inner
+            .objects
+            .lock()
+            .unwrap()
+            .insert((bucket.into(), object.into()), Meta { size, etag: etag.clone(), modified: chrono::Utc::now() });
         etag
     }
 
@@ -207,6 +219,11 @@ impl StorageStandIn {
             .collect();
         v.sort();
         v
+    }
+
+    /// Sets when the object was last written, as Storage reports it.
+    pub fn set_modified(&self, bucket: &str, object: &str, at: chrono::DateTime<chrono::Utc>) {
+        self.inner.objects.lock().unwrap().get_mut(&(bucket.to_string(), object.to_string())).expect("the object exists").modified = at;
     }
 
     /// The next object download drops its connection after `n` body bytes.
@@ -389,7 +406,7 @@ fn info(st: &Inner, bucket: &str, object: &str) -> Response {
         Some(m) => json(
             200,
             serde_json::json!({ "name": object, "bucket_id": bucket, "size": m.size, "etag": format!("\"{}\"", m.etag),
-                "content_type": "application/octet-stream", "version": m.etag }),
+                "content_type": "application/octet-stream", "version": m.etag, "last_modified": m.modified.to_rfc3339() }),
         ),
     }
 }
@@ -421,7 +438,8 @@ fn list(st: &Inner, bucket: &str, body: &[u8]) -> Response {
             None => {
                 entries.insert(
                     rest.to_string(),
-                    serde_json::json!({ "name": rest, "id": m.etag, "metadata": { "size": m.size, "eTag": format!("\"{}\"", m.etag) } }),
+                    serde_json::json!({ "name": rest, "id": m.etag, "updated_at": m.modified.to_rfc3339(),
+                        "metadata": { "size": m.size, "eTag": format!("\"{}\"", m.etag), "lastModified": m.modified.to_rfc3339() } }),
                 );
             }
         }
@@ -517,7 +535,7 @@ async fn commit(st: &Inner, bucket: &str, object: &str, tmp: &Path) {
     let size = tokio::fs::metadata(tmp).await.unwrap().len();
     let etag = md5_of(tmp).await;
     tokio::fs::rename(tmp, &dest).await.unwrap();
-    st.objects.lock().unwrap().insert((bucket.to_string(), object.to_string()), Meta { size, etag });
+    st.objects.lock().unwrap().insert((bucket.to_string(), object.to_string()), Meta { size, etag, modified: chrono::Utc::now() });
 }
 
 fn tus_create(st: &Inner, headers: &HeaderMap) -> Response {
