@@ -250,60 +250,63 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
     assert_eq!(st["branch_scope"]["tables"]["invoice_items"], "via invoice_id → invoices", "status prints each table's scope");
 
     // 4. B takes over b3 and gives up b2: b3's rows are downloaded; b2's stay
-    //    until `drop-branch-rows --yes`, which removes them locally only.
-    b.sync_extra = b.sync_extra.replace(B[1], B[2]);
-    b.write_config();
-    b.once().await;
+    //    until `drop-branch-rows --yes`, which removes them locally only, and
+    //    refuses while a change of a b2 row is not confirmed upstream (B dies
+    //    between the upstream apply and the journal's mark), naming the fix.
+    // 5. Meanwhile `verify --repair` at A (b1) compares only b1's rows: other
+    //    branches' rows upstream are neither downloaded nor deleted, A's
+    //    held-back b3 rows are not uploaded, and A ends with its scope plus
+    //    those rows.
     let b2_invoices = format!("SELECT count(*) FROM invoices WHERE branch_id = '{}'", B[1]);
-    assert!(count(&b.local, &b2_invoices).await > 0, "b2's rows stay until the removal is confirmed");
-    // A change to a b2 row that upstream has not confirmed (B dies between
-    // the upstream apply and the journal's mark): the removal is refused,
-    // saying how to get past it, until the change is delivered.
-    exec(&b.local, &format!("UPDATE invoices SET total = 21 WHERE id = '{}'", id(3, 2, 1))).await;
-    let crashed = b.exec(&["once"], &[("CENTROVISION_SYNC_CRASH_AT", "push.after_upstream_apply")]).await;
-    assert!(!crashed.status.success(), "the crash point stopped B before the journal marked the change");
-    let refused = b.exec(&["drop-branch-rows", "--yes"], &[]).await;
-    let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
-    assert!(!refused.status.success(), "drop-branch-rows --yes refuses while a change of the dropped branch is unsent:\n{said}");
-    assert!(said.contains("not synced yet") && said.contains("let the service send them"), "the refusal names the fix:\n{said}");
-    assert_eq!(count(&b.local, &b2_invoices).await, 6, "the refusal removed nothing");
-    b.once().await;
-    let out = b.ok(&["drop-branch-rows"]).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("run again with --yes"), "without --yes nothing is removed");
-    assert!(count(&b.local, &b2_invoices).await > 0, "without --yes nothing is removed");
-    b.ok(&["drop-branch-rows", "--yes"]).await;
-    b.once().await;
-    assert_holds_its_scope("B after the change", &b, &[B[2]]).await;
-    assert_eq!(count(&b.upstream, &b2_invoices).await, 6, "B's removal deleted nothing upstream");
-
-    // 5. `verify --repair` at A (b1) compares only b1's rows: other branches'
-    //    rows upstream are neither downloaded nor deleted, A's held-back b3
-    //    rows are not uploaded, and A ends with its scope plus those rows.
-    let per_branch = "SELECT count(*) FROM invoices i JOIN invoice_items t ON t.invoice_id = i.id";
-    let before = (count(&a.upstream, "SELECT count(*) FROM invoices").await, count(&a.upstream, per_branch).await);
-    let repaired = a.exec(&["verify", "--repair", "--json"], &[]).await;
-    let said = format!("{}{}", String::from_utf8_lossy(&repaired.stdout), String::from_utf8_lossy(&repaired.stderr));
-    assert!(repaired.status.success(), "verify --repair at a scoped server ends equal:\n{said}");
-    assert_eq!(
-        (count(&a.upstream, "SELECT count(*) FROM invoices").await, count(&a.upstream, per_branch).await),
-        before,
-        "the repair deleted no upstream row of another branch"
-    );
-    assert_eq!(count(&a.upstream, &up_has("invoices", &wrong_inv)).await, 0, "the repair did not upload A's invoice of b3");
-    assert_eq!(
-        count(&a.local, &format!("SELECT count(*) FROM invoices WHERE branch_id <> '{}'", B[0])).await,
-        1,
-        "the repair downloaded no invoice of another branch (only A's held-back b3 invoice is here)"
-    );
-    exec(
-        &a.local,
-        &format!(
-            "DELETE FROM invoice_items WHERE id = '{wrong_item}'; DELETE FROM invoices WHERE id = '{wrong_inv}';
-             DELETE FROM patients WHERE id = '{wrong}'"
-        ),
-    )
-    .await;
-    assert_holds_its_scope("A after verify --repair", &a, &[B[0]]).await;
+    let at_b = async {
+        b.sync_extra = b.sync_extra.replace(B[1], B[2]);
+        b.write_config();
+        exec(&b.local, &format!("UPDATE invoices SET total = 21 WHERE id = '{}'", id(3, 2, 1))).await;
+        let crashed = b.exec(&["once"], &[("CENTROVISION_SYNC_CRASH_AT", "push.after_upstream_apply")]).await;
+        assert!(!crashed.status.success(), "the crash point stopped B before the journal marked the change");
+        let refused = b.exec(&["drop-branch-rows", "--yes"], &[]).await;
+        let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+        assert!(!refused.status.success(), "drop-branch-rows --yes refuses while a change of the dropped branch is unsent:\n{said}");
+        assert!(said.contains("not synced yet") && said.contains("let the service send them"), "the refusal names the fix:\n{said}");
+        assert_eq!(count(&b.local, &b2_invoices).await, 6, "the refusal removed nothing");
+        b.once().await;
+        assert!(count(&b.local, &b2_invoices).await > 0, "b2's rows stay until the removal is confirmed");
+        let out = b.ok(&["drop-branch-rows"]).await;
+        assert!(String::from_utf8_lossy(&out.stdout).contains("run again with --yes"), "without --yes nothing is removed");
+        assert!(count(&b.local, &b2_invoices).await > 0, "without --yes nothing is removed");
+        b.ok(&["drop-branch-rows", "--yes"]).await;
+        b.once().await;
+        assert_holds_its_scope("B after the change", &b, &[B[2]]).await;
+        assert_eq!(count(&b.upstream, &b2_invoices).await, 6, "B's removal deleted nothing upstream");
+    };
+    let at_a = async {
+        let per_branch = "SELECT count(*) FROM invoices i JOIN invoice_items t ON t.invoice_id = i.id";
+        let before = (count(&a.upstream, "SELECT count(*) FROM invoices").await, count(&a.upstream, per_branch).await);
+        let repaired = a.exec(&["verify", "--repair", "--json"], &[]).await;
+        let said = format!("{}{}", String::from_utf8_lossy(&repaired.stdout), String::from_utf8_lossy(&repaired.stderr));
+        assert!(repaired.status.success(), "verify --repair at a scoped server ends equal:\n{said}");
+        assert_eq!(
+            (count(&a.upstream, "SELECT count(*) FROM invoices").await, count(&a.upstream, per_branch).await),
+            before,
+            "the repair deleted no upstream row of another branch"
+        );
+        assert_eq!(count(&a.upstream, &up_has("invoices", &wrong_inv)).await, 0, "the repair did not upload A's invoice of b3");
+        assert_eq!(
+            count(&a.local, &format!("SELECT count(*) FROM invoices WHERE branch_id <> '{}'", B[0])).await,
+            1,
+            "the repair downloaded no invoice of another branch (only A's held-back b3 invoice is here)"
+        );
+        exec(
+            &a.local,
+            &format!(
+                "DELETE FROM invoice_items WHERE id = '{wrong_item}'; DELETE FROM invoices WHERE id = '{wrong_inv}';
+                 DELETE FROM patients WHERE id = '{wrong}'"
+            ),
+        )
+        .await;
+        assert_holds_its_scope("A after verify --repair", &a, &[B[0]]).await;
+    };
+    tokio::join!(at_b, at_a);
 }
 
 crate::both_modes!(each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_branch);
