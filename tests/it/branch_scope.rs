@@ -4,7 +4,11 @@
 //! scope on the upstream database — plus the parents of another branch its
 //! rows refer to; a row that moves follows its branch with its children;
 //! nothing of another branch crosses the network (REST: the stand-in's log of
-//! answers); rows of another branch written at a clinic are held back.
+//! answers); rows of another branch written at a clinic are held back; a row
+//! a clinic moves to another branch itself leaves it once upstream has it;
+//! `drop-branch-rows --yes` refuses while a change is unconfirmed; `verify
+//! --repair` and `init --upload-existing` at a scoped server touch only its
+//! branches' rows.
 
 use crate::support;
 use support::TestDb;
@@ -256,7 +260,7 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
     // 5. Meanwhile `verify --repair` at A (b1) compares only b1's rows: other
     //    branches' rows upstream are neither downloaded nor deleted, A's
     //    held-back b3 rows are not uploaded, and A ends with its scope plus
-    //    those rows.
+    //    those rows; `init --upload-existing` journals only A's scope.
     let b2_invoices = format!("SELECT count(*) FROM invoices WHERE branch_id = '{}'", B[1]);
     let at_b = async {
         b.sync_extra = b.sync_extra.replace(B[1], B[2]);
@@ -305,6 +309,19 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
         )
         .await;
         assert_holds_its_scope("A after verify --repair", &a, &[B[0]]).await;
+        // `init --upload-existing` journals A's rows but not the patient of
+        // b2 it holds as a parent.
+        let mut here = 0;
+        for t in &a.tables {
+            here += count(&a.local, &format!("SELECT count(*) FROM {t}")).await;
+        }
+        let out = a.ok(&["init", "--upload-existing"]).await;
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(&format!("journaled {} existing rows", here - 1)),
+            "init --upload-existing journals the {} rows of b1 and the shared tables, not the parent of b2:\n{said}",
+            here - 1
+        );
     };
     tokio::join!(at_b, at_a);
 }
