@@ -994,6 +994,18 @@ async fn remove_out_of_scope<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, keys:
         ty = pk.type_name
     );
     let in_scope: Vec<String> = c.query(&sql, &[&keys, &branches]).await.map_err(q)?.iter().map(|r| r.get(0)).collect();
+    remove_rows(ctx, table, in_scope).await
+}
+
+/// Removes the local rows `keys` of `table` that left this server's scope,
+/// their via-children first; a row another local row still refers to is
+/// kept and refreshed from upstream by key. In the caller's transaction,
+/// under the replication origin.
+async fn remove_rows<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, in_scope: Vec<String>) -> Result<u64> {
+    let c = &ctx.session.client;
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let pk = table.pk().expect("syncable");
+    let qpk = quote_ident(&pk.name);
     if in_scope.is_empty() {
         return Ok(0);
     }
@@ -1041,6 +1053,83 @@ async fn remove_out_of_scope<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, keys:
         }
     }
     Ok(n)
+}
+
+/// Removes the local copies of rows this clinic itself moved out of its
+/// branch scope (`moved`: table, key, noted by the pusher,
+/// [`crate::scope::UpFilter::take_moved`]). The feed never returns a
+/// clinic's own writes, so no `out` comes for them. In one local
+/// transaction under the replication origin (capture drops the deletes):
+/// the rows are locked, capture is waited for, and only a row still outside
+/// the scope here with no change left unsynced in the journal goes (a row
+/// whose move upstream has not confirmed stays; the pusher notes it again
+/// when it sends it), with its via-children; a row another local row refers
+/// to stays as a parent, as for `out`. Returns the rows removed.
+pub async fn remove_moved_away<U: Upstream>(
+    cfg: &Config,
+    session: &Session,
+    upstream: &U,
+    tables: &BTreeMap<String, Table>,
+    progress: &watch::Receiver<Lsn>,
+    moved: &[(String, String)],
+) -> Result<u64> {
+    let scopes = crate::scope::resolve(cfg, tables)?;
+    let Some(branches) = scopes.branch_ids.clone() else { return Ok(0) };
+    let ctx = Ctx { cfg, session, upstream, tables, progress, scopes: &scopes, scope_arg: None };
+    let c = &session.client;
+    let q = |e| SyncError::from_pg(LOCAL, &e);
+    let mut by_table: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (t, k) in moved {
+        if tables.contains_key(t) && scopes.of(t).is_scoped() {
+            by_table.entry(t.as_str()).or_default().push(k.as_str());
+        }
+    }
+    if by_table.is_empty() {
+        return Ok(0);
+    }
+    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(q)?;
+    let result = async {
+        for (t, keys) in &by_table {
+            lock_rows(c, &tables[*t], keys).await?;
+        }
+        let flushed: postgres_types::PgLsn = c.query_one("SELECT pg_current_wal_flush_lsn()", &[]).await.map_err(q)?.get(0);
+        wait_progress(&mut progress.clone(), Lsn::from(flushed), CAPTURE_WAIT).await?;
+        let journal = session.journal();
+        let mut n = 0;
+        for name in catalog::parents_first(tables) {
+            let Some(keys) = by_table.get(name.as_str()) else { continue };
+            let table = &tables[name.as_str()];
+            let pk = table.pk().expect("syncable");
+            let pred = scopes.predicate(tables, &name, "d", "$2");
+            let sql = format!(
+                "SELECT d.{qpk}::text FROM {t} d WHERE d.{qpk} = ANY($1::text[]::{ty}[]) AND NOT ({pred})",
+                qpk = quote_ident(&pk.name),
+                t = table.qualified(),
+                ty = pk.type_name
+            );
+            let mut out = Vec::new();
+            for r in c.query(&sql, &[keys, &branches]).await.map_err(q)? {
+                let key: String = r.get(0);
+                if journal.unsynced_changes_of(&name, std::slice::from_ref(&key)).await? == 0 {
+                    out.push(key);
+                }
+            }
+            let removed = remove_rows(&ctx, table, out).await?;
+            if removed > 0 {
+                tracing::info!(table = %name, rows = removed, "rows this server moved to other branches removed locally (and their children)");
+            }
+            n += removed;
+        }
+        Ok::<u64, SyncError>(n)
+    }
+    .await;
+    match result {
+        Ok(n) => c.batch_execute("COMMIT").await.map_err(q).map(|()| n),
+        Err(e) => {
+            let _ = c.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 /// Deletes the local via-children of rows `keys` of `parent` (theirs first).

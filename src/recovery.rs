@@ -155,7 +155,10 @@ async fn verify_with(cfg: &Config, only: Vec<String>, repair: bool, after_lost_s
     let names: Vec<String> = if only.is_empty() { crate::catalog::parents_first(&tables) } else { only };
     let diffs = compare_tables(cfg, &local, &up, &tables, &names).await?;
     let equal = diffs.iter().all(TableDiff::is_equal);
-    if !repair || equal {
+    // Scoped tables whose own rows missing here only the scoped feed can bring.
+    let restart: Vec<String> =
+        if after_lost_slot { Vec::new() } else { diffs.iter().filter(|d| d.upstream_not_here > 0).map(|d| d.table.clone()).collect() };
+    if !repair || (equal && restart.is_empty()) {
         return Ok(Verification { diffs, repaired: Vec::new(), after_repair: Vec::new(), equal });
     }
     let session = down::Session::open(cfg).await.map_err(|e| {
@@ -173,6 +176,14 @@ async fn verify_with(cfg: &Config, only: Vec<String>, repair: bool, after_lost_s
     for d in diffs.iter().filter(|d| !d.is_equal()) {
         let r = repairer.repair(&tables[&d.table], d).await?;
         repaired.push((d.table.clone(), r));
+    }
+    // At a scoped server rows of its branches missing here are not told
+    // apart from other branches' rows by the comparison: the scoped feed
+    // reads those tables from the start again and brings them (rows already
+    // here are not rewritten). Not after a lost slot: it would bring back
+    // rows deleted here while the slot was gone.
+    if !restart.is_empty() {
+        store.restart_feed(&restart).await?;
     }
     // The winners of versions that lost upstream come back through the feed.
     let (_tx, no_wait) = tokio::sync::watch::channel(Lsn::from_u64(u64::MAX));

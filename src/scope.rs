@@ -25,6 +25,12 @@
 //!   key (a patient seen at two branches) stays, so foreign keys never break.
 //! - Up: rows outside the scope written locally are not sent; they are
 //!   parked with the reason, which `status` shows.
+//! - A row moved out of the scope locally (an update that gives it another
+//!   branch) is sent like any update; the feed leaves out this clinic's own
+//!   writes, so no `out` comes back for it: the pusher notes it
+//!   ([`UpFilter::take_moved`]) and the down path removes the local copy,
+//!   with its via-children, once no change of it is left unsynced
+//!   ([`crate::down::remove_moved_away`]).
 //! - `branch_ids` absent: unscoped, every table behaves as shared.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -249,6 +255,9 @@ fn resolve_one(
 pub struct UpFilter {
     scopes: Scopes,
     tables: BTreeMap<String, Table>,
+    /// (table, key) of rows an update sent out of the scope, noted before
+    /// the batch is sent; the down path removes them once synced.
+    moved: std::sync::Mutex<BTreeSet<(String, String)>>,
 }
 
 impl UpFilter {
@@ -259,7 +268,7 @@ impl UpFilter {
         }
         let tables = crate::catalog::load(local, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;
         let scopes = resolve(cfg, &tables)?;
-        Ok(Some(UpFilter { scopes, tables }))
+        Ok(Some(UpFilter { scopes, tables, moved: Default::default() }))
     }
 
     /// Parks the changes among the journal rows `rows` (id, table) that must
@@ -273,15 +282,22 @@ impl UpFilter {
         let store = crate::store::Store::new(local, crate::error::LOCAL);
         let jstore = crate::store::JournalStore::new(journal, crate::error::JOURNAL);
         let branches = self.scopes.branch_ids.clone().unwrap_or_default();
-        // Per scoped table: every id of the batch, and the inserts' images.
+        // Per scoped table: every id of the batch, and the inserts' and
+        // updates' images (an update out of the scope is a move: sent, noted).
         type Batch<'r> = (Vec<i64>, Vec<(i64, &'r str)>);
         let mut by_table: BTreeMap<&str, Batch<'_>> = BTreeMap::new();
+        let mut updates: BTreeMap<i64, &str> = BTreeMap::new();
         for r in rows {
             if self.scopes.of(&r.table).is_scoped() {
                 let e = by_table.entry(r.table.as_str()).or_default();
                 e.0.push(r.id);
-                if let (crate::store::Operation::Insert, Some(d)) = (r.op, r.data.as_deref()) {
-                    e.1.push((r.id, d));
+                match (r.op, r.data.as_deref(), r.record_id.as_deref()) {
+                    (crate::store::Operation::Insert, Some(d), _) => e.1.push((r.id, d)),
+                    (crate::store::Operation::Update, Some(d), Some(key)) => {
+                        e.1.push((r.id, d));
+                        updates.insert(r.id, key);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -289,7 +305,15 @@ impl UpFilter {
         for (t, (ids, images)) in by_table {
             let Some(table) = self.tables.get(t) else { continue };
             let pred = self.scopes.predicate(&self.tables, t, "d", "$3");
-            let out = store.out_of_scope(&table.qualified(), &pred, &branches, &images).await?;
+            let (moved, out): (Vec<i64>, Vec<i64>) = store
+                .out_of_scope(&table.qualified(), &pred, &branches, &images)
+                .await?
+                .into_iter()
+                .partition(|id| updates.contains_key(id));
+            if !moved.is_empty() {
+                let mut set = self.moved.lock().expect("not poisoned");
+                set.extend(moved.iter().map(|id| (t.to_string(), updates[id].to_string())));
+            }
             let held = jstore.hold_back(t, &ids, &out).await?;
             if held > 0 {
                 store.record_table_error(t, crate::store::branch_hold::HELD_BACK).await?;
@@ -301,6 +325,12 @@ impl UpFilter {
             n += held;
         }
         Ok(n)
+    }
+
+    /// The rows updates moved out of the scope since the last call (table,
+    /// key), for [`crate::down::remove_moved_away`].
+    pub fn take_moved(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.moved.lock().expect("not poisoned")).into_iter().collect()
     }
 }
 

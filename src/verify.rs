@@ -24,6 +24,10 @@
 //!   lost left no tombstone. A row another writer created that this clinic
 //!   never had is never deleted as "deleted locally".
 //!
+//! At a scoped server ([`crate::scope`]) a branch-scoped table's comparison
+//! is limited to this server's branches ([`limit_to_scope`]): rows of other
+//! branches are never sent, deleted upstream or downloaded by key.
+//!
 //! A version that loses upstream is logged there as a conflict and its winner
 //! re-emitted into the change feed; the caller reads the feed once after the
 //! repair so the winners land here.
@@ -38,6 +42,7 @@ use crate::catalog::{Table, quote_ident};
 use crate::config::Config;
 use crate::down;
 use crate::error::{ErrorKind, Result, SyncError};
+use crate::scope::Scopes;
 use crate::store::Store;
 use crate::upstream::{HashRequest, Outcome, TableRef, Upstream};
 
@@ -56,6 +61,17 @@ pub struct TableDiff {
     pub only_local: Vec<String>,
     pub only_upstream: Vec<String>,
     pub differ: Vec<String>,
+    /// At a scoped server ([`limit_to_scope`]): rows upstream has and this
+    /// server does not, of a branch-scoped table (other branches' rows, or
+    /// rows of its own missing here: only the scoped feed can tell them
+    /// apart). Not differences: never pulled nor deleted by key.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub upstream_not_here: usize,
+    /// At a scoped server: local rows outside its branches (parents of
+    /// another branch, rows held back) that differ or upstream lacks. Left
+    /// alone: never sent by a repair.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub local_elsewhere: usize,
     #[serde(skip)]
     updated: HashMap<String, (Option<String>, Option<String>)>,
     /// The columns compared (both sides have them).
@@ -70,6 +86,43 @@ impl TableDiff {
     pub fn drift(&self) -> usize {
         self.only_local.len() + self.only_upstream.len() + self.differ.len()
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Limits `diff` of a branch-scoped table to this server's branches
+/// ([`crate::scope`]; nothing to do when unscoped or the table is shared):
+/// local rows outside the scope leave `only_local` and `differ` (counted in
+/// `local_elsewhere`), and rows only upstream leave `only_upstream`
+/// (counted in `upstream_not_here`). So neither `verify --repair` nor
+/// `resync` ever uploads, deletes upstream or downloads by key a row of a
+/// branch this server does not serve; rows of its own branches missing here
+/// come back through the scoped feed ([`crate::recovery`] restarts it).
+pub async fn limit_to_scope(local: &Client, scopes: &Scopes, tables: &BTreeMap<String, Table>, diff: &mut TableDiff) -> Result<()> {
+    if !scopes.scoped() || !scopes.of(&diff.table).is_scoped() {
+        return Ok(());
+    }
+    let Some(table) = tables.get(&diff.table) else { return Ok(()) };
+    let pk = table.pk().expect("syncable");
+    let branches = scopes.branch_ids.clone().unwrap_or_default();
+    let mine: Vec<String> = diff.only_local.iter().chain(&diff.differ).cloned().collect();
+    let sql = format!(
+        "SELECT d.{qpk}::text FROM {t} d WHERE d.{qpk}::text = ANY($1) AND {pred}",
+        qpk = quote_ident(&pk.name),
+        t = table.qualified(),
+        pred = scopes.predicate(tables, &table.name, "d", "$2")
+    );
+    let in_scope: std::collections::HashSet<String> =
+        local.query(&sql, &[&mine, &branches]).await.map_err(|e| SyncError::from_pg(LOCAL, &e))?.iter().map(|r| r.get(0)).collect();
+    let before = mine.len();
+    diff.only_local.retain(|k| in_scope.contains(k));
+    diff.differ.retain(|k| in_scope.contains(k));
+    diff.local_elsewhere = before - diff.only_local.len() - diff.differ.len();
+    diff.upstream_not_here = diff.only_upstream.len();
+    diff.only_upstream.clear();
+    Ok(())
 }
 
 fn parse(what: &str, text: &str) -> Result<Value> {

@@ -172,7 +172,7 @@ pub async fn init(cfg: &Config, with_upstream: bool, upload_existing: Option<boo
     } else if !added.is_empty() {
         // Changes committed after the publication changed are captured; the
         // rows from before, journaled here, are the rest.
-        let n = journal_existing_rows(&local, &journal_client, &tables, &added).await?;
+        let n = journal_existing_rows(cfg, &local, &journal_client, &tables, &added).await?;
         println!("{} added to the synced tables: journaled its {n} existing rows for upload", added.join(", "));
     }
     println!(
@@ -199,14 +199,15 @@ async fn upload_existing_rows(
         println!("existing rows were already uploaded at {at}; nothing to do (use --force to upload them again)");
         return Ok(());
     }
-    let total = journal_existing_rows(local, journal, tables, &catalog::parents_first(tables)).await?;
+    let total = journal_existing_rows(cfg, local, journal, tables, &catalog::parents_first(tables)).await?;
     jstore.mark_uploaded_existing(&cfg.sync.slot_name).await?;
     println!("journaled {total} existing rows for upload; `run` or `once` pushes them");
     Ok(())
 }
 
 /// Journals the current local rows of `names` (parents first) as INSERTs,
-/// so the pusher delivers rows that predate their capture.
+/// so the pusher delivers rows that predate their capture; at a scoped
+/// server only the rows of its branches ([`crate::scope`]).
 ///
 /// They take one position in this clinic's commit order
 /// ([`Store::settled_position`], ordinals counting up), read from a snapshot
@@ -216,6 +217,7 @@ async fn upload_existing_rows(
 /// ([`JournalStore::journal_batch`]), fed from one snapshot of the clinic's
 /// database, with that transaction's time as commit time.
 async fn journal_existing_rows(
+    cfg: &Config,
     local: &tokio_postgres::Client,
     journal: &tokio_postgres::Client,
     tables: &std::collections::BTreeMap<String, catalog::Table>,
@@ -224,6 +226,8 @@ async fn journal_existing_rows(
     let store = Store::new(local, LOCAL);
     let jstore = JournalStore::new(journal, JOURNAL);
     let q = |e| SyncError::from_pg(LOCAL, &e);
+    let scopes = crate::scope::resolve(cfg, tables)?;
+    let branches: Vec<String> = scopes.branch_ids.clone().unwrap_or_default();
     let position = store.settled_position().await?;
     local.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.map_err(q)?;
     journal.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
@@ -234,14 +238,21 @@ async fn journal_existing_rows(
     for name in names {
         let t = &tables[name];
         let pk = t.pk().expect("checked above");
+        // A scoped server uploads only its branches' rows (crate::scope):
+        // parents of another branch fetched by key are already upstream.
+        let params: [&(dyn postgres_types::ToSql + Sync); 1] = [&branches];
+        let in_scope = if scopes.scoped() { scopes.predicate(tables, name, "_cvs_r", "$1") } else { "true".into() };
         local
-            .batch_execute(&format!(
-                "DECLARE cvsync_upload NO SCROLL CURSOR FOR
-                 SELECT _cvs_r.{pk}::text, {image}::text FROM {tab} _cvs_r ORDER BY _cvs_r.updated_at",
-                image = t.image_sql("_cvs_r", None),
-                pk = quote_ident(&pk.name),
-                tab = t.qualified()
-            ))
+            .execute(
+                &format!(
+                    "DECLARE cvsync_upload NO SCROLL CURSOR FOR
+                 SELECT _cvs_r.{pk}::text, {image}::text FROM {tab} _cvs_r WHERE {in_scope} ORDER BY _cvs_r.updated_at",
+                    image = t.image_sql("_cvs_r", None),
+                    pk = quote_ident(&pk.name),
+                    tab = t.qualified()
+                ),
+                &params[..if in_scope.contains("$1") { 1 } else { 0 }],
+            )
             .await
             .map_err(q)?;
         let fetch = format!("FETCH {UPLOAD_CHUNK} FROM cvsync_upload");

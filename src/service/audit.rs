@@ -68,8 +68,12 @@ pub async fn compare_tables(
     names: &[String],
 ) -> Result<Vec<TableDiff>> {
     let mut out = Vec::new();
+    // At a scoped server, only its branches' rows are compared (crate::scope).
+    let scopes = crate::scope::resolve(cfg, tables)?;
     for n in names {
-        out.push(verify::compare(cfg, local, up, &tables[n]).await?);
+        let mut d = verify::compare(cfg, local, up, &tables[n]).await?;
+        verify::limit_to_scope(local, &scopes, tables, &mut d).await?;
+        out.push(d);
     }
     Ok(out)
 }

@@ -64,6 +64,17 @@ pub(crate) async fn task(
                 }
             },
         };
+        let moved = rt.take_moved_away();
+        if !moved.is_empty()
+            && let Err(e) = down::remove_moved_away(cfg, s, up, tables, progress, &moved).await
+        {
+            rt.moved_away.lock().expect("not poisoned").extend(moved);
+            tracing::warn!(error = %e, "rows moved to other branches not removed yet");
+            if e.is_transient() {
+                *session = None;
+            }
+            return Err(e);
+        }
         match down::cycle(cfg, s, up, tables, progress).await {
             Ok(reports) => {
                 streak.succeeded().await;

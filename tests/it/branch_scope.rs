@@ -4,7 +4,11 @@
 //! scope on the upstream database — plus the parents of another branch its
 //! rows refer to; a row that moves follows its branch with its children;
 //! nothing of another branch crosses the network (REST: the stand-in's log of
-//! answers); rows of another branch written at a clinic are held back.
+//! answers); rows of another branch written at a clinic are held back; a row
+//! a clinic moves to another branch itself leaves it once upstream has it;
+//! `drop-branch-rows --yes` refuses while a change is unconfirmed; `verify
+//! --repair` and `init --upload-existing` at a scoped server touch only its
+//! branches' rows.
 
 use crate::support;
 use support::TestDb;
@@ -160,9 +164,8 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
 
     // 1. First download: each clinic gets its branches, the shared tables and
     //    the parents of another branch its rows refer to.
-    for p in [&a, &b, &c] {
-        p.once().await;
-    }
+    // (The clinics are independent: they sync side by side.)
+    tokio::join!(a.once(), b.once(), c.once());
     assert_holds_its_scope("A", &a, &[B[0]]).await;
     assert_holds_its_scope("B", &b, &[B[1]]).await;
     assert_holds_its_scope("C", &c, &[B[0], B[1]]).await;
@@ -178,9 +181,9 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
     // 2. The cloud app moves an invoice from b1 to b2: it leaves A with its
     //    items, arrives at B with them, and stays at C.
     exec(&a.upstream, &format!("UPDATE invoices SET branch_id = '{}' WHERE id = '{MOVING_INVOICE}'", B[1])).await;
-    for p in [&a, &b, &c, &a] {
-        p.once().await;
-    }
+    a.once().await;
+    tokio::join!(b.once(), c.once());
+    a.once().await;
     let items = format!("SELECT count(*) FROM invoice_items WHERE invoice_id = '{MOVING_INVOICE}'");
     assert_eq!(count(&a.local, &items).await, 0, "the moved invoice's items left A");
     assert_eq!(count(&b.local, &items).await, 2, "the moved invoice's items arrived at B with it");
@@ -195,9 +198,12 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
 
     // 3. Up: A writes a patient of b1, a patient and an invoice with an item
     //    of b3 by mistake, then edits the b3 patient, and moves one of its
-    //    appointments to b2. The b1 patient and the move go up (B gets the
-    //    appointment); the b3 rows are held back, parked, listed by status.
+    //    appointments and one of its invoices to b2. The b1 patient and the
+    //    moves go up (B gets the appointment, the invoice and its items) and
+    //    the moved rows leave A, the invoice with its items; the b3 rows are
+    //    held back, parked, listed by status.
     let (mine, wrong, wrong_inv, wrong_item, moved) = (id(1, 1, 50), id(1, 3, 50), id(3, 3, 50), id(4, 3, 50), id(2, 1, 2));
+    let moved_inv = id(3, 1, 3);
     exec(
         &a.local,
         &format!(
@@ -205,7 +211,8 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
              INSERT INTO invoices (id, branch_id, patient_id, number) VALUES ('{wrong_inv}', '{b3}', '{wrong}', 'F-wrong');
              INSERT INTO invoice_items (id, invoice_id, quantity) VALUES ('{wrong_item}', '{wrong_inv}', 1);
              UPDATE patients SET full_name = 'edited' WHERE id = '{wrong}';
-             UPDATE appointments SET branch_id = '{b2}' WHERE id = '{moved}';",
+             UPDATE appointments SET branch_id = '{b2}' WHERE id = '{moved}';
+             UPDATE invoices SET branch_id = '{b2}' WHERE id = '{moved_inv}';",
             b1 = B[0],
             b2 = B[1],
             b3 = B[2]
@@ -224,6 +231,17 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
         1,
         "the appointment A moved to b2 arrived at B"
     );
+    let moved_items = format!("SELECT count(*) FROM invoice_items WHERE invoice_id = '{moved_inv}'");
+    assert_eq!(
+        count(&b.local, &format!("SELECT count(*) FROM invoices WHERE id = '{moved_inv}' AND branch_id = '{}'", B[1])).await,
+        1,
+        "the invoice A moved to b2 arrived at B"
+    );
+    assert_eq!(count(&b.local, &moved_items).await, 2, "with its items");
+    assert_eq!(count(&a.local, &up_has("appointments", &moved)).await, 0, "the appointment A moved to b2 left A");
+    assert_eq!(count(&a.local, &up_has("invoices", &moved_inv)).await, 0, "the invoice A moved to b2 left A");
+    assert_eq!(count(&a.local, &moved_items).await, 0, "its items left A with it");
+    assert_eq!(count(&a.upstream, &moved_items).await, 2, "A's removal of its moved rows was not sent upstream as deletes");
     let status = a.ok(&["status", "--json"]).await;
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert!(st["parked"].as_i64().unwrap_or(0) >= 4, "status counts the held-back changes as parked: {}", st["parked"]);
@@ -235,19 +253,76 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
     assert_eq!(st["branch_scope"]["tables"]["invoice_items"], "via invoice_id → invoices", "status prints each table's scope");
 
     // 4. B takes over b3 and gives up b2: b3's rows are downloaded; b2's stay
-    //    until `drop-branch-rows --yes`, which removes them locally only.
-    b.sync_extra = b.sync_extra.replace(B[1], B[2]);
-    b.write_config();
-    b.once().await;
+    //    until `drop-branch-rows --yes`, which removes them locally only, and
+    //    refuses while a change of a b2 row is not confirmed upstream (B dies
+    //    between the upstream apply and the journal's mark), naming the fix.
+    // 5. Meanwhile `verify --repair` at A (b1) compares only b1's rows: other
+    //    branches' rows upstream are neither downloaded nor deleted, A's
+    //    held-back b3 rows are not uploaded, and A ends with its scope plus
+    //    those rows; `init --upload-existing` journals only A's scope.
     let b2_invoices = format!("SELECT count(*) FROM invoices WHERE branch_id = '{}'", B[1]);
-    assert!(count(&b.local, &b2_invoices).await > 0, "b2's rows stay until the removal is confirmed");
-    let out = b.ok(&["drop-branch-rows"]).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("run again with --yes"), "without --yes nothing is removed");
-    assert!(count(&b.local, &b2_invoices).await > 0, "without --yes nothing is removed");
-    b.ok(&["drop-branch-rows", "--yes"]).await;
-    b.once().await;
-    assert_holds_its_scope("B after the change", &b, &[B[2]]).await;
-    assert_eq!(count(&b.upstream, &b2_invoices).await, 5, "B's removal deleted nothing upstream");
+    let at_b = async {
+        b.sync_extra = b.sync_extra.replace(B[1], B[2]);
+        b.write_config();
+        exec(&b.local, &format!("UPDATE invoices SET total = 21 WHERE id = '{}'", id(3, 2, 1))).await;
+        let crashed = b.exec(&["once"], &[("CENTROVISION_SYNC_CRASH_AT", "push.after_upstream_apply")]).await;
+        assert!(!crashed.status.success(), "the crash point stopped B before the journal marked the change");
+        let refused = b.exec(&["drop-branch-rows", "--yes"], &[]).await;
+        let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+        assert!(!refused.status.success(), "drop-branch-rows --yes refuses while a change of the dropped branch is unsent:\n{said}");
+        assert!(said.contains("not synced yet") && said.contains("let the service send them"), "the refusal names the fix:\n{said}");
+        assert_eq!(count(&b.local, &b2_invoices).await, 6, "the refusal removed nothing");
+        b.once().await;
+        assert!(count(&b.local, &b2_invoices).await > 0, "b2's rows stay until the removal is confirmed");
+        let out = b.ok(&["drop-branch-rows"]).await;
+        assert!(String::from_utf8_lossy(&out.stdout).contains("run again with --yes"), "without --yes nothing is removed");
+        assert!(count(&b.local, &b2_invoices).await > 0, "without --yes nothing is removed");
+        b.ok(&["drop-branch-rows", "--yes"]).await;
+        b.once().await;
+        assert_holds_its_scope("B after the change", &b, &[B[2]]).await;
+        assert_eq!(count(&b.upstream, &b2_invoices).await, 6, "B's removal deleted nothing upstream");
+    };
+    let at_a = async {
+        let per_branch = "SELECT count(*) FROM invoices i JOIN invoice_items t ON t.invoice_id = i.id";
+        let before = (count(&a.upstream, "SELECT count(*) FROM invoices").await, count(&a.upstream, per_branch).await);
+        let repaired = a.exec(&["verify", "--repair", "--json"], &[]).await;
+        let said = format!("{}{}", String::from_utf8_lossy(&repaired.stdout), String::from_utf8_lossy(&repaired.stderr));
+        assert!(repaired.status.success(), "verify --repair at a scoped server ends equal:\n{said}");
+        assert_eq!(
+            (count(&a.upstream, "SELECT count(*) FROM invoices").await, count(&a.upstream, per_branch).await),
+            before,
+            "the repair deleted no upstream row of another branch"
+        );
+        assert_eq!(count(&a.upstream, &up_has("invoices", &wrong_inv)).await, 0, "the repair did not upload A's invoice of b3");
+        assert_eq!(
+            count(&a.local, &format!("SELECT count(*) FROM invoices WHERE branch_id <> '{}'", B[0])).await,
+            1,
+            "the repair downloaded no invoice of another branch (only A's held-back b3 invoice is here)"
+        );
+        exec(
+            &a.local,
+            &format!(
+                "DELETE FROM invoice_items WHERE id = '{wrong_item}'; DELETE FROM invoices WHERE id = '{wrong_inv}';
+                 DELETE FROM patients WHERE id = '{wrong}'"
+            ),
+        )
+        .await;
+        assert_holds_its_scope("A after verify --repair", &a, &[B[0]]).await;
+        // `init --upload-existing` journals A's rows but not the patient of
+        // b2 it holds as a parent.
+        let mut here = 0;
+        for t in &a.tables {
+            here += count(&a.local, &format!("SELECT count(*) FROM {t}")).await;
+        }
+        let out = a.ok(&["init", "--upload-existing"]).await;
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(&format!("journaled {} existing rows", here - 1)),
+            "init --upload-existing journals the {} rows of b1 and the shared tables, not the parent of b2:\n{said}",
+            here - 1
+        );
+    };
+    tokio::join!(at_b, at_a);
 }
 
 crate::both_modes!(each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_branch);
