@@ -205,7 +205,12 @@ pub async fn capture(
                         return Err(SyncError::new(ErrorKind::Decode, "replication stream sent a Commit without a Begin"));
                     };
                     if t.skip {
-                        if t.echo { report.skipped_echo += 1 } else { report.skipped_duplicate += 1 }
+                        if t.echo {
+                            report.skipped_echo += 1
+                        } else {
+                            report.skipped_duplicate += 1;
+                            tracing::debug!(xid = t.xid, commit_lsn = %t.final_lsn, journaled = %journaled_lsn, "re-sent transaction skipped: already journaled");
+                        }
                     } else {
                         report.transactions += 1;
                         journaled_lsn = t.final_lsn;
