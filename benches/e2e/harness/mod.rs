@@ -1062,12 +1062,12 @@ impl Bench {
                 if w.is_finished() {
                     return Err("run exited".into());
                 }
-                let max = one_i64(local, "SELECT coalesce(max(id), 0) FROM _sync_pending").await?;
+                let max = one_i64(local, "SELECT coalesce(max(id), 0) FROM _sync_journal").await?;
                 if (max as u64) < made {
                     return Ok(None);
                 }
                 let t = w.started.elapsed();
-                let count = one_i64(local, "SELECT count(*) FROM _sync_pending").await? as u64;
+                let count = one_i64(local, "SELECT count(*) FROM _sync_journal").await? as u64;
                 Ok((count >= made).then_some(t))
             }
         })
@@ -1079,13 +1079,13 @@ impl Bench {
         if let Some(c) = cpu_at_done {
             u.cpu = c;
         }
-        let count = one_i64(&journal, "SELECT count(*) FROM _sync_pending").await? as u64;
+        let count = one_i64(&journal, "SELECT count(*) FROM _sync_journal").await? as u64;
         if count != made {
             return Err(format!("capture journaled {count} rows for {made} row changes"));
         }
         let from = started_line.unwrap_or_default().min(all);
         let cap = all - from;
-        let avg = one_f64(&journal, "SELECT avg(octet_length(data::text))::float8 FROM _sync_pending").await?;
+        let avg = one_f64(&journal, "SELECT avg(octet_length(data::text))::float8 FROM _sync_journal").await?;
         self.report.stage("4a: capture alone (run, upstream unreachable)", secs(cap), "s",
             format!("from the \"capture started\" log line ({:.2} s after spawn) to the last change journaled; {:.0} rows/s; service CPU {:.2} s; avg journal image {avg:.0} bytes", secs(from), rate(made, cap), secs(u.cpu)));
         self.res.capture = Some((cap, u));
@@ -1101,7 +1101,7 @@ impl Bench {
         let (w, u) = site.once(&cfg).await?;
         let up = w.line_at("up path drained").ok_or("`once` did not log \"up path drained\"")?;
         let rows = site.check_converged("drain (postgres mode)").await?;
-        let unsynced = one_i64(&journal, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await?;
+        let unsynced = one_i64(&journal, BACKLOG).await?;
         if unsynced != 0 {
             return Err(format!("{unsynced} journal rows are still unsynced after `once`"));
         }
@@ -1195,7 +1195,7 @@ impl Bench {
         let (w, u) = site.once(&cfg).await?;
         let up_t = w.line_at("up path drained").ok_or("`once` did not log \"up path drained\"")?;
         site.check_converged(&format!("drain {hint}")).await?;
-        let unsynced = one_i64(&site.local.journal().connect().await, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await?;
+        let unsynced = one_i64(&site.local.journal().connect().await, BACKLOG).await?;
         if unsynced != 0 {
             return Err(format!("{hint}: {unsynced} journal rows are still unsynced after `once`"));
         }
@@ -1707,7 +1707,7 @@ impl Bench {
         let want = (tables.len() * per_table) as i64;
         let r = poll("the journal to fill", Duration::from_secs(120), Duration::from_millis(100), || {
             let local = &journal;
-            async move { Ok((one_i64(local, "SELECT count(*) FROM _sync_pending").await? >= want).then_some(())) }
+            async move { Ok((one_i64(local, "SELECT count(*) FROM _sync_journal").await? >= want).then_some(())) }
         })
         .await;
         if let Err(e) = r {
@@ -1758,7 +1758,7 @@ impl Bench {
         // The answer is the real page: every table, the parked rows.
         let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("/api/page is not JSON: {e}"))?;
         let html = v["html"].as_str().unwrap_or("");
-        let parked = one_i64(&journal, "SELECT count(*) FROM _sync_pending WHERE parked_at IS NOT NULL").await?;
+        let parked = one_i64(&journal, "SELECT count(*) FROM _sync_journal WHERE parked_at IS NOT NULL").await?;
         if !tables.iter().all(|t| html.contains(&format!("<td>{t}</td>"))) || !html.contains(&format!("({parked})")) {
             w.terminate().await;
             return Err(format!("/api/page does not show the 23 tables and {parked} parked rows: {}", &html[..html.len().min(400)]));
@@ -1928,14 +1928,14 @@ impl Bench {
                     async move { Ok(w.line_at("capture started").map(|_| ())) }
                 })
                 .await?;
-                let before = one_i64(&journal, "SELECT coalesce(max(id), 0) FROM _sync_pending").await?;
+                let before = one_i64(&journal, "SELECT coalesce(max(id), 0) FROM _sync_journal").await?;
                 let (tps, txns) = self.pgbench_once(&site, &script, secs_).await?;
                 let ended = Instant::now();
                 let want = before + 3 * txns as i64;
                 poll("capture to catch up after pgbench", Duration::from_secs(300), Duration::from_millis(20), || {
                     let local = &journal;
                     // max(id): cheap, and ids are dense here (nothing rolls back).
-                    async move { Ok((one_i64(local, "SELECT coalesce(max(id), 0) FROM _sync_pending").await? >= want).then_some(())) }
+                    async move { Ok((one_i64(local, "SELECT coalesce(max(id), 0) FROM _sync_journal").await? >= want).then_some(())) }
                 })
                 .await?;
                 Ok::<_, String>((tps, txns, ended.elapsed()))
@@ -1962,7 +1962,7 @@ impl Bench {
                     let q = &q;
                     async move {
                         let down = one_i64(local, q).await? >= SAMPLE_TABLES.len() as i64;
-                        Ok((down && one_i64(journal, "SELECT count(*) FROM _sync_pending WHERE NOT synced").await? == 0).then_some(()))
+                        Ok((down && one_i64(journal, BACKLOG).await? == 0).then_some(()))
                     }
                 })
                 .await?;
@@ -2624,6 +2624,12 @@ async fn drop_slot(c: &Client, slot: &str) -> R<()> {
     })
     .await
 }
+
+/// Journal rows not yet delivered (after the pusher's cursor), read from the
+/// tables, not through the `_sync_pending` view: a poll must not scan the
+/// whole journal while the service is being measured.
+const BACKLOG: &str =
+    "SELECT count(*) FROM _sync_journal WHERE id > (SELECT through_id FROM _sync_push) AND NOT synced AND parked_at IS NULL";
 
 /// Local `created_at` stamped at insert time, upstream `arrived_at` stamped
 /// when the row is applied there (the apply leaves absent columns to their
