@@ -250,8 +250,9 @@ pub async fn next_batch(client: &Client, source: &Source, limit: i64, after_id: 
         return Ok(rows);
     }
     // One transaction larger than `limit`: take more of it.
-    let after = rows.last().map_or(after_id, |r| r.id);
-    let more = fetch(client, source, limit * (MAX_TXN_BATCH_FACTOR - 1), after, last_lsn).await?;
+    let last = rows.last().expect("limit >= 1 rows");
+    let (Some(lsn), Some(ordinal)) = (last.commit_lsn, last.ordinal) else { return Ok(rows) };
+    let more = fetch(client, source, limit * (MAX_TXN_BATCH_FACTOR - 1), last.id, Some((lsn, ordinal))).await?;
     rows.extend(more);
     Ok(rows)
 }
@@ -263,6 +264,6 @@ pub async fn next_prefix(client: &Client, limit: i64, after_id: i64) -> Result<V
     fetch(client, &Source::Queue, limit.max(1), after_id, None).await
 }
 
-async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
-    JournalStore::new(client, JOURNAL).journal_rows(source, limit, after_id, only_lsn).await
+async fn fetch(client: &Client, source: &Source, limit: i64, after_id: i64, tail: Option<(Lsn, i32)>) -> Result<Vec<Queued>> {
+    JournalStore::new(client, JOURNAL).journal_rows(source, limit, after_id, tail).await
 }

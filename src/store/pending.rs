@@ -244,37 +244,67 @@ impl JournalStore<'_> {
     }
 
     /// Up to `limit` `source` rows after journal id `after_id`, in journal
-    /// order; with `only_lsn`, only rows of that transaction.
-    pub async fn journal_rows(&self, source: &Source, limit: i64, after_id: i64, only_lsn: Option<Lsn>) -> Result<Vec<Queued>> {
+    /// order; with `tail = (lsn, ordinal)`, only the rest of that transaction:
+    /// its rows after `ordinal`.
+    ///
+    /// The tail is read through the `(commit_lsn, ordinal)` index, never as a
+    /// filter on an `id` range scan: such a scan stops only at `limit`
+    /// matches, so when fewer remain (the usual case) it walked every later
+    /// journal row — 120 ms per read on a 200,000-row backlog of 10,000-row
+    /// transactions. A transaction's rows have increasing ids in ordinal
+    /// order (one capture writer journals it in one COPY stream).
+    pub async fn journal_rows(&self, source: &Source, limit: i64, after_id: i64, tail: Option<(Lsn, i32)>) -> Result<Vec<Queued>> {
         const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
                     coalesce(commit_ts, created_at)::text, retry_count, commit_lsn, ordinal FROM _sync_journal";
-        let only = only_lsn.map(PgLsn::from);
-        let rows = match source {
+        let rows = match (source, tail) {
             // The queue: a primary-key range after the pusher's cursor, less
             // the rows already delivered or parked out of order.
-            Source::Queue => {
+            (Source::Queue, None) => {
                 self.client
                     .query(
                         &format!(
                             "{COLUMNS} WHERE id > (SELECT through_id FROM _sync_push) AND id > $2
-                           AND synced = FALSE AND parked_at IS NULL
-                           AND ($3::pg_lsn IS NULL OR commit_lsn = $3) ORDER BY id LIMIT $1"
+                           AND synced = FALSE AND parked_at IS NULL ORDER BY id LIMIT $1"
                         ),
-                        &[&limit, &after_id, &only],
+                        &[&limit, &after_id],
                     )
                     .await
             }
-            Source::Range { from, to, tables } => {
+            (Source::Queue, Some((lsn, ordinal))) => {
+                self.client
+                    .query(
+                        &format!(
+                            "{COLUMNS} WHERE commit_lsn = $3 AND ordinal > $4
+                           AND id > (SELECT through_id FROM _sync_push) AND id > $2
+                           AND synced = FALSE AND parked_at IS NULL ORDER BY commit_lsn, ordinal LIMIT $1"
+                        ),
+                        &[&limit, &after_id, &PgLsn::from(lsn), &ordinal],
+                    )
+                    .await
+            }
+            (Source::Range { from, to, tables }, None) => {
                 let (from, to) = (PgLsn::from(*from), to.map(PgLsn::from));
                 self.client
                     .query(
                         &format!(
-                            "{COLUMNS} WHERE id > $2 AND ($3::pg_lsn IS NULL OR commit_lsn = $3)
-                           AND commit_lsn >= $4 AND ($5::pg_lsn IS NULL OR commit_lsn <= $5)
-                           AND (cardinality($6::text[]) = 0 OR table_name = ANY($6))
+                            "{COLUMNS} WHERE id > $2
+                           AND commit_lsn >= $3 AND ($4::pg_lsn IS NULL OR commit_lsn <= $4)
+                           AND (cardinality($5::text[]) = 0 OR table_name = ANY($5))
                          ORDER BY id LIMIT $1"
                         ),
-                        &[&limit, &after_id, &only, &from, &to, tables],
+                        &[&limit, &after_id, &from, &to, tables],
+                    )
+                    .await
+            }
+            (Source::Range { tables, .. }, Some((lsn, ordinal))) => {
+                self.client
+                    .query(
+                        &format!(
+                            "{COLUMNS} WHERE commit_lsn = $3 AND ordinal > $4 AND id > $2
+                           AND (cardinality($5::text[]) = 0 OR table_name = ANY($5))
+                         ORDER BY commit_lsn, ordinal LIMIT $1"
+                        ),
+                        &[&limit, &after_id, &PgLsn::from(lsn), &ordinal, tables],
                     )
                     .await
             }

@@ -481,4 +481,21 @@ async fn the_push_cursor_waits_for_a_queued_row_and_never_rereads_what_was_deliv
     let left: Vec<i64> =
         j.query("SELECT id FROM _sync_journal ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get::<_, i64>(0) - before).collect();
     assert_eq!(left, vec![4, 5, 6], "what the cursor has not passed, and the parked row, stay");
+    // One transaction larger than the batch (250 rows, limit 100) comes whole,
+    // in order, and its tail read stops at its own last row: the next
+    // transaction's 3 rows are left for the next batch.
+    js.settle(&[id(4), id(6)], id(6)).await.unwrap();
+    j.batch_execute(
+        "INSERT INTO _sync_journal (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts)
+         SELECT 'services', 'big' || g, 'INSERT', '{}', '0/9000'::pg_lsn, g, now() FROM generate_series(1, 250) g;
+         INSERT INTO _sync_journal (table_name, record_id, operation, data, commit_lsn, ordinal, commit_ts)
+         SELECT 'services', 'next' || g, 'INSERT', '{}', '0/9100'::pg_lsn, g, now() FROM generate_series(1, 3) g",
+    )
+    .await
+    .unwrap();
+    let big = next_batch(&j, &Source::Queue, 100, 0).await.unwrap();
+    let names: Vec<&str> = big.iter().map(|r| r.record_id.as_deref().unwrap_or("")).collect();
+    assert_eq!(big.len(), 250, "the whole large transaction, nothing of the next: {:?}", &names[240.min(names.len())..]);
+    assert!(big.windows(2).all(|w| w[0].id < w[1].id), "journal order");
+    assert_eq!((names[0], names[249]), ("big1", "big250"), "first and last rows of the transaction");
 }
