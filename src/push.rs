@@ -51,6 +51,14 @@
 //!   transient rejection); a delivered row beyond that is marked on its own
 //!   row. A crash before that commit re-sends the batch (the apply is
 //!   idempotent); after it, nothing of the batch is read again.
+//!
+//! Read ahead: while a full-size batch is applied upstream, the next one is
+//! read from the journal (the rows after the batch's last id), so the
+//! journal read costs no wall time in a drain. It is used only if the batch
+//! then settles whole (the cursor reaches its last row, nothing rejected);
+//! otherwise, and after any failure, the queue is read again. An empty read
+//! ahead is never used: "the queue is empty" must come from a read made
+//! after capture's progress was sampled.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -114,6 +122,9 @@ pub struct Sizer {
     successes: u32,
     /// The status note changed since [`Sizer::take_note_change`].
     changed: bool,
+    /// The next batch, read from the journal while the last one was being
+    /// applied upstream (see "Read ahead" in the module docs).
+    ahead: Option<Vec<Queued>>,
 }
 
 impl Sizer {
@@ -128,6 +139,7 @@ impl Sizer {
             too_large_at: None,
             successes: 0,
             changed: false,
+            ahead: None,
         }
     }
 
@@ -421,9 +433,11 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
     let mut split_attempts = 0;
     let (rows, built, outcome) = loop {
         let (limit, configured) = (sizer.limit(), sizer.configured as i64);
-        let rows = match limit {
-            None => journal::next_batch(journal, &journal::Source::Queue, configured, 0).await,
-            Some(limit) => journal::next_prefix(journal, limit as i64, 0).await,
+        let ahead = sizer.ahead.take().filter(|_| limit.is_none());
+        let rows = match (ahead, limit) {
+            (Some(rows), _) => Ok(rows),
+            (None, None) => journal::next_batch(journal, &journal::Source::Queue, configured, 0).await,
+            (None, Some(limit)) => journal::next_prefix(journal, limit as i64, 0).await,
         }
         .map_err(|error| BatchFailure { error, ids: vec![] })?;
         if rows.is_empty() {
@@ -443,9 +457,20 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
         let bases = store.bases(&keys).await.map_err(fail)?;
         let built = build(&rows, schema, &epochs, &bases).map_err(fail)?;
         let started = Instant::now();
-        match upstream.apply(&built.json).await {
+        // Read ahead: the next batch comes from the journal while this one
+        // is applied upstream (a full-size batch, first attempt only).
+        let last_id = rows.last().map_or(0, |r| r.id);
+        let read_ahead = async {
+            match limit.is_none() && split_attempts == 0 {
+                true => journal::next_batch(journal, &journal::Source::Queue, configured, last_id).await.ok(),
+                false => None,
+            }
+        };
+        let (applied, ahead) = tokio::join!(upstream.apply(&built.json), read_ahead);
+        match applied {
             Ok(outcome) => {
                 sizer.succeeded(rows.len(), started.elapsed());
+                sizer.ahead = ahead.filter(|a| !a.is_empty());
                 break (rows, built, outcome);
             }
             Err(e) if matches!(e.kind, ErrorKind::TooLarge | ErrorKind::TooSlow) => {
@@ -509,11 +534,17 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
             table_errors.push((built.tables[r.index as usize].as_str(), text));
         }
         // After the rejections: the cursor stops before what stays queued.
-        jstore.settle(&synced, last_id).await?;
+        let through = jstore.settle(&synced, last_id).await?;
+        // What was read ahead is the next batch only if this one went
+        // through whole; else the queue is read again.
+        if through != last_id || !outcome.rejected.is_empty() {
+            sizer.ahead = None;
+        }
         journal.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
         Ok::<_, SyncError>(())
     };
     if let Err(e) = write.await {
+        sizer.ahead = None;
         let _ = journal.batch_execute("ROLLBACK").await;
         return Err(BatchFailure { error: e, ids: vec![] });
     }
