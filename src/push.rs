@@ -452,9 +452,9 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
             continue;
         }
         let store = Store::new(local, LOCAL);
-        let epochs = JournalStore::new(journal, JOURNAL).epochs().await.map_err(fail)?;
         let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();
-        let bases = store.bases(&keys).await.map_err(fail)?;
+        let jstore = JournalStore::new(journal, JOURNAL);
+        let (epochs, bases) = tokio::try_join!(jstore.epochs(), store.bases(&keys)).map_err(fail)?;
         let built = build(&rows, schema, &epochs, &bases).map_err(fail)?;
         let started = Instant::now();
         // Read ahead: the next batch comes from the journal while this one
@@ -509,8 +509,9 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
     };
     // The journal's marks are the durable fact (one transaction in the
     // journal database); the clinic database's statistics follow, best
-    // effort: a crash between the two loses one batch's counters, never a
-    // change.
+    // effort and without waiting for their own WAL flush (the next
+    // synchronous commit flushes them): a crash loses at most the last
+    // batches' counters, never a change.
     let jstore = JournalStore::new(journal, JOURNAL);
     let mut table_errors: Vec<(&str, String)> = Vec::new();
     let last_id = rows.last().map_or(0, |r| r.id);
@@ -551,7 +552,7 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
     crate::crash::point("push.after_journal_marks");
     let store = Store::new(local, LOCAL);
     let stats = async {
-        local.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
+        local.batch_execute("BEGIN; SET LOCAL synchronous_commit = off").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         for (table, text) in &table_errors {
             store.record_table_error(table, text).await?;
         }
