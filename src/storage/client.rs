@@ -7,7 +7,11 @@
 //! - **Never a whole file in memory.** Downloads are read chunk by chunk
 //!   (`Response::chunk`) into a file; uploads hold at most two TUS chunks
 //!   (6 MiB, the size Supabase requires for every chunk but the last): the
-//!   one in flight and the next, read ahead.
+//!   one in flight and the next, read ahead; a plain upload streams the
+//!   file in 256 KiB pieces (reqwest's `stream` feature).
+//! - **`bandwidth_limit_mbps` paces every transfer**: downloads per chunk
+//!   received, TUS per chunk sent, plain uploads per piece handed to the
+//!   connection.
 //! - **One classifier** ([`classify`]) turns a Storage answer into an
 //!   [`ErrorKind`]: connect errors, 5xx and 429 are transient; 401/403 and a
 //!   missing bucket need the operator; 400/413 are about the one file
@@ -37,6 +41,8 @@ use crate::error::{ErrorKind, Result, SyncError};
 pub const TUS_CHUNK: usize = 6 * 1024 * 1024;
 /// Files up to this size go up in one plain POST.
 pub const PLAIN_UPLOAD_MAX: u64 = 6 * 1024 * 1024;
+/// A plain upload's body is read and paced in pieces of this size.
+const PLAIN_PIECE: usize = 256 * 1024;
 
 /// What Storage says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,13 +279,14 @@ impl StorageClient {
     pub async fn upload(&self, bucket: &str, path: &str, file: &Path, upsert: bool) -> Result<()> {
         let len = tokio::fs::metadata(file).await.map_err(|e| io_error("mirror file", e))?.len();
         if len <= PLAIN_UPLOAD_MAX {
-            let bytes = tokio::fs::read(file).await.map_err(|e| io_error("mirror file", e))?;
+            let f = tokio::fs::File::open(file).await.map_err(|e| io_error("mirror file", e))?;
             let req = self
                 .http
                 .post(self.url(&["object", bucket], path))
                 .header("x-upsert", if upsert { "true" } else { "false" })
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(bytes);
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(paced_read(f, len, Pace::new(self.bandwidth))));
             self.send("storage (upload)", req).await?;
             return Ok(());
         }
@@ -394,6 +401,33 @@ fn read_chunk(mut f: std::fs::File, at: u64, len: u64) -> tokio::task::JoinHandl
         use std::io::{Read, Seek};
         f.seek(std::io::SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| io_error("mirror file", e))?;
         Ok((f, at, buf))
+    })
+}
+
+/// The body of a plain upload: `len` bytes of `f` in pieces of
+/// [`PLAIN_PIECE`], each handed over only once the limit allows it (so the
+/// request as a whole takes at least `len / limit`); one piece in memory.
+/// A file shorter than `len` ends the stream early, which the HTTP client
+/// reports as a failed (retried) request, never a short object.
+fn paced_read(
+    f: tokio::fs::File,
+    len: u64,
+    pace: Pace,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::unfold((f, 0u64, pace), move |(mut f, sent, pace)| async move {
+        if sent >= len {
+            return None;
+        }
+        let mut buf = vec![0u8; (len - sent).min(PLAIN_PIECE as u64) as usize];
+        let n = match tokio::io::AsyncReadExt::read(&mut f, &mut buf).await {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => return Some((Err(e), (f, len, pace))),
+        };
+        buf.truncate(n);
+        let sent = sent + n as u64;
+        pace.after(sent).await;
+        Some((Ok(bytes::Bytes::from(buf)), (f, sent, pace)))
     })
 }
 
