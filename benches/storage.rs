@@ -59,7 +59,7 @@ fn main() {
         mirror::download(&client, BUCKET, "scans/big.bin", &target, &info).await.unwrap();
         let mirror_down = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        client.upload(BUCKET, "scans/up-mirror.bin", &target, true).await.unwrap();
+        client.upload(BUCKET, "scans/up-mirror.bin", &target, true, None).await.unwrap();
         let mirror_up = t.elapsed().as_secs_f64();
         let hwm_after = hwm_mb();
 

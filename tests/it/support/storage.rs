@@ -26,6 +26,14 @@
 //! - ETag: the MD5 of the content (quoted), like a plain S3 upload; the time
 //!   of the last write as `last_modified` (info) and `updated_at` /
 //!   `metadata.lastModified` (list).
+//! - User metadata (storage-api's `user_metadata`): a plain upload's
+//!   `x-metadata` header (base64 of a JSON object; undecodable → none, as
+//!   Storage's `parseUserMetadata`), a TUS upload's `metadata` key of
+//!   `Upload-Metadata` (a JSON string; unparsable → none), set when the
+//!   upload completes and replaced by the next write. Returned only by
+//!   `GET /object/info/...`, as `metadata` (null when none); a listing's
+//!   `metadata` is the system one, and `HEAD /object/{bucket}/{path}`
+//!   answers only headers (`ETag`, `Content-Length`, `Last-Modified`).
 //!
 //! Fault injection: [`StorageStandIn::cut_next_download_after`] (the
 //! connection drops after N body bytes), [`StorageStandIn::fail_next`]
@@ -75,6 +83,8 @@ struct Meta {
     etag: String,
     /// When it was last written (`last_modified`, list `updated_at`).
     modified: chrono::DateTime<chrono::Utc>,
+    /// User metadata sent with its last write.
+    user: Option<serde_json::Value>,
 }
 
 struct Upload {
@@ -84,6 +94,7 @@ struct Upload {
     offset: u64,
     upsert: bool,
     file: PathBuf,
+    user: Option<serde_json::Value>,
 }
 
 struct Faults {
@@ -170,7 +181,7 @@ impl StorageStandIn {
             .objects
             .lock()
             .unwrap()
-            .insert((bucket.into(), object.into()), Meta { size: bytes.len() as u64, etag, modified: chrono::Utc::now() });
+            .insert((bucket.into(), object.into()), Meta { size: bytes.len() as u64, etag, modified: chrono::Utc::now(), user: None });
     }
 
     /// Stores a large object without holding it: a sparse file of `size`
@@ -194,7 +205,7 @@ impl StorageStandIn {
             .objects
             .lock()
             .unwrap()
-            .insert((bucket.into(), object.into()), Meta { size, etag: etag.clone(), modified: chrono::Utc::now() });
+            .insert((bucket.into(), object.into()), Meta { size, etag: etag.clone(), modified: chrono::Utc::now(), user: None });
         etag
     }
 
@@ -224,6 +235,11 @@ impl StorageStandIn {
     /// Sets when the object was last written, as Storage reports it.
     pub fn set_modified(&self, bucket: &str, object: &str, at: chrono::DateTime<chrono::Utc>) {
         self.inner.objects.lock().unwrap().get_mut(&(bucket.to_string(), object.to_string())).expect("the object exists").modified = at;
+    }
+
+    /// The user metadata the object's last write carried.
+    pub fn user_metadata(&self, bucket: &str, object: &str) -> Option<serde_json::Value> {
+        self.inner.objects.lock().unwrap().get(&(bucket.to_string(), object.to_string())).and_then(|m| m.user.clone())
     }
 
     /// The next object download drops its connection after `n` body bytes.
@@ -341,9 +357,14 @@ async fn handle(State(st): State<Arc<Inner>>, req: Request) -> Response {
             }
             match method {
                 Method::GET => download(&st, bucket, object, range_start, bytes).await,
+                Method::HEAD => head_object(&st, bucket, object),
                 Method::POST | Method::PUT => {
                     let upsert = method == Method::PUT || headers.get("x-upsert").is_some_and(|v| v == "true");
-                    upload(&st, bucket, object, upsert, req.into_body(), bytes).await
+                    let user = headers.get("x-metadata").and_then(|v| v.to_str().ok()).and_then(|v| {
+                        let json = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+                        serde_json::from_slice::<serde_json::Value>(&json).ok().filter(|j| j.is_object())
+                    });
+                    upload(&st, bucket, object, upsert, user, req.into_body(), bytes).await
                 }
                 Method::DELETE => {
                     if st.objects.lock().unwrap().remove(&(bucket.to_string(), object.to_string())).is_none() {
@@ -406,8 +427,25 @@ fn info(st: &Inner, bucket: &str, object: &str) -> Response {
         Some(m) => json(
             200,
             serde_json::json!({ "name": object, "bucket_id": bucket, "size": m.size, "etag": format!("\"{}\"", m.etag),
-                "content_type": "application/octet-stream", "version": m.etag, "last_modified": m.modified.to_rfc3339() }),
+                "content_type": "application/octet-stream", "version": m.etag, "metadata": m.user,
+                "last_modified": m.modified.to_rfc3339(), "created_at": m.modified.to_rfc3339() }),
         ),
+    }
+}
+
+/// `HEAD /object/{bucket}/{path}`: headers only, no user metadata.
+fn head_object(st: &Inner, bucket: &str, object: &str) -> Response {
+    match st.objects.lock().unwrap().get(&(bucket.to_string(), object.to_string())) {
+        None => not_found(),
+        Some(m) => Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, m.size)
+            .header(header::ETAG, format!("\"{}\"", m.etag))
+            .header(header::LAST_MODIFIED, m.modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            .header(header::ACCEPT_RANGES, "bytes")
+            .body(Body::empty())
+            .unwrap(),
     }
 }
 
@@ -514,7 +552,15 @@ async fn receive(body: Body, file: &Path, received: &AtomicU64) -> bool {
     true
 }
 
-async fn upload(st: &Arc<Inner>, bucket: &str, object: &str, upsert: bool, body: Body, received: Arc<AtomicU64>) -> Response {
+async fn upload(
+    st: &Arc<Inner>,
+    bucket: &str,
+    object: &str,
+    upsert: bool,
+    user: Option<serde_json::Value>,
+    body: Body,
+    received: Arc<AtomicU64>,
+) -> Response {
     let key = (bucket.to_string(), object.to_string());
     if !upsert && st.objects.lock().unwrap().contains_key(&key) {
         return error(400, "409", "Duplicate", "The resource already exists");
@@ -524,18 +570,18 @@ async fn upload(st: &Arc<Inner>, bucket: &str, object: &str, upsert: bool, body:
         let _ = tokio::fs::remove_file(&tmp).await;
         return error(400, "400", "IncompleteBody", "the request body was cut");
     }
-    commit(st, bucket, object, &tmp).await;
+    commit(st, bucket, object, &tmp, user).await;
     json(200, serde_json::json!({ "Key": format!("{bucket}/{object}") }))
 }
 
-/// Makes a received file the object.
-async fn commit(st: &Inner, bucket: &str, object: &str, tmp: &Path) {
+/// Makes a received file the object, with this user metadata.
+async fn commit(st: &Inner, bucket: &str, object: &str, tmp: &Path, user: Option<serde_json::Value>) {
     let dest = st.root.path().join("objects").join(bucket).join(object);
     tokio::fs::create_dir_all(dest.parent().unwrap()).await.unwrap();
     let size = tokio::fs::metadata(tmp).await.unwrap().len();
     let etag = md5_of(tmp).await;
     tokio::fs::rename(tmp, &dest).await.unwrap();
-    st.objects.lock().unwrap().insert((bucket.to_string(), object.to_string()), Meta { size, etag, modified: chrono::Utc::now() });
+    st.objects.lock().unwrap().insert((bucket.to_string(), object.to_string()), Meta { size, etag, modified: chrono::Utc::now(), user });
 }
 
 fn tus_create(st: &Inner, headers: &HeaderMap) -> Response {
@@ -563,13 +609,14 @@ fn tus_create(st: &Inner, headers: &HeaderMap) -> Response {
     if !upsert && st.objects.lock().unwrap().contains_key(&(bucket.clone(), object.clone())) {
         return error(409, "409", "Duplicate", "The resource already exists");
     }
+    let user = meta.get("metadata").and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()).filter(|j| j.is_object());
     let id = format!("u{}", st.next_id.fetch_add(1, Ordering::SeqCst));
     let file = st.root.path().join("uploads").join(&id);
     std::fs::File::create(&file).unwrap();
     st.uploads
         .lock()
         .unwrap()
-        .insert(id.clone(), Upload { bucket: bucket.clone(), object: object.clone(), length, offset: 0, upsert, file });
+        .insert(id.clone(), Upload { bucket: bucket.clone(), object: object.clone(), length, offset: 0, upsert, file, user });
     Response::builder()
         .status(201)
         .header(header::LOCATION, format!("/storage/v1/upload/resumable/{id}"))
@@ -627,7 +674,7 @@ async fn tus_patch(st: &Arc<Inner>, id: &str, headers: &HeaderMap, body: Body, r
         if !u.upsert && st.objects.lock().unwrap().contains_key(&(u.bucket.clone(), u.object.clone())) {
             return error(409, "409", "Duplicate", "The resource already exists");
         }
-        commit(st, &u.bucket, &u.object, &u.file).await;
+        commit(st, &u.bucket, &u.object, &u.file, u.user).await;
     }
     Response::builder().status(204).header("Upload-Offset", expected + n).header("Tus-Resumable", "1.0.0").body(Body::empty()).unwrap()
 }
