@@ -282,6 +282,19 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     );
     let listed = c.list(BUCKET, "pdf").await.unwrap();
     assert!(listed.iter().all(|l| l.info.stamp.is_none()), "a listing has no user metadata, as Storage's: {listed:?}");
+    let head = reqwest::Client::new()
+        .head(format!("{}/object/{BUCKET}/pdf/visit-7.pdf", standin.url()))
+        .header("apikey", SERVICE_KEY)
+        .header("Authorization", format!("Bearer {SERVICE_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(
+        head.headers().contains_key("etag") && !head.headers().contains_key("x-metadata"),
+        "HEAD answers headers only, no user metadata, as Storage's: {:?}",
+        head.headers()
+    );
 
     // Both sides change the same file: upstream's version wins, the
     // clinic's is kept beside it on both sides; nothing overwritten.
