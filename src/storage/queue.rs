@@ -23,9 +23,11 @@
 //!   up over the object, whose version is first kept beside it as
 //!   `<path>.conflict-<its writer|upstream>-<unix time>` (both sides);
 //!   otherwise (earlier, equal, or no stamp on either side: the tie goes
-//!   upstream) the mirror's version is renamed
-//!   `<path>.conflict-<clinic_id>-<unix time>` and uploaded under that name,
-//!   then the object is downloaded. Each is logged and counted
+//!   upstream) the mirror's version is uploaded as
+//!   `<path>.conflict-<clinic_id>-<unix time>`, then renamed so locally,
+//!   then the object is downloaded (a loser copy whose upload fails is
+//!   not kept: the mirror stays as it was and the next cycle decides
+//!   again). Each is logged and counted
 //!   (`_sync_files.conflicts`, `status`). Nothing is overwritten silently;
 //! - neither → stays pending (the file has not been written yet);
 //! - gone (no row names it) → its mirror file is removed after
@@ -246,7 +248,12 @@ async fn one(
                 // stamp), then the clinic's goes up over the object.
                 let (loser_path, loser) = beside(their_writer.filter(|w| safe_writer(w)).unwrap_or("upstream"));
                 let f = mirror::download(client, bucket, path, &loser, u).await?;
-                plain_upload(client, bucket, &loser_path, &loser, u.stamp.as_ref()).await?;
+                if let Err(e) = plain_upload(client, bucket, &loser_path, &loser, u.stamp.as_ref()).await {
+                    // Not kept upstream: no local-only copy either (the
+                    // next cycle decides again, under a new name).
+                    let _ = tokio::fs::remove_file(&loser).await;
+                    return Err(e);
+                }
                 upload(store, client, entry, target, true, &ours).await?;
                 tracing::warn!(
                     bucket,
@@ -258,9 +265,13 @@ async fn one(
                 report.bytes += f.received + u.size + size;
                 return Ok(true);
             }
+            // The clinic's version goes up under the loser's name before it
+            // moves aside: should the upload fail (the link drops), the
+            // mirror is as it was and the next cycle decides again, instead
+            // of the loser staying only in the mirror.
             let (loser_path, loser) = beside(clinic_id);
+            plain_upload(client, bucket, &loser_path, target, Some(&ours)).await?;
             tokio::fs::rename(target, &loser).await.map_err(|e| super::client::io_error("keeping a conflicting file", e))?;
-            plain_upload(client, bucket, &loser_path, &loser, Some(&ours)).await?;
             tracing::warn!(bucket, "a study file changed on both sides: upstream's version is later and kept, the clinic's kept beside it");
             let f = mirror::download(client, bucket, path, target, u).await?;
             store.file_conflict(bucket, path).await?;

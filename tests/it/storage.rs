@@ -297,9 +297,22 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     );
 
     // Both sides change the same file: upstream's version wins, the
-    // clinic's is kept beside it on both sides; nothing overwritten.
+    // clinic's is kept beside it on both sides; nothing overwritten. The
+    // link drops as the clinic's version goes up under its loser's name:
+    // the mirror is left as it was (no copy only in the mirror), and the
+    // next cycle decides again.
     standin.put(BUCKET, "scans/oct-1.bin", b"oct one, re-exported upstream").await;
     std::fs::write(dir.path().join("scans/oct-1.bin"), b"oct one, annotated at the clinic").unwrap();
+    standin.fail_next_uploads(1);
+    let e = run().await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(
+        std::fs::read(dir.path().join("scans/oct-1.bin")).ok().as_deref(),
+        Some(&b"oct one, annotated at the clinic"[..]),
+        "the clinic's version stays in place while its copy beside could not go up"
+    );
+    let beside: Vec<_> = std::fs::read_dir(dir.path().join("scans")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(beside.len(), 1, "nothing moved aside while its upload failed: {beside:?}");
     let r = run().await.unwrap();
     assert_eq!(r.conflicts, 1, "{r:?}");
     assert_eq!(std::fs::read(dir.path().join("scans/oct-1.bin")).unwrap(), b"oct one, re-exported upstream");

@@ -37,7 +37,8 @@
 //!
 //! Fault injection: [`StorageStandIn::cut_next_download_after`] (the
 //! connection drops after N body bytes), [`StorageStandIn::fail_next`]
-//! (N answers of HTTP 503), [`StorageStandIn::corrupt_next_download`] (one
+//! (N answers of HTTP 503), [`StorageStandIn::fail_next_uploads`] (N plain
+//! uploads answered 503), [`StorageStandIn::corrupt_next_download`] (one
 //! byte flipped in flight), [`StorageStandIn::set_offline`] (every request
 //! 503 until back), [`StorageStandIn::set_slow`] (a pause per 256 KiB).
 //! [`StorageStandIn::log`] lists each request with the Range start asked
@@ -101,6 +102,8 @@ struct Faults {
     cut_after: Mutex<Option<u64>>,
     corrupt: AtomicBool,
     fail_next: AtomicU32,
+    /// Object uploads (POST/PUT `/object/...`) that get HTTP 503 next.
+    fail_uploads: AtomicU32,
     /// PATCHes let through before the next one fails (-1: off).
     fail_patch_after: std::sync::atomic::AtomicI64,
     offline: AtomicBool,
@@ -144,6 +147,7 @@ impl StorageStandIn {
                 cut_after: Mutex::default(),
                 corrupt: AtomicBool::new(false),
                 fail_next: AtomicU32::new(0),
+                fail_uploads: AtomicU32::new(0),
                 fail_patch_after: std::sync::atomic::AtomicI64::new(-1),
                 offline: AtomicBool::new(false),
                 slow: Mutex::default(),
@@ -254,6 +258,10 @@ impl StorageStandIn {
     pub fn fail_next(&self, n: u32) {
         self.inner.faults.fail_next.store(n, Ordering::SeqCst);
     }
+    /// The next `n` plain object uploads get HTTP 503 (other requests pass).
+    pub fn fail_next_uploads(&self, n: u32) {
+        self.inner.faults.fail_uploads.store(n, Ordering::SeqCst);
+    }
     /// After `n` more TUS PATCHes, one PATCH gets HTTP 503 (a cut upload).
     pub fn fail_patch_after(&self, n: i64) {
         self.inner.faults.fail_patch_after.store(n, Ordering::SeqCst);
@@ -358,6 +366,12 @@ async fn handle(State(st): State<Arc<Inner>>, req: Request) -> Response {
             match method {
                 Method::GET => download(&st, bucket, object, range_start, bytes).await,
                 Method::HEAD => head_object(&st, bucket, object),
+                Method::POST | Method::PUT
+                    if st.faults.fail_uploads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() =>
+                {
+                    let _ = axum::body::to_bytes(req.into_body(), 8 << 20).await;
+                    error(503, "503", "ServiceUnavailable", "Service Unavailable")
+                }
                 Method::POST | Method::PUT => {
                     let upsert = method == Method::PUT || headers.get("x-upsert").is_some_and(|v| v == "true");
                     let user = headers.get("x-metadata").and_then(|v| v.to_str().ok()).and_then(|v| {
