@@ -12,7 +12,10 @@
 //! fsync, rename) against `curl -o`. Upload: `StorageClient::upload` (TUS,
 //! 6 MiB chunks) against `curl -T` of the whole file in one request and
 //! against curl doing the same TUS sequence on the same endpoint (the fair
-//! baseline: the stand-in's per-chunk cost is on both sides). Peak
+//! baseline: the stand-in's per-chunk cost is on both sides). Plain
+//! uploads (files up to 6 MiB, one request each, the body streamed from
+//! the file): `StorageClient::upload` of a 6 MiB file, 16 times, against
+//! `curl -T` of the same file as many times. Peak
 //! RSS is this process's high-water mark (VmHWM), stand-in included, read
 //! after the mirror's runs and before curl's (curl is a child process).
 
@@ -28,6 +31,8 @@ use centrovision_sync::storage::{StorageClient, mirror};
 use standin::{SERVICE_KEY, StorageStandIn};
 
 const BUCKET: &str = "study-files";
+/// Plain uploads timed, each of a 6 MiB file (the plain-upload maximum).
+const PLAIN_REPEATS: usize = 16;
 
 fn hwm_mb() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -59,8 +64,20 @@ fn main() {
         mirror::download(&client, BUCKET, "scans/big.bin", &target, &info).await.unwrap();
         let mirror_down = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        client.upload(BUCKET, "scans/up-mirror.bin", &target, true).await.unwrap();
+        client.upload(BUCKET, "scans/up-mirror.bin", &target, true, None).await.unwrap();
         let mirror_up = t.elapsed().as_secs_f64();
+        let small = dir.path().join("small.bin");
+        {
+            let f = std::fs::File::create(&small).unwrap();
+            f.set_len(centrovision_sync::storage::client::PLAIN_UPLOAD_MAX).unwrap();
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(b"plain", 4096).unwrap();
+        }
+        let t = Instant::now();
+        for i in 0..PLAIN_REPEATS {
+            client.upload(BUCKET, &format!("small/mirror-{i}.bin"), &small, true, None).await.unwrap();
+        }
+        let mirror_plain = t.elapsed().as_secs_f64();
         let hwm_after = hwm_mb();
 
         let url = format!("{}/object/{BUCKET}/scans/big.bin", s.url());
@@ -105,6 +122,38 @@ fn main() {
         .unwrap();
         let curl_up = t.elapsed().as_secs_f64();
         assert!(st.success(), "curl upload failed");
+        let (base, auth2, small2) = (s.url(), tus_auth.clone(), small.clone());
+        let t = Instant::now();
+        let ok = tokio::task::spawn_blocking(move || {
+            (0..PLAIN_REPEATS).all(|i| {
+                Command::new("curl")
+                    .args([
+                        "-sf",
+                        "-o",
+                        "/dev/null",
+                        "-X",
+                        "POST",
+                        "-H",
+                        "Expect:",
+                        "-H",
+                        &auth2[0],
+                        "-H",
+                        &auth2[1],
+                        "-H",
+                        "x-upsert: true",
+                    ])
+                    .arg("-T")
+                    .arg(&small2)
+                    .arg(format!("{base}/object/{BUCKET}/small/curl-{i}.bin"))
+                    .status()
+                    .unwrap()
+                    .success()
+            })
+        })
+        .await
+        .unwrap();
+        let curl_plain = t.elapsed().as_secs_f64();
+        assert!(ok, "curl plain upload failed");
 
         // The fair baseline for TUS: curl doing the same sequence against
         // the same stand-in endpoint (create, then one PATCH per 6 MiB
@@ -135,6 +184,16 @@ fn main() {
             rate(mirror_up),
             100.0 * curl_tus / mirror_up,
             100.0 * curl_up / mirror_up
+        );
+        let plain_mb = (PLAIN_REPEATS as u64 * centrovision_sync::storage::client::PLAIN_UPLOAD_MAX) as f64 / (1024.0 * 1024.0);
+        println!(
+            "| curl -T, {PLAIN_REPEATS} × 6 MiB (one request each, a process each) | {curl_plain:.2} | {:.0} | 100% |",
+            plain_mb / curl_plain
+        );
+        println!(
+            "| mirror plain upload, {PLAIN_REPEATS} × 6 MiB (streamed body) | {mirror_plain:.2} | {:.0} | {:.0}% |",
+            plain_mb / mirror_plain,
+            100.0 * curl_plain / mirror_plain
         );
         println!("peak RSS of this process (stand-in included): {hwm_after} MB (before the transfers: {hwm_before} MB)");
     });

@@ -7,7 +7,11 @@
 //! - **Never a whole file in memory.** Downloads are read chunk by chunk
 //!   (`Response::chunk`) into a file; uploads hold at most two TUS chunks
 //!   (6 MiB, the size Supabase requires for every chunk but the last): the
-//!   one in flight and the next, read ahead.
+//!   one in flight and the next, read ahead; a plain upload streams the
+//!   file in 256 KiB pieces (reqwest's `stream` feature).
+//! - **`bandwidth_limit_mbps` paces every transfer**: downloads per chunk
+//!   received, TUS per chunk sent, plain uploads per piece handed to the
+//!   connection.
 //! - **One classifier** ([`classify`]) turns a Storage answer into an
 //!   [`ErrorKind`]: connect errors, 5xx and 429 are transient; 401/403 and a
 //!   missing bucket need the operator; 400/413 are about the one file
@@ -16,6 +20,15 @@
 //!   under HTTP 400 in some versions), so the body decides first.
 //! - The service key goes in `apikey` and `Authorization: Bearer`, marked
 //!   sensitive; URLs and messages never carry it.
+//!
+//! - **Stamps travel as user metadata.** Every upload carries its row's
+//!   conflict stamp and writer as Storage user metadata
+//!   (`{"centrovision_stamp": "<RFC 3339>", "centrovision_writer": "<clinic_id>"}`):
+//!   base64 JSON in the `x-metadata` header of a plain upload, JSON under
+//!   the `metadata` key of TUS's `Upload-Metadata`. Storage returns it only
+//!   from `GET /object/info/...` (as `metadata`; `last_modified` is the
+//!   upload time), neither in a listing nor on `HEAD`, so [`StorageClient::info`]
+//!   is what reads it ([`ObjectInfo::conflict_stamp`]).
 //!
 //! Why no TUS crate: the crates.io TUS clients (`tus_client`, `tus-rs`) are
 //! blocking or unmaintained and none speaks Supabase's metadata and 6 MiB
@@ -37,6 +50,8 @@ use crate::error::{ErrorKind, Result, SyncError};
 pub const TUS_CHUNK: usize = 6 * 1024 * 1024;
 /// Files up to this size go up in one plain POST.
 pub const PLAIN_UPLOAD_MAX: u64 = 6 * 1024 * 1024;
+/// A plain upload's body is read and paced in pieces of this size.
+const PLAIN_PIECE: usize = 256 * 1024;
 
 /// What Storage says about one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +60,64 @@ pub struct ObjectInfo {
     /// Storage's ETag without quotes: the MD5 of the content for a plain
     /// upload (`<md5>-<parts>` for a multipart one).
     pub etag: Option<String>,
-    /// When Storage last wrote it (`last_modified` / `updated_at`): the
-    /// object's stamp under the conflict rule ([`super::queue`]).
+    /// When Storage last wrote it (`last_modified` / `updated_at`).
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
+    /// The stamp its uploader attached (user metadata); only
+    /// [`StorageClient::info`] reads it, a listing never has it.
+    pub stamp: Option<Stamp>,
+}
+
+/// The conflict stamp of a file version: its row's `updated_at` and the
+/// writer (`[sync] clinic_id`) that uploaded it. Sent with every upload as
+/// Storage user metadata, read back by [`StorageClient::info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// None when the row has no `updated_at` (the upload time stands in).
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    pub writer: String,
+}
+
+/// User metadata keys (namespaced: the cloud app may set its own).
+const META_STAMP: &str = "centrovision_stamp";
+const META_WRITER: &str = "centrovision_writer";
+
+impl Stamp {
+    /// The user metadata JSON Storage keeps for the object.
+    fn to_json(&self) -> String {
+        let mut m = serde_json::Map::new();
+        if let Some(at) = self.at {
+            m.insert(META_STAMP.into(), at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
+        }
+        m.insert(META_WRITER.into(), self.writer.clone().into());
+        serde_json::Value::Object(m).to_string()
+    }
+
+    /// From an object's user metadata; None without our writer key (an
+    /// object the cloud app or an older version of this service uploaded).
+    fn from_json(v: &serde_json::Value) -> Option<Stamp> {
+        let writer = v.get(META_WRITER)?.as_str()?.to_string();
+        Some(Stamp { at: time(v.get(META_STAMP).and_then(|s| s.as_str())), writer })
+    }
 }
 
 impl ObjectInfo {
+    /// The object's side under the conflict rule: its uploader's stamp and
+    /// writer when it carries one, never later than Storage's own upload
+    /// time (so a clinic clock running fast gains nothing, rule 4's intent);
+    /// otherwise the upload time, writer unknown.
+    pub fn conflict_stamp(&self) -> (Option<chrono::DateTime<chrono::Utc>>, Option<&str>) {
+        match &self.stamp {
+            Some(s) => {
+                let at = match (s.at, self.modified) {
+                    (Some(a), Some(m)) => Some(a.min(m)),
+                    (a, m) => a.or(m),
+                };
+                (at, Some(s.writer.as_str()))
+            }
+            None => (self.modified, None),
+        }
+    }
+
     /// The content's MD5 as hex, when the ETag is one.
     pub fn md5(&self) -> Option<&str> {
         self.etag.as_deref().filter(|e| e.len() == 32 && e.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -80,11 +147,13 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// `GET /object/info/...`: here `metadata` is the object's *user*
+/// metadata (any JSON, or null), unlike a listing's system `metadata`.
 #[derive(Debug, Deserialize)]
 struct InfoBody {
     size: Option<u64>,
     etag: Option<String>,
-    metadata: Option<ListMetadata>,
+    metadata: Option<serde_json::Value>,
     last_modified: Option<String>,
     updated_at: Option<String>,
 }
@@ -172,12 +241,9 @@ impl StorageClient {
                     .json()
                     .await
                     .map_err(|e| SyncError::new(ErrorKind::Decode, format!("{what}: unexpected answer: {e}")).with_source(e))?;
-                let size = b.size.or_else(|| b.metadata.as_ref().and_then(|m| m.size)).unwrap_or(0);
-                let modified = time(b.last_modified.as_deref())
-                    .or_else(|| time(b.updated_at.as_deref()))
-                    .or_else(|| time(b.metadata.as_ref().and_then(|m| m.last_modified.as_deref())));
-                let etag = b.etag.or_else(|| b.metadata.and_then(|m| m.etag)).map(|e| unquote(&e));
-                Ok(Some(ObjectInfo { size, etag, modified }))
+                let modified = time(b.last_modified.as_deref()).or_else(|| time(b.updated_at.as_deref()));
+                let stamp = b.metadata.as_ref().and_then(Stamp::from_json);
+                Ok(Some(ObjectInfo { size: b.size.unwrap_or(0), etag: b.etag.map(|e| unquote(&e)), modified, stamp }))
             }
             Err(e) if e.code.as_deref() == Some("404") => Ok(None),
             Err(e) => Err(e),
@@ -210,6 +276,7 @@ impl StorageClient {
                                 size: m.size.unwrap_or(0),
                                 etag: m.etag.map(|t| unquote(&t)),
                                 modified: time(m.last_modified.as_deref()).or_else(|| time(e.updated_at.as_deref())),
+                                stamp: None,
                             },
                         }),
                         _ => dirs.push(path),
@@ -267,23 +334,28 @@ impl StorageClient {
         outcome
     }
 
-    /// Uploads `file` as `bucket/path`: one POST up to 6 MiB, else TUS.
+    /// Uploads `file` as `bucket/path`: one POST up to 6 MiB, else TUS;
+    /// `stamp` goes with it as user metadata.
     /// Without `upsert` an existing object is a 409 (`ErrorKind::Refused`,
     /// code "409").
-    pub async fn upload(&self, bucket: &str, path: &str, file: &Path, upsert: bool) -> Result<()> {
+    pub async fn upload(&self, bucket: &str, path: &str, file: &Path, upsert: bool, stamp: Option<&Stamp>) -> Result<()> {
         let len = tokio::fs::metadata(file).await.map_err(|e| io_error("mirror file", e))?.len();
         if len <= PLAIN_UPLOAD_MAX {
-            let bytes = tokio::fs::read(file).await.map_err(|e| io_error("mirror file", e))?;
-            let req = self
+            let f = tokio::fs::File::open(file).await.map_err(|e| io_error("mirror file", e))?;
+            let mut req = self
                 .http
                 .post(self.url(&["object", bucket], path))
                 .header("x-upsert", if upsert { "true" } else { "false" })
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(bytes);
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(paced_read(f, len, Pace::new(self.bandwidth))));
+            if let Some(s) = stamp {
+                req = req.header("x-metadata", base64::engine::general_purpose::STANDARD.encode(s.to_json()));
+            }
             self.send("storage (upload)", req).await?;
             return Ok(());
         }
-        let location = self.tus_create(bucket, path, len, upsert).await?;
+        let location = self.tus_create(bucket, path, len, upsert, stamp).await?;
         self.tus_send(&location, file, len).await
     }
 
@@ -292,11 +364,15 @@ impl StorageClient {
         len > PLAIN_UPLOAD_MAX
     }
 
-    /// Starts a TUS upload; returns its URL.
-    pub async fn tus_create(&self, bucket: &str, path: &str, len: u64, upsert: bool) -> Result<Url> {
+    /// Starts a TUS upload (`stamp` as the object's user metadata, set
+    /// when it completes); returns its URL.
+    pub async fn tus_create(&self, bucket: &str, path: &str, len: u64, upsert: bool, stamp: Option<&Stamp>) -> Result<Url> {
         let what = "storage (resumable upload)";
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let meta = format!("bucketName {},objectName {},contentType {}", b64(bucket), b64(path), b64("application/octet-stream"));
+        let mut meta = format!("bucketName {},objectName {},contentType {}", b64(bucket), b64(path), b64("application/octet-stream"));
+        if let Some(s) = stamp {
+            meta.push_str(&format!(",metadata {}", b64(&s.to_json())));
+        }
         let req = self
             .http
             .post(self.url(&["upload", "resumable"], ""))
@@ -394,6 +470,33 @@ fn read_chunk(mut f: std::fs::File, at: u64, len: u64) -> tokio::task::JoinHandl
         use std::io::{Read, Seek};
         f.seek(std::io::SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| io_error("mirror file", e))?;
         Ok((f, at, buf))
+    })
+}
+
+/// The body of a plain upload: `len` bytes of `f` in pieces of
+/// [`PLAIN_PIECE`], each handed over only once the limit allows it (so the
+/// request as a whole takes at least `len / limit`); one piece in memory.
+/// A file shorter than `len` ends the stream early, which the HTTP client
+/// reports as a failed (retried) request, never a short object.
+fn paced_read(
+    f: tokio::fs::File,
+    len: u64,
+    pace: Pace,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::unfold((f, 0u64, pace), move |(mut f, sent, pace)| async move {
+        if sent >= len {
+            return None;
+        }
+        let mut buf = vec![0u8; (len - sent).min(PLAIN_PIECE as u64) as usize];
+        let n = match tokio::io::AsyncReadExt::read(&mut f, &mut buf).await {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => return Some((Err(e), (f, len, pace))),
+        };
+        buf.truncate(n);
+        let sent = sent + n as u64;
+        pace.after(sent).await;
+        Some((Ok(bytes::Bytes::from(buf)), (f, sent, pace)))
     })
 }
 
@@ -512,5 +615,25 @@ mod tests {
         assert_eq!(missing.code.as_deref(), Some("404"), "a 404 inside a 400 is a missing object");
         assert_eq!(c(413, r#"{"statusCode":"413","error":"Payload too large","message":"too large"}"#).class(), Class::Data);
         assert_eq!(c(400, r#"{"statusCode":"400","error":"InvalidKey","message":"bad key"}"#).class(), Class::Data);
+    }
+
+    #[test]
+    fn an_objects_conflict_stamp_is_its_uploaders_capped_at_the_upload_time_else_the_upload_time() {
+        let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let uploaded = t("2026-01-01T12:00:00Z");
+        let info = |user: serde_json::Value| ObjectInfo { size: 1, etag: None, modified: Some(uploaded), stamp: Stamp::from_json(&user) };
+        let ours = Stamp { at: Some(t("2026-01-01T10:00:00.123456Z")), writer: "clinic-a".into() };
+        let sent: serde_json::Value = serde_json::from_str(&ours.to_json()).unwrap();
+        assert_eq!(info(sent.clone()).stamp.as_ref(), Some(&ours), "what an upload sends reads back the same, to the microsecond");
+        assert_eq!(info(sent).conflict_stamp(), (ours.at, Some("clinic-a")), "uploaded late: its row's stamp, not the upload time");
+        let fast = serde_json::json!({ "centrovision_stamp": "2026-01-01T15:00:00Z", "centrovision_writer": "clinic-b" });
+        assert_eq!(
+            info(fast).conflict_stamp(),
+            (Some(uploaded), Some("clinic-b")),
+            "a stamp after the upload (a fast clock) counts as the upload time"
+        );
+        let app = serde_json::json!({ "owner": "cloud app", "centrovision_stamp": "2026-01-01T10:00:00Z" });
+        assert_eq!(info(app).conflict_stamp(), (Some(uploaded), None), "without our writer key: the upload time, writer unknown");
+        assert_eq!(info(serde_json::Value::Null).conflict_stamp(), (Some(uploaded), None));
     }
 }

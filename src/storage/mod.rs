@@ -19,7 +19,7 @@ pub mod mirror;
 pub mod queue;
 pub mod verify;
 
-pub use client::{Listed, ObjectInfo, StorageClient};
+pub use client::{Listed, ObjectInfo, Stamp, StorageClient};
 
 /// What the study-files task reports to `/metrics`: counters since start,
 /// and the queue as of its last cycle.

@@ -11,18 +11,24 @@
 //! - both, different: if the object is still the version last synced, the
 //!   mirror changed → upload over it; otherwise both changed, and the
 //!   conflict rule of rows decides (README, "The conflict rule": between
-//!   writers the later stamp wins). The mirror's version is stamped with
-//!   its row's `updated_at` (the latest of the rows naming it), the object
-//!   with the time Storage last wrote it (Storage keeps no writer nor row
-//!   stamp). The clinic's later → its file goes up over the object, whose
-//!   version is first kept beside it as `<path>.conflict-upstream-<unix
-//!   time>` (both sides); otherwise (earlier, equal, or no stamp: the tie
-//!   goes upstream) the mirror's version is renamed
-//!   `<path>.conflict-<clinic_id>-<unix time>` and uploaded under that name,
-//!   then the object is downloaded. Each is logged and counted
-//!   (`_sync_files.conflicts`, `status`). Nothing is overwritten silently.
-//!   Limit: an object uploaded late (its writer was offline) carries its
-//!   upload time, not its row's;
+//!   writers the later stamp wins, on equal stamps the higher writer id).
+//!   The mirror's version is stamped with its row's `updated_at` (the
+//!   latest of the rows naming it) and this clinic's id; the object with
+//!   the stamp and writer its uploader attached as Storage user metadata
+//!   (every upload of this service does: [`Stamp`]), capped at its upload
+//!   time, or, for an object uploaded without one (the cloud app), the
+//!   time Storage last wrote it, writer unknown. So an object uploaded late
+//!   (its clinic was offline) competes with its row's stamp, not its upload
+//!   time. The clinic's later (or equal and its id higher) → its file goes
+//!   up over the object, whose version is first kept beside it as
+//!   `<path>.conflict-<its writer|upstream>-<unix time>` (both sides);
+//!   otherwise (earlier, equal, or no stamp on either side: the tie goes
+//!   upstream) the mirror's version is uploaded as
+//!   `<path>.conflict-<clinic_id>-<unix time>`, then renamed so locally,
+//!   then the object is downloaded (a loser copy whose upload fails is
+//!   not kept: the mirror stays as it was and the next cycle decides
+//!   again). Each is logged and counted
+//!   (`_sync_files.conflicts`, `status`). Nothing is overwritten silently;
 //! - neither → stays pending (the file has not been written yet);
 //! - gone (no row names it) → its mirror file is removed after
 //!   `[storage] retention_days`.
@@ -42,7 +48,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::client::{ObjectInfo, StorageClient};
+use super::client::{ObjectInfo, Stamp, StorageClient};
 use super::mirror;
 use crate::config::Storage;
 use crate::error::{Class, ErrorKind, Result, SyncError};
@@ -201,7 +207,8 @@ async fn one(
             if size > cfg.max_file_bytes {
                 return Err(too_large(size));
             }
-            upload(store, client, entry, target, false).await?;
+            let ours = row_stamp(store, cfg, schema, entry, clinic_id).await?;
+            upload(store, client, entry, target, false, &ours).await?;
             report.uploaded += 1;
             report.bytes += size;
             Ok(true)
@@ -211,31 +218,43 @@ async fn one(
             if u.md5().is_some_and(|m| m.eq_ignore_ascii_case(&md5)) || (u.md5().is_none() && u.size == size) {
                 return Ok(true);
             }
+            let ours = row_stamp(store, cfg, schema, entry, clinic_id).await?;
             if entry.etag.is_some() && entry.etag == u.etag {
                 // Upstream is still what was last synced: the mirror changed.
-                upload(store, client, entry, target, true).await?;
+                upload(store, client, entry, target, true, &ours).await?;
                 report.uploaded += 1;
                 report.bytes += size;
                 return Ok(true);
             }
             // Both changed (or never synced and different): the rule of rows.
-            let value = if bucket == cfg.buckets[0] { path.to_string() } else { format!("{bucket}/{path}") };
-            let ours = store.storage_stamp(schema, &cfg.table, &cfg.path_column, &value).await?;
-            let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            // The listing has no user metadata: ask for the object's stamp.
+            let Some(fresh) = client.info(bucket, path).await? else {
+                return Ok(false); // gone meanwhile: only the mirror has it now
+            };
+            let u = &fresh;
+            let (theirs, their_writer) = u.conflict_stamp();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             let beside = |writer: &str| {
                 let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                (format!("{path}.conflict-{writer}-{stamp}"), target.with_file_name(format!("{name}.conflict-{writer}-{stamp}")))
+                (format!("{path}.conflict-{writer}-{now}"), target.with_file_name(format!("{name}.conflict-{writer}-{now}")))
             };
-            if let (Some(ours), Some(theirs)) = (ours, u.modified)
-                && ours > theirs
-            {
+            let clinic_wins = match (ours.at, theirs) {
+                (Some(o), Some(t)) => o > t || (o == t && their_writer.is_some_and(|w| clinic_id.as_bytes() > w.as_bytes())),
+                _ => false,
+            };
+            if clinic_wins {
                 // The clinic's version is later: upstream's is kept beside
-                // it (downloaded, uploaded under the loser's name), then the
-                // clinic's goes up over the object.
-                let (loser_path, loser) = beside("upstream");
+                // it (downloaded, uploaded under the loser's name, with its
+                // stamp), then the clinic's goes up over the object.
+                let (loser_path, loser) = beside(their_writer.filter(|w| safe_writer(w)).unwrap_or("upstream"));
                 let f = mirror::download(client, bucket, path, &loser, u).await?;
-                plain_upload(client, bucket, &loser_path, &loser).await?;
-                upload(store, client, entry, target, true).await?;
+                if let Err(e) = plain_upload(client, bucket, &loser_path, &loser, u.stamp.as_ref()).await {
+                    // Not kept upstream: no local-only copy either (the
+                    // next cycle decides again, under a new name).
+                    let _ = tokio::fs::remove_file(&loser).await;
+                    return Err(e);
+                }
+                upload(store, client, entry, target, true, &ours).await?;
                 tracing::warn!(
                     bucket,
                     "a study file changed on both sides: the clinic's version is later and kept, upstream's kept beside it"
@@ -246,9 +265,13 @@ async fn one(
                 report.bytes += f.received + u.size + size;
                 return Ok(true);
             }
+            // The clinic's version goes up under the loser's name before it
+            // moves aside: should the upload fail (the link drops), the
+            // mirror is as it was and the next cycle decides again, instead
+            // of the loser staying only in the mirror.
             let (loser_path, loser) = beside(clinic_id);
+            plain_upload(client, bucket, &loser_path, target, Some(&ours)).await?;
             tokio::fs::rename(target, &loser).await.map_err(|e| super::client::io_error("keeping a conflicting file", e))?;
-            plain_upload(client, bucket, &loser_path, &loser).await?;
             tracing::warn!(bucket, "a study file changed on both sides: upstream's version is later and kept, the clinic's kept beside it");
             let f = mirror::download(client, bucket, path, target, u).await?;
             store.file_conflict(bucket, path).await?;
@@ -260,15 +283,30 @@ async fn one(
     }
 }
 
-/// Uploads a file named by a row. A large one goes by TUS, its upload URL
-/// recorded first, so a cut (or a crash) resumes from the server's offset
-/// instead of starting over. An object that appeared meanwhile (409) is
-/// left for the next cycle to compare, never overwritten.
-async fn upload(store: &Store<'_>, client: &StorageClient, entry: &FileEntry, file: &Path, upsert: bool) -> Result<()> {
+/// The mirror's side under the conflict rule: the latest `updated_at` of
+/// the rows naming the file, and this clinic.
+async fn row_stamp(store: &Store<'_>, cfg: &Storage, schema: &str, entry: &FileEntry, clinic_id: &str) -> Result<Stamp> {
+    let value = if entry.bucket == cfg.buckets[0] { entry.path.clone() } else { format!("{}/{}", entry.bucket, entry.path) };
+    let at = store.storage_stamp(schema, &cfg.table, &cfg.path_column, &value).await?;
+    Ok(Stamp { at, writer: clinic_id.to_string() })
+}
+
+/// Whether a writer id read from an object's metadata may go into a file
+/// name (`[sync] clinic_id` values always can; metadata is anyone's).
+fn safe_writer(w: &str) -> bool {
+    !w.is_empty() && w.len() <= 64 && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b':')
+}
+
+/// Uploads a file named by a row, with its stamp. A large one goes by TUS,
+/// its upload URL recorded first, so a cut (or a crash) resumes from the
+/// server's offset instead of starting over (with the stamp given when it
+/// was created). An object that appeared meanwhile (409) is left for the
+/// next cycle to compare, never overwritten.
+async fn upload(store: &Store<'_>, client: &StorageClient, entry: &FileEntry, file: &Path, upsert: bool, stamp: &Stamp) -> Result<()> {
     let (bucket, path) = (entry.bucket.as_str(), entry.path.as_str());
     let Some((len, mtime)) = stat(file) else { return Ok(()) };
     if !StorageClient::resumable(len) {
-        return appeared(client.upload(bucket, path, file, upsert).await);
+        return appeared(client.upload(bucket, path, file, upsert, Some(stamp)).await);
     }
     let of = format!("{len}:{mtime}");
     let known = match (&entry.upload_url, &entry.upload_of) {
@@ -282,14 +320,14 @@ async fn upload(store: &Store<'_>, client: &StorageClient, entry: &FileEntry, fi
             r => return appeared(r),
         }
     }
-    let url = appeared(client.tus_create(bucket, path, len, upsert).await)?;
+    let url = appeared(client.tus_create(bucket, path, len, upsert, Some(stamp)).await)?;
     store.file_upload_started(bucket, path, url.as_str(), &of).await?;
     appeared(client.tus_send(&url, file, len).await)
 }
 
-/// A conflict's loser, under its own new name.
-async fn plain_upload(client: &StorageClient, bucket: &str, path: &str, file: &Path) -> Result<()> {
-    appeared(client.upload(bucket, path, file, false).await)
+/// A conflict's loser, under its own new name, with its version's stamp.
+async fn plain_upload(client: &StorageClient, bucket: &str, path: &str, file: &Path, stamp: Option<&Stamp>) -> Result<()> {
+    appeared(client.upload(bucket, path, file, false, stamp).await)
 }
 
 fn appeared<T>(r: Result<T>) -> Result<T> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use centrovision_sync::config::Config;
 use centrovision_sync::error::{Class, ErrorKind};
-use centrovision_sync::storage::{StorageClient, mirror};
+use centrovision_sync::storage::{Stamp, StorageClient, mirror};
 use support::storage::{ANON_KEY, SERVICE_KEY, StorageStandIn};
 
 const BUCKET: &str = "study-files";
@@ -138,7 +138,7 @@ async fn a_corrupt_or_failed_download_is_never_exposed_and_storage_answers_keep_
     assert_eq!(e.class(), Class::Operator, "the anon key needs the operator: {e}");
     assert!(!e.to_string().contains(ANON_KEY), "the key is never in a message");
     let dup = dir_file(mirror_dir.path(), "dup.bin", b"x");
-    let e = c.upload(BUCKET, "pdf/report.pdf", &dup, false).await.unwrap_err();
+    let e = c.upload(BUCKET, "pdf/report.pdf", &dup, false, None).await.unwrap_err();
     assert_eq!(e.code.as_deref(), Some("409"), "an existing object is not overwritten without upsert: {e}");
     assert_eq!(standin.get(BUCKET, "pdf/report.pdf").await.unwrap(), body, "and it is unchanged");
 }
@@ -164,7 +164,7 @@ async fn a_large_upload_goes_by_tus_in_6_mib_chunks_resumes_from_the_server_offs
         }
     }
     let c = client(&standin, SERVICE_KEY, dir.path());
-    let location = c.tus_create(BUCKET, "scans/oct-20.bin", len, false).await.unwrap();
+    let location = c.tus_create(BUCKET, "scans/oct-20.bin", len, false, None).await.unwrap();
     standin.fail_patch_after(2);
     let e = c.tus_send(&location, &file, len).await.unwrap_err();
     assert_eq!(e.class(), Class::Transient, "{e}");
@@ -178,10 +178,12 @@ async fn a_large_upload_goes_by_tus_in_6_mib_chunks_resumes_from_the_server_offs
     let local_md5 = mirror::md5_file(&file).await.unwrap();
     assert_eq!(standin.objects(BUCKET), vec![("scans/oct-20.bin".to_string(), local_md5)], "the object is the file");
 
-    // [storage] bandwidth_limit_mbps: 8 Mbit/s is 1 MB/s down; 64 Mbit/s
-    // is 8 MB/s up by TUS (paced per 6 MiB chunk). Each side moves about a
-    // second's worth; the rate measured stays under the limit (+10 % for
-    // timer slack) and is not far below it (the limit paces, not stalls).
+    // [storage] bandwidth_limit_mbps: 8 Mbit/s is 1 MB/s down and for a
+    // plain (one-request) upload, paced per 256 KiB piece of its streamed
+    // body; 64 Mbit/s is 8 MB/s up by TUS (paced per 6 MiB chunk). Each
+    // moves about a second's worth (the plain upload 0.6 s); the rate
+    // measured stays under the limit (+10 % for timer slack) and is not far
+    // below it (the limit paces, not stalls).
     let limited = |mbps: u32| {
         StorageClient::from_config(&config_with(&standin.url(), SERVICE_KEY, dir.path(), &format!("bandwidth_limit_mbps = {mbps}\n")))
             .unwrap()
@@ -201,8 +203,13 @@ async fn a_large_upload_goes_by_tus_in_6_mib_chunks_resumes_from_the_server_offs
     let up_file = dir.path().join("paced-up.bin");
     std::fs::File::create(&up_file).unwrap().set_len(7 * MB).unwrap();
     let t = std::time::Instant::now();
-    limited(64).upload(BUCKET, "scans/paced-up.bin", &up_file, false).await.unwrap();
+    limited(64).upload(BUCKET, "scans/paced-up.bin", &up_file, false, None).await.unwrap();
     check("TUS upload", 7 * MB, 8_000_000.0, t.elapsed());
+    let plain = dir_file(dir.path(), "paced-plain.pdf", &body[..600_000]);
+    let t = std::time::Instant::now();
+    down.upload(BUCKET, "pdf/paced-plain.pdf", &plain, false, None).await.unwrap();
+    check("plain upload", 600_000, 1_000_000.0, t.elapsed());
+    assert_eq!(standin.get(BUCKET, "pdf/paced-plain.pdf").await.unwrap(), &body[..600_000], "the streamed upload is the file");
 }
 
 /// A local database with the control tables and a `study_files` table.
@@ -223,6 +230,7 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
 
     let standin = StorageStandIn::start(&[BUCKET]).await;
     let dir = tempfile::tempdir().unwrap();
+    let tmp_b = tempfile::tempdir().unwrap();
     let mut cfg = config(&standin.url(), SERVICE_KEY, dir.path());
     let storage = cfg.storage.as_mut().unwrap();
     storage.retention_days = 0;
@@ -256,11 +264,55 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     assert_eq!(r.uploaded, 1, "{r:?}");
     assert_eq!(standin.get(BUCKET, "pdf/visit-7.pdf").await.unwrap(), b"%PDF written offline");
     assert_eq!(store.files_summary().await.unwrap().pending, 0);
+    // It carries its row's stamp and this clinic as user metadata (the
+    // x-metadata header), which Storage returns from info only.
+    let row_stamp = |path: &'static str| {
+        let db = &db;
+        async move {
+            let r = db.query_one("SELECT updated_at FROM study_files WHERE storage_path = $1", &[&path]).await.unwrap();
+            Some(r.get::<_, chrono::DateTime<chrono::Utc>>(0))
+        }
+    };
+    let info = c.info(BUCKET, "pdf/visit-7.pdf").await.unwrap().unwrap();
+    assert_eq!(
+        info.stamp,
+        Some(Stamp { at: row_stamp("pdf/visit-7.pdf").await, writer: "clinic-a".into() }),
+        "the upload carries its row's stamp: {:?}",
+        standin.user_metadata(BUCKET, "pdf/visit-7.pdf")
+    );
+    let listed = c.list(BUCKET, "pdf").await.unwrap();
+    assert!(listed.iter().all(|l| l.info.stamp.is_none()), "a listing has no user metadata, as Storage's: {listed:?}");
+    let head = reqwest::Client::new()
+        .head(format!("{}/object/{BUCKET}/pdf/visit-7.pdf", standin.url()))
+        .header("apikey", SERVICE_KEY)
+        .header("Authorization", format!("Bearer {SERVICE_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(
+        head.headers().contains_key("etag") && !head.headers().contains_key("x-metadata"),
+        "HEAD answers headers only, no user metadata, as Storage's: {:?}",
+        head.headers()
+    );
 
     // Both sides change the same file: upstream's version wins, the
-    // clinic's is kept beside it on both sides; nothing overwritten.
+    // clinic's is kept beside it on both sides; nothing overwritten. The
+    // link drops as the clinic's version goes up under its loser's name:
+    // the mirror is left as it was (no copy only in the mirror), and the
+    // next cycle decides again.
     standin.put(BUCKET, "scans/oct-1.bin", b"oct one, re-exported upstream").await;
     std::fs::write(dir.path().join("scans/oct-1.bin"), b"oct one, annotated at the clinic").unwrap();
+    standin.fail_next_uploads(1);
+    let e = run().await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(
+        std::fs::read(dir.path().join("scans/oct-1.bin")).ok().as_deref(),
+        Some(&b"oct one, annotated at the clinic"[..]),
+        "the clinic's version stays in place while its copy beside could not go up"
+    );
+    let beside: Vec<_> = std::fs::read_dir(dir.path().join("scans")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(beside.len(), 1, "nothing moved aside while its upload failed: {beside:?}");
     let r = run().await.unwrap();
     assert_eq!(r.conflicts, 1, "{r:?}");
     assert_eq!(std::fs::read(dir.path().join("scans/oct-1.bin")).unwrap(), b"oct one, re-exported upstream");
@@ -289,6 +341,39 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     assert_eq!(store.files_summary().await.unwrap().conflicts, 2, "both conflicts are counted for status");
     assert_eq!(run().await.unwrap(), queue::CycleReport::default(), "after the conflict both sides are equal");
 
+    // An object uploaded late: clinic-b edited the file two hours ago while
+    // offline and uploads it only now; this clinic edited it 30 minutes
+    // ago. By upload time clinic-b's would win; by its row's stamp (its
+    // user metadata) it is the earlier version and loses, kept beside the
+    // object under its writer's name.
+    let b_stamp = Stamp {
+        at: Some(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() - chrono::Duration::hours(2), 6)),
+        writer: "clinic-b".into(),
+    };
+    let b_file = dir_file(tmp_b.path(), "oct-1-b.bin", b"oct one, edited offline at clinic b");
+    c.upload(BUCKET, "scans/oct-1.bin", &b_file, true, Some(&b_stamp)).await.unwrap();
+    std::fs::write(dir.path().join("scans/oct-1.bin"), b"oct one, annotated a third time").unwrap();
+    db.batch_execute("UPDATE study_files SET updated_at = now() - interval '30 minutes' WHERE storage_path = 'scans/oct-1.bin'")
+        .await
+        .unwrap();
+    let r = run().await.unwrap();
+    assert_eq!((r.conflicts, r.uploaded), (1, 1), "{r:?}");
+    assert_eq!(
+        standin.get(BUCKET, "scans/oct-1.bin").await.unwrap(),
+        b"oct one, annotated a third time",
+        "the late upload loses by its row's stamp, not its upload time"
+    );
+    let kept_b: Vec<_> = standin.objects(BUCKET).into_iter().filter(|(p, _)| p.starts_with("scans/oct-1.bin.conflict-clinic-b-")).collect();
+    assert_eq!(kept_b.len(), 1, "clinic-b's version is kept beside, named by its writer: {:?}", standin.objects(BUCKET));
+    assert_eq!(standin.get(BUCKET, &kept_b[0].0).await.unwrap(), b"oct one, edited offline at clinic b");
+    assert_eq!(c.info(BUCKET, &kept_b[0].0).await.unwrap().unwrap().stamp, Some(b_stamp), "the kept version keeps its stamp");
+    assert_eq!(
+        c.info(BUCKET, "scans/oct-1.bin").await.unwrap().unwrap().stamp,
+        Some(Stamp { at: row_stamp("scans/oct-1.bin").await, writer: "clinic-a".into() }),
+        "the winner went up with its row's stamp"
+    );
+    assert_eq!(run().await.unwrap(), queue::CycleReport::default(), "after the conflict both sides are equal");
+
     // Only the clinic changes it: it goes up over the unchanged object.
     std::fs::write(dir.path().join("pdf/visit-7.pdf"), b"%PDF corrected").unwrap();
     let r = run().await.unwrap();
@@ -312,6 +397,11 @@ async fn the_file_queue_downloads_new_rows_uploads_offline_files_keeps_conflict_
     let sent: Vec<u64> = log.iter().filter(|l| l.method == "PATCH").map(|l| l.bytes.load(Ordering::SeqCst)).collect();
     assert_eq!(sent, vec![6 * MB, MB], "only the chunks the server lacked were sent");
     assert_eq!(standin.get(BUCKET, "scans/oct-13.bin").await.map(|b| b.len() as u64), Some(13 * MB));
+    assert_eq!(
+        c.info(BUCKET, "scans/oct-13.bin").await.unwrap().unwrap().stamp,
+        Some(Stamp { at: row_stamp("scans/oct-13.bin").await, writer: "clinic-a".into() }),
+        "a TUS upload carries its row's stamp too (Upload-Metadata `metadata`)"
+    );
 
     // A file over [storage] max_file_mb is refused naming the key, without
     // a transfer, and without ending the cycle: it waits, shown in status,

@@ -26,10 +26,19 @@
 //! - ETag: the MD5 of the content (quoted), like a plain S3 upload; the time
 //!   of the last write as `last_modified` (info) and `updated_at` /
 //!   `metadata.lastModified` (list).
+//! - User metadata (storage-api's `user_metadata`): a plain upload's
+//!   `x-metadata` header (base64 of a JSON object; undecodable → none, as
+//!   Storage's `parseUserMetadata`), a TUS upload's `metadata` key of
+//!   `Upload-Metadata` (a JSON string; unparsable → none), set when the
+//!   upload completes and replaced by the next write. Returned only by
+//!   `GET /object/info/...`, as `metadata` (null when none); a listing's
+//!   `metadata` is the system one, and `HEAD /object/{bucket}/{path}`
+//!   answers only headers (`ETag`, `Content-Length`, `Last-Modified`).
 //!
 //! Fault injection: [`StorageStandIn::cut_next_download_after`] (the
 //! connection drops after N body bytes), [`StorageStandIn::fail_next`]
-//! (N answers of HTTP 503), [`StorageStandIn::corrupt_next_download`] (one
+//! (N answers of HTTP 503), [`StorageStandIn::fail_next_uploads`] (N plain
+//! uploads answered 503), [`StorageStandIn::corrupt_next_download`] (one
 //! byte flipped in flight), [`StorageStandIn::set_offline`] (every request
 //! 503 until back), [`StorageStandIn::set_slow`] (a pause per 256 KiB).
 //! [`StorageStandIn::log`] lists each request with the Range start asked
@@ -75,6 +84,8 @@ struct Meta {
     etag: String,
     /// When it was last written (`last_modified`, list `updated_at`).
     modified: chrono::DateTime<chrono::Utc>,
+    /// User metadata sent with its last write.
+    user: Option<serde_json::Value>,
 }
 
 struct Upload {
@@ -84,12 +95,15 @@ struct Upload {
     offset: u64,
     upsert: bool,
     file: PathBuf,
+    user: Option<serde_json::Value>,
 }
 
 struct Faults {
     cut_after: Mutex<Option<u64>>,
     corrupt: AtomicBool,
     fail_next: AtomicU32,
+    /// Object uploads (POST/PUT `/object/...`) that get HTTP 503 next.
+    fail_uploads: AtomicU32,
     /// PATCHes let through before the next one fails (-1: off).
     fail_patch_after: std::sync::atomic::AtomicI64,
     offline: AtomicBool,
@@ -133,6 +147,7 @@ impl StorageStandIn {
                 cut_after: Mutex::default(),
                 corrupt: AtomicBool::new(false),
                 fail_next: AtomicU32::new(0),
+                fail_uploads: AtomicU32::new(0),
                 fail_patch_after: std::sync::atomic::AtomicI64::new(-1),
                 offline: AtomicBool::new(false),
                 slow: Mutex::default(),
@@ -170,7 +185,7 @@ impl StorageStandIn {
             .objects
             .lock()
             .unwrap()
-            .insert((bucket.into(), object.into()), Meta { size: bytes.len() as u64, etag, modified: chrono::Utc::now() });
+            .insert((bucket.into(), object.into()), Meta { size: bytes.len() as u64, etag, modified: chrono::Utc::now(), user: None });
     }
 
     /// Stores a large object without holding it: a sparse file of `size`
@@ -194,7 +209,7 @@ impl StorageStandIn {
             .objects
             .lock()
             .unwrap()
-            .insert((bucket.into(), object.into()), Meta { size, etag: etag.clone(), modified: chrono::Utc::now() });
+            .insert((bucket.into(), object.into()), Meta { size, etag: etag.clone(), modified: chrono::Utc::now(), user: None });
         etag
     }
 
@@ -226,6 +241,11 @@ impl StorageStandIn {
         self.inner.objects.lock().unwrap().get_mut(&(bucket.to_string(), object.to_string())).expect("the object exists").modified = at;
     }
 
+    /// The user metadata the object's last write carried.
+    pub fn user_metadata(&self, bucket: &str, object: &str) -> Option<serde_json::Value> {
+        self.inner.objects.lock().unwrap().get(&(bucket.to_string(), object.to_string())).and_then(|m| m.user.clone())
+    }
+
     /// The next object download drops its connection after `n` body bytes.
     pub fn cut_next_download_after(&self, n: u64) {
         *self.inner.faults.cut_after.lock().unwrap() = Some(n);
@@ -237,6 +257,10 @@ impl StorageStandIn {
     /// The next `n` requests get HTTP 503.
     pub fn fail_next(&self, n: u32) {
         self.inner.faults.fail_next.store(n, Ordering::SeqCst);
+    }
+    /// The next `n` plain object uploads get HTTP 503 (other requests pass).
+    pub fn fail_next_uploads(&self, n: u32) {
+        self.inner.faults.fail_uploads.store(n, Ordering::SeqCst);
     }
     /// After `n` more TUS PATCHes, one PATCH gets HTTP 503 (a cut upload).
     pub fn fail_patch_after(&self, n: i64) {
@@ -341,9 +365,20 @@ async fn handle(State(st): State<Arc<Inner>>, req: Request) -> Response {
             }
             match method {
                 Method::GET => download(&st, bucket, object, range_start, bytes).await,
+                Method::HEAD => head_object(&st, bucket, object),
+                Method::POST | Method::PUT
+                    if st.faults.fail_uploads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() =>
+                {
+                    let _ = axum::body::to_bytes(req.into_body(), 8 << 20).await;
+                    error(503, "503", "ServiceUnavailable", "Service Unavailable")
+                }
                 Method::POST | Method::PUT => {
                     let upsert = method == Method::PUT || headers.get("x-upsert").is_some_and(|v| v == "true");
-                    upload(&st, bucket, object, upsert, req.into_body(), bytes).await
+                    let user = headers.get("x-metadata").and_then(|v| v.to_str().ok()).and_then(|v| {
+                        let json = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+                        serde_json::from_slice::<serde_json::Value>(&json).ok().filter(|j| j.is_object())
+                    });
+                    upload(&st, bucket, object, upsert, user, req.into_body(), bytes).await
                 }
                 Method::DELETE => {
                     if st.objects.lock().unwrap().remove(&(bucket.to_string(), object.to_string())).is_none() {
@@ -406,8 +441,25 @@ fn info(st: &Inner, bucket: &str, object: &str) -> Response {
         Some(m) => json(
             200,
             serde_json::json!({ "name": object, "bucket_id": bucket, "size": m.size, "etag": format!("\"{}\"", m.etag),
-                "content_type": "application/octet-stream", "version": m.etag, "last_modified": m.modified.to_rfc3339() }),
+                "content_type": "application/octet-stream", "version": m.etag, "metadata": m.user,
+                "last_modified": m.modified.to_rfc3339(), "created_at": m.modified.to_rfc3339() }),
         ),
+    }
+}
+
+/// `HEAD /object/{bucket}/{path}`: headers only, no user metadata.
+fn head_object(st: &Inner, bucket: &str, object: &str) -> Response {
+    match st.objects.lock().unwrap().get(&(bucket.to_string(), object.to_string())) {
+        None => not_found(),
+        Some(m) => Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, m.size)
+            .header(header::ETAG, format!("\"{}\"", m.etag))
+            .header(header::LAST_MODIFIED, m.modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            .header(header::ACCEPT_RANGES, "bytes")
+            .body(Body::empty())
+            .unwrap(),
     }
 }
 
@@ -514,7 +566,15 @@ async fn receive(body: Body, file: &Path, received: &AtomicU64) -> bool {
     true
 }
 
-async fn upload(st: &Arc<Inner>, bucket: &str, object: &str, upsert: bool, body: Body, received: Arc<AtomicU64>) -> Response {
+async fn upload(
+    st: &Arc<Inner>,
+    bucket: &str,
+    object: &str,
+    upsert: bool,
+    user: Option<serde_json::Value>,
+    body: Body,
+    received: Arc<AtomicU64>,
+) -> Response {
     let key = (bucket.to_string(), object.to_string());
     if !upsert && st.objects.lock().unwrap().contains_key(&key) {
         return error(400, "409", "Duplicate", "The resource already exists");
@@ -524,18 +584,18 @@ async fn upload(st: &Arc<Inner>, bucket: &str, object: &str, upsert: bool, body:
         let _ = tokio::fs::remove_file(&tmp).await;
         return error(400, "400", "IncompleteBody", "the request body was cut");
     }
-    commit(st, bucket, object, &tmp).await;
+    commit(st, bucket, object, &tmp, user).await;
     json(200, serde_json::json!({ "Key": format!("{bucket}/{object}") }))
 }
 
-/// Makes a received file the object.
-async fn commit(st: &Inner, bucket: &str, object: &str, tmp: &Path) {
+/// Makes a received file the object, with this user metadata.
+async fn commit(st: &Inner, bucket: &str, object: &str, tmp: &Path, user: Option<serde_json::Value>) {
     let dest = st.root.path().join("objects").join(bucket).join(object);
     tokio::fs::create_dir_all(dest.parent().unwrap()).await.unwrap();
     let size = tokio::fs::metadata(tmp).await.unwrap().len();
     let etag = md5_of(tmp).await;
     tokio::fs::rename(tmp, &dest).await.unwrap();
-    st.objects.lock().unwrap().insert((bucket.to_string(), object.to_string()), Meta { size, etag, modified: chrono::Utc::now() });
+    st.objects.lock().unwrap().insert((bucket.to_string(), object.to_string()), Meta { size, etag, modified: chrono::Utc::now(), user });
 }
 
 fn tus_create(st: &Inner, headers: &HeaderMap) -> Response {
@@ -563,13 +623,14 @@ fn tus_create(st: &Inner, headers: &HeaderMap) -> Response {
     if !upsert && st.objects.lock().unwrap().contains_key(&(bucket.clone(), object.clone())) {
         return error(409, "409", "Duplicate", "The resource already exists");
     }
+    let user = meta.get("metadata").and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()).filter(|j| j.is_object());
     let id = format!("u{}", st.next_id.fetch_add(1, Ordering::SeqCst));
     let file = st.root.path().join("uploads").join(&id);
     std::fs::File::create(&file).unwrap();
     st.uploads
         .lock()
         .unwrap()
-        .insert(id.clone(), Upload { bucket: bucket.clone(), object: object.clone(), length, offset: 0, upsert, file });
+        .insert(id.clone(), Upload { bucket: bucket.clone(), object: object.clone(), length, offset: 0, upsert, file, user });
     Response::builder()
         .status(201)
         .header(header::LOCATION, format!("/storage/v1/upload/resumable/{id}"))
@@ -627,7 +688,7 @@ async fn tus_patch(st: &Arc<Inner>, id: &str, headers: &HeaderMap, body: Body, r
         if !u.upsert && st.objects.lock().unwrap().contains_key(&(u.bucket.clone(), u.object.clone())) {
             return error(409, "409", "Duplicate", "The resource already exists");
         }
-        commit(st, &u.bucket, &u.object, &u.file).await;
+        commit(st, &u.bucket, &u.object, &u.file, u.user).await;
     }
     Response::builder().status(204).header("Upload-Offset", expected + n).header("Tus-Resumable", "1.0.0").body(Body::empty()).unwrap()
 }
