@@ -152,8 +152,10 @@ impl RestUpstream {
     /// Lowers the learned row cap to `n` (never raises it: a cap that was
     /// there may come back).
     fn learn_cap(&self, n: usize) {
-        let _ = self.row_cap.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c == 0 || n < c).then_some(n));
-        tracing::info!(rows = n, "upstream returns at most this many rows per read (the project's max rows); reading in chunks of it");
+        // Logged when learnt (or lowered), not on every capped read.
+        if self.row_cap.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| (c == 0 || n < c).then_some(n)).is_ok() {
+            tracing::info!(rows = n, "upstream returns at most this many rows per read (the project's max rows); reading in chunks of it");
+        }
     }
 
     async fn rpc(&self, function: &str, body: String) -> Result<String> {
