@@ -314,20 +314,57 @@ impl StorageClient {
         }
         let mut got = 0u64;
         let pace = Pace::new(self.bandwidth);
+        // The MD5 is computed on a blocking thread while the next bytes
+        // arrive (it costs about as much CPU as receiving them); chunks are
+        // reference-counted, so nothing is copied.
+        let (to_hash, chunks) = std::sync::mpsc::sync_channel::<bytes::Bytes>(64);
+        let mut hasher = std::mem::take(hash);
+        let hashing = tokio::task::spawn_blocking(move || {
+            for c in chunks {
+                md5::Digest::update(&mut hasher, &c);
+            }
+            hasher
+        });
+        // Write-back starts while the download runs (a background flush every
+        // 32 MiB on a second handle of the file), so the fsync before the
+        // rename finds little left to write.
+        let early = std::sync::Arc::new(file.try_clone().await.map_err(|e| io_error("temporary file", e))?.into_std().await);
+        let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
+        let mut unflushed = 0u64;
+        // The network hands over small chunks; the file gets 1 MiB writes.
+        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let outcome = loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
                     if let Err(e) = file.write_all(&chunk).await {
                         break Err(io_error("temporary file", e));
                     }
-                    md5::Digest::update(hash, &chunk);
                     got += chunk.len() as u64;
+                    unflushed += chunk.len() as u64;
+                    if unflushed >= EARLY_FLUSH_BYTES && flushing.as_ref().is_none_or(|h| h.is_finished()) {
+                        unflushed = 0;
+                        let f = early.clone();
+                        flushing = Some(tokio::task::spawn_blocking(move || {
+                            let _ = f.sync_data();
+                        }));
+                    }
+                    // A full channel blocks this task briefly: hashing is
+                    // the slower stage, and memory stays bounded.
+                    if let Err(std::sync::mpsc::TrySendError::Full(c)) = to_hash.try_send(chunk) {
+                        let tx = to_hash.clone();
+                        let _ = tokio::task::spawn_blocking(move || tx.send(c)).await;
+                    }
                     pace.after(got).await;
                 }
                 Ok(None) => break Ok(got),
                 Err(e) => break Err(transport_error(what, &e)),
             }
         };
+        drop(to_hash);
+        if let Some(h) = flushing {
+            let _ = h.await;
+        }
+        *hash = hashing.await.map_err(|e| io_error("hashing the download", std::io::Error::other(e)))?;
         // Also after a cut: what arrived is on disk to resume from (a tokio
         // file writes in the background until flushed).
         file.flush().await.map_err(|e| io_error("temporary file", e))?;
@@ -530,6 +567,10 @@ fn auth_headers(key: &Secret) -> Result<HeaderMap> {
     h.insert(reqwest::header::AUTHORIZATION, b);
     Ok(h)
 }
+
+/// Bytes a download writes between two background flushes
+/// ([`StorageClient::download_into`]).
+const EARLY_FLUSH_BYTES: u64 = 32 << 20;
 
 pub(crate) fn io_error(what: &str, e: std::io::Error) -> SyncError {
     SyncError::new(ErrorKind::Refused, format!("storage mirror: {what}: {e}"))
