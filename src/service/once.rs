@@ -75,7 +75,7 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
             return Ok(());
         }
         let session = down::Session::open(cfg).await?;
-        down::remove_moved_away(cfg, &session, &up, &tables, &progress_rx, &rt.take_moved_away()).await?;
+        down::remove_moved_away(cfg, &session, &up, &tables, &progress_rx).await?;
         let reports = down::cycle(cfg, &session, &up, &tables, &progress_rx).await?;
         let applied: u64 = reports.iter().map(|r| r.applied).sum();
         tracing::info!(direction = "down", rows = applied, tables = reports.len(), "down cycle done");

@@ -5,7 +5,8 @@
 //! rows refer to; a row that moves follows its branch with its children;
 //! nothing of another branch crosses the network (REST: the stand-in's log of
 //! answers); rows of another branch written at a clinic are held back; a row
-//! a clinic moves to another branch itself leaves it once upstream has it;
+//! a clinic moves to another branch itself leaves it once upstream has it,
+//! even when the service restarts between the delivery and the removal;
 //! `drop-branch-rows --yes` refuses while a change is unconfirmed; `verify
 //! --repair` and `init --upload-existing` at a scoped server touch only its
 //! branches' rows.
@@ -219,9 +220,15 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
         ),
     )
     .await;
+    // A dies right after the journal settled the batch that delivered the
+    // moves, before its down step: the next run (a restart) still removes
+    // them, because the pusher noted them in the journal with the batch.
+    let crashed = a.exec(&["once"], &[("CENTROVISION_SYNC_CRASH_AT", "push.after_journal_marks")]).await;
+    assert!(!crashed.status.success(), "the crash point stopped A after delivering the moves");
+    let up_has = |t: &str, k: &str| format!("SELECT count(*) FROM {t} WHERE id = '{k}'");
+    assert_eq!(count(&a.local, &up_has("invoices", &moved_inv)).await, 1, "the crash came before A removed its moved invoice");
     a.once().await;
     b.once().await;
-    let up_has = |t: &str, k: &str| format!("SELECT count(*) FROM {t} WHERE id = '{k}'");
     assert_eq!(count(&a.upstream, &up_has("patients", &mine)).await, 1, "A's patient of b1 went up");
     assert_eq!(count(&a.upstream, &up_has("patients", &wrong)).await, 0, "A's patient of b3 was not sent");
     assert_eq!(count(&a.upstream, &up_has("invoices", &wrong_inv)).await, 0, "A's invoice of b3 was not sent");
