@@ -1239,8 +1239,21 @@ pub struct Dropped {
 /// local row still refers to, in one local transaction under the
 /// replication origin (capture drops the deletes: nothing is deleted
 /// upstream). With `apply` false, only counts. Refuses, changing nothing,
-/// while any of those rows has a journaled change not synced yet.
+/// while any of those rows has a journaled change not synced yet. With
+/// `apply`, first captures the slot into the journal
+/// ([`crate::service::capture_to_now`], holding the instance lock until it
+/// returns), so a change made while the service was stopped counts too;
+/// refused while the service runs.
 pub async fn drop_out_of_scope_rows(cfg: &Config, apply: bool) -> Result<Vec<Dropped>> {
+    let _lock = match apply {
+        true => Some(crate::service::capture_to_now(cfg).await.map_err(|e| match e.kind {
+            ErrorKind::SecondInstance => {
+                e.with_hint("stop the service first: drop-branch-rows --yes captures every local change before it judges the rows unsent")
+            }
+            _ => e,
+        })?),
+        false => None,
+    };
     let session = Session::open(cfg).await?;
     let c = &session.client;
     let tables = &catalog::load(c, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;

@@ -7,7 +7,8 @@
 //! answers); rows of another branch written at a clinic are held back; a row
 //! a clinic moves to another branch itself leaves it once upstream has it,
 //! even when the service restarts between the delivery and the removal;
-//! `drop-branch-rows --yes` refuses while a change is unconfirmed; `verify
+//! `drop-branch-rows --yes` refuses while a change is unconfirmed or not
+//! even captured yet (made while the service was stopped); `verify
 //! --repair` and `init --upload-existing` at a scoped server touch only its
 //! branches' rows.
 
@@ -281,6 +282,19 @@ async fn each_clinic_holds_exactly_its_branches_and_a_moved_invoice_follows_its_
         assert_eq!(count(&b.local, &b2_invoices).await, 6, "the refusal removed nothing");
         b.once().await;
         assert!(count(&b.local, &b2_invoices).await > 0, "b2's rows stay until the removal is confirmed");
+        // An edit while the service is stopped is in the slot, not yet in
+        // the journal: drop-branch-rows --yes captures it first and refuses.
+        let left = count(&b.local, &b2_invoices).await;
+        exec(&b.local, &format!("UPDATE invoices SET total = 22 WHERE id = '{}'", id(3, 2, 2))).await;
+        let refused = b.exec(&["drop-branch-rows", "--yes"], &[]).await;
+        let said = format!("{}{}", String::from_utf8_lossy(&refused.stdout), String::from_utf8_lossy(&refused.stderr));
+        assert!(
+            !refused.status.success(),
+            "drop-branch-rows --yes refuses while an uncaptured change of the dropped branch waits:\n{said}"
+        );
+        assert!(said.contains("not synced yet") && said.contains("let the service send them"), "the refusal names the fix:\n{said}");
+        assert_eq!(count(&b.local, &b2_invoices).await, left, "the refusal removed nothing");
+        b.once().await;
         let out = b.ok(&["drop-branch-rows"]).await;
         assert!(String::from_utf8_lossy(&out.stdout).contains("run again with --yes"), "without --yes nothing is removed");
         assert!(count(&b.local, &b2_invoices).await > 0, "without --yes nothing is removed");
