@@ -73,9 +73,6 @@ pub(crate) async fn push_while(
     let mut cycle_started = Instant::now();
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
     let scope = crate::scope::UpFilter::load(cfg, &local).await?;
-    if scope.is_some() {
-        JournalStore::new(&journal, JOURNAL).ensure_moved_away().await?;
-    }
     loop {
         if !give_up {
             rt.upstream_link.wait_online(&mut done).await;

@@ -32,12 +32,15 @@ impl JournalStore<'_> {
     }
 
     /// Notes rows (table, key) moved out of the scope, in the caller's
-    /// transaction (the one that settles the batch that delivered them).
-    /// Returns how many were noted.
+    /// transaction (the one that settles the batch that delivered them);
+    /// creates the table first if an upgrade without `init` lacks it (every
+    /// pusher, `resync`'s too, goes through here). Returns how many were
+    /// noted.
     pub async fn note_moved_away(&self, moved: &[(String, String)]) -> Result<u64> {
         if moved.is_empty() {
             return Ok(0);
         }
+        self.ensure_moved_away().await?;
         let (tables, keys): (Vec<&str>, Vec<&str>) = moved.iter().map(|(t, k)| (t.as_str(), k.as_str())).unzip();
         self.client
             .execute(
