@@ -1056,35 +1056,46 @@ async fn remove_rows<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, in_scope: Vec
 }
 
 /// Removes the local copies of rows this clinic itself moved out of its
-/// branch scope (`moved`: table, key, noted by the pusher,
-/// [`crate::scope::UpFilter::take_moved`]). The feed never returns a
-/// clinic's own writes, so no `out` comes for them. In one local
-/// transaction under the replication origin (capture drops the deletes):
-/// the rows are locked, capture is waited for, and only a row still outside
-/// the scope here with no change left unsynced in the journal goes (a row
-/// whose move upstream has not confirmed stays; the pusher notes it again
-/// when it sends it), with its via-children; a row another local row refers
-/// to stays as a parent, as for `out`. Returns the rows removed.
+/// branch scope: the notes the pusher wrote in the journal when it delivered
+/// the move (`_sync_moved_away`, [`crate::scope::UpFilter::take_moved`]),
+/// durable, so a restart between the delivery and this removal loses
+/// nothing. The feed never returns a clinic's own writes, so no `out` comes
+/// for them. In one local transaction under the replication origin (capture
+/// drops the deletes): the rows are locked, capture is waited for, and only
+/// a row still outside the scope here with no change left unsent in the
+/// journal (queued or parked) goes (a row whose move upstream has not
+/// confirmed stays; the pusher notes it again when it sends it), with its
+/// via-children; a row another local row refers to stays as a parent, as
+/// for `out`. The notes read are deleted after the local commit (a crash in
+/// between handles them again and finds nothing to remove). Returns the rows
+/// removed.
 pub async fn remove_moved_away<U: Upstream>(
     cfg: &Config,
     session: &Session,
     upstream: &U,
     tables: &BTreeMap<String, Table>,
     progress: &watch::Receiver<Lsn>,
-    moved: &[(String, String)],
 ) -> Result<u64> {
     let scopes = crate::scope::resolve(cfg, tables)?;
     let Some(branches) = scopes.branch_ids.clone() else { return Ok(0) };
+    let journal = session.journal();
+    journal.ensure_moved_away().await?;
+    let notes = journal.moved_away().await?;
+    if notes.is_empty() {
+        return Ok(0);
+    }
     let ctx = Ctx { cfg, session, upstream, tables, progress, scopes: &scopes, scope_arg: None };
     let c = &session.client;
     let q = |e| SyncError::from_pg(LOCAL, &e);
     let mut by_table: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (t, k) in moved {
-        if tables.contains_key(t) && scopes.of(t).is_scoped() {
-            by_table.entry(t.as_str()).or_default().push(k.as_str());
+    for m in &notes {
+        if tables.contains_key(&m.table) && scopes.of(&m.table).is_scoped() {
+            by_table.entry(m.table.as_str()).or_default().push(m.row_id.as_str());
         }
     }
     if by_table.is_empty() {
+        // Notes of tables no longer synced or scoped: nothing to remove.
+        journal.forget_moved_away(&notes).await?;
         return Ok(0);
     }
     c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.map_err(q)?;
@@ -1094,7 +1105,6 @@ pub async fn remove_moved_away<U: Upstream>(
         }
         let flushed: postgres_types::PgLsn = c.query_one("SELECT pg_current_wal_flush_lsn()", &[]).await.map_err(q)?.get(0);
         wait_progress(&mut progress.clone(), Lsn::from(flushed), CAPTURE_WAIT).await?;
-        let journal = session.journal();
         let mut n = 0;
         for name in catalog::parents_first(tables) {
             let Some(keys) = by_table.get(name.as_str()) else { continue };
@@ -1107,13 +1117,9 @@ pub async fn remove_moved_away<U: Upstream>(
                 t = table.qualified(),
                 ty = pk.type_name
             );
-            let mut out = Vec::new();
-            for r in c.query(&sql, &[keys, &branches]).await.map_err(q)? {
-                let key: String = r.get(0);
-                if journal.unsynced_changes_of(&name, std::slice::from_ref(&key)).await? == 0 {
-                    out.push(key);
-                }
-            }
+            let outside: Vec<String> = c.query(&sql, &[keys, &branches]).await.map_err(q)?.iter().map(|r| r.get(0)).collect();
+            let unsent: HashSet<String> = journal.unsent_keys(&name, &outside).await?.into_iter().collect();
+            let out: Vec<String> = outside.into_iter().filter(|k| !unsent.contains(k)).collect();
             let removed = remove_rows(&ctx, table, out).await?;
             if removed > 0 {
                 tracing::info!(table = %name, rows = removed, "rows this server moved to other branches removed locally (and their children)");
@@ -1123,13 +1129,15 @@ pub async fn remove_moved_away<U: Upstream>(
         Ok::<u64, SyncError>(n)
     }
     .await;
-    match result {
-        Ok(n) => c.batch_execute("COMMIT").await.map_err(q).map(|()| n),
+    let n = match result {
+        Ok(n) => c.batch_execute("COMMIT").await.map_err(q).map(|()| n)?,
         Err(e) => {
             let _ = c.batch_execute("ROLLBACK").await;
-            Err(e)
+            return Err(e);
         }
-    }
+    };
+    journal.forget_moved_away(&notes).await?;
+    Ok(n)
 }
 
 /// Deletes the local via-children of rows `keys` of `parent` (theirs first).
@@ -1231,8 +1239,21 @@ pub struct Dropped {
 /// local row still refers to, in one local transaction under the
 /// replication origin (capture drops the deletes: nothing is deleted
 /// upstream). With `apply` false, only counts. Refuses, changing nothing,
-/// while any of those rows has a journaled change not synced yet.
+/// while any of those rows has a journaled change not synced yet. With
+/// `apply`, first captures the slot into the journal
+/// ([`crate::service::capture_to_now`], holding the instance lock until it
+/// returns), so a change made while the service was stopped counts too;
+/// refused while the service runs.
 pub async fn drop_out_of_scope_rows(cfg: &Config, apply: bool) -> Result<Vec<Dropped>> {
+    let _lock = match apply {
+        true => Some(crate::service::capture_to_now(cfg).await.map_err(|e| match e.kind {
+            ErrorKind::SecondInstance => {
+                e.with_hint("stop the service first: drop-branch-rows --yes captures every local change before it judges the rows unsent")
+            }
+            _ => e,
+        })?),
+        false => None,
+    };
     let session = Session::open(cfg).await?;
     let c = &session.client;
     let tables = &catalog::load(c, crate::error::Side::Local, &cfg.local_postgres.schema, &cfg.sync.tables).await?;

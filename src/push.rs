@@ -89,6 +89,8 @@ pub struct BatchReport {
     /// Calls upstream refused as too large or too slow before this batch
     /// went through (or its single change was parked).
     pub split_attempts: usize,
+    /// Rows this batch moved to other branches, noted for the down path.
+    pub moved_away: u64,
 }
 
 /// The `_sync_state` key under which the pusher notes its reduced batch
@@ -506,6 +508,7 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
         should_back_off: false,
         per_table: per_table.iter().map(|(t, n)| (t.to_string(), *n)).collect(),
         split_attempts,
+        moved_away: 0,
     };
     // The journal's marks are the durable fact (one transaction in the
     // journal database); the clinic database's statistics follow, best
@@ -540,6 +543,10 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
         // through whole; else the queue is read again.
         if through != last_id || !outcome.rejected.is_empty() {
             sizer.ahead = None;
+        }
+        // Moves out of the branch scope, noted with the marks: a restart cannot lose them.
+        if let Some(f) = scope {
+            report.moved_away = jstore.note_moved_away(&f.take_moved()).await?;
         }
         journal.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
         Ok::<_, SyncError>(())

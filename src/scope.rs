@@ -27,8 +27,9 @@
 //!   parked with the reason, which `status` shows.
 //! - A row moved out of the scope locally (an update that gives it another
 //!   branch) is sent like any update; the feed leaves out this clinic's own
-//!   writes, so no `out` comes back for it: the pusher notes it
-//!   ([`UpFilter::take_moved`]) and the down path removes the local copy,
+//!   writes, so no `out` comes back for it: the pusher notes it in the
+//!   journal with the batch that delivers it ([`UpFilter::take_moved`],
+//!   `_sync_moved_away`, durable across restarts) and the down path removes the local copy,
 //!   with its via-children, once no change of it is left unsynced
 //!   ([`crate::down::remove_moved_away`]).
 //! - `branch_ids` absent: unscoped, every table behaves as shared.
@@ -328,7 +329,9 @@ impl UpFilter {
     }
 
     /// The rows updates moved out of the scope since the last call (table,
-    /// key), for [`crate::down::remove_moved_away`].
+    /// key), which the pusher notes in the journal when it settles the batch
+    /// ([`crate::store::JournalStore::note_moved_away`]) for
+    /// [`crate::down::remove_moved_away`].
     pub fn take_moved(&self) -> Vec<(String, String)> {
         std::mem::take(&mut *self.moved.lock().expect("not poisoned")).into_iter().collect()
     }

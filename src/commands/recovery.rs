@@ -107,9 +107,18 @@ fn print_report(diffs: &[TableDiff], json: bool, repaired: &[(String, verify::Re
         println!("{}", serde_json::to_string_pretty(&r).expect("serializable"));
         return;
     }
-    println!("{:<24} {:>10} {:>10} {:>10} {:>12} {:>8}", "table", "local", "upstream", "only local", "only upstr.", "differ");
+    print!("{}", report_text(diffs, repaired, equal_at_end));
+}
+
+/// The text form of a verify report: one line per table, the ids that
+/// differ, what the branch scope left out of the comparison, the repairs.
+fn report_text(diffs: &[TableDiff], repaired: &[(String, verify::Repaired)], equal_at_end: bool) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<24} {:>10} {:>10} {:>10} {:>12} {:>8}", "table", "local", "upstream", "only local", "only upstr.", "differ");
     for d in diffs {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<24} {:>10} {:>10} {:>10} {:>12} {:>8}",
             d.table,
             d.local_rows,
@@ -118,19 +127,35 @@ fn print_report(diffs: &[TableDiff], json: bool, repaired: &[(String, verify::Re
             d.only_upstream.len(),
             d.differ.len()
         );
-        let show = |label: &str, ids: &[String]| {
+        let mut show = |label: &str, ids: &[String]| {
             if !ids.is_empty() {
                 let head: Vec<&str> = ids.iter().take(verify::MAX_IDS).map(String::as_str).collect();
                 let more = if ids.len() > verify::MAX_IDS { format!(" (+{} more)", ids.len() - verify::MAX_IDS) } else { String::new() };
-                println!("    {label}: {}{more}", head.join(", "));
+                let _ = writeln!(out, "    {label}: {}{more}", head.join(", "));
             }
         };
         show("only local", &d.only_local);
         show("only upstream", &d.only_upstream);
         show("differ", &d.differ);
+        // At a scoped server ([`verify::limit_to_scope`]): left out, not differences.
+        if d.upstream_not_here > 0 {
+            let _ = writeln!(
+                out,
+                "    not compared (branch scope): {} upstream rows not here (other branches' rows; this server's own come back through its feed)",
+                d.upstream_not_here
+            );
+        }
+        if d.local_elsewhere > 0 {
+            let _ = writeln!(
+                out,
+                "    not compared (branch scope): {} local rows of other branches (parents of this server's rows, changes held back), never sent",
+                d.local_elsewhere
+            );
+        }
     }
     for (t, r) in repaired {
-        println!(
+        let _ = writeln!(
+            out,
             "repaired {t}: {} pushed, {} deleted upstream, {} applied locally, {} kept upstream, {} rejected",
             r.pushed,
             r.deleted_upstream,
@@ -139,10 +164,30 @@ fn print_report(diffs: &[TableDiff], json: bool, repaired: &[(String, verify::Re
             r.rejected.len()
         );
     }
-    println!("{}", if equal_at_end { "equal: yes" } else { "equal: NO" });
+    let _ = writeln!(out, "{}", if equal_at_end { "equal: yes" } else { "equal: NO" });
+    out
 }
 
 /// Parses an LSN argument (for clap).
 pub(crate) fn parse_lsn(s: &str) -> std::result::Result<Lsn, String> {
     s.parse::<Lsn>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_report_shows_what_the_branch_scope_left_out_and_only_when_it_left_something_out() {
+        let mut scoped = TableDiff::default();
+        (scoped.table, scoped.local_rows, scoped.upstream_rows) = ("invoices".into(), 7, 20);
+        (scoped.upstream_not_here, scoped.local_elsewhere) = (14, 1);
+        let mut shared = TableDiff::default();
+        (shared.table, shared.local_rows, shared.upstream_rows) = ("services".into(), 3, 3);
+        let text = report_text(&[scoped, shared], &[], true);
+        assert!(text.contains("not compared (branch scope): 14 upstream rows not here"), "{text}");
+        assert!(text.contains("not compared (branch scope): 1 local rows of other branches"), "{text}");
+        assert_eq!(text.matches("not compared").count(), 2, "a table with nothing left out prints no scope line:\n{text}");
+        assert!(text.ends_with("equal: yes\n"), "{text}");
+    }
 }

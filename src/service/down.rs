@@ -64,11 +64,7 @@ pub(crate) async fn task(
                 }
             },
         };
-        let moved = rt.take_moved_away();
-        if !moved.is_empty()
-            && let Err(e) = down::remove_moved_away(cfg, s, up, tables, progress, &moved).await
-        {
-            rt.moved_away.lock().expect("not poisoned").extend(moved);
+        if let Err(e) = down::remove_moved_away(cfg, s, up, tables, progress).await {
             tracing::warn!(error = %e, "rows moved to other branches not removed yet");
             if e.is_transient() {
                 *session = None;

@@ -72,8 +72,8 @@ use tracing::Level;
 
 pub use audit::compare_tables;
 pub use lock::{InstanceLock, acquire_instance_lock};
-pub use once::once;
 pub(crate) use once::once_with;
+pub use once::{capture_to_now, once};
 pub use readiness::{check_cluster, check_contract, local_tables, open_journal};
 pub use signals::shutdown_signal;
 

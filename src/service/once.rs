@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
-use super::lock::acquire_instance_lock;
+use super::lock::{InstanceLock, acquire_instance_lock};
 use super::push::push_while;
 use super::readiness::{check_contract, local_tables};
 use super::runtime::{Runtime, forward};
@@ -75,7 +75,7 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
             return Ok(());
         }
         let session = down::Session::open(cfg).await?;
-        down::remove_moved_away(cfg, &session, &up, &tables, &progress_rx, &rt.take_moved_away()).await?;
+        down::remove_moved_away(cfg, &session, &up, &tables, &progress_rx).await?;
         let reports = down::cycle(cfg, &session, &up, &tables, &progress_rx).await?;
         let applied: u64 = reports.iter().map(|r| r.applied).sum();
         tracing::info!(direction = "down", rows = applied, tables = reports.len(), "down cycle done");
@@ -100,4 +100,33 @@ pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
             cap.map(|_| ())
         }
     }
+}
+
+/// Captures into the journal everything committed before it started, and
+/// pushes nothing: for a command that judges the journal complete
+/// (`drop-branch-rows`: a change made while the service was stopped is in
+/// the slot, not yet in the journal). Holds the instance lock, and returns
+/// it for the caller to keep while it acts on that judgement; a running
+/// service (which holds it) is refused.
+pub async fn capture_to_now(cfg: &Config) -> Result<InstanceLock> {
+    let lock = acquire_instance_lock(cfg).await?;
+    let tables = local_tables(cfg).await?;
+    let marker = replication::emit_marker(&connect_local(cfg).await?).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (progress_tx, mut progress_rx) = watch::channel(Lsn::ZERO);
+    let capture = replication::capture(cfg, &tables, stop_rx, Arc::new(Notify::new()), &progress_tx);
+    tokio::pin!(capture);
+    tokio::select! {
+        r = &mut capture => {
+            return Err(r.err().unwrap_or_else(|| SyncError::new(ErrorKind::LocalUnreachable, "capture stopped unexpectedly")));
+        }
+        r = progress_rx.wait_for(|l| *l >= marker) => {
+            if r.is_err() {
+                return Err(SyncError::new(ErrorKind::LocalUnreachable, "capture stopped unexpectedly"));
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    capture.await?;
+    Ok(lock)
 }

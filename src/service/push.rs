@@ -140,9 +140,8 @@ pub(crate) async fn push_while(
                 total.rejected += r.rejected;
                 total.batches += 1;
                 rt.pushed_total.fetch_add(r.rows as u64, Ordering::Relaxed);
-                // Rows moved to other branches, now upstream: the down task removes them here.
-                if let Some(moved) = scope.as_ref().map(|f| f.take_moved()).filter(|m| !m.is_empty()) {
-                    rt.moved_away.lock().expect("not poisoned").extend(moved);
+                // Rows moved to other branches, now upstream and noted in the journal: the down task removes them here.
+                if r.moved_away > 0 {
                     rt.sync_now.notify_waiters();
                 }
                 for (t, n) in r.per_table {

@@ -26,9 +26,6 @@ pub(crate) struct Runtime {
     pub pulled_total: AtomicU64,
     /// The study-files task's figures (`[storage]`).
     pub files: crate::storage::Counters,
-    /// Rows this server moved to other branches, sent by the pusher, for the
-    /// down task to remove locally ([`crate::down::remove_moved_away`]).
-    pub moved_away: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Runtime {
@@ -44,13 +41,7 @@ impl Runtime {
             pushed_total: AtomicU64::new(0),
             pulled_total: AtomicU64::new(0),
             files: Default::default(),
-            moved_away: Default::default(),
         }
-    }
-
-    /// Takes the rows noted in [`Runtime::moved_away`].
-    pub fn take_moved_away(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut *self.moved_away.lock().expect("not poisoned"))
     }
 
     /// The first delay of every backoff (`[sync] retry_delay_seconds`).

@@ -42,6 +42,10 @@
 //!   0/0) when it creates the slot or finds another cluster's bookkeeping
 //!   ([`JournalStore::tie_to_cluster`]); `_sync_epoch` records where each epoch's
 //!   journal ids start, so every journal row keeps its position.
+//! - `_sync_moved_away` ([`moved_away`], journal database): rows a local
+//!   update moved to another branch, noted in the transaction that settles
+//!   the batch delivering the move; deleted by the down path after it
+//!   removed the local copy.
 //! - `_sync_metadata` ([`metadata`]), one row per synced table (created by
 //!   `init`). The down path's feed cursor (`feed_prev`, `feed_target`,
 //!   `feed_after`) moves only in the page transaction that applied the
@@ -77,6 +81,7 @@ pub mod history;
 pub mod journal_move;
 pub mod log;
 pub mod metadata;
+pub mod moved_away;
 pub mod pending;
 pub mod state;
 
@@ -88,6 +93,7 @@ pub use down_parked::{DownParked, DownParkedSummary, ToPark};
 pub use history::{HourSample, ParkedRow};
 pub use log::{Direction, LogEntry};
 pub use metadata::TableProgress;
+pub use moved_away::MovedAway;
 pub use pending::{JournalRow, JournalSummary, Operation, QueueCounts, Queued, ReplayStat, Source, tombstoned};
 pub use state::StateEntry;
 
@@ -112,6 +118,7 @@ const JOURNAL_WRITER_LOCK: i64 = 0x0063_7673_6a72_6e6c;
 pub const JOURNAL_SCHEMA: &[(&str, &str)] = &[
     ("journal/001_journal.sql", include_str!("../../sql/journal/001_journal.sql")),
     ("journal/002_push_cursor.sql", include_str!("../../sql/journal/002_push_cursor.sql")),
+    ("journal/003_moved_away.sql", include_str!("../../sql/journal/003_moved_away.sql")),
 ];
 
 /// The control tables as one component sees them: its local connection,
