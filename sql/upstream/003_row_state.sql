@@ -427,8 +427,10 @@ BEGIN
     '       array_agg(q.pk ORDER BY q.o), array_agg(q.writer ORDER BY q.o),'
     '       array_agg(q.version_id ORDER BY q.o), array_agg(q.stamp ORDER BY q.o),'
     '       array_agg(q.deleted ORDER BY q.o)'
-    ' FROM ('
-    '   SELECT (row_number() OVER (ORDER BY r.version_id))::int AS o, r.*'
+    ' FROM (SELECT (row_number() OVER (ORDER BY p.version_id))::int AS o, p.* FROM ('
+    -- the LIMIT applies inside, with no window function above it, so the page can walk
+    -- row_version_window in version_id order and stop (a first window read every version per page)
+    '   SELECT r.*'
     '   FROM centrovision_sync.row_version r'
     '   WHERE r.xid >= $1'
     '     AND r.schema_name = $2'
@@ -440,7 +442,7 @@ BEGIN
     '     AND ($10::pg_catalog.pg_snapshot IS NOT NULL OR $7::timestamptz IS NULL OR r.stamp IS NULL OR r.stamp >= $7)'
     '     AND (r.deleted OR %s)'
     '   ORDER BY r.version_id'
-    '   LIMIT $8) q', v_first)
+    '   LIMIT $8) p) q', v_first)
   INTO v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del
   USING v_floor, schema_name, tables, v_last, writer, v_target, since, v_lim, v_branches, v_prev;
   v_n := cardinality(v_o);
@@ -450,7 +452,7 @@ BEGIN
 
   -- row images, one statement per table present in the page
   FOR v_t IN SELECT DISTINCT x FROM unnest(v_ts) x WHERE x <> ALL (v_missing) LOOP
-    SELECT min(a.attname::text) INTO v_pk
+    SELECT min(a.attname::text), min(pg_catalog.format_type(a.atttypid, a.atttypmod)) INTO v_pk, v_pktype
     FROM pg_catalog.pg_index x
     JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
     WHERE x.indrelid = pg_catalog.format('%I.%I', schema_name, v_t)::regclass AND x.indisprimary;
@@ -475,9 +477,10 @@ BEGIN
       '  ELSE pg_catalog.jsonb_build_object(''o'', p.o, ''t'', p.t, ''k'', p.k, ''w'', p.w, ''v'', p.v, ''op'', ''out'')'
       '  END), ''[]'')'
       ' FROM unnest($1, $2, $3, $4, $5, $6, $7) AS p(o, t, k, w, v, ts, del)'
-      ' LEFT JOIN %1$s d ON d.%2$I::text = p.k AND NOT p.del'
+      -- the key cast to the column's type, so each image is one primary-key probe
+      ' LEFT JOIN %1$s d ON d.%2$I = p.k::%5$s AND NOT p.del'
       ' WHERE p.t = $8 AND (d.%2$I IS NULL OR $10 OR (%4$s))',
-      pg_catalog.format('%I.%I', schema_name, v_t), v_pk, v_astext, v_pred)
+      pg_catalog.format('%I.%I', schema_name, v_t), v_pk, v_astext, v_pred, v_pktype)
     INTO v_part USING v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del, v_t, v_branches, v_prev IS NOT NULL;
     v_changes := v_changes || v_part;
   END LOOP;
