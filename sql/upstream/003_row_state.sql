@@ -347,7 +347,7 @@ DROP FUNCTION IF EXISTS public.centrovision_sync_changes(text, text, text[], tex
 CREATE OR REPLACE FUNCTION public.centrovision_sync_changes(
   writer text, schema_name text, tables text[], prev text, target text, after bigint,
   lim integer, since timestamptz DEFAULT NULL, scope jsonb DEFAULT NULL)
-RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = ''
+RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = '' SET jit = off
 AS $fn$
 DECLARE
   v_branches text[] := ARRAY(SELECT pg_catalog.jsonb_array_elements_text(
@@ -378,6 +378,8 @@ DECLARE
   v_horizon boolean;
   v_restart boolean := false;
   v_missing text[];
+  v_sort    text;
+  v_bitmap  text;
 BEGIN
   IF writer IS NULL OR writer = '' THEN
     RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'centrovision_sync_changes: writer is required';
@@ -421,6 +423,15 @@ BEGIN
     v_first := CASE WHEN v_first = '' THEN 'true' ELSE 'CASE r.table_name' || v_first || ' ELSE true END' END;
   END IF;
 
+  -- A first window (every version of the tables) walks row_version_window in version_id order
+  -- from `after` and stops at the LIMIT.  Left to itself the planner reads every remaining version
+  -- (primary key or bitmap scan) and sorts them, on every page: quadratic in the initial download.
+  -- The settings are this transaction's and put back right after the statement.
+  IF v_prev IS NULL THEN
+    v_sort := pg_catalog.current_setting('enable_sort');
+    v_bitmap := pg_catalog.current_setting('enable_bitmapscan');
+    PERFORM pg_catalog.set_config('enable_sort', 'off', true), pg_catalog.set_config('enable_bitmapscan', 'off', true);
+  END IF;
   -- the page's versions, ordered by version_id
   EXECUTE pg_catalog.format(
     'SELECT coalesce(array_agg(q.o ORDER BY q.o), ''{}''), array_agg(q.table_name ORDER BY q.o),'
@@ -445,6 +456,9 @@ BEGIN
     '   LIMIT $8) p) q', v_first)
   INTO v_o, v_ts, v_ks, v_ws, v_vs, v_st, v_del
   USING v_floor, schema_name, tables, v_last, writer, v_target, since, v_lim, v_branches, v_prev;
+  IF v_prev IS NULL THEN
+    PERFORM pg_catalog.set_config('enable_sort', v_sort, true), pg_catalog.set_config('enable_bitmapscan', v_bitmap, true);
+  END IF;
   v_n := cardinality(v_o);
   IF v_n > 0 THEN
     v_last := v_vs[v_n];
