@@ -256,6 +256,12 @@ impl JournalStore<'_> {
     pub async fn journal_rows(&self, source: &Source, limit: i64, after_id: i64, tail: Option<(Lsn, i32)>) -> Result<Vec<Queued>> {
         const COLUMNS: &str = "SELECT id, table_name, record_id, operation, data::text,
                     coalesce(commit_ts, created_at)::text, retry_count, commit_lsn, ordinal FROM _sync_journal";
+        // Neither delivered nor parked, written so the planner cannot
+        // estimate it: on a journal that grew since its last ANALYZE, the
+        // default selectivity of `parked_at IS NULL` (0.5%) made a sequential
+        // scan and sort look cheaper than walking the primary key from the
+        // cursor (90 ms instead of 2 ms per read on 200,000 rows).
+        const QUEUED: &str = "coalesce(NOT synced AND parked_at IS NULL, false)";
         let rows = match (source, tail) {
             // The queue: a primary-key range after the pusher's cursor, less
             // the rows already delivered or parked out of order.
@@ -264,7 +270,7 @@ impl JournalStore<'_> {
                     .query(
                         &format!(
                             "{COLUMNS} WHERE id > (SELECT through_id FROM _sync_push) AND id > $2
-                           AND synced = FALSE AND parked_at IS NULL ORDER BY id LIMIT $1"
+                           AND {QUEUED} ORDER BY id LIMIT $1"
                         ),
                         &[&limit, &after_id],
                     )
@@ -276,7 +282,7 @@ impl JournalStore<'_> {
                         &format!(
                             "{COLUMNS} WHERE commit_lsn = $3 AND ordinal > $4
                            AND id > (SELECT through_id FROM _sync_push) AND id > $2
-                           AND synced = FALSE AND parked_at IS NULL ORDER BY commit_lsn, ordinal LIMIT $1"
+                           AND {QUEUED} ORDER BY commit_lsn, ordinal LIMIT $1"
                         ),
                         &[&limit, &after_id, &PgLsn::from(lsn), &ordinal],
                     )
