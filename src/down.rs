@@ -93,7 +93,11 @@ impl Session {
             }
         })?;
         let journal = connect_journal(cfg).await?;
-        Ok(Session { client, journal, reported: Mutex::new(HashSet::new()) })
+        let session = Session { client, journal, reported: Mutex::new(HashSet::new()) };
+        // Once per session, not per cycle: an installation upgraded without
+        // `init` gets the moved-row notes' table before the first cycle reads it.
+        session.journal().ensure_moved_away().await?;
+        Ok(session)
     }
 
     fn store(&self) -> Store<'_> {
@@ -1079,7 +1083,6 @@ pub async fn remove_moved_away<U: Upstream>(
     let scopes = crate::scope::resolve(cfg, tables)?;
     let Some(branches) = scopes.branch_ids.clone() else { return Ok(0) };
     let journal = session.journal();
-    journal.ensure_moved_away().await?;
     let notes = journal.moved_away().await?;
     if notes.is_empty() {
         return Ok(0);
