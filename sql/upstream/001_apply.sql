@@ -153,7 +153,17 @@ DECLARE
   -- conflict rule
   v_skew       double precision;
   v_lock       text;
-  v_decide     text;
+  v_clog       text;
+  v_has        boolean[];
+  v_dst        timestamptz[];
+  v_es         int[];
+  v_ls         text[];
+  v_ns         int[];
+  v_bs         bigint[];
+  v_s          text;
+  v_t          text;
+  v_op         text;
+  v_conf       jsonb;
   v_ids        int[];
   v_keys       text[];
   v_sts        text[];
@@ -418,90 +428,37 @@ BEGIN
     -- the statements for this group (see the header): lock, decide + record, write the winners
     -- (a truncate has its own single statement below and may have no primary key)
     IF g.op <> 'truncate' THEN
+    -- Lock the rows that exist, in key order (against the cloud app's writes and other clinics),
+    -- and read what the decision needs of them: whether the row exists and its updated_at, in
+    -- the caller's order.  ($1: the keys as text.)
     v_lock := pg_catalog.format(
-      'SELECT count(*) FROM (SELECT 1 FROM %1$s AS d WHERE d.%2$I = ANY ($1::text[]::%3$s[])'
-      ' ORDER BY d.%2$I FOR UPDATE) AS q',
+      'SELECT coalesce(array_agg(l.k IS NOT NULL ORDER BY o.p), ''{}''),'
+      '       coalesce(array_agg(l.u ORDER BY o.p), ''{}'')'
+      ' FROM (SELECT u.k, u.p FROM unnest($1::text[]) WITH ORDINALITY AS u(k, p)'
+      '       ORDER BY u.k::%3$s) AS o'
+      ' LEFT JOIN LATERAL (SELECT d.%2$I AS k, d.updated_at::pg_catalog.timestamptz AS u'
+      '                    FROM %1$s AS d WHERE d.%2$I = o.k::%3$s FOR UPDATE) AS l ON true',
       v_tab, g.pk, g.pktype);
-    -- $1 i's, $2 keys, $3 epochs, $4 LSNs, $5 ordinals, $6 bases, $7 stamps (text), $8 writer,
-    -- $9 skew seconds, $10 schema, $11 table, $12 op, $13 the upsert rows (NULL for deletes).
-    -- Returns (positions that won, i's kept, i's clamped, side-effect count, keys to re-emit).
-    v_decide := pg_catalog.format(
-      'WITH x AS ('
-      ' SELECT u.p::int AS p, u.i, u.k, u.e, u.l::pg_catalog.pg_lsn AS l, u.n, u.b,'
-      '        u.st::pg_catalog.timestamptz AS st_raw'
-      ' FROM unnest($1::int[], $2::text[], $3::int[], $4::text[], $5::int[], $6::bigint[], $7::text[])'
-      '      WITH ORDINALITY AS u(i, k, e, l, n, b, st, p)), '
-      'y AS ('
-      ' SELECT x.*, x.st_raw > pg_catalog.now() + pg_catalog.make_interval(secs => $9) AS clamped,'
-      '        rv.pk IS NOT NULL AS has_rv, rv.writer AS cw, rv.epoch AS ce, rv.commit_lsn AS cl,'
-      '        rv.ordinal AS cn, rv.version_id AS cv, d.%2$I IS NOT NULL AS has_row,'
-      '        coalesce(rv.deleted, d.%2$I IS NULL) AS cdel,'
-      '        CASE WHEN rv.pk IS NOT NULL THEN rv.stamp ELSE d.updated_at END AS cst'
-      ' FROM x'
-      -- one primary-key probe per element (LATERAL + LIMIT keeps the planner from turning this into
-      -- a scan of the table's versions filtered per element when its statistics are stale)
-      ' LEFT JOIN LATERAL (SELECT r.* FROM centrovision_sync.row_version AS r'
-      '   WHERE r.schema_name = $10 AND r.table_name = $11 AND r.pk = x.k LIMIT 1) AS rv ON true'
-      ' LEFT JOIN %1$s AS d ON d.%2$I = x.k::%3$s), '
-      'z AS MATERIALIZED ('
-      ' SELECT y.*, s.st, CASE'
-      '   WHEN NOT y.has_rv AND NOT y.has_row THEN ''new'''
-      '   WHEN y.has_rv AND y.cw = $8 THEN'
-      '     CASE WHEN ROW(y.e, y.l, y.n) > ROW(y.ce, y.cl, y.cn) THEN ''next'' ELSE ''seen'' END'
-      '   WHEN s.st > coalesce(y.cst, ''-infinity'')'
-      '     OR (s.st = y.cst AND ($12 = ''delete'') > y.cdel)'
-      '     OR (s.st = y.cst AND ($12 = ''delete'') = y.cdel'
-      '         AND $8 COLLATE "C" > coalesce(y.cw, ''legacy'') COLLATE "C")'
-      '     THEN CASE WHEN y.has_rv THEN ''win'' ELSE ''legacy'' END'
-      '   ELSE ''lose'' END AS verdict,'
-      '   CASE WHEN s.st = y.cst AND ($12 = ''delete'') <> y.cdel THEN ''equal stamps: the delete wins'''
-      '        WHEN s.st = y.cst THEN ''equal stamps: higher writer id wins'''
-      '        ELSE ''later updated_at wins'' END AS rule'
-      ' FROM y CROSS JOIN LATERAL'
-      '   (SELECT CASE WHEN y.clamped THEN pg_catalog.now() ELSE y.st_raw END AS st) AS s), '
-      -- an incoming version that lost: logged, and the winner re-emitted into the feed
-      'lost AS ('
-      ' INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
-      '   winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
-      '   loser_image, rule)'
-      ' SELECT $10, $11, z.k, coalesce(z.cw, ''legacy''), z.cst, z.cdel,'
-      '        (SELECT pg_catalog.to_jsonb(c.*) FROM %1$s AS c WHERE c.%2$I = z.k::%3$s), $8, z.st,'
-      '        $12 = ''delete'', $13->(z.p - 1), z.rule'
-      ' FROM z WHERE z.verdict = ''lose'' AND NOT (z.cdel AND $12 = ''delete'')'
-      ' RETURNING 1), '
-      'legacy AS ('
-      ' INSERT INTO centrovision_sync.row_version (schema_name, table_name, pk, writer, stamp, version_id)'
-      ' SELECT $10, $11, z.k, ''legacy'', z.cst, pg_catalog.nextval(''centrovision_sync.version_seq'')'
-      ' FROM z WHERE z.verdict = ''lose'' AND NOT z.has_rv'
-      ' ON CONFLICT DO NOTHING RETURNING 1), '
-      -- another writer's version replaced by one whose writer had not downloaded it
-      'over AS ('
-      ' INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
-      '   winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
-      '   loser_image, rule)'
-      ' SELECT $10, $11, z.k, $8, z.st, $12 = ''delete'', $13->(z.p - 1), z.cw, z.cst, z.cdel,'
-      '        (SELECT pg_catalog.to_jsonb(c.*) FROM %1$s AS c WHERE c.%2$I = z.k::%3$s), z.rule'
-      ' FROM z WHERE z.verdict = ''win'' AND z.cv IS DISTINCT FROM z.b AND NOT (z.cdel AND $12 = ''delete'')'
-      ' RETURNING 1), '
-      'rec AS ('
-      ' INSERT INTO centrovision_sync.row_version AS v (schema_name, table_name, pk, writer, epoch,'
-      '   commit_lsn, ordinal, stamp, deleted, version_id)'
-      ' SELECT $10, $11, z.k, $8, z.e, z.l, z.n, z.st, $12 = ''delete'','
-      '        pg_catalog.nextval(''centrovision_sync.version_seq'')'
-      ' FROM z WHERE z.verdict IN (''new'', ''next'', ''win'', ''legacy'') ORDER BY z.p'
-      ' ON CONFLICT (schema_name, table_name, pk) DO UPDATE SET writer = EXCLUDED.writer,'
-      '   epoch = EXCLUDED.epoch, commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal,'
-      '   stamp = EXCLUDED.stamp, deleted = EXCLUDED.deleted, version_id = EXCLUDED.version_id,'
-      '   xid = pg_catalog.pg_current_xact_id(), recorded_at = pg_catalog.now()'
-      ' RETURNING 1) '
-      'SELECT coalesce(array_agg(z.p ORDER BY z.p) FILTER (WHERE z.verdict IN (''new'', ''next'', ''win'', ''legacy'')), ''{}''),'
-      '       coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.verdict IN (''lose'', ''seen'')), ''{}''),'
-      '       coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.clamped), ''{}''),'
-      '       (SELECT count(*) FROM lost) + (SELECT count(*) FROM legacy)'
-      '       + (SELECT count(*) FROM over) + (SELECT count(*) FROM rec),'
-      -- the keys whose winning version is re-emitted into the feed (see below)
-      '       coalesce(array_agg(z.k) FILTER (WHERE z.verdict = ''lose'' AND z.has_rv), ''{}'') '
-      'FROM z',
+    -- Versions that lost, or that replaced another writer's version this writer had not
+    -- downloaded, go to the conflict log with both images (rare: run only when the decision
+    -- found some).  $1 the decision's conflict records, $2 the upsert rows (NULL for deletes),
+    -- $3 schema, $4 table, $5 writer, $6 op.
+    v_clog := pg_catalog.format(
+      'INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
+      '  winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
+      '  loser_image, rule)'
+      ' SELECT $3, $4, c.k,'
+      '   CASE WHEN c.lost THEN c.cw ELSE $5 END, CASE WHEN c.lost THEN c.cst ELSE c.st END,'
+      '   CASE WHEN c.lost THEN c.cdel ELSE $6 = ''delete'' END,'
+      '   CASE WHEN c.lost THEN cur.img ELSE $2->(c.p - 1) END,'
+      '   CASE WHEN c.lost THEN $5 ELSE c.cw END, CASE WHEN c.lost THEN c.st ELSE c.cst END,'
+      '   CASE WHEN c.lost THEN $6 = ''delete'' ELSE c.cdel END,'
+      '   CASE WHEN c.lost THEN $2->(c.p - 1) ELSE cur.img END, c.rule'
+      ' FROM pg_catalog.jsonb_to_recordset($1) AS c(p int, k text, cw text, cst pg_catalog.timestamptz,'
+      '      cdel boolean, st pg_catalog.timestamptz, rule text, lost boolean)'
+      ' LEFT JOIN LATERAL (SELECT pg_catalog.to_jsonb(d.*) AS img FROM %1$s AS d'
+      '                    WHERE d.%2$I = c.k::%3$s) AS cur ON true'
+      ' ORDER BY c.p',
       v_tab, g.pk, g.pktype);
     END IF;
 
@@ -633,13 +590,92 @@ BEGIN
           PERFORM pg_catalog.set_config('enable_seqscan', 'off', true),
                   pg_catalog.set_config('enable_hashjoin', 'off', true),
                   pg_catalog.set_config('enable_mergejoin', 'off', true);
-          EXECUTE v_lock INTO v_n_side USING v_keys;
+          EXECUTE v_lock INTO v_has, v_dst USING v_keys;
           PERFORM pg_catalog.pg_advisory_xact_lock(q.h)
           FROM (SELECT DISTINCT pg_catalog.hashtextextended(v_tab || ':' || k.k, 0) AS h
                 FROM unnest(v_keys) AS k(k) ORDER BY 1) AS q;
-          EXECUTE v_decide INTO v_win, v_lost, v_clamp, v_n_side, v_reemit
-            USING v_ids, v_keys, g.es[v_lo:v_hi], g.ls[v_lo:v_hi], g.ns[v_lo:v_hi], g.bs[v_lo:v_hi],
-                  v_sts, writer, v_skew, g.s, g.t, g.op, v_rows;
+          v_es := g.es[v_lo:v_hi];
+          v_ls := g.ls[v_lo:v_hi];
+          v_ns := g.ns[v_lo:v_hi];
+          v_bs := g.bs[v_lo:v_hi];
+          v_s  := g.s;
+          v_t  := g.t;
+          v_op := g.op;
+          -- Decide each element against the row's current version, record the winners' versions
+          -- (and a version for a row that had none and won against an incoming change).  Static
+          -- SQL, so its plan is made once per session (it names no app table: what it needs of
+          -- the rows came from the lock above).  Returns (positions that won, i's kept, i's
+          -- clamped, side-effect count, keys to re-emit, conflict records for the log).
+          WITH x AS (
+            SELECT u.p::int AS p, u.i, u.k, u.e, u.l::pg_catalog.pg_lsn AS l, u.n, u.b,
+                   u.st::pg_catalog.timestamptz AS st_raw, u.hr, u.du
+            FROM unnest(v_ids, v_keys, v_es, v_ls, v_ns, v_bs, v_sts, v_has, v_dst)
+                 WITH ORDINALITY AS u(i, k, e, l, n, b, st, hr, du, p)
+          ), y AS (
+            SELECT x.*, x.st_raw > pg_catalog.now() + pg_catalog.make_interval(secs => v_skew) AS clamped,
+                   rv.pk IS NOT NULL AS has_rv, rv.writer AS cw, rv.epoch AS ce, rv.commit_lsn AS cl,
+                   rv.ordinal AS cn, rv.version_id AS cv, x.hr AS has_row,
+                   coalesce(rv.deleted, NOT x.hr) AS cdel,
+                   CASE WHEN rv.pk IS NOT NULL THEN rv.stamp ELSE x.du END AS cst
+            FROM x
+            -- one primary-key probe per element (LATERAL + LIMIT keeps the planner from turning
+            -- this into a scan of the table's versions when its statistics are stale)
+            LEFT JOIN LATERAL (SELECT r.* FROM centrovision_sync.row_version AS r
+                               WHERE r.schema_name = v_s AND r.table_name = v_t AND r.pk = x.k
+                               LIMIT 1) AS rv ON true
+          ), z AS MATERIALIZED (
+            SELECT y.*, s.st,
+                   CASE
+                     WHEN NOT y.has_rv AND NOT y.has_row THEN 'new'
+                     WHEN y.has_rv AND y.cw = centrovision_sync_apply.writer THEN
+                       CASE WHEN ROW(y.e, y.l, y.n) > ROW(y.ce, y.cl, y.cn) THEN 'next' ELSE 'seen' END
+                     WHEN s.st > coalesce(y.cst, '-infinity')
+                       OR (s.st = y.cst AND (v_op = 'delete') > y.cdel)
+                       OR (s.st = y.cst AND (v_op = 'delete') = y.cdel
+                           AND centrovision_sync_apply.writer COLLATE "C" > coalesce(y.cw, 'legacy') COLLATE "C")
+                       THEN CASE WHEN y.has_rv THEN 'win' ELSE 'legacy' END
+                     ELSE 'lose' END AS verdict,
+                   CASE WHEN s.st = y.cst AND (v_op = 'delete') <> y.cdel THEN 'equal stamps: the delete wins'
+                        WHEN s.st = y.cst THEN 'equal stamps: higher writer id wins'
+                        ELSE 'later updated_at wins' END AS rule
+            FROM y CROSS JOIN LATERAL
+              (SELECT CASE WHEN y.clamped THEN pg_catalog.now() ELSE y.st_raw END AS st) AS s
+          ), legacy AS (
+            -- a row with no version that won against an incoming change keeps a version of its own
+            INSERT INTO centrovision_sync.row_version (schema_name, table_name, pk, writer, stamp, version_id)
+            SELECT v_s, v_t, z.k, 'legacy', z.cst, pg_catalog.nextval('centrovision_sync.version_seq')
+            FROM z WHERE z.verdict = 'lose' AND NOT z.has_rv
+            ON CONFLICT DO NOTHING RETURNING 1
+          ), rec AS (
+            INSERT INTO centrovision_sync.row_version AS v (schema_name, table_name, pk, writer, epoch,
+              commit_lsn, ordinal, stamp, deleted, version_id)
+            SELECT v_s, v_t, z.k, centrovision_sync_apply.writer, z.e, z.l, z.n, z.st, v_op = 'delete',
+                   pg_catalog.nextval('centrovision_sync.version_seq')
+            FROM z WHERE z.verdict IN ('new', 'next', 'win', 'legacy') ORDER BY z.p
+            ON CONFLICT (schema_name, table_name, pk) DO UPDATE SET writer = EXCLUDED.writer,
+              epoch = EXCLUDED.epoch, commit_lsn = EXCLUDED.commit_lsn, ordinal = EXCLUDED.ordinal,
+              stamp = EXCLUDED.stamp, deleted = EXCLUDED.deleted, version_id = EXCLUDED.version_id,
+              xid = pg_catalog.pg_current_xact_id(), recorded_at = pg_catalog.now()
+            RETURNING 1
+          )
+          SELECT coalesce(array_agg(z.p ORDER BY z.p) FILTER (WHERE z.verdict IN ('new', 'next', 'win', 'legacy')), '{}'),
+                 coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.verdict IN ('lose', 'seen')), '{}'),
+                 coalesce(array_agg(z.i ORDER BY z.p) FILTER (WHERE z.clamped), '{}'),
+                 (SELECT count(*) FROM legacy) + (SELECT count(*) FROM rec),
+                 -- the keys whose winning version is re-emitted into the feed (see below)
+                 coalesce(array_agg(z.k) FILTER (WHERE z.verdict = 'lose' AND z.has_rv), '{}'),
+                 -- an incoming version that lost; another writer's version replaced by one whose
+                 -- writer had not downloaded it (a delete meeting a delete is no conflict)
+                 pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'p', z.p, 'k', z.k, 'cw', coalesce(z.cw, 'legacy'), 'cst', z.cst, 'cdel', z.cdel,
+                   'st', z.st, 'rule', z.rule, 'lost', z.verdict = 'lose') ORDER BY z.p)
+                   FILTER (WHERE (z.verdict = 'lose' OR (z.verdict = 'win' AND z.cv IS DISTINCT FROM z.b))
+                                 AND NOT (z.cdel AND v_op = 'delete'))
+          INTO v_win, v_lost, v_clamp, v_n_side, v_reemit, v_conf
+          FROM z;
+          IF v_conf IS NOT NULL THEN
+            EXECUTE v_clog USING v_conf, v_rows, g.s, g.t, writer, g.op;
+          END IF;
           -- the winner of an element that lost is re-emitted into the feed (a new xid), so the
           -- losing writer downloads it; one primary-key update per key (losses are rare, and a
           -- set-based UPDATE ... FROM is planned as a scan of the table's versions on stale
