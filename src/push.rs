@@ -50,7 +50,11 @@
 //!   batch's last row, or to just before its first row that stays queued (a
 //!   transient rejection); a delivered row beyond that is marked on its own
 //!   row. A crash before that commit re-sends the batch (the apply is
-//!   idempotent); after it, nothing of the batch is read again.
+//!   idempotent); after it, nothing of the batch is read again. The commit
+//!   is asynchronous (no WAL flush wait per batch): a crash of the clinic's
+//!   server may undo the last marks, and those batches are re-sent and kept
+//!   upstream as repeats; the next synchronous commit (capture's) makes
+//!   them durable.
 //!
 //! Read ahead: while a full-size batch is applied upstream, the next one is
 //! read from the journal (the rows after the batch's last id), so the
@@ -519,7 +523,11 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
     let mut table_errors: Vec<(&str, String)> = Vec::new();
     let last_id = rows.last().map_or(0, |r| r.id);
     let write = async {
-        journal.batch_execute("BEGIN").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
+        // Asynchronous commit: a crash may lose the last batches' marks, and
+        // those batches are sent again, which upstream keeps (same writer,
+        // same position). Nothing is lost, and a drain does not wait for a
+        // WAL flush per batch (the next synchronous commit flushes them).
+        journal.batch_execute("BEGIN; SET LOCAL synchronous_commit = off").await.map_err(|e| SyncError::from_pg(JOURNAL, &e))?;
         for r in &outcome.rejected {
             let Some(c) = built.covers.get(r.index as usize) else { continue };
             let class = r.code.as_deref().map(class_of_sqlstate).unwrap_or(Class::Data);
@@ -560,13 +568,13 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
     let store = Store::new(local, LOCAL);
     let stats = async {
         local.batch_execute("BEGIN; SET LOCAL synchronous_commit = off").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
-        for (table, text) in &table_errors {
-            store.record_table_error(table, text).await?;
-        }
-        for (table, n) in &per_table {
-            store.record_synced_up(table, *n).await?;
-        }
-        store.record_hourly(crate::store::Direction::Up, per_table.values().sum()).await?;
+        // Sent together (one connection runs them in this order): one round
+        // trip for the lot, not one per table.
+        tokio::try_join!(
+            futures_util::future::try_join_all(table_errors.iter().map(|(table, text)| store.record_table_error(table, text))),
+            futures_util::future::try_join_all(per_table.iter().map(|(table, n)| store.record_synced_up(table, *n))),
+            store.record_hourly(crate::store::Direction::Up, per_table.values().sum()),
+        )?;
         local.batch_execute("COMMIT").await.map_err(|e| SyncError::from_pg(LOCAL, &e))?;
         Ok::<_, SyncError>(())
     };

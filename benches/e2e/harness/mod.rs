@@ -790,6 +790,9 @@ pub async fn run(opts: &Options) -> Report {
     }
     if pgss {
         extra.push("shared_preload_libraries = 'pg_stat_statements'".into());
+        if std::env::var_os("CV_BENCH_PGSS_NESTED").is_some() {
+            extra.push("pg_stat_statements.track = 'all'".into());
+        }
     }
     let mut conf = vec![
         if opts.fsync {
