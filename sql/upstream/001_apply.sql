@@ -240,8 +240,8 @@ BEGIN
              f.e, f.l, f.n, f.b,
              -- key set of an upsert's row; jsonb keeps object keys in a canonical order, so equal
              -- key sets give equal arrays
-             CASE WHEN f.op = 'upsert' AND pg_catalog.jsonb_typeof(a.e->'row') = 'object'
-                  THEN ARRAY(SELECT pg_catalog.jsonb_object_keys(a.e->'row')) END AS keys,
+             CASE WHEN f.op = 'upsert' AND pg_catalog.jsonb_typeof(f."row") = 'object'
+                  THEN ARRAY(SELECT pg_catalog.jsonb_object_keys(f."row")) END AS keys,
              CASE
                WHEN pg_catalog.jsonb_typeof(a.e) <> 'object' THEN
                  pg_catalog.format('element at array position %s is not a JSON object', a.o)
@@ -259,10 +259,10 @@ BEGIN
                  pg_catalog.format('unknown op "%s" (expected "upsert", "delete" or "truncate")', f.op)
                WHEN f.e IS NULL OR f.l IS NULL OR f.n IS NULL THEN
                  '"e", "l" and "n" (the change''s epoch, commit LSN and ordinal at the writer) are required'
-               WHEN f.op = 'upsert' AND pg_catalog.jsonb_typeof(a.e->'row') IS DISTINCT FROM 'object' THEN
+               WHEN f.op = 'upsert' AND pg_catalog.jsonb_typeof(f."row") IS DISTINCT FROM 'object' THEN
                  '"row" is missing or not a JSON object (required for upsert)'
                WHEN f.op = 'upsert'
-                    AND coalesce(pg_catalog.jsonb_typeof(a.e->'row'->'updated_at'), 'null') = 'null' THEN
+                    AND coalesce(pg_catalog.jsonb_typeof(f."row"->'updated_at'), 'null') = 'null' THEN
                  '"row" must contain a non-null "updated_at"'
                WHEN f.op = 'delete' AND f.k IS NULL THEN
                  '"k" (primary key value as text) is missing or null (required for delete)'
@@ -272,7 +272,8 @@ BEGIN
       FROM pg_catalog.jsonb_array_elements(changes) WITH ORDINALITY AS a(e, o)
       CROSS JOIN LATERAL pg_catalog.jsonb_to_record(
              CASE WHEN pg_catalog.jsonb_typeof(a.e) = 'object' THEN a.e ELSE '{}' END)
-             AS f(i jsonb, s text, t text, op text, k text, ts text, e int, l pg_catalog.pg_lsn, n int, b bigint)
+             AS f(i jsonb, s text, t text, op text, k text, ts text, e int, l pg_catalog.pg_lsn, n int, b bigint,
+                "row" jsonb)
     ), seg AS MATERIALIZED (
       -- sk: position relative to this table's truncates (2n = after n truncates, 2n+1 = truncate n+1)
       SELECT el.o, (el.ij)::numeric::int AS i, el.s COLLATE "C" AS s, el.t COLLATE "C" AS t,
