@@ -57,8 +57,10 @@
 //!   them durable.
 //!
 //! Read ahead: while a full-size batch is applied upstream, the next one is
-//! read from the journal (the rows after the batch's last id), so the
-//! journal read costs no wall time in a drain. It is used only if the batch
+//! read from the journal (the rows after the batch's last id) and its
+//! request built (epochs, bases, JSON; with a branch scope only read, since
+//! the scope checks the rows when they are taken), so neither costs wall
+//! time in a drain. It is used only if the batch
 //! then settles whole (the cursor reaches its last row, nothing rejected);
 //! otherwise, and after any failure, the queue is read again. An empty read
 //! ahead is never used: "the queue is empty" must come from a read made
@@ -130,7 +132,7 @@ pub struct Sizer {
     changed: bool,
     /// The next batch, read from the journal while the last one was being
     /// applied upstream (see "Read ahead" in the module docs).
-    ahead: Option<Vec<Queued>>,
+    ahead: Option<Ahead>,
 }
 
 impl Sizer {
@@ -251,10 +253,26 @@ pub struct BatchFailure {
 
 /// The upstream request built from a batch, and which journal rows each
 /// element stands for.
+#[derive(Clone)]
 pub(crate) struct Built {
     pub json: String,
     pub covers: Vec<Vec<i64>>,
     pub tables: Vec<String>,
+}
+
+/// A batch read ahead, and when no branch scope has to check its rows first,
+/// its request built too.
+#[derive(Clone)]
+struct Ahead {
+    rows: Vec<Queued>,
+    built: Option<Built>,
+}
+
+impl std::fmt::Debug for Ahead {
+    // Counts only: the rows and the request carry patient data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ahead").field("rows", &self.rows.len()).field("built", &self.built.is_some()).finish()
+    }
 }
 
 /// One change in the contract of `sql/upstream/001_apply.sql` (the short
@@ -440,12 +458,12 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
     let (rows, built, outcome) = loop {
         let (limit, configured) = (sizer.limit(), sizer.configured as i64);
         let ahead = sizer.ahead.take().filter(|_| limit.is_none());
-        let rows = match (ahead, limit) {
-            (Some(rows), _) => Ok(rows),
-            (None, None) => journal::next_batch(journal, &journal::Source::Queue, configured, 0).await,
-            (None, Some(limit)) => journal::next_prefix(journal, limit as i64, 0).await,
-        }
-        .map_err(|error| BatchFailure { error, ids: vec![] })?;
+        let (rows, prepared) = match (ahead, limit) {
+            (Some(a), _) => (Ok(a.rows), a.built),
+            (None, None) => (journal::next_batch(journal, &journal::Source::Queue, configured, 0).await, None),
+            (None, Some(limit)) => (journal::next_prefix(journal, limit as i64, 0).await, None),
+        };
+        let rows = rows.map_err(|error| BatchFailure { error, ids: vec![] })?;
         if rows.is_empty() {
             return Ok(BatchReport::default());
         }
@@ -457,26 +475,31 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
         {
             continue;
         }
-        let store = Store::new(local, LOCAL);
-        let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();
-        let jstore = JournalStore::new(journal, JOURNAL);
-        let (epochs, bases) = tokio::try_join!(jstore.epochs(), store.bases(&keys)).map_err(fail)?;
-        let built = build(&rows, schema, &epochs, &bases).map_err(fail)?;
+        let built = match prepared {
+            Some(built) => built,
+            None => prepare(local, journal, &rows, schema).await.map_err(fail)?,
+        };
         let started = Instant::now();
         // Read ahead: the next batch comes from the journal while this one
-        // is applied upstream (a full-size batch, first attempt only).
+        // is applied upstream (a full-size batch, first attempt only), and
+        // its request is built (unless a branch scope checks it first).
         let last_id = rows.last().map_or(0, |r| r.id);
         let read_ahead = async {
-            match limit.is_none() && split_attempts == 0 {
-                true => journal::next_batch(journal, &journal::Source::Queue, configured, last_id).await.ok(),
-                false => None,
+            if limit.is_some() || split_attempts > 0 {
+                return None;
             }
+            let rows = journal::next_batch(journal, &journal::Source::Queue, configured, last_id).await.ok()?;
+            let built = match scope {
+                None if !rows.is_empty() => prepare(local, journal, &rows, schema).await.ok(),
+                _ => None,
+            };
+            Some(Ahead { rows, built })
         };
         let (applied, ahead) = tokio::join!(upstream.apply(&built.json), read_ahead);
         match applied {
             Ok(outcome) => {
                 sizer.succeeded(rows.len(), started.elapsed());
-                sizer.ahead = ahead.filter(|a| !a.is_empty());
+                sizer.ahead = ahead.filter(|a| !a.rows.is_empty());
                 break (rows, built, outcome);
             }
             Err(e) if matches!(e.kind, ErrorKind::TooLarge | ErrorKind::TooSlow) => {
@@ -583,6 +606,16 @@ pub async fn push_batch<U: Upstream>(p: &Pusher<'_, U>, sizer: &mut Sizer) -> st
         tracing::warn!(error = %e, "batch delivered and marked, but its statistics were not recorded");
     }
     Ok(report)
+}
+
+/// The request for `rows`: their capture epochs and the upstream versions
+/// this clinic last downloaded of their rows (the bases), then the JSON.
+async fn prepare(local: &Client, journal: &Client, rows: &[Queued], schema: Option<&str>) -> Result<Built> {
+    let store = Store::new(local, LOCAL);
+    let keys: Vec<(&str, &str)> = rows.iter().filter_map(|r| r.record_id.as_deref().map(|id| (r.table.as_str(), id))).collect();
+    let jstore = JournalStore::new(journal, JOURNAL);
+    let (epochs, bases) = tokio::try_join!(jstore.epochs(), store.bases(&keys))?;
+    build(rows, schema, &epochs, &bases)
 }
 
 /// One change upstream cannot take even alone: parked with the error (a
