@@ -352,6 +352,9 @@ BEGIN
     END IF;
 
     v_tab  := pg_catalog.format('%I.%I', g.s, g.t);
+    v_s    := g.s;
+    v_t    := g.t;
+    v_op   := g.op;
     v_code := NULL;
     v_hint := NULL;
 
@@ -426,7 +429,8 @@ BEGIN
       CONTINUE;
     END IF;
 
-    -- the statements for this group (see the header): lock, decide + record, write the winners
+    -- the statements for this group that name its table (see the header): the lock, and the
+    -- conflict log (built when needed, below); the decision itself is static SQL
     -- (a truncate has its own single statement below and may have no primary key)
     IF g.op <> 'truncate' THEN
     -- Lock the rows that exist, in key order (against the cloud app's writes and other clinics),
@@ -439,27 +443,6 @@ BEGIN
       '       ORDER BY u.k::%3$s) AS o'
       ' LEFT JOIN LATERAL (SELECT d.%2$I AS k, d.updated_at::pg_catalog.timestamptz AS u'
       '                    FROM %1$s AS d WHERE d.%2$I = o.k::%3$s FOR UPDATE) AS l ON true',
-      v_tab, g.pk, g.pktype);
-    -- Versions that lost, or that replaced another writer's version this writer had not
-    -- downloaded, go to the conflict log with both images (rare: run only when the decision
-    -- found some).  $1 the decision's conflict records, $2 the upsert rows (NULL for deletes),
-    -- $3 schema, $4 table, $5 writer, $6 op.
-    v_clog := pg_catalog.format(
-      'INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
-      '  winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
-      '  loser_image, rule)'
-      ' SELECT $3, $4, c.k,'
-      '   CASE WHEN c.lost THEN c.cw ELSE $5 END, CASE WHEN c.lost THEN c.cst ELSE c.st END,'
-      '   CASE WHEN c.lost THEN c.cdel ELSE $6 = ''delete'' END,'
-      '   CASE WHEN c.lost THEN cur.img ELSE $2->(c.p - 1) END,'
-      '   CASE WHEN c.lost THEN $5 ELSE c.cw END, CASE WHEN c.lost THEN c.st ELSE c.cst END,'
-      '   CASE WHEN c.lost THEN $6 = ''delete'' ELSE c.cdel END,'
-      '   CASE WHEN c.lost THEN $2->(c.p - 1) ELSE cur.img END, c.rule'
-      ' FROM pg_catalog.jsonb_to_recordset($1) AS c(p int, k text, cw text, cst pg_catalog.timestamptz,'
-      '      cdel boolean, st pg_catalog.timestamptz, rule text, lost boolean)'
-      ' LEFT JOIN LATERAL (SELECT pg_catalog.to_jsonb(d.*) AS img FROM %1$s AS d'
-      '                    WHERE d.%2$I = c.k::%3$s) AS cur ON true'
-      ' ORDER BY c.p',
       v_tab, g.pk, g.pktype);
     END IF;
 
@@ -599,9 +582,6 @@ BEGIN
           v_ls := g.ls[v_lo:v_hi];
           v_ns := g.ns[v_lo:v_hi];
           v_bs := g.bs[v_lo:v_hi];
-          v_s  := g.s;
-          v_t  := g.t;
-          v_op := g.op;
           -- Decide each element against the row's current version, record the winners' versions
           -- (and a version for a row that had none and won against an incoming change).  Static
           -- SQL, so its plan is made once per session (it names no app table: what it needs of
@@ -675,6 +655,27 @@ BEGIN
           INTO v_win, v_lost, v_clamp, v_n_side, v_reemit, v_conf
           FROM z;
           IF v_conf IS NOT NULL THEN
+            -- Versions that lost, or that replaced another writer's version this writer had not
+            -- downloaded, go to the conflict log with both images (rare: run only when the decision
+            -- found some).  $1 the decision's conflict records, $2 the upsert rows (NULL for deletes),
+            -- $3 schema, $4 table, $5 writer, $6 op.
+            v_clog := pg_catalog.format(
+              'INSERT INTO centrovision_sync.conflict (schema_name, table_name, pk, winner_writer,'
+              '  winner_stamp, winner_deleted, winner_image, loser_writer, loser_stamp, loser_deleted,'
+              '  loser_image, rule)'
+              ' SELECT $3, $4, c.k,'
+              '   CASE WHEN c.lost THEN c.cw ELSE $5 END, CASE WHEN c.lost THEN c.cst ELSE c.st END,'
+              '   CASE WHEN c.lost THEN c.cdel ELSE $6 = ''delete'' END,'
+              '   CASE WHEN c.lost THEN cur.img ELSE $2->(c.p - 1) END,'
+              '   CASE WHEN c.lost THEN $5 ELSE c.cw END, CASE WHEN c.lost THEN c.st ELSE c.cst END,'
+              '   CASE WHEN c.lost THEN $6 = ''delete'' ELSE c.cdel END,'
+              '   CASE WHEN c.lost THEN $2->(c.p - 1) ELSE cur.img END, c.rule'
+              ' FROM pg_catalog.jsonb_to_recordset($1) AS c(p int, k text, cw text, cst pg_catalog.timestamptz,'
+              '      cdel boolean, st pg_catalog.timestamptz, rule text, lost boolean)'
+              ' LEFT JOIN LATERAL (SELECT pg_catalog.to_jsonb(d.*) AS img FROM %1$s AS d'
+              '                    WHERE d.%2$I = c.k::%3$s) AS cur ON true'
+              ' ORDER BY c.p',
+              v_tab, g.pk, g.pktype);
             EXECUTE v_clog USING v_conf, v_rows, g.s, g.t, writer, g.op;
           END IF;
           -- the winner of an element that lost is re-emitted into the feed (a new xid), so the
