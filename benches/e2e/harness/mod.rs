@@ -158,7 +158,8 @@ impl Options {
             idle_rows: 100,
             fsync: false,
             page_requests: 30,
-            page_idle_seconds: 10,
+            // The test asserts only that the idle figures carry a verdict.
+            page_idle_seconds: 3,
             out_dir: out_dir.into(),
             sections: Section::ALL.to_vec(),
             render: None,

@@ -169,9 +169,11 @@ impl Cluster {
         let bin_dir = bin_dir()?.to_path_buf();
         let keep = std::env::var_os("PG_TEST_KEEP").is_some_and(|v| v != "0" && !v.is_empty());
 
+        let base = temp_base()?;
+        enough_disk(&base)?;
         let root = tempfile::Builder::new()
             .prefix("cvsync-pg-")
-            .tempdir_in(temp_base()?)
+            .tempdir_in(&base)
             .map_err(|e| format!("cannot create a temp dir for the test cluster: {e}"))?
             .keep();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(|e| format!("chmod {}: {e}", root.display()))?;
@@ -782,6 +784,34 @@ fn write_private_file(path: &Path, contents: &str) -> Result<(), String> {
 /// Where temp dirs go. As root, the server user must be able to reach the
 /// dir and (for the watchdog's `rm -rf`) write in its parent, so a private
 /// TMPDIR falls back to /tmp.
+/// Below this much free space where the clusters go, a run fails with
+/// "No space left on device" in whichever tests happen to write last; say so
+/// up front instead, once per process.
+const MIN_FREE_BYTES: u64 = 1 << 30;
+
+fn enough_disk(base: &Path) -> Result<(), String> {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            // `df -Pk`: POSIX output, 1024-byte blocks; "Available" is column 4.
+            let out = Command::new("df").arg("-Pk").arg(base).output();
+            let Ok(out) = out else { return Ok(()) };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let free_kb = text.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse::<u64>().ok());
+            match free_kb {
+                Some(kb) if kb * 1024 < MIN_FREE_BYTES => Err(format!(
+                    "only {} MiB free in {}: the test clusters need at least {} MiB; free some space there, \
+                     or point PG_TEST_TMPDIR at a roomier directory",
+                    kb / 1024,
+                    base.display(),
+                    MIN_FREE_BYTES >> 20
+                )),
+                _ => Ok(()),
+            }
+        })
+        .clone()
+}
+
 fn temp_base() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("PG_TEST_TMPDIR") {
         return Ok(PathBuf::from(dir));
