@@ -45,6 +45,15 @@ pub struct Column {
     pub generated: bool,
 }
 
+impl Column {
+    /// An array of json or jsonb: its JSON rendering (`to_jsonb`,
+    /// PostgREST) turns an element that is JSON `null` into a NULL element,
+    /// so such columns travel in their text form.
+    pub fn is_json_array(&self) -> bool {
+        matches!(self.type_name.as_str(), "json[]" | "jsonb[]")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignKey {
     pub columns: Vec<String>,

@@ -898,7 +898,7 @@ fn repair_parents<'a, U: Upstream>(
             ids.dedup();
             let parent = &tables[pname];
             let ppk = parent.pk().expect("syncable");
-            let tref = TableRef { name: &parent.name, pk: &ppk.name, pk_type: &ppk.type_name };
+            let tref = TableRef::new(parent, ppk);
             for chunk in ids.chunks(ctx.cfg.sync.batch_size.max(1)) {
                 let json = ctx.upstream.fetch(&tref, chunk).await?;
                 let keys: Vec<String> = c
@@ -954,7 +954,7 @@ fn fetch_children<'a, U: Upstream>(
             let Some(child) = ctx.tables.get(&child_name) else { continue };
             let Some(col) = child.column(&hop.column) else { continue };
             let cpk = child.pk().expect("syncable");
-            let tref = TableRef { name: &child.name, pk: &col.name, pk_type: &col.type_name };
+            let tref = TableRef::new(child, col);
             for chunk in keys.chunks(ctx.cfg.sync.batch_size.max(1)) {
                 let json = ctx.upstream.fetch(&tref, chunk).await?;
                 let row = c
@@ -1044,7 +1044,7 @@ async fn remove_rows<U: Upstream>(ctx: &Ctx<'_, U>, table: &Table, in_scope: Vec
     tracing::info!(table = %table.name, removed = gone.len(), kept_as_parents = kept.len(), "rows that left this server's branches");
     if !kept.is_empty() {
         // Now a parent of another branch: brought up to date like a fetched parent.
-        let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
+        let tref = TableRef::new(table, pk);
         let json = ctx.upstream.fetch(&tref, &kept).await?;
         let cols: Vec<String> = c
             .query_one("SELECT coalesce((SELECT array_agg(k) FROM jsonb_object_keys($1::text::jsonb->0) k), '{}')", &[&json])

@@ -452,7 +452,7 @@ impl<U: Upstream> Repairer<'_, U> {
             tally(&mut out, &o, &ids, true);
         }
         // Down: upstream rows through the down path's apply.
-        let tref = TableRef { name: &table.name, pk: &pk.name, pk_type: &pk.type_name };
+        let tref = TableRef::new(table, pk);
         for chunk in pull_ids.chunks(cfg.sync.batch_size) {
             let json = up.fetch(&tref, chunk).await?;
             let n = down::apply_rows(cfg, session, up, tables, table, &json).await?;

@@ -165,22 +165,33 @@ impl Rejected {
     }
 }
 
-/// Where a keyset page starts: rows strictly after `(updated_at, id)`, or
-/// at/after `updated_at` when `id` is None; everything when both are None.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cursor {
-    /// timestamptz text at full microsecond precision.
-    pub updated_at: Option<String>,
-    pub id: Option<String>,
-}
-
 /// A table as the upstream reads it.
 #[derive(Debug, Clone)]
 pub struct TableRef<'a> {
     pub name: &'a str,
+    /// The column rows are fetched by (the primary key, or a foreign key).
     pub pk: &'a str,
     /// SQL type of the key, for casts in postgres mode.
     pub pk_type: &'a str,
+    /// Arrays of json/jsonb, read in their text form: their JSON rendering
+    /// cannot tell an element that is JSON `null` from a NULL element.
+    pub as_text: Vec<&'a str>,
+    /// Every column of the local table (a read that must name columns
+    /// names these).
+    pub columns: Vec<&'a str>,
+}
+
+impl<'a> TableRef<'a> {
+    /// `table`, its rows fetched by `key` (one of its columns).
+    pub fn new(table: &'a crate::catalog::Table, key: &'a crate::catalog::Column) -> Self {
+        TableRef {
+            name: &table.name,
+            pk: &key.name,
+            pk_type: &key.type_name,
+            as_text: table.columns.iter().filter(|c| c.is_json_array()).map(|c| c.name.as_str()).collect(),
+            columns: table.columns.iter().map(|c| c.name.as_str()).collect(),
+        }
+    }
 }
 
 /// The contract both transports implement (see the module docs).
@@ -188,8 +199,6 @@ pub trait Upstream: Sync {
     /// Applies a batch: `changes` is a JSON array in the contract of
     /// `sql/upstream/001_apply.sql`.
     fn apply(&self, changes: &str) -> impl Future<Output = Result<Outcome>> + Send;
-    /// One keyset page ordered by `(updated_at, pk)`, as a JSON array text.
-    fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> impl Future<Output = Result<String>> + Send;
     /// Rows of `table` with these keys, as a JSON array text.
     fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> impl Future<Output = Result<String>> + Send;
     /// A cheap authenticated round trip.
@@ -285,12 +294,6 @@ impl Upstream for Client {
         match self {
             Client::Postgres(p) => p.apply(changes).await,
             Client::Rest(r) => r.apply(changes).await,
-        }
-    }
-    async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
-        match self {
-            Client::Postgres(p) => p.pull(table, after, limit).await,
-            Client::Rest(r) => r.pull(table, after, limit).await,
         }
     }
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{ConflictQuery, Cursor, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
-use crate::catalog::{qualified, quote_ident};
+use super::{ConflictQuery, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
+use crate::catalog::{qualified, quote_ident, quote_literal};
 use crate::config::Config;
 use crate::error::{ErrorKind, Result, SyncError};
 
@@ -142,25 +142,21 @@ impl Upstream for PgUpstream {
         parse_outcome(&text, expected)
     }
 
-    async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
-        let t = qualified(&self.schema, table.name);
-        let pk = quote_ident(table.pk);
-        let sql = format!(
-            "SELECT coalesce(json_agg(_cvs_r.*), '[]')::text FROM (
-               SELECT * FROM {t}
-               WHERE CASE WHEN $1::text IS NULL THEN true
-                          WHEN $2::text IS NULL THEN updated_at >= $1::text::timestamptz
-                          ELSE (updated_at, {pk}) > ($1::text::timestamptz, $2::text::{ty}) END
-               ORDER BY updated_at, {pk} LIMIT $3) _cvs_r",
-            ty = table.pk_type
-        );
-        let limit = limit as i64;
-        self.with_client(async |c| c.query_one(&sql, &[&after.updated_at, &after.id, &limit]).await.map(|r| r.get(0))).await
-    }
-
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
+        // Arrays of json/jsonb go in their text form (see TableRef::as_text),
+        // the rest as to_jsonb renders them (jsonb_build_object takes at most
+        // 100 arguments).
+        let overrides: Vec<String> = table
+            .as_text
+            .chunks(40)
+            .map(|cols| {
+                let pairs: Vec<String> = cols.iter().map(|c| format!("{}, _cvs_r.{}::text", quote_literal(c), quote_ident(c))).collect();
+                format!(" || jsonb_build_object({})", pairs.join(", "))
+            })
+            .collect();
+        let image = if overrides.is_empty() { "_cvs_r.*".to_string() } else { format!("to_jsonb(_cvs_r.*){}", overrides.concat()) };
         let sql = format!(
-            "SELECT coalesce(json_agg(_cvs_r.*), '[]')::text FROM (SELECT * FROM {} WHERE {} = ANY($1::text[]::{}[])) _cvs_r",
+            "SELECT coalesce(json_agg({image}), '[]')::text FROM (SELECT * FROM {} WHERE {} = ANY($1::text[]::{}[])) _cvs_r",
             qualified(&self.schema, table.name),
             quote_ident(table.pk),
             table.pk_type

@@ -32,7 +32,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ConflictQuery, Cursor, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
+use super::{ConflictQuery, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
 use crate::config::{Config, Secret};
 use crate::error::{Cause, ErrorKind, Result, Side, SyncError, kind_of_sqlstate};
 
@@ -129,11 +129,11 @@ impl RestUpstream {
 
     /// One GET of `table`; with `counted`, the server also counts every
     /// matching row (`Prefer: count=exact`), whatever it returns.
-    async fn get_rows(&self, what: &str, table: &str, query: &[(String, String)], counted: bool) -> Result<Rows> {
-        let mut url = self.url(table);
+    async fn get_rows(&self, what: &str, table: &TableRef<'_>, query: &[(String, String)], counted: bool) -> Result<Rows> {
+        let mut url = self.url(table.name);
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("select", "*");
+            q.append_pair("select", &select_list(table));
             for (k, v) in query {
                 q.append_pair(k, v);
             }
@@ -193,13 +193,17 @@ fn looks_like_jwt(key: &str) -> bool {
     parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
-/// Quotes a value for a PostgREST filter when it holds reserved characters.
-fn filter_value(v: &str) -> String {
-    if v.chars().any(|c| matches!(c, ',' | '.' | ':' | '(' | ')' | '"' | '\\' | ' ')) {
-        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
-    } else {
-        v.to_string()
+/// The `select` of a read of `table`: every column (`*`), except that
+/// arrays of json/jsonb are cast to text (see [`TableRef::as_text`]), which
+/// needs the columns named. PostgREST cannot name a column whose name holds
+/// `"`: such a table is read with `*`.
+fn select_list(table: &TableRef<'_>) -> String {
+    if table.as_text.is_empty() || table.columns.iter().any(|c| c.contains('"')) {
+        return "*".to_string();
     }
+    let named: Vec<String> =
+        table.columns.iter().map(|c| if table.as_text.contains(c) { format!("\"{c}\"::text") } else { format!("\"{c}\"") }).collect();
+    named.join(",")
 }
 
 /// Quotes a column name for PostgREST when it is not a plain identifier.
@@ -211,22 +215,6 @@ fn column(name: &str) -> String {
     }
 }
 
-/// The query of a keyset page after `after`, ordered by `(updated_at, pk)`.
-fn keyset_query(pk: &str, after: &Cursor, limit: usize) -> Vec<(String, String)> {
-    let mut q = Vec::new();
-    match (&after.updated_at, &after.id) {
-        (Some(ts), Some(id)) => {
-            let ts = filter_value(ts);
-            q.push(("or".into(), format!("(updated_at.gt.{ts},and(updated_at.eq.{ts},{}.gt.{}))", column(pk), filter_value(id))));
-        }
-        (Some(ts), None) => q.push(("updated_at".into(), format!("gte.{}", filter_value(ts)))),
-        _ => {}
-    }
-    q.push(("order".into(), format!("updated_at.asc,{}.asc", column(pk))));
-    q.push(("limit".into(), limit.to_string()));
-    q
-}
-
 /// The total of `Content-Range: 0-299/1000` (or `*/0`); None for `*`.
 fn range_total(range: &str) -> Option<usize> {
     range.rsplit_once('/').and_then(|(_, total)| total.trim().parse().ok())
@@ -234,22 +222,6 @@ fn range_total(range: &str) -> Option<usize> {
 
 fn json_array(rows: &[Box<RawValue>]) -> String {
     serde_json::to_string(rows).expect("raw JSON serializes")
-}
-
-/// Where the keyset continues after `row`: its `updated_at` and key, as
-/// PostgREST rendered them (valid filter input).
-fn row_cursor(what: &str, row: &RawValue, pk: &str) -> Result<Cursor> {
-    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(row.get())
-        .map_err(|e| SyncError::new(ErrorKind::Contract, format!("{what}: a row is not a JSON object ({e})")))?;
-    let text = |k: &str| match v.get(k) {
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Null) | None => None,
-        Some(other) => Some(other.to_string()),
-    };
-    match (text("updated_at"), text(pk)) {
-        (Some(ts), Some(id)) => Ok(Cursor { updated_at: Some(ts), id: Some(id) }),
-        _ => Err(SyncError::new(ErrorKind::Contract, format!("{what}: a row without updated_at or {pk}; cannot page after it"))),
-    }
 }
 
 /// `in.("a","b")`: every key quoted, `\` and `"` escaped.
@@ -383,21 +355,6 @@ impl Upstream for RestUpstream {
         parse_outcome(&text, expected)
     }
 
-    async fn pull(&self, table: &TableRef<'_>, after: &Cursor, limit: usize) -> Result<String> {
-        let what = format!("reading {} upstream", table.name);
-        let mut rows: Vec<Box<RawValue>> = Vec::new();
-        let mut cursor = after.clone();
-        // A page shorter than asked may have been cut by max rows: go on
-        // from its last row until the page is full or nothing follows.
-        while rows.len() < limit {
-            let page = self.get_rows(&what, table.name, &keyset_query(table.pk, &cursor, limit - rows.len()), false).await?;
-            let Some(last) = page.rows.last() else { break };
-            cursor = row_cursor(&what, last, table.pk)?;
-            rows.extend(page.rows);
-        }
-        Ok(json_array(&rows))
-    }
-
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
         let what = format!("reading {} upstream", table.name);
         let mut rows: Vec<Box<RawValue>> = Vec::new();
@@ -406,7 +363,7 @@ impl Upstream for RestUpstream {
             let cap = self.row_cap.load(Ordering::Relaxed);
             let n = if cap == 0 { rest.len() } else { rest.len().min(cap) };
             let q = vec![(column(table.pk), in_list(&rest[..n]))];
-            let page = self.get_rows(&what, table.name, &q, true).await?;
+            let page = self.get_rows(&what, table, &q, true).await?;
             match page.total {
                 Some(total) if page.rows.len() < total => {
                     // Cut by max rows: ask again for these keys, fewer at a time.
@@ -595,25 +552,21 @@ mod tests {
     }
 
     #[test]
-    fn a_short_keyset_page_continues_after_its_last_row() {
-        let row = RawValue::from_string(r#"{"id": 5, "updated_at": "2024-01-01T10:00:00.5+00:00", "x": null}"#.into()).unwrap();
-        let c = row_cursor("t", &row, "id").unwrap();
-        assert_eq!(c, Cursor { updated_at: Some("2024-01-01T10:00:00.5+00:00".into()), id: Some("5".into()) });
-        let keyless = RawValue::from_string(r#"{"updated_at": "2024-01-01T10:00:00+00:00"}"#.into()).unwrap();
-        assert_eq!(row_cursor("t", &keyless, "id").unwrap_err().kind, ErrorKind::Contract);
+    fn arrays_of_json_are_read_as_text_and_everything_else_as_it_is() {
+        let t =
+            |as_text: Vec<&'static str>, columns: Vec<&'static str>| TableRef { name: "t", pk: "id", pk_type: "uuid", as_text, columns };
+        assert_eq!(select_list(&t(vec![], vec!["id", "x"])), "*");
+        assert_eq!(select_list(&t(vec!["ja"], vec!["id", "ja", "Mixed Case"])), r#""id","ja"::text,"Mixed Case""#);
+        // A name PostgREST cannot quote: read with `*` (the JSON rendering).
+        assert_eq!(select_list(&t(vec!["ja"], vec!["id", "ja", "a\"b"])), "*");
     }
 
     #[test]
-    fn keyset_filters_quote_timestamps_and_ids() {
-        let q = keyset_query("id", &Cursor { updated_at: Some("2026-01-01T10:00:00.123456+00:00".into()), id: Some("8c1e".into()) }, 100);
-        assert_eq!(
-            q[0].1,
-            r#"(updated_at.gt."2026-01-01T10:00:00.123456+00:00",and(updated_at.eq."2026-01-01T10:00:00.123456+00:00",id.gt.8c1e))"#
-        );
-        assert_eq!(q[1].1, "updated_at.asc,id.asc");
-        // Form encoding turns '+' into %2B, never a space.
+    fn keys_are_quoted_in_filters_and_a_plus_is_never_sent_as_a_space() {
+        let keys = vec!["a+b".to_string(), "c\"d".to_string(), "e,f".to_string()];
+        assert_eq!(in_list(&keys), r#"in.("a+b","c\"d","e,f")"#);
         let mut u = Url::parse("https://x.supabase.co/rest/v1/t").unwrap();
-        u.query_pairs_mut().append_pair(&q[0].0, &q[0].1);
-        assert!(u.as_str().contains("%2B00%3A00"), "{u}");
+        u.query_pairs_mut().append_pair("id", &in_list(&keys));
+        assert!(u.as_str().contains("a%2Bb"), "{u}");
     }
 }

@@ -227,11 +227,7 @@ async fn every_type_survives_the_round_trip_value_for_value(mode: Mode) {
             r#"SET session_replication_role = replica;
                DELETE FROM "Estudios Mixtos" WHERE id = '00000000-0000-0000-0000-0000000000a2';
                DELETE FROM centrovision_sync.row_version WHERE table_name = 'Estudios Mixtos' AND pk = '00000000-0000-0000-0000-0000000000a2';
-               {};
-               -- Known limitation: rows fetched by key (repair, missing
-               -- parents) come as PostgREST/json_agg renders them, where a
-               -- JSON-null element of a jsonb[] is a NULL element.
-               UPDATE "Estudios Mixtos" SET ja = ja[1:2] WHERE id::text LIKE '%e1';"#,
+               {};"#,
             rows('e')
         ))
         .await

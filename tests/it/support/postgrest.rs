@@ -1172,8 +1172,15 @@ type Rejection = Box<Response>;
 const LOGIC_KEYS: [&str; 2] = ["and", "or"];
 const RESERVED_EMBEDDABLE: [&str; 5] = ["order", "limit", "offset", "and", "or"];
 
+/// One item of `select`: `*`, or a column with an optional `::type` cast
+/// (PostgREST keeps the column's name as the key of a cast value).
+struct SelectItem {
+    column: String,
+    cast: Option<String>,
+}
+
 struct ReadRequest {
-    select: Vec<String>, // "*" or column names
+    select: Vec<SelectItem>,
     filters: Vec<Filter>,
     logic: Vec<LogicTree>,
     order: Vec<OrderTerm>,
@@ -1182,8 +1189,14 @@ struct ReadRequest {
 }
 
 fn parse_read_request(params: &[(String, String)]) -> Result<ReadRequest, Rejection> {
-    let mut req =
-        ReadRequest { select: vec!["*".to_owned()], filters: Vec::new(), logic: Vec::new(), order: Vec::new(), limit: None, offset: None };
+    let mut req = ReadRequest {
+        select: vec![SelectItem { column: "*".to_owned(), cast: None }],
+        filters: Vec::new(),
+        logic: Vec::new(),
+        order: Vec::new(),
+        limit: None,
+        offset: None,
+    };
     for (k, v) in params {
         if k == "apikey" {
             continue;
@@ -1291,7 +1304,11 @@ async fn read_table(st: &Shared, ctx: &RequestCtx, table: &str, params: &[(Strin
     let select = req
         .select
         .iter()
-        .map(|c| if c == "*" { format!("{t}.*") } else { format!("{t}.{}", quote_ident(c)) })
+        .map(|c| match (&c.cast, c.column.as_str()) {
+            (_, "*") => format!("{t}.*"),
+            (None, col) => format!("{t}.{}", quote_ident(col)),
+            (Some(ty), col) => format!("CAST({t}.{q} AS {ty}) AS {q}", q = quote_ident(col)),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let mut conds: Vec<String> = Vec::new();
@@ -1956,17 +1973,30 @@ fn parse_order(v: &str) -> Result<Vec<OrderTerm>, Rejection> {
 
 /// `*` or a plain column list; everything else PostgREST's select can do
 /// (aliases, casts, embeds, JSON paths, aggregates) is not implemented.
-fn parse_select(v: &str) -> Result<Vec<String>, Rejection> {
+fn parse_select(v: &str) -> Result<Vec<SelectItem>, Rejection> {
     let mut c = Cursor::new(v);
     let mut cols = Vec::new();
     let result: PResult<()> = (|| {
         loop {
             c.ws();
             if c.eat("*") {
-                cols.push("*".to_owned());
+                cols.push(SelectItem { column: "*".to_owned(), cast: None });
             } else {
-                let name = field_name(&mut c)?;
-                cols.push(name);
+                let column = field_name(&mut c)?;
+                // `pFieldCast`: `::` and a type name of letters, digits, `_` and blanks
+                let cast = if c.eat("::") {
+                    let start = c.pos;
+                    while matches!(c.peek(), Some(ch) if ch.is_alphanumeric() || matches!(ch, '_' | ' ')) {
+                        c.pos += 1;
+                    }
+                    if c.pos == start {
+                        return Err(c.unexpected("a type name after ::"));
+                    }
+                    Some(c.s[start..c.pos].iter().collect::<String>().trim().to_owned())
+                } else {
+                    None
+                };
+                cols.push(SelectItem { column, cast });
             }
             c.ws();
             match c.peek() {
@@ -1975,7 +2005,7 @@ fn parse_select(v: &str) -> Result<Vec<String>, Rejection> {
                     c.pos += 1;
                 }
                 Some(_) => {
-                    return Err(ParseFail::Unsupported("select beyond `*` and plain column names (aliases, casts, embeds, JSON paths)"));
+                    return Err(ParseFail::Unsupported("select beyond `*`, column names and casts (aliases, embeds, JSON paths)"));
                 }
             }
         }
