@@ -160,7 +160,9 @@ impl JournalStore<'_> {
 
     /// Ties the bookkeeping of `slot` to the cluster `sysid` (`init`). When
     /// `fresh_positions` (the slot was just created, or the bookkeeping came
-    /// from another cluster) a new epoch starts at the next journal id and
+    /// from another cluster) a new epoch starts at the next journal id (from
+    /// the id sequence: the journal may have been pruned below ids issued in
+    /// the previous epoch, which must stay before this one) and
     /// journaled/confirmed LSNs restart from 0/0: LSNs of the old slot or
     /// cluster say nothing about the new one. The first call of this version
     /// on an existing installation only records the cluster and opens epoch
@@ -182,7 +184,7 @@ impl JournalStore<'_> {
                       ins AS (INSERT INTO _sync_epoch (epoch, first_journal_id, system_identifier)
                               SELECT nxt.epoch,
                                      CASE WHEN (SELECT yes FROM first) THEN 0
-                                          ELSE (SELECT coalesce(max(id), 0) + 1 FROM _sync_journal) END,
+                                          ELSE nextval(pg_get_serial_sequence('_sync_journal', 'id')) END,
                                      $2
                               FROM nxt ON CONFLICT (epoch) DO NOTHING RETURNING epoch)
                  UPDATE _sync_capture c SET

@@ -8,7 +8,7 @@
 //!    its id, positions and epoch (binary COPY, streamed: bounded memory
 //!    whatever the backlog); rows already there (an interrupted earlier
 //!    move) are skipped by id. The copy is checked row for row before the
-//!    transaction commits.
+//!    transaction commits. New ids continue after the old id sequence.
 //!    The rows keep their per-row `synced` marks, which the journal still
 //!    honours above the pusher's cursor (`sql/journal/002_push_cursor.sql`).
 //! 2. Only after that commit are the old tables dropped.
@@ -110,9 +110,20 @@ pub async fn move_journal(local: &Store<'_>, journal: &JournalStore<'_>) -> Resu
                     "the journal database belongs to another installation: set [local_postgres] journal_database to a new name and run `init` again",
                 ));
             }
-            j.batch_execute("SELECT setval(pg_get_serial_sequence('_sync_journal', 'id'), coalesce(max(id), 0) + 1, false) FROM _sync_journal")
+            // Ids go on after every id the old journal issued, not only those
+            // it still holds: upstream's progress of this writer is counted in
+            // them, and an old journal pruned empty holds none.
+            let issued: i64 = l
+                .query_one("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('_sync_pending', 'id')::regclass), 0)", &[])
                 .await
-                .map_err(je)?;
+                .map_err(le)?
+                .get(0);
+            j.execute(
+                "SELECT setval(pg_get_serial_sequence('_sync_journal', 'id'), greatest(coalesce(max(id), 0), $1) + 1, false) FROM _sync_journal",
+                &[&issued],
+            )
+            .await
+            .map_err(je)?;
             moved = Moved { rows: copied, unsynced };
         }
         // The capture positions and epochs, a few rows each (fixed statements).

@@ -377,6 +377,55 @@ async fn a_database_restored_into_a_new_cluster_captures_every_change_after_init
     p.assert_converged().await;
 }
 
+/// A new capture epoch (here: the slot recreated, as `resync` does) starts
+/// after every journal id ever issued, even when the journal was pruned
+/// empty since: its changes carry the new epoch upstream. (Were the epoch
+/// placed at "the highest id still in the journal + 1", it would sort before
+/// the previous epoch and new changes would carry that older epoch; after a
+/// restore into another cluster, whose LSNs are lower, upstream would take
+/// them for re-sends it already had and keep none of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_capture_epoch_starts_after_every_journal_id_even_when_the_journal_was_pruned_empty() {
+    let p = Pair::new("epoch_pruned", Mode::Postgres).await;
+    p.init().await;
+    let progress = "SELECT max(epoch)::int8 FROM centrovision_sync.writer_progress";
+    let max_epoch = "SELECT max(epoch)::int8 FROM _sync_epoch";
+    for round in 1..=2 {
+        exec(&p.local, &format!("INSERT INTO services (name) SELECT 'round {round} ' || g FROM generate_series(1, 20) g")).await;
+        p.once().await;
+        assert_eq!(
+            count(&p.upstream, progress).await,
+            count(&p.local.journal(), max_epoch).await,
+            "round {round}: pushed in the epoch in force"
+        );
+        if round == 2 {
+            // Everything delivered is pruned (as retention does), the second epoch's rows too.
+            exec(&p.local.journal(), "DELETE FROM _sync_journal").await;
+        }
+        // The slot is lost and recreated.
+        exec(&p.local, &format!("SELECT pg_drop_replication_slot('{}')", p.slot)).await;
+        p.init().await;
+    }
+    let epoch = count(&p.local.journal(), max_epoch).await;
+    assert_eq!(epoch, 3, "two recreated slots, two new epochs");
+    exec(&p.local, "INSERT INTO services (name) VALUES ('after the second new slot')").await;
+    p.once().await;
+    assert_eq!(count(&p.upstream, progress).await, epoch, "the change went upstream in the newest epoch");
+    let order: Vec<i64> = p
+        .local
+        .journal()
+        .connect()
+        .await
+        .query("SELECT epoch::int8 FROM _sync_epoch ORDER BY first_journal_id, epoch", &[])
+        .await
+        .expect("epochs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, vec![1, 2, 3], "epochs in journal order are in epoch order");
+    p.assert_converged().await;
+}
+
 /// A table added to `[sync] tables` while `run` is going: after `init` and a
 /// restart, its rows from before are uploaded, the change made between
 /// `init` and the restart is not skipped, and its upstream rows come down.
@@ -487,6 +536,9 @@ async fn an_installation_of_the_previous_version_upgrades_in_place_without_downl
     ))
     .await
     .unwrap();
+    // The old version had issued ids beyond the rows it still holds (pruned,
+    // or in transactions that rolled back): new ids go on after them.
+    l.batch_execute("SELECT setval('_sync_pending_id_seq', 5000)").await.unwrap();
     l.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", centrovision_sync::catalog::quote_ident(&p.local.journal().name)))
         .await
         .unwrap();
@@ -511,6 +563,10 @@ async fn an_installation_of_the_previous_version_upgrades_in_place_without_downl
     assert_eq!(count(&p.local.journal(), "SELECT count(*) FROM _sync_pending").await, moved, "every journal row moved");
     p.once().await;
     assert_eq!(text(&p.upstream, &name_of(R)).await.as_deref(), Some("made under the old version"));
+    assert!(
+        count(&p.local.journal(), &format!("SELECT min(id) FROM _sync_journal WHERE record_id = '{R}'")).await > 5000,
+        "the first change journaled after the move has an id after every id the old journal issued"
+    );
     assert_eq!(text(&p.upstream, &name_of(R2)).await.as_deref(), Some("journaled, not sent, under the old version"));
     let r2 = format!(
         "SELECT coalesce(string_agg(format('%s %s %s %s', id, operation, commit_lsn, xid), '; '), '') FROM _sync_pending WHERE record_id = '{R2}'"
