@@ -246,6 +246,7 @@ pub async fn resync(cfg: &Config, mut step: impl FnMut(ResyncStep<'_>)) -> Resul
             Err(f) => return Err(f.error),
         }
     }
-    drop(lock);
+    // Released before verify --repair takes it again.
+    lock.release().await;
     verify_with(cfg, Vec::new(), true, true).await
 }

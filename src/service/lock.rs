@@ -5,7 +5,10 @@
 //! message instead of fighting over the slot. Under `run` the lock task
 //! keeps it: a local database restart drops the lock's connection (and the
 //! lock), so it is taken again; if another instance took it meanwhile, the
-//! service stops.
+//! service stops. Commands release it explicitly when done
+//! ([`InstanceLock::release`]), and taking it waits a few seconds for an
+//! instance that is stopping: the server frees the lock of a process that
+//! exited only when it notices the closed connection.
 
 use std::time::Duration;
 
@@ -15,26 +18,55 @@ use super::supervise::{Cap, GiveUp, Next, Restart, supervise};
 use crate::config::{Config, connect_local};
 use crate::error::{ErrorKind, LOCAL, Result, SyncError};
 
+/// How long taking the lock waits for an instance that is stopping: the
+/// server releases a lock only when it notices its client is gone, a moment
+/// after that process exited (a restart by systemd, a command right after
+/// another).
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
 /// Holds the per-slot advisory lock for as long as it lives.
 pub struct InstanceLock {
     client: tokio_postgres::Client,
+    key: String,
+}
+
+impl InstanceLock {
+    /// Releases the lock now and waits for the server to confirm, so the
+    /// next command (or the next step of this one) finds it free at once.
+    /// (Dropping it releases it too, once the server notices the closed
+    /// connection.)
+    pub async fn release(self) {
+        if let Err(e) = self.client.query_one("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&self.key]).await {
+            tracing::debug!(error = %e, "instance lock: release failed; the server releases it with the connection");
+        }
+    }
 }
 
 pub async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> {
     let client = connect_local(cfg).await?;
     let key = format!("centrovision-sync/{}", cfg.sync.slot_name);
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
-        .await
-        .map_err(|e| SyncError::from_pg(LOCAL, &e))?
-        .get(0);
-    if !got {
-        return Err(SyncError::new(
-            ErrorKind::SecondInstance,
-            format!("another centrovision-sync is already running for slot {} on this database", cfg.sync.slot_name),
-        ));
+    let deadline = tokio::time::Instant::now() + RELEASE_GRACE;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
+            .await
+            .map_err(|e| SyncError::from_pg(LOCAL, &e))?
+            .get(0);
+        if got {
+            return Ok(InstanceLock { client, key });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SyncError::new(
+                ErrorKind::SecondInstance,
+                format!(
+                    "another centrovision-sync is already running for slot {} on this database (its lock stayed taken for {} s)",
+                    cfg.sync.slot_name,
+                    RELEASE_GRACE.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(InstanceLock { client })
 }
 
 /// The lock task: checks the lock's connection every second and takes the

@@ -29,7 +29,13 @@ pub async fn once(cfg: &Config) -> Result<()> {
 
 /// `once`; without `down`, only the up path (capture to now and push).
 pub(crate) async fn once_with(cfg: &Config, down: bool) -> Result<()> {
-    let _lock = acquire_instance_lock(cfg).await?;
+    let lock = acquire_instance_lock(cfg).await?;
+    let result = once_locked(cfg, down).await;
+    lock.release().await;
+    result
+}
+
+async fn once_locked(cfg: &Config, down: bool) -> Result<()> {
     let tables = local_tables(cfg).await?;
     let up = upstream::Client::from_config(cfg)?;
     check_contract(&up).await?;

@@ -138,6 +138,27 @@ async fn init_twice_is_harmless() {
     assert!(d.status.success(), "{}\n{}", String::from_utf8_lossy(&d.stdout), stderr(&d));
 }
 
+/// The server frees the instance lock of a process that exited only when it
+/// notices the closed connection; a command started in that moment (systemd
+/// restarting `run`, a `once` right after another) waits for it instead of
+/// reporting a second instance. Here a session holds the lock for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_released_a_moment_after_start_is_waited_for_not_reported_as_a_second_instance() {
+    let pair = Pair::new("lock_grace", Mode::Postgres).await;
+    pair.init().await;
+    let holder = pair.local.connect().await;
+    let key = format!("centrovision-sync/{}", pair.slot);
+    holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key]).await.expect("take the instance lock");
+    let release = tokio::spawn(async move {
+        // The scenario (a lock that goes a moment later), not a wait for sync.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        holder.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key]).await.expect("release");
+    });
+    let o = pair.exec(&["once"], &[]).await;
+    release.await.expect("release task");
+    assert!(o.status.success(), "once waited for the lock: {}", stderr(&o));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_the_same_slot_is_refused() {
     let pair = Pair::new("second_instance", Mode::Postgres).await;
