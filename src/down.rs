@@ -82,16 +82,26 @@ pub struct Session {
 impl Session {
     pub async fn open(cfg: &Config) -> Result<Session> {
         let client = connect_local(cfg).await?;
-        client.execute("SELECT pg_replication_origin_session_setup($1)", &[&cfg.sync.origin_name]).await.map_err(|e| {
+        // An instance that just stopped may hold the origin a moment longer
+        // (until its server session notices it is gone): wait for it.
+        let deadline = tokio::time::Instant::now() + crate::service::RELEASE_GRACE;
+        loop {
+            let Err(e) = client.execute("SELECT pg_replication_origin_session_setup($1)", &[&cfg.sync.origin_name]).await else {
+                break;
+            };
             let err = SyncError::from_pg(LOCAL, &e);
-            match err.code.as_deref() {
+            if err.code.as_deref() == Some("55006") && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            return Err(match err.code.as_deref() {
                 Some("42704") => err.with_hint("the replication origin does not exist; run `centrovision-sync init`"),
                 Some("55006") | Some("42P13") => {
                     err.with_hint("another process is using the replication origin; is a second centrovision-sync running?")
                 }
                 _ => err,
-            }
-        })?;
+            });
+        }
         let journal = connect_journal(cfg).await?;
         let session = Session { client, journal, reported: Mutex::new(HashSet::new()) };
         // Once per session, not per cycle: an installation upgraded without

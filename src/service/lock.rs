@@ -18,11 +18,11 @@ use super::supervise::{Cap, GiveUp, Next, Restart, supervise};
 use crate::config::{Config, connect_local};
 use crate::error::{ErrorKind, LOCAL, Result, SyncError};
 
-/// How long taking the lock waits for an instance that is stopping: the
-/// server releases a lock only when it notices its client is gone, a moment
-/// after that process exited (a restart by systemd, a command right after
-/// another).
-const RELEASE_GRACE: Duration = Duration::from_secs(5);
+/// How long taking the lock (or the replication origin's session) waits for
+/// an instance that is stopping: the server releases them only when it
+/// notices the client is gone, a moment after that process exited (a
+/// restart by systemd, a command right after another).
+pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
 /// Holds the per-slot advisory lock for as long as it lives.
 pub struct InstanceLock {

@@ -159,6 +159,25 @@ async fn a_lock_released_a_moment_after_start_is_waited_for_not_reported_as_a_se
     assert!(o.status.success(), "once waited for the lock: {}", stderr(&o));
 }
 
+/// Likewise the replication origin the down path writes under: a session
+/// of an instance that just stopped may hold it a moment longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_released_a_moment_after_start_is_waited_for() {
+    let pair = Pair::new("origin_grace", Mode::Postgres).await;
+    pair.init().await;
+    let holder = pair.local.connect().await;
+    let origin = format!("o_{}", pair.local.name);
+    holder.execute("SELECT pg_replication_origin_session_setup($1)", &[&origin]).await.expect("hold the origin");
+    let release = tokio::spawn(async move {
+        // The scenario (an origin that goes a moment later), not a wait for sync.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        holder.execute("SELECT pg_replication_origin_session_reset()", &[]).await.expect("release");
+    });
+    let o = pair.exec(&["once"], &[]).await;
+    release.await.expect("release task");
+    assert!(o.status.success(), "once waited for the origin: {}", stderr(&o));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_on_the_same_slot_is_refused() {
     let pair = Pair::new("second_instance", Mode::Postgres).await;
