@@ -80,6 +80,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// Lets go of the replication origin now, so the next session (the next
+    /// step of a command, or the next command) can set it up at once.
+    /// (Dropping the session frees it too, once the server notices.)
+    pub async fn close(self) {
+        if let Err(e) = self.client.batch_execute("SELECT pg_replication_origin_session_reset()").await {
+            tracing::debug!(error = %e, "down session: origin reset failed; the server resets it with the connection");
+        }
+    }
+
     pub async fn open(cfg: &Config) -> Result<Session> {
         let client = connect_local(cfg).await?;
         // An instance that just stopped may hold the origin a moment longer

@@ -82,7 +82,9 @@ async fn once_locked(cfg: &Config, down: bool) -> Result<()> {
         }
         let session = down::Session::open(cfg).await?;
         down::remove_moved_away(cfg, &session, &up, &tables, &progress_rx).await?;
-        let reports = down::cycle(cfg, &session, &up, &tables, &progress_rx).await?;
+        let reports = down::cycle(cfg, &session, &up, &tables, &progress_rx).await;
+        session.close().await;
+        let reports = reports?;
         let applied: u64 = reports.iter().map(|r| r.applied).sum();
         tracing::info!(direction = "down", rows = applied, tables = reports.len(), "down cycle done");
         if let Some(r) = reports.iter().find(|r| r.error.is_some()) {
