@@ -138,24 +138,32 @@ async fn init_twice_is_harmless() {
     assert!(d.status.success(), "{}\n{}", String::from_utf8_lossy(&d.stdout), stderr(&d));
 }
 
-/// The server frees the instance lock of a process that exited only when it
-/// notices the closed connection; a command started in that moment (systemd
-/// restarting `run`, a `once` right after another) waits for it instead of
-/// reporting a second instance. Here a session holds the lock for a second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_released_a_moment_after_start_is_waited_for_not_reported_as_a_second_instance() {
-    let pair = Pair::new("lock_grace", Mode::Postgres).await;
+/// Runs `once` while another session holds what it needs (`hold`, with
+/// `arg`) and lets go of it (`release`) a second later; returns its output.
+async fn once_while_held_for_a_second(pair: &Pair, hold: &'static str, release: &'static str, arg: String) -> Output {
     pair.init().await;
     let holder = pair.local.connect().await;
-    let key = format!("centrovision-sync/{}", pair.slot);
-    holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key]).await.expect("take the instance lock");
+    holder.execute(hold, &[&arg]).await.unwrap_or_else(|e| panic!("{hold}: {e}"));
     let release = tokio::spawn(async move {
-        // The scenario (a lock that goes a moment later), not a wait for sync.
+        // The scenario (a holder that goes a moment later), not a wait for sync.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        holder.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key]).await.expect("release");
+        holder.batch_execute(release).await.unwrap_or_else(|e| panic!("{release}: {e}"));
     });
     let o = pair.exec(&["once"], &[]).await;
     release.await.expect("release task");
+    o
+}
+
+/// The server frees the instance lock of a process that exited only when it
+/// notices the closed connection; a command started in that moment (systemd
+/// restarting `run`, a `once` right after another) waits for it instead of
+/// reporting a second instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_released_a_moment_after_start_is_waited_for_not_reported_as_a_second_instance() {
+    let pair = Pair::new("lock_grace", Mode::Postgres).await;
+    let key = format!("centrovision-sync/{}", pair.slot);
+    let o = once_while_held_for_a_second(&pair, "SELECT pg_advisory_lock(hashtextextended($1, 0))", "SELECT pg_advisory_unlock_all()", key)
+        .await;
     assert!(o.status.success(), "once waited for the lock: {}", stderr(&o));
 }
 
@@ -164,17 +172,14 @@ async fn a_lock_released_a_moment_after_start_is_waited_for_not_reported_as_a_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_released_a_moment_after_start_is_waited_for() {
     let pair = Pair::new("origin_grace", Mode::Postgres).await;
-    pair.init().await;
-    let holder = pair.local.connect().await;
     let origin = format!("o_{}", pair.local.name);
-    holder.execute("SELECT pg_replication_origin_session_setup($1)", &[&origin]).await.expect("hold the origin");
-    let release = tokio::spawn(async move {
-        // The scenario (an origin that goes a moment later), not a wait for sync.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        holder.execute("SELECT pg_replication_origin_session_reset()", &[]).await.expect("release");
-    });
-    let o = pair.exec(&["once"], &[]).await;
-    release.await.expect("release task");
+    let o = once_while_held_for_a_second(
+        &pair,
+        "SELECT pg_replication_origin_session_setup($1)",
+        "SELECT pg_replication_origin_session_reset()",
+        origin,
+    )
+    .await;
     assert!(o.status.success(), "once waited for the origin: {}", stderr(&o));
 }
 
