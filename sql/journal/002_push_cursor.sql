@@ -44,8 +44,15 @@ BEGIN
 END
 $cvsync$;
 
--- The queue is a range of the primary key now.
-DROP INDEX IF EXISTS idx_sync_pending_queue;
+-- The queue is a range of the primary key now. (Guarded rather than IF EXISTS: a fresh install
+-- would otherwise show the operator a "does not exist, skipping" notice.)
+DO $cvsync$
+BEGIN
+    IF to_regclass('idx_sync_pending_queue') IS NOT NULL THEN
+        DROP INDEX idx_sync_pending_queue;
+    END IF;
+END
+$cvsync$;
 
 CREATE TABLE IF NOT EXISTS _sync_push (
     one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),

@@ -326,6 +326,9 @@ async fn install_upstream(cfg: &Config) -> Result<()> {
         ));
     }
     let up = upstream::postgres::PgUpstream::new(cfg)?;
+    // The scripts are idempotent (DROP ... IF EXISTS before CREATE): their
+    // "does not exist, skipping" notices say nothing to the operator.
+    up.run_batch("SET client_min_messages = warning").await?;
     let files = upstream::UPSTREAM_SQL.iter().map(|(name, sql)| (format!("sql/upstream/{name}"), sql.to_string()));
     let generated = [
         ("the contract version".to_string(), upstream::contract_sql()),
