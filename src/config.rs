@@ -466,11 +466,27 @@ impl Config {
                         format!("is required when mode = \"postgres\" (or set {DB_URL_ENV})"),
                     ));
                 }
-                if let Err(e) = normalize_db_url(db_url.expose()).parse::<tokio_postgres::Config>() {
-                    return Err(ConfigError::invalid(
-                        "[supabase] db_url",
-                        format!("is not a valid PostgreSQL connection string ({})", scrub(&e.to_string(), db_url.expose())),
-                    ));
+                match normalize_db_url(db_url.expose()).parse::<tokio_postgres::Config>() {
+                    Err(e) => {
+                        return Err(ConfigError::invalid(
+                            "[supabase] db_url",
+                            format!("is not a valid PostgreSQL connection string ({})", scrub(&e.to_string(), db_url.expose())),
+                        ));
+                    }
+                    // Supabase's transaction pooler hands each transaction to
+                    // any backend: no session state (prepared statements, SET)
+                    // survives between them, and what the service sets for
+                    // itself could reach another client's transactions.
+                    Ok(c) if c.get_ports().contains(&TRANSACTION_POOLER_PORT) => {
+                        return Err(ConfigError::invalid(
+                            "[supabase] db_url",
+                            format!(
+                                "points at port {TRANSACTION_POOLER_PORT}, Supabase's transaction pooler, which keeps no session; use the \
+                                 direct connection (db.<ref>.supabase.co:5432) or the session pooler (<region>.pooler.supabase.com:5432)"
+                            ),
+                        ));
+                    }
+                    Ok(_) => {}
                 }
                 if let Some(u) = &url {
                     validate_rest_url(u)?;
@@ -713,6 +729,9 @@ impl Config {
         Some(c)
     }
 }
+
+/// The port of Supabase's transaction pooler (Supavisor, transaction mode).
+const TRANSACTION_POOLER_PORT: u16 = 6543;
 
 /// libpq's `sslmode=verify-full` / `verify-ca` (what Supabase documents)
 /// are not understood by tokio-postgres: they become `require`, and the TLS
@@ -1064,6 +1083,18 @@ password = "pw-very-secret"
         );
         let c = Config::from_toml(&text, "t", no_env).unwrap();
         assert_eq!(c.upstream_pg_config().unwrap().get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+    }
+
+    #[test]
+    fn the_transaction_pooler_is_refused_with_the_connections_that_work() {
+        let with = |url: &str| MIN_REST.replace("[supabase]\n", &format!("[supabase]\nmode = \"postgres\"\ndb_url = \"{url}\"\n"));
+        let e = Config::from_toml(&with("postgresql://postgres.ref:p@aws-0-us-east-1.pooler.supabase.com:6543/postgres"), "t", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[supabase] db_url") && e.contains("transaction pooler") && e.contains(":5432"), "{e}");
+        assert!(!e.contains("postgres.ref:p@"), "the URL's password is not repeated: {e}");
+        Config::from_toml(&with("postgresql://postgres.ref:p@aws-0-us-east-1.pooler.supabase.com:5432/postgres"), "t", no_env).unwrap();
+        Config::from_toml(&with("host=db.ref.supabase.co port=5432 user=postgres password=p dbname=postgres"), "t", no_env).unwrap();
     }
 
     #[test]
