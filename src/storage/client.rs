@@ -45,6 +45,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::config::{Config, Secret};
 use crate::error::{ErrorKind, Result, SyncError};
+use crate::upstream::rest::transport_error;
 
 /// Every TUS chunk but the last has exactly this size (Supabase's rule).
 pub const TUS_CHUNK: usize = 6 * 1024 * 1024;
@@ -576,23 +577,6 @@ pub(crate) fn io_error(what: &str, e: std::io::Error) -> SyncError {
     SyncError::new(ErrorKind::Refused, format!("storage mirror: {what}: {e}"))
         .with_hint("check [storage] local_dir: it must exist, be writable by the service and have free space")
         .with_source(e)
-}
-
-fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
-    let (kind, how) = if e.is_timeout() {
-        (ErrorKind::Timeout, "timed out")
-    } else if e.is_connect() {
-        (ErrorKind::UpstreamUnreachable, "could not connect")
-    } else {
-        (ErrorKind::UpstreamUnreachable, "connection failed")
-    };
-    let mut detail = String::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        detail = s.to_string();
-        src = s.source();
-    }
-    SyncError::new(kind, format!("{what}: {how}: {detail}"))
 }
 
 /// The one place a Storage answer becomes an [`ErrorKind`]. The error's

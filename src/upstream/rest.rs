@@ -109,7 +109,7 @@ impl RestUpstream {
     async fn send_ranged(&self, what: &str, req: reqwest::RequestBuilder) -> Result<(String, Option<String>)> {
         let req =
             if self.schema != "public" { req.header("Accept-Profile", &self.schema).header("Content-Profile", &self.schema) } else { req };
-        let resp = req.send().await.map_err(|e| transport_error(what, &e))?;
+        let resp = req.send().await.map_err(|e| rest_transport_error(what, &e))?;
         let status = resp.status();
         let range = resp.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let retry_after = resp
@@ -118,7 +118,7 @@ impl RestUpstream {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.text().await.map_err(|e| transport_error(what, &e))?;
+        let body = resp.text().await.map_err(|e| rest_transport_error(what, &e))?;
         if status.is_success() {
             return Ok((body, range));
         }
@@ -247,9 +247,11 @@ fn check_json_array(what: &str, body: String) -> Result<String> {
     }
 }
 
-fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
-    // reqwest's Display includes the URL; it never includes headers, so the
-    // key does not leak.
+/// A request that got no HTTP answer (timed out, no connection, connection
+/// broken), with the innermost cause; Storage's client uses it too. reqwest's
+/// Display includes the URL; it never includes headers, so a key does not
+/// leak.
+pub(crate) fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
     let (kind, how) = if e.is_timeout() {
         (ErrorKind::Timeout, "timed out")
     } else if e.is_connect() {
@@ -263,9 +265,12 @@ fn transport_error(what: &str, e: &reqwest::Error) -> SyncError {
         detail = s.to_string();
         src = s.source();
     }
-    SyncError::new(kind, format!("{what}: {how} ({detail})"))
-        .with_hint("check the internet connection and [supabase] url; capture continues locally meanwhile")
-        .with_source(Cause::of(e))
+    SyncError::new(kind, format!("{what}: {how} ({detail})")).with_source(Cause::of(e))
+}
+
+/// [`transport_error`] of a PostgREST request, with the operator's hint.
+fn rest_transport_error(what: &str, e: &reqwest::Error) -> SyncError {
+    transport_error(what, e).with_hint("check the internet connection and [supabase] url; capture continues locally meanwhile")
 }
 
 /// The one classifier of upstream HTTP answers.
