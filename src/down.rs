@@ -1302,11 +1302,14 @@ pub async fn drop_out_of_scope_rows(cfg: &Config, apply: bool) -> Result<Vec<Dro
             if keys.is_empty() {
                 continue;
             }
-            let unsynced = session.journal().unsynced_changes_of(name, &keys).await?;
-            if unsynced > 0 {
+            let unsent = session.journal().unsent_keys(name, &keys).await?;
+            if !unsent.is_empty() {
                 return Err(SyncError::new(
                     ErrorKind::Config,
-                    format!("{unsynced} local changes to rows of {name} outside [sync] branch_ids are not synced yet: nothing was removed"),
+                    format!(
+                        "{} rows of {name} outside [sync] branch_ids have local changes that are not synced yet: nothing was removed",
+                        unsent.len()
+                    ),
                 )
                 .with_hint("let the service send them (or resolve the parked ones `status` lists), then run drop-branch-rows again"));
             }

@@ -53,22 +53,6 @@ impl JournalStore<'_> {
             .await
             .map_err(|e| self.err(e))
     }
-
-    /// Journal rows of `table` for these keys not yet delivered (queued
-    /// after the cursor, or parked).
-    pub async fn unsynced_changes_of(&self, table: &str, keys: &[String]) -> Result<i64> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT count(*) FROM _sync_journal
-                 WHERE table_name = $1 AND record_id = ANY($2) AND NOT synced
-                   AND (parked_at IS NOT NULL OR id > (SELECT through_id FROM _sync_push))",
-                &[&table, &keys],
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(row.get(0))
-    }
 }
 
 /// `_sync_state` key of the branch set the down path last read for:
