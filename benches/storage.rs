@@ -120,27 +120,7 @@ fn main() {
         let tus_auth = auth.clone();
         let t = Instant::now();
         let st = tokio::task::spawn_blocking(move || {
-            Command::new("curl")
-                .args([
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    "-X",
-                    "POST",
-                    "-H",
-                    "Expect:",
-                    "-H",
-                    &auth[0],
-                    "-H",
-                    &auth[1],
-                    "-H",
-                    "x-upsert: true",
-                    "-T",
-                ])
-                .arg(&curl_out)
-                .arg(&up_url)
-                .status()
-                .unwrap()
+            curl_upload(&auth, &curl_out, &up_url).status().unwrap()
         })
         .await
         .unwrap();
@@ -150,28 +130,7 @@ fn main() {
         let t = Instant::now();
         let ok = tokio::task::spawn_blocking(move || {
             (0..PLAIN_REPEATS).all(|i| {
-                Command::new("curl")
-                    .args([
-                        "-sf",
-                        "-o",
-                        "/dev/null",
-                        "-X",
-                        "POST",
-                        "-H",
-                        "Expect:",
-                        "-H",
-                        &auth2[0],
-                        "-H",
-                        &auth2[1],
-                        "-H",
-                        "x-upsert: true",
-                    ])
-                    .arg("-T")
-                    .arg(&small2)
-                    .arg(format!("{base}/object/{BUCKET}/small/curl-{i}.bin"))
-                    .status()
-                    .unwrap()
-                    .success()
+                curl_upload(&auth2, &small2, &format!("{base}/object/{BUCKET}/small/curl-{i}.bin")).status().unwrap().success()
             })
         })
         .await
@@ -230,6 +189,16 @@ fn main() {
 }
 
 /// Cuts `file` into 6 MiB chunk files (the last shorter), in `dir`.
+/// curl uploading `file` as a plain Storage object to `url` (POST, upsert),
+/// the baseline of the service's plain upload.
+fn curl_upload(auth: &[String; 2], file: &std::path::Path, url: &str) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-sf", "-o", "/dev/null", "-X", "POST", "-H", "Expect:", "-H", &auth[0], "-H", &auth[1], "-H", "x-upsert: true", "-T"])
+        .arg(file)
+        .arg(url);
+    c
+}
+
 fn split(file: &std::path::Path, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     use std::io::Read as _;
     let mut f = std::fs::File::open(file).unwrap();
