@@ -89,22 +89,28 @@ pub fn upstream_sql() -> String {
     centrovision_sync::upstream::upstream_script(None)
 }
 
+/// Generates `name::<test>` for each `test => Mode` pair from
+/// `async fn name(mode: Mode)` (what [`both_modes!`] and [`all_modes!`]
+/// expand to).
+#[macro_export]
+macro_rules! mode_tests {
+    ($name:ident: $($test:ident => $mode:ident),+) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$name($crate::support::sync::Mode::$mode).await
+                }
+            )+
+        }
+    };
+}
+
 /// Generates `name::postgres` and `name::rest` tests from `async fn name(mode: Mode)`.
 #[macro_export]
 macro_rules! both_modes {
     ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name($crate::support::sync::Mode::Postgres).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn rest() {
-                    super::$name($crate::support::sync::Mode::Rest).await
-                }
-            }
-        )*
+        $( $crate::mode_tests!($name: postgres => Postgres, rest => Rest); )*
     };
 }
 
@@ -115,20 +121,8 @@ macro_rules! both_modes {
 macro_rules! all_modes {
     ($($name:ident),* $(,)?) => {
         $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name($crate::support::sync::Mode::Postgres).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn rest() {
-                    super::$name($crate::support::sync::Mode::Rest).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn rest_in_schema_clinic_with_max_rows_300() {
-                    super::$name($crate::support::sync::Mode::RestClinicSchemaLowMaxRows).await
-                }
-            }
+            $crate::mode_tests!($name: postgres => Postgres, rest => Rest,
+                                rest_in_schema_clinic_with_max_rows_300 => RestClinicSchemaLowMaxRows);
         )*
     };
 }
