@@ -33,6 +33,17 @@ pub fn qualified(schema: &str, table: &str) -> String {
 
 /// Quotes a string literal (for the few statements that cannot take
 /// parameters, such as `CREATE PUBLICATION`).
+/// SQL for a jsonb object of `pairs` (each `'key', value`):
+/// `jsonb_build_object` calls joined by `||`, since one takes at most 100
+/// arguments; `'{}'::jsonb` when there are none.
+pub fn object_sql(pairs: &[String]) -> String {
+    if pairs.is_empty() {
+        return "'{}'::jsonb".to_string();
+    }
+    let parts: Vec<String> = pairs.chunks(40).map(|p| format!("jsonb_build_object({})", p.join(", "))).collect();
+    format!("({})", parts.join(" || "))
+}
+
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -110,12 +121,7 @@ impl Table {
                 format!("{}, to_jsonb({alias}.{}{cast})", quote_literal(&c.name), quote_ident(&c.name))
             })
             .collect();
-        if pairs.is_empty() {
-            return "'{}'::jsonb".to_string();
-        }
-        // jsonb_build_object takes at most 100 arguments.
-        let parts: Vec<String> = pairs.chunks(40).map(|p| format!("jsonb_build_object({})", p.join(", "))).collect();
-        format!("({})", parts.join(" || "))
+        object_sql(&pairs)
     }
 
     /// Why deletes (and key changes) of this table could not be keyed by

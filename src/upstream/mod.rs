@@ -173,24 +173,21 @@ pub struct TableRef<'a> {
     pub pk: &'a str,
     /// SQL type of the key, for casts in postgres mode.
     pub pk_type: &'a str,
-    /// Arrays of json/jsonb, read in their text form: their JSON rendering
-    /// cannot tell an element that is JSON `null` from a NULL element.
-    pub as_text: Vec<&'a str>,
-    /// Every column of the local table (a read that must name columns
-    /// names these).
-    pub columns: Vec<&'a str>,
+    /// The local table's columns (a read that must name columns names
+    /// these).
+    pub columns: &'a [crate::catalog::Column],
 }
 
 impl<'a> TableRef<'a> {
     /// `table`, its rows fetched by `key` (one of its columns).
     pub fn new(table: &'a crate::catalog::Table, key: &'a crate::catalog::Column) -> Self {
-        TableRef {
-            name: &table.name,
-            pk: &key.name,
-            pk_type: &key.type_name,
-            as_text: table.columns.iter().filter(|c| c.is_json_array()).map(|c| c.name.as_str()).collect(),
-            columns: table.columns.iter().map(|c| c.name.as_str()).collect(),
-        }
+        TableRef { name: &table.name, pk: &key.name, pk_type: &key.type_name, columns: &table.columns }
+    }
+
+    /// Arrays of json/jsonb, read in their text form: their JSON rendering
+    /// cannot tell an element that is JSON `null` from a NULL element.
+    pub fn json_arrays(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.columns.iter().filter(|c| c.is_json_array()).map(|c| c.name.as_str())
     }
 }
 

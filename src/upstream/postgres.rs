@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{ConflictQuery, FeedRequest, HashRequest, Outcome, TableRef, Upstream, parse_outcome};
-use crate::catalog::{qualified, quote_ident, quote_literal};
+use crate::catalog::{object_sql, qualified, quote_ident, quote_literal};
 use crate::config::Config;
 use crate::error::{ErrorKind, Result, SyncError};
 
@@ -143,18 +143,11 @@ impl Upstream for PgUpstream {
     }
 
     async fn fetch(&self, table: &TableRef<'_>, ids: &[String]) -> Result<String> {
-        // Arrays of json/jsonb go in their text form (see TableRef::as_text),
-        // the rest as to_jsonb renders them (jsonb_build_object takes at most
-        // 100 arguments).
-        let overrides: Vec<String> = table
-            .as_text
-            .chunks(40)
-            .map(|cols| {
-                let pairs: Vec<String> = cols.iter().map(|c| format!("{}, _cvs_r.{}::text", quote_literal(c), quote_ident(c))).collect();
-                format!(" || jsonb_build_object({})", pairs.join(", "))
-            })
-            .collect();
-        let image = if overrides.is_empty() { "_cvs_r.*".to_string() } else { format!("to_jsonb(_cvs_r.*){}", overrides.concat()) };
+        // Arrays of json/jsonb go in their text form (see TableRef::json_arrays),
+        // the rest as to_jsonb renders them.
+        let overrides: Vec<String> =
+            table.json_arrays().map(|c| format!("{}, _cvs_r.{}::text", quote_literal(c), quote_ident(c))).collect();
+        let image = if overrides.is_empty() { "_cvs_r.*".to_string() } else { format!("to_jsonb(_cvs_r.*) || {}", object_sql(&overrides)) };
         let sql = format!(
             "SELECT coalesce(json_agg({image}), '[]')::text FROM (SELECT * FROM {} WHERE {} = ANY($1::text[]::{}[])) _cvs_r",
             qualified(&self.schema, table.name),

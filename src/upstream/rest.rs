@@ -194,15 +194,15 @@ fn looks_like_jwt(key: &str) -> bool {
 }
 
 /// The `select` of a read of `table`: every column (`*`), except that
-/// arrays of json/jsonb are cast to text (see [`TableRef::as_text`]), which
-/// needs the columns named. PostgREST cannot name a column whose name holds
-/// `"`: such a table is read with `*`.
+/// arrays of json/jsonb are cast to text (see [`TableRef::json_arrays`]),
+/// which needs the columns named. PostgREST cannot name a column whose name
+/// holds `"`: such a table is read with `*`.
 fn select_list(table: &TableRef<'_>) -> String {
-    if table.as_text.is_empty() || table.columns.iter().any(|c| c.contains('"')) {
+    if table.json_arrays().next().is_none() || table.columns.iter().any(|c| c.name.contains('"')) {
         return "*".to_string();
     }
     let named: Vec<String> =
-        table.columns.iter().map(|c| if table.as_text.contains(c) { format!("\"{c}\"::text") } else { format!("\"{c}\"") }).collect();
+        table.columns.iter().map(|c| if c.is_json_array() { format!("\"{}\"::text", c.name) } else { format!("\"{}\"", c.name) }).collect();
     named.join(",")
 }
 
@@ -451,6 +451,7 @@ impl Upstream for RestUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Column;
     use crate::error::Class;
 
     #[test]
@@ -558,12 +559,14 @@ mod tests {
 
     #[test]
     fn arrays_of_json_are_read_as_text_and_everything_else_as_it_is() {
-        let t =
-            |as_text: Vec<&'static str>, columns: Vec<&'static str>| TableRef { name: "t", pk: "id", pk_type: "uuid", as_text, columns };
-        assert_eq!(select_list(&t(vec![], vec!["id", "x"])), "*");
-        assert_eq!(select_list(&t(vec!["ja"], vec!["id", "ja", "Mixed Case"])), r#""id","ja"::text,"Mixed Case""#);
+        let cols = |c: &[(&str, &str)]| -> Vec<Column> {
+            c.iter().map(|(n, t)| Column { name: n.to_string(), type_name: t.to_string(), generated: false }).collect()
+        };
+        let t = |columns: &[Column]| select_list(&TableRef { name: "t", pk: "id", pk_type: "uuid", columns });
+        assert_eq!(t(&cols(&[("id", "uuid"), ("x", "jsonb")])), "*");
+        assert_eq!(t(&cols(&[("id", "uuid"), ("ja", "jsonb[]"), ("Mixed Case", "text")])), r#""id","ja"::text,"Mixed Case""#);
         // A name PostgREST cannot quote: read with `*` (the JSON rendering).
-        assert_eq!(select_list(&t(vec!["ja"], vec!["id", "ja", "a\"b"])), "*");
+        assert_eq!(t(&cols(&[("id", "uuid"), ("ja", "json[]"), ("a\"b", "text")])), "*");
     }
 
     #[test]
