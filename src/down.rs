@@ -93,14 +93,13 @@ impl Session {
         let client = connect_local(cfg).await?;
         // An instance that just stopped may hold the origin a moment longer
         // (until its server session notices it is gone): wait for it.
-        let deadline = tokio::time::Instant::now() + crate::service::RELEASE_GRACE;
+        let grace = crate::service::Grace::start();
         loop {
             let Err(e) = client.execute("SELECT pg_replication_origin_session_setup($1)", &[&cfg.sync.origin_name]).await else {
                 break;
             };
             let err = SyncError::from_pg(LOCAL, &e);
-            if err.code.as_deref() == Some("55006") && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if err.code.as_deref() == Some("55006") && grace.pause().await {
                 continue;
             }
             return Err(match err.code.as_deref() {

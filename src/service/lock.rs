@@ -24,6 +24,26 @@ use crate::error::{ErrorKind, LOCAL, Result, SyncError};
 /// restart by systemd, a command right after another).
 pub const RELEASE_GRACE: Duration = Duration::from_secs(5);
 
+/// The wait of [`RELEASE_GRACE`]: started when something is first found
+/// taken, it pauses between tries until the grace is over.
+pub struct Grace(tokio::time::Instant);
+
+impl Grace {
+    pub fn start() -> Self {
+        Grace(tokio::time::Instant::now() + RELEASE_GRACE)
+    }
+
+    /// Pauses before the next try and returns true, or returns false at
+    /// once when the grace is over.
+    pub async fn pause(&self) -> bool {
+        if tokio::time::Instant::now() >= self.0 {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        true
+    }
+}
+
 /// Holds the per-slot advisory lock for as long as it lives.
 pub struct InstanceLock {
     client: tokio_postgres::Client,
@@ -45,7 +65,7 @@ impl InstanceLock {
 pub async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> {
     let client = connect_local(cfg).await?;
     let key = format!("centrovision-sync/{}", cfg.sync.slot_name);
-    let deadline = tokio::time::Instant::now() + RELEASE_GRACE;
+    let grace = Grace::start();
     loop {
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
@@ -55,7 +75,7 @@ pub async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> {
         if got {
             return Ok(InstanceLock { client, key });
         }
-        if tokio::time::Instant::now() >= deadline {
+        if !grace.pause().await {
             return Err(SyncError::new(
                 ErrorKind::SecondInstance,
                 format!(
@@ -65,7 +85,6 @@ pub async fn acquire_instance_lock(cfg: &Config) -> Result<InstanceLock> {
                 ),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -71,7 +71,7 @@ use tokio::sync::watch;
 use tracing::Level;
 
 pub use audit::compare_tables;
-pub use lock::{InstanceLock, RELEASE_GRACE, acquire_instance_lock};
+pub use lock::{Grace, InstanceLock, acquire_instance_lock};
 pub(crate) use once::once_with;
 pub use once::{capture_to_now, once};
 pub use readiness::{check_cluster, check_contract, local_tables, open_journal};
