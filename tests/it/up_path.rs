@@ -499,3 +499,80 @@ async fn the_push_cursor_waits_for_a_queued_row_and_never_rereads_what_was_deliv
     assert!(big.windows(2).all(|w| w[0].id < w[1].id), "journal order");
     assert_eq!((names[0], names[249]), ("big1", "big250"), "first and last rows of the transaction");
 }
+
+/// Postgres mode: the upstream session is `replica` from the first batch on,
+/// so batches stop re-planning (see `upstream::postgres`), and statements
+/// that install objects reset it first, so the project's event triggers
+/// still fire for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_session_is_replica_only_for_batches_and_installs_run_as_the_default() {
+    use centrovision_sync::upstream::Upstream;
+    let pair = Pair::new("session_role", Mode::Postgres).await;
+    pair.init().await;
+    pair.upstream
+        .connect()
+        .await
+        .batch_execute(
+            "CREATE TABLE ddl_seen (tag text);
+             CREATE FUNCTION note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN INSERT INTO ddl_seen VALUES (tg_tag); END$$;
+             CREATE EVENT TRIGGER note_ddl ON ddl_command_end EXECUTE FUNCTION note_ddl();",
+        )
+        .await
+        .unwrap();
+    let cfg = centrovision_sync::config::Config::load(pair.config_path()).expect("the pair's config loads");
+    let up = centrovision_sync::upstream::postgres::PgUpstream::new(&cfg).expect("postgres upstream");
+    let role = async || up.session_replication_role().await.expect("session_replication_role");
+    assert_eq!(role().await, "origin", "a new session starts at the server's default");
+    let outcome = up.apply("[]").await.expect("an empty batch");
+    assert_eq!(outcome.applied.len() + outcome.kept.len() + outcome.rejected.len(), 0);
+    assert_eq!(role().await, "replica", "after a batch the session stays replica");
+    up.run_batch("CREATE TABLE made_by_an_install (x int)").await.expect("DDL");
+    assert_eq!(role().await, "origin", "an install resets the session first");
+    assert_eq!(
+        count(&pair.upstream, "SELECT count(*) FROM ddl_seen WHERE tag = 'CREATE TABLE'").await,
+        1,
+        "the install's CREATE TABLE fired the project's event trigger"
+    );
+    up.apply("[]").await.expect("an empty batch");
+    assert_eq!(role().await, "replica", "the next batch sets it again");
+}
+
+/// A role that may not set `session_replication_role` for its session (a
+/// vanilla PostgreSQL role without the privilege) still pushes every change:
+/// each batch sets it for its own transaction, as the function's owner may;
+/// the log says so once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_role_refused_replica_for_its_session_still_pushes_every_change() {
+    let mut pair = Pair::new("session_role_refused", Mode::Postgres).await;
+    pair.init().await;
+    let role = format!("cv_norep_{}_{}", std::process::id(), rand::random::<u32>());
+    let schema = centrovision_sync::catalog::quote_ident(&pair.upstream_schema);
+    pair.upstream
+        .connect()
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'norep-pw';
+             GRANT USAGE ON SCHEMA {schema} TO {role};
+             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role};
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role};"
+        ))
+        .await
+        .unwrap();
+    pair.upstream = pair.upstream.with_credentials(&role, "norep-pw");
+    pair.write_config();
+    let refused = pair.upstream.connect().await.batch_execute("SET session_replication_role = replica").await.expect_err("not allowed");
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused:?}");
+
+    pair.local
+        .connect()
+        .await
+        .batch_execute("INSERT INTO services (name, price) SELECT 'svc ' || g, g FROM generate_series(1, 20) g")
+        .await
+        .unwrap();
+    let out = pair.once().await;
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(count(&pair.upstream, "SELECT count(*) FROM services").await, 20, "every row arrives");
+    pair.assert_converged().await;
+    let said = log.matches("may not set session_replication_role for its session").count();
+    assert_eq!(said, 1, "said once:\n{log}");
+}
