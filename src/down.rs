@@ -1266,7 +1266,7 @@ pub struct Dropped {
 /// returns), so a change made while the service was stopped counts too;
 /// refused while the service runs.
 pub async fn drop_out_of_scope_rows(cfg: &Config, apply: bool) -> Result<Vec<Dropped>> {
-    let _lock = match apply {
+    let lock = match apply {
         true => Some(crate::service::capture_to_now(cfg).await.map_err(|e| match e.kind {
             ErrorKind::SecondInstance => {
                 e.with_hint("stop the service first: drop-branch-rows --yes captures every local change before it judges the rows unsent")
@@ -1346,5 +1346,11 @@ pub async fn drop_out_of_scope_rows(cfg: &Config, apply: bool) -> Result<Vec<Dro
     .await;
     let end = if apply && result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     c.batch_execute(end).await.map_err(q)?;
+    // Let go now, so a command that follows finds the origin and the
+    // instance lock free at once.
+    session.close().await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
     result
 }
