@@ -198,6 +198,7 @@ pub async fn cycle<U: Upstream>(
     let err_text = r.as_ref().err().map(|e| e.to_string());
     // Tables missing upstream: reported on their own rows, the others synced.
     let missing: Vec<String> = order.iter().filter(|n| reports[n.as_str()].error.is_some()).cloned().collect();
+    let duration_ms = elapsed.as_millis() as i32;
     for name in &order {
         let report = reports.get_mut(name).expect("one per table");
         report.duration = elapsed;
@@ -213,16 +214,22 @@ pub async fn cycle<U: Upstream>(
                 duration_ms = elapsed.as_millis() as u64, "down sync"
             );
         }
-        let _ = store
-            .log_sync(&LogEntry {
+    }
+    // The cycle's `_sync_log` rows, one per table, in one statement.
+    let entries: Vec<LogEntry<'_>> = order
+        .iter()
+        .map(|name| {
+            let report = &reports[name.as_str()];
+            LogEntry {
                 direction: Direction::Down,
                 table: Some(name),
                 records: report.applied as i32,
                 error: report.error.as_deref(),
-                duration_ms: elapsed.as_millis() as i32,
-            })
-            .await;
-    }
+                duration_ms,
+            }
+        })
+        .collect();
+    let _ = store.log_sync_all(&entries).await;
     r?;
     if !missing.is_empty() {
         return Err(SyncError::new(

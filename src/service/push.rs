@@ -5,9 +5,14 @@
 //! It waits while upstream is offline or the slot is unusable, wakes when
 //! capture journals something, retries a failed batch with backoff (the
 //! failure is recorded on the batch's journal rows and, first in a streak,
-//! in `_sync_log`), and writes one `_sync_log` row per table for each
-//! finished cycle. A lost local connection ends it so its supervisor opens
-//! a new one. While the batch size is reduced ([`push::Sizer`]) it says so
+//! in `_sync_log`), and writes `_sync_log` rows per table for finished
+//! cycles: a cycle ends when the queue is drained, and the cycles that end
+//! within one `interval_seconds` share one row per table (their rows summed,
+//! their duration from the first batch to the last drain), written when the
+//! interval is over or the pusher stops. Streaming, the queue drains after
+//! almost every batch: one row per table per batch was one clinic-database
+//! commit per batch, and a log whose last 20 rows cover a second. A lost
+//! local connection ends it so its supervisor opens a new one. While the batch size is reduced ([`push::Sizer`]) it says so
 //! in `_sync_state` ([`push::BATCH_NOTE`]), for `status`.
 
 use std::collections::HashMap;
@@ -71,6 +76,8 @@ pub(crate) async fn push_while(
     let base = Duration::from_secs(cfg.sync.retry_delay_seconds);
     let mut cycle: HashMap<String, i64> = HashMap::new();
     let mut cycle_started = Instant::now();
+    let mut drained_at = cycle_started;
+    let log_every = Duration::from_secs(cfg.sync.interval_seconds);
     let mut sizer = push::Sizer::new(cfg.sync.batch_size);
     let scope = crate::scope::UpFilter::load(cfg, &local).await?;
     loop {
@@ -113,18 +120,25 @@ pub(crate) async fn push_while(
         }
         match result {
             Ok(r) if r.rows == 0 => {
+                // The queue is drained: a cycle ends. Cycles within one
+                // interval share their `_sync_log` rows (see the header).
                 if !cycle.is_empty() {
-                    log_cycle(&local, Direction::Up, &cycle, cycle_started.elapsed()).await;
-                    cycle.clear();
+                    drained_at = Instant::now();
+                    if finishing || cycle_started.elapsed() >= log_every {
+                        log_cycle(&local, Direction::Up, &cycle, drained_at - cycle_started).await;
+                        cycle.clear();
+                    }
                 }
                 if finishing {
                     break;
                 }
+                let log_due = (!cycle.is_empty()).then(|| cycle_started + log_every);
                 tokio::select! {
                     _ = rt.journaled.notified() => {}
                     _ = rt.sync_now.notified() => {}
                     _ = done.changed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = async { tokio::time::sleep_until(log_due.expect("guarded").into()).await }, if log_due.is_some() => {}
                 }
             }
             Ok(r) => {
@@ -182,18 +196,23 @@ pub(crate) async fn push_while(
             }
         }
     }
+    // Stopping: the cycles not logged yet.
+    if !cycle.is_empty() {
+        log_cycle(&local, Direction::Up, &cycle, drained_at.max(cycle_started) - cycle_started).await;
+    }
     total.elapsed = started.elapsed();
     Ok(total)
 }
 
-/// One `_sync_log` row per table for a finished cycle.
+/// One `_sync_log` row per table for the cycles of one interval, in one
+/// statement.
 async fn log_cycle(local: &tokio_postgres::Client, direction: Direction, per_table: &HashMap<String, i64>, took: Duration) {
-    let store = Store::new(local, LOCAL);
+    let mut entries = Vec::with_capacity(per_table.len());
     for (table, n) in per_table {
         tracing::info!(table = %table, direction = direction.as_str(), rows = n, duration_ms = took.as_millis() as u64, "sync");
-        let entry = LogEntry { direction, table: Some(table), records: *n as i32, error: None, duration_ms: took.as_millis() as i32 };
-        let _ = store.log_sync(&entry).await;
+        entries.push(LogEntry { direction, table: Some(table), records: *n as i32, error: None, duration_ms: took.as_millis() as i32 });
     }
+    let _ = Store::new(local, LOCAL).log_sync_all(&entries).await;
 }
 
 /// The `_sync_log` error row for the first failure of a streak.

@@ -54,7 +54,8 @@
 //!   error ([`Store::record_table_error`]); a successful page clears only the
 //!   down path's own (`down: …`) error.
 //! - `_sync_log` ([`log`]): append-only, one row per table per cycle and
-//!   direction (plus error rows), pruned after `log_retention_days`.
+//!   direction (up: per `interval_seconds` of cycles; plus error rows),
+//!   pruned after `log_retention_days`.
 //! - `_sync_history` ([`history`]): rows synced per UTC hour and direction,
 //!   incremented in the transaction that records that progress (the
 //!   pusher's mark transaction, the down path's page transaction);

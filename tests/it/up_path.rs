@@ -576,3 +576,36 @@ async fn an_upstream_role_refused_replica_for_its_session_still_pushes_every_cha
     let said = log.matches("may not set session_replication_role for its session").count();
     assert_eq!(said, 1, "said once:\n{log}");
 }
+
+/// `_sync_log` gets one up row per table for all the batches that drained
+/// within one `interval_seconds` (their rows summed), written when the
+/// interval is over or the service stops, not one row per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_up_path_logs_one_row_per_table_per_interval_however_many_batches() {
+    let pair = Pair::new("log_per_interval", Mode::Postgres).await;
+    pair.init().await;
+    let config = pair.config_path();
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains("interval_seconds = 1\n"), "{text}");
+    std::fs::write(config, text.replace("interval_seconds = 1\n", "interval_seconds = 3600\n")).unwrap();
+    let ups = async || {
+        let c = pair.local.connect().await;
+        let rows = c
+            .query("SELECT table_name, records_affected FROM _sync_log WHERE direction = 'UP' AND status = 'SUCCESS' ORDER BY id", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1))).collect::<Vec<_>>()
+    };
+    let mut child = pair.spawn_run(&[]);
+    let local = pair.local.connect().await;
+    for i in 1..=3 {
+        local.execute("INSERT INTO services (name, price) VALUES ($1, 1)", &[&format!("batch {i}")]).await.unwrap();
+        wait_for(&format!("{i} rows upstream"), Duration::from_secs(60), || async {
+            (count(&pair.upstream, "SELECT count(*) FROM services").await == i).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(ups().await, vec![], "nothing logged before the interval is over");
+    support::sync::terminate(&mut child);
+    assert_eq!(ups().await, vec![("services".to_string(), 3)], "one row for the three batches, written on stopping");
+}
