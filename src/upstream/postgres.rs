@@ -211,6 +211,15 @@ impl PgUpstream {
         .await
     }
 
+    /// Whether this role may keep `replica` for its session (the module
+    /// header; `doctor` reports it): tries it, then resets the session.
+    pub async fn may_keep_replica(&self) -> Result<bool> {
+        self.with_client(Role::Apply, async |_| Ok(())).await?;
+        let kept = self.conn.lock().await.as_ref().is_some_and(|s| s.replica);
+        self.with_client(Role::Default, async |_| Ok(())).await?;
+        Ok(kept)
+    }
+
     /// Describes upstream tables (postgres mode only).
     pub async fn catalog(&self, tables: &[String]) -> Result<std::collections::BTreeMap<String, crate::catalog::Table>> {
         let mut guard = self.conn.lock().await;

@@ -535,6 +535,9 @@ async fn the_upstream_session_is_replica_only_for_batches_and_installs_run_as_th
     );
     up.apply("[]").await.expect("an empty batch");
     assert_eq!(role().await, "replica", "the next batch sets it again");
+    let doctor = pair.exec(&["doctor"], &[]).await;
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(said.contains("ok    batches keep session_replication_role = replica for the session"), "{said}");
 }
 
 /// A role that may not set `session_replication_role` for its session (a
@@ -575,6 +578,13 @@ async fn an_upstream_role_refused_replica_for_its_session_still_pushes_every_cha
     pair.assert_converged().await;
     let said = log.matches("may not set session_replication_role for its session").count();
     assert_eq!(said, 1, "said once:\n{log}");
+    // `doctor` says so too, with the grant that would allow it; not a problem.
+    let doctor = pair.exec(&["doctor"], &[]).await;
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(said.contains("note  the upstream role may not set session_replication_role for its session"), "{said}");
+    let grant = format!("GRANT SET ON PARAMETER session_replication_role TO {};", centrovision_sync::catalog::quote_ident(&role));
+    assert!(said.contains(&grant), "{said}");
+    assert_eq!(doctor.status.code(), Some(0), "a note is not a problem:\n{said}");
 }
 
 /// `_sync_log` gets one up row per table for all the batches that drained
