@@ -22,9 +22,13 @@
 //! - a role that may not set it for the session (SQLSTATE 42501) keeps the
 //!   per-call `SET LOCAL`, which the function owner may do: same writes,
 //!   slower; said once in the log;
-//! - a new connection starts at the server's default, as any session does;
-//!   a pooler hands a released session on reset (PgBouncer's `DISCARD ALL`,
-//!   Supavisor's clean-up), and a session cut off mid-way is not handed on.
+//! - a new connection starts at the server's default, as any session does.
+//!   The setting lives as long as the session: a direct connection's session
+//!   ends with it; a pooler in session mode must reset a session before
+//!   handing it to another client (PgBouncer's `server_reset_query`,
+//!   `DISCARD ALL` by default), which is also what keeps any client's `SET`
+//!   from leaking. A pooler that hands on sessions unreset (transaction mode)
+//!   is unsuitable anyway, and Supabase's (port 6543) is refused.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
