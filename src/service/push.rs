@@ -12,8 +12,9 @@
 //! interval is over or the pusher stops. Streaming, the queue drains after
 //! almost every batch: one row per table per batch was one clinic-database
 //! commit per batch, and a log whose last 20 rows cover a second. A lost
-//! local connection ends it so its supervisor opens a new one. While the batch size is reduced ([`push::Sizer`]) it says so
-//! in `_sync_state` ([`push::BATCH_NOTE`]), for `status`.
+//! local connection ends it so its supervisor opens a new one. While the
+//! batch size is reduced ([`push::Sizer`]) it says so in `_sync_state`
+//! ([`push::BATCH_NOTE`]), for `status`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
