@@ -14,7 +14,7 @@ impl Report {
     fn ok(&self, what: &str) {
         println!("  ok    {what}");
     }
-    /// Worth knowing, not a problem: not counted.
+    /// Worth knowing, not a problem: not counted (`hint` may be empty).
     fn note(&self, what: &str, hint: &str) {
         println!("  note  {what}");
         for line in hint.lines() {
@@ -120,7 +120,7 @@ async fn check_local(cfg: &Config, local: &tokio_postgres::Client, r: &mut Repor
             r.fail("role lacks REPLICATION", &format!("ALTER ROLE {} REPLICATION;", quote_ident(user)));
         }
         if sup {
-            println!("  note  the service runs as a superuser; a least-privilege role is safer (deploy/least_privilege_role.sql)");
+            r.note("the service runs as a superuser; a least-privilege role is safer (deploy/least_privilege_role.sql)", "");
         } else {
             // Row-level security hides rows from a role without BYPASSRLS.
             if let Ok(rows) = local
