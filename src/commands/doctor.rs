@@ -326,8 +326,7 @@ async fn check_session_role(cfg: &Config, pg: &upstream::postgres::PgUpstream, r
         Ok(false) => {
             let user = cfg.upstream_pg_config().and_then(|c| c.get_user().map(quote_ident)).unwrap_or_else(|| "<the db_url user>".into());
             r.note(
-                "the upstream role may not set session_replication_role for its session: each batch sets it for its own \
-                 transaction (same writes, about 2 ms more a batch)",
+                upstream::postgres::REPLICA_REFUSED,
                 &format!(
                     "on Supabase the postgres role may; on another PostgreSQL 15+, as a superuser:\n\
                      GRANT SET ON PARAMETER session_replication_role TO {user};"

@@ -57,6 +57,11 @@ pub struct PgUpstream {
     replica_refused: AtomicBool,
 }
 
+/// What the log and `doctor` say when the role may not keep `replica` for
+/// its session.
+pub const REPLICA_REFUSED: &str = "the upstream role may not set session_replication_role for its session: each batch sets it \
+     for its own transaction (same writes, about 2 ms more a batch)";
+
 /// The open connection and the `session_replication_role` this service set
 /// on it.
 struct Session {
@@ -169,10 +174,7 @@ impl PgUpstream {
         let session = self.session(&mut guard).await?;
         let call = async {
             if session.switch(role).await? && !self.replica_refused.swap(true, Ordering::Relaxed) {
-                tracing::info!(
-                    "the upstream role may not set session_replication_role for its session; each batch sets it for its \
-                     own transaction instead (same writes, about 2 ms more a batch)"
-                );
+                tracing::info!("{REPLICA_REFUSED}");
             }
             f(&session.client).await
         };
